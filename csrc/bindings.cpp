@@ -1,0 +1,263 @@
+// pybind11 module hearthlm._kernels: converts and checks arguments, releases the GIL,
+// and calls ops.cpp. Every array must be C-contiguous with the exact dtype asked for;
+// errors name the argument.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "bandwidth.h"
+#include "cpu_features.h"
+#include "dispatch.h"
+#include "ops.h"
+
+#if defined(HEARTHLM_OPENMP)
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using namespace hearthlm;
+
+namespace {
+
+const KernelTable& table(const py::object& isa) {
+  return isa.is_none() ? active_kernels() : kernels_for(isa.cast<std::string>());
+}
+
+void check_layout(const py::array& a, const char* name, char kind, int itemsize, int ndim) {
+  if (a.dtype().kind() != kind || a.itemsize() != itemsize)
+    throw py::type_error(std::string(name) + ": expected dtype kind '" + kind + "' of " +
+                         std::to_string(itemsize) + " bytes, got " +
+                         py::str(a.dtype()).cast<std::string>());
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) +
+                          " dimensions, got " + std::to_string(a.ndim()));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": array must be C-contiguous");
+}
+
+const float* in_f32(const py::array& a, const char* name, int ndim) {
+  check_layout(a, name, 'f', 4, ndim);
+  return static_cast<const float*>(a.data());
+}
+
+float* out_f32(py::array& a, const char* name, int ndim) {
+  check_layout(a, name, 'f', 4, ndim);
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+  return static_cast<float*>(a.mutable_data());
+}
+
+const int32_t* in_i32(const py::array& a, const char* name) {
+  check_layout(a, name, 'i', 4, 1);
+  return static_cast<const int32_t*>(a.data());
+}
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) throw py::value_error(what);
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + ")";
+}
+
+WeightType weight_type(const std::string& name) {
+  if (name == "f32") return WeightType::f32;
+  if (name == "bf16") return WeightType::bf16;
+  if (name == "f16") return WeightType::f16;
+  throw py::value_error("wtype: expected 'f32', 'bf16' or 'f16', got '" + name + "'");
+}
+
+// Weight storage: float32 for f32; any 2-byte dtype (uint16 / float16) for bf16 and f16.
+const void* weight_data(const py::array& w, WeightType wt, const char* name, int ndim) {
+  if (wt == WeightType::f32) return in_f32(w, name, ndim);
+  if (w.itemsize() != 2) throw py::type_error(std::string(name) + ": 16-bit weights expected");
+  check_layout(w, name, w.dtype().kind(), 2, ndim);
+  return w.data();
+}
+
+int threads_arg(int n_threads) {
+  if (n_threads < 1) throw py::value_error("n_threads must be >= 1, got " + std::to_string(n_threads));
+  return n_threads;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+  m.doc() = "hearthlm native kernels (SIMD + OpenMP), dispatched at run time by CPU features";
+
+  m.def("cpu_features", [] {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["sse4_2"] = f.sse42; d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl;
+    d["avx512dq"] = f.avx512dq; d["avx512_vnni"] = f.avx512_vnni;
+    d["avx512_bf16"] = f.avx512_bf16; d["avx_vnni"] = f.avx_vnni; d["amx_tile"] = f.amx_tile;
+    d["amx_int8"] = f.amx_int8; d["amx_bf16"] = f.amx_bf16; d["neon"] = f.neon;
+    d["dotprod"] = f.dotprod; d["i8mm"] = f.i8mm;
+    return d;
+  });
+  m.def("supported_isas", &supported_isas);
+  m.def("compiled_isas", &compiled_isas);
+  m.def("select_isa", [](const std::string& name) {
+    try {
+      select_isa(name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  });
+  m.def("active_isa", [] { return std::string(active_kernels().isa); });
+  m.def("openmp", [] {
+#if defined(HEARTHLM_OPENMP)
+    return true;
+#else
+    return false;
+#endif
+  });
+
+  m.def("memory_read_bandwidth", [](int64_t nbytes, int n_threads, int reps) {
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    return memory_read_bandwidth(nbytes, n_threads, reps);
+  }, py::arg("nbytes"), py::arg("n_threads"), py::arg("reps") = 3,
+     "Best-of-reps read bandwidth in GB/s over a buffer of nbytes, with n_threads threads.");
+
+  m.def("matmul", [](py::array y, py::array x, py::array w, py::object bias, const std::string& wtype,
+                     int n_threads, py::object isa) {
+    const WeightType wt = weight_type(wtype);
+    const float* xp = in_f32(x, "x", 2);
+    const void* wp = weight_data(w, wt, "w", 2);
+    float* yp = out_f32(y, "y", 2);
+    const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+    expect(w.shape(1) == K, "w: shape " + shape_str(w) + " does not match x " + shape_str(x));
+    expect(y.shape(0) == M && y.shape(1) == N,
+           "y: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(y));
+    const float* bp = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      bp = in_f32(b, "bias", 1);
+      expect(b.shape(0) == N, "bias: expected " + std::to_string(N) + " elements, got " + shape_str(b));
+    }
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    matmul(kt, wt, yp, xp, wp, bp, M, N, K, n_threads);
+  }, py::arg("y"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("wtype"),
+     py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("rmsnorm", [](py::array out, py::array x, py::array w, float eps, int n_threads, py::object isa) {
+    const float* xp = in_f32(x, "x", 2);
+    const float* wp = in_f32(w, "w", 1);
+    float* op = out_f32(out, "out", 2);
+    expect(w.shape(0) == x.shape(1), "w: shape " + shape_str(w) + " does not match x " + shape_str(x));
+    expect(out.shape(0) == x.shape(0) && out.shape(1) == x.shape(1), "out: shape " + shape_str(out) + " != x " + shape_str(x));
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    rmsnorm(kt, op, xp, wp, x.shape(0), x.shape(1), eps, n_threads);
+  }, py::arg("out"), py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("n_threads") = 1,
+     py::arg("isa") = py::none());
+
+  m.def("layernorm", [](py::array out, py::array x, py::array w, py::array b, float eps, int n_threads,
+                        py::object isa) {
+    const float* xp = in_f32(x, "x", 2);
+    const float* wp = in_f32(w, "w", 1);
+    const float* bp = in_f32(b, "b", 1);
+    float* op = out_f32(out, "out", 2);
+    expect(w.shape(0) == x.shape(1) && b.shape(0) == x.shape(1),
+           "w/b: shapes " + shape_str(w) + "/" + shape_str(b) + " do not match x " + shape_str(x));
+    expect(out.shape(0) == x.shape(0) && out.shape(1) == x.shape(1), "out: shape " + shape_str(out) + " != x " + shape_str(x));
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    layernorm(kt, op, xp, wp, bp, x.shape(0), x.shape(1), eps, n_threads);
+  }, py::arg("out"), py::arg("x"), py::arg("w"), py::arg("b"), py::arg("eps"),
+     py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("rope", [](py::array x, py::array cos, py::array sin, py::array pos, int64_t rot_dim,
+                   int n_threads, py::object isa) {
+    float* xp = out_f32(x, "x", 3);
+    const float* cp = in_f32(cos, "cos", 2);
+    const float* sp = in_f32(sin, "sin", 2);
+    const int32_t* pp = in_i32(pos, "pos");
+    const int64_t T = x.shape(0), n_heads = x.shape(1), head_dim = x.shape(2);
+    expect(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_dim,
+           "rot_dim: must be even and in [2, head_dim], got " + std::to_string(rot_dim));
+    expect(cos.shape(1) == rot_dim / 2 && sin.shape(0) == cos.shape(0) && sin.shape(1) == cos.shape(1),
+           "cos/sin: expected [n_positions, rot_dim/2] tables, got " + shape_str(cos) + "/" + shape_str(sin));
+    expect(pos.shape(0) == T, "pos: expected " + std::to_string(T) + " positions");
+    for (int64_t t = 0; t < T; ++t)
+      expect(pp[t] >= 0 && pp[t] < cos.shape(0),
+             "pos: position " + std::to_string(pp[t]) + " outside the RoPE table of " +
+                 std::to_string(cos.shape(0)) + " positions");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    rope(kt, xp, cp, sp, pp, T, n_heads, head_dim, rot_dim, n_threads);
+  }, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("pos"), py::arg("rot_dim"),
+     py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("attention", [](py::array out, py::array q, py::array k, py::array v, py::array kv_pos,
+                        py::array q_pos, int32_t window, float scale, int n_threads, py::object isa) {
+    float* op = out_f32(out, "out", 3);
+    const float* qp = in_f32(q, "q", 3);
+    const float* kp = in_f32(k, "k", 3);
+    const float* vp = in_f32(v, "v", 3);
+    const int32_t* kvp = in_i32(kv_pos, "kv_pos");
+    const int32_t* qpp = in_i32(q_pos, "q_pos");
+    const int64_t T = q.shape(0), n_heads = q.shape(1), head_dim = q.shape(2);
+    const int64_t n_kv = k.shape(0), n_slots = k.shape(1);
+    expect(out.shape(0) == T && out.shape(1) == n_heads && out.shape(2) == head_dim,
+           "out: shape " + shape_str(out) + " != q " + shape_str(q));
+    expect(k.shape(2) == head_dim && v.shape(0) == n_kv && v.shape(1) == n_slots && v.shape(2) == head_dim,
+           "k/v: shapes " + shape_str(k) + "/" + shape_str(v) + " do not match q " + shape_str(q));
+    expect(n_kv > 0 && n_heads % n_kv == 0, "q: n_heads must be a multiple of the kv heads");
+    expect(head_dim <= kMaxHeadDim, "head_dim " + std::to_string(head_dim) + " exceeds " + std::to_string(kMaxHeadDim));
+    expect(kv_pos.shape(0) == n_slots && q_pos.shape(0) == T, "kv_pos/q_pos: wrong length");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    attention(kt, op, qp, kp, vp, kvp, qpp, T, n_heads, n_kv, n_slots, head_dim, window, scale, n_threads);
+  }, py::arg("out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kv_pos"), py::arg("q_pos"),
+     py::arg("window"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("swiglu", [](py::array out, py::array gate, py::array up, int n_threads, py::object isa) {
+    float* op = out_f32(out, "out", 2);
+    const float* gp = in_f32(gate, "gate", 2);
+    const float* up_ = in_f32(up, "up", 2);
+    expect(gate.size() == out.size() && up.size() == out.size(), "gate/up/out: sizes differ");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    swiglu(kt, op, gp, up_, out.size(), n_threads);
+  }, py::arg("out"), py::arg("gate"), py::arg("up"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("add", [](py::array out, py::array a, py::array b, int n_threads, py::object isa) {
+    float* op = out_f32(out, "out", 2);
+    const float* ap = in_f32(a, "a", 2);
+    const float* bp = in_f32(b, "b", 2);
+    expect(a.size() == out.size() && b.size() == out.size(), "a/b/out: sizes differ");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    add(kt, op, ap, bp, out.size(), n_threads);
+  }, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("embed", [](py::array out, py::array table_, py::array ids, const std::string& wtype, py::object isa) {
+    const WeightType wt = weight_type(wtype);
+    float* op = out_f32(out, "out", 2);
+    const void* tp = weight_data(table_, wt, "table", 2);
+    const int32_t* ip = in_i32(ids, "ids");
+    const int64_t T = ids.shape(0), vocab = table_.shape(0), dim = table_.shape(1);
+    expect(out.shape(0) == T && out.shape(1) == dim, "out: expected (" + std::to_string(T) + ", " + std::to_string(dim) + "), got " + shape_str(out));
+    for (int64_t t = 0; t < T; ++t)
+      expect(ip[t] >= 0 && ip[t] < vocab, "ids: token id " + std::to_string(ip[t]) +
+             " outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    const KernelTable& kt = table(isa);
+    py::gil_scoped_release release;
+    embed(kt, wt, op, tp, ip, T, dim);
+  }, py::arg("out"), py::arg("table"), py::arg("ids"), py::arg("wtype"), py::arg("isa") = py::none());
+}

@@ -1,0 +1,65 @@
+// The kernel table: one instance per ISA (scalar reference, AVX2, AVX-512, NEON),
+// chosen at import by dispatch.cpp. Every entry is single-threaded and works on a
+// slice of the problem; ops.cpp splits work across OpenMP threads and calls these.
+// Conventions: outputs first, dimensions last; all activations are float32.
+#pragma once
+#include <cstdint>
+
+namespace hearthlm {
+
+struct KernelTable {
+  const char* isa;
+
+  // y[m*ldy + n] = sum_k x[m*K + k] * w[n*K + k] + (bias ? bias[n] : 0)
+  // for 0 <= m < M and n0 <= n < n1. W is [N, K] row-major (PyTorch Linear layout).
+  void (*matmul_f32)(float* y, const float* x, const float* w, const float* bias,
+                     int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
+  // Same with W stored as bfloat16 / IEEE half (raw 16-bit patterns).
+  void (*matmul_bf16)(float* y, const float* x, const uint16_t* w, const float* bias,
+                      int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
+  void (*matmul_f16)(float* y, const float* x, const uint16_t* w, const float* bias,
+                     int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
+
+  // One row of n: out = x / sqrt(mean(x^2) + eps) * w
+  void (*rmsnorm)(float* out, const float* x, const float* w, int64_t n, float eps);
+  // One row of n: out = (x - mean) / sqrt(var + eps) * w + b
+  void (*layernorm)(float* out, const float* x, const float* w, const float* b, int64_t n,
+                    float eps);
+
+  // Hugging Face rotate-half RoPE, in place, on one token: x is [n_heads, head_dim];
+  // the first rot_dim dims of each head rotate, pairs (i, i + rot_dim/2).
+  // cos/sin: [rot_dim/2] for this token's position.
+  void (*rope)(float* x, const float* cos, const float* sin, int64_t n_heads, int64_t head_dim,
+               int64_t rot_dim);
+
+  // Softmax attention of n_q query heads that share one kv head.
+  // q, out: [n_q, head_dim]; k, v: [n_slots, head_dim] (one kv head of the cache).
+  // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
+  // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
+  void (*attention)(float* out, const float* q, const float* k, const float* v,
+                    const int32_t* kv_pos, int64_t n_slots, int32_t q_pos, int32_t window,
+                    float scale, int64_t n_q, int64_t head_dim);
+
+  // out = silu(gate) * up
+  void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
+  // out = a + b
+  void (*add)(float* out, const float* a, const float* b, int64_t n);
+  // Widen 16-bit floats to float32.
+  void (*bf16_to_f32)(float* out, const uint16_t* in, int64_t n);
+  void (*f16_to_f32)(float* out, const uint16_t* in, int64_t n);
+};
+
+constexpr int64_t kMaxGroup = 8;       // query heads per attention call
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kAttentionBlock = 64;  // kv slots scored per online-softmax step
+
+const KernelTable* scalar_kernels();
+#if defined(HEARTHLM_X86)
+const KernelTable* avx2_kernels();
+const KernelTable* avx512_kernels();
+#endif
+#if defined(HEARTHLM_ARM64)
+const KernelTable* neon_kernels();
+#endif
+
+}  // namespace hearthlm

@@ -1,0 +1,127 @@
+// Plain scalar reference kernels: the twin every SIMD path is tested against, and
+// the path taken on CPUs without AVX2 / NEON. Written for clarity, not speed.
+#include <math.h>
+
+#include "kernels/convert.h"
+#include "kernels/kernels.h"
+
+namespace hearthlm {
+namespace scalar {
+
+template <class LoadW, class W>
+static void matmul(float* y, const float* x, const W* w, const float* bias, int64_t M,
+                   int64_t K, int64_t ldy, int64_t n0, int64_t n1, LoadW load_w) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K; ++k) acc += x[m * K + k] * load_w(w[n * K + k]);
+      y[m * ldy + n] = acc + (bias ? bias[n] : 0.0f);
+    }
+}
+
+static void matmul_f32(float* y, const float* x, const float* w, const float* bias, int64_t M,
+                       int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  matmul(y, x, w, bias, M, K, ldy, n0, n1, [](float v) { return v; });
+}
+
+static void matmul_bf16(float* y, const float* x, const uint16_t* w, const float* bias,
+                        int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  matmul(y, x, w, bias, M, K, ldy, n0, n1, bf16_to_float);
+}
+
+static void matmul_f16(float* y, const float* x, const uint16_t* w, const float* bias, int64_t M,
+                       int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  matmul(y, x, w, bias, M, K, ldy, n0, n1, f16_to_float);
+}
+
+static void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float inv = float(1.0 / sqrt(ss / double(n) + eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
+static void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n,
+                      float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / double(n);
+  double var = 0.0;
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  const float inv = float(1.0 / sqrt(var / double(n) + eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = float(x[i] - mean) * inv * w[i] + b[i];
+}
+
+static void rope(float* x, const float* cos, const float* sin, int64_t n_heads,
+                 int64_t head_dim, int64_t rot_dim) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* xh = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = xh[i], b = xh[i + half];
+      xh[i] = a * cos[i] - b * sin[i];
+      xh[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+static void attention(float* out, const float* q, const float* k, const float* v,
+                      const int32_t* kv_pos, int64_t n_slots, int32_t q_pos, int32_t window,
+                      float scale, int64_t n_q, int64_t head_dim) {
+  for (int64_t g = 0; g < n_q; ++g) {
+    const float* qg = q + g * head_dim;
+    float* og = out + g * head_dim;
+    // Two passes: the maximum score, then exp-weighted sums.
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < n_slots; ++j) {
+      const int32_t p = kv_pos[j];
+      if (p < 0 || p > q_pos || (window > 0 && q_pos - p >= window)) continue;
+      float s = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * k[j * head_dim + d];
+      max_score = fmaxf(max_score, s * scale);
+    }
+    for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
+    if (max_score == -INFINITY) continue;  // nothing visible
+    double denom = 0.0;
+    for (int64_t j = 0; j < n_slots; ++j) {
+      const int32_t p = kv_pos[j];
+      if (p < 0 || p > q_pos || (window > 0 && q_pos - p >= window)) continue;
+      float s = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * k[j * head_dim + d];
+      const float e = expf(s * scale - max_score);
+      denom += e;
+      for (int64_t d = 0; d < head_dim; ++d) og[d] += e * v[j * head_dim + d];
+    }
+    const float inv = float(1.0 / denom);
+    for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
+  }
+}
+
+static void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+static void add(float* out, const float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+static void bf16_to_f32(float* out, const uint16_t* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(in[i]);
+}
+
+static void f16_to_f32(float* out, const uint16_t* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(in[i]);
+}
+
+}  // namespace scalar
+
+const KernelTable* scalar_kernels() {
+  static const KernelTable table = {
+      "scalar",         scalar::matmul_f32, scalar::matmul_bf16, scalar::matmul_f16,
+      scalar::rmsnorm,  scalar::layernorm,  scalar::rope,        scalar::attention,
+      scalar::swiglu,   scalar::add,        scalar::bf16_to_f32, scalar::f16_to_f32,
+  };
+  return &table;
+}
+
+}  // namespace hearthlm

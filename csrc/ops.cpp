@@ -1,0 +1,149 @@
+#include "ops.h"
+
+#include <cstring>
+
+namespace hearthlm {
+namespace {
+
+constexpr int64_t kRowChunk = 16;      // output rows per GEMV task: 64 bytes of y
+constexpr int64_t kGemmBlockM = 64;    // tokens per GEMM task (x block stays in L2)
+constexpr int64_t kGemmBlockN = 64;    // weight rows per GEMM task
+constexpr int64_t kElementwiseMin = 1 << 15;  // below this, one thread is faster
+constexpr int64_t kMatmulMin = 1 << 16;       // multiply-adds below which one thread is faster
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <class Wt>
+void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t),
+                  float* y, const float* x, const Wt* w, const float* bias, int64_t M,
+                  int64_t N, int64_t K, int n_threads) {
+  if (M == 1) {
+    // GEMV: ~4 chunks per thread, dynamically handed out so cores finish together.
+    int64_t chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
+    const int64_t n_chunks = ceil_div(N, chunk);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_chunks > 1 && N * K >= kMatmulMin)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t n0 = c * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+      kernel(y, x, w, bias, 1, K, N, n0, n1);
+    }
+    return;
+  }
+  // GEMM: tasks are (token block, weight-row block); consecutive tasks share weights.
+  const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (M * N * K >= kMatmulMin)
+  for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
+    const int64_t bn = task / blocks_m, bm = task % blocks_m;
+    const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
+    const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
+    kernel(y + m0 * N, x + m0 * K, w, bias, m1 - m0, K, N, n0, n1);
+  }
+}
+
+// Elementwise work in chunks of 4096, threaded only when it is large enough to pay.
+template <class Fn>
+void for_chunks(int64_t n, int n_threads, Fn fn) {
+  constexpr int64_t chunk = 4096;
+  const int64_t n_chunks = ceil_div(n, chunk);
+#pragma omp parallel for num_threads(n_threads) if (n >= kElementwiseMin)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t i0 = c * chunk;
+    fn(i0, i0 + chunk < n ? chunk : n - i0);
+  }
+}
+
+}  // namespace
+
+void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
+            const float* bias, int64_t M, int64_t N, int64_t K, int n_threads) {
+  switch (wt) {
+    case WeightType::f32:
+      matmul_typed(kt.matmul_f32, y, x, static_cast<const float*>(w), bias, M, N, K, n_threads);
+      break;
+    case WeightType::bf16:
+      matmul_typed(kt.matmul_bf16, y, x, static_cast<const uint16_t*>(w), bias, M, N, K,
+                   n_threads);
+      break;
+    case WeightType::f16:
+      matmul_typed(kt.matmul_f16, y, x, static_cast<const uint16_t*>(w), bias, M, N, K,
+                   n_threads);
+      break;
+  }
+}
+
+void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
+             int64_t n, float eps, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) if (M * n >= kElementwiseMin)
+  for (int64_t m = 0; m < M; ++m) kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
+}
+
+void layernorm(const KernelTable& kt, float* out, const float* x, const float* w,
+               const float* b, int64_t M, int64_t n, float eps, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) if (M * n >= kElementwiseMin)
+  for (int64_t m = 0; m < M; ++m) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
+}
+
+void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+          int n_threads) {
+  const int64_t half = rot_dim / 2;
+#pragma omp parallel for num_threads(n_threads) if (T * n_heads * head_dim >= kElementwiseMin)
+  for (int64_t t = 0; t < T; ++t)
+    kt.rope(x + t * n_heads * head_dim, cos + int64_t(pos[t]) * half,
+            sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
+}
+
+void attention(const KernelTable& kt, float* out, const float* q, const float* k,
+               const float* v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t n_kv_heads, int64_t n_slots, int64_t head_dim,
+               int32_t window, float scale, int n_threads) {
+  // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads.
+  // Split groups further when there are too few tasks to keep every thread busy.
+  const int64_t n_rep = n_heads / n_kv_heads;
+  int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
+  while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * n_threads) group = ceil_div(group, 2);
+  const int64_t groups_per_kv = ceil_div(n_rep, group);
+  const int64_t n_tasks = T * n_kv_heads * groups_per_kv;
+  const int64_t kv_stride = n_slots * head_dim;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_tasks > 1 && T * n_slots * n_heads * head_dim >= kMatmulMin)
+  for (int64_t task = 0; task < n_tasks; ++task) {
+    const int64_t t = task / (n_kv_heads * groups_per_kv);
+    const int64_t kvh = (task / groups_per_kv) % n_kv_heads;
+    const int64_t h0 = kvh * n_rep + (task % groups_per_kv) * group;
+    const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
+    const int64_t offset = (t * n_heads + h0) * head_dim;
+    kt.attention(out + offset, q + offset, k + kvh * kv_stride, v + kvh * kv_stride, kv_pos,
+                 n_slots, q_pos[t], window, scale, n_q, head_dim);
+  }
+}
+
+void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
+            int n_threads) {
+  for_chunks(n, n_threads,
+             [&](int64_t i0, int64_t len) { kt.swiglu(out + i0, gate + i0, up + i0, len); });
+}
+
+void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
+         int n_threads) {
+  for_chunks(n, n_threads, [&](int64_t i0, int64_t len) { kt.add(out + i0, a + i0, b + i0, len); });
+}
+
+void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
+           const int32_t* ids, int64_t T, int64_t dim) {
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = int64_t(ids[t]) * dim;
+    switch (wt) {
+      case WeightType::f32:
+        std::memcpy(out + t * dim, static_cast<const float*>(table) + row, dim * sizeof(float));
+        break;
+      case WeightType::bf16:
+        kt.bf16_to_f32(out + t * dim, static_cast<const uint16_t*>(table) + row, dim);
+        break;
+      case WeightType::f16:
+        kt.f16_to_f32(out + t * dim, static_cast<const uint16_t*>(table) + row, dim);
+        break;
+    }
+  }
+}
+
+}  // namespace hearthlm

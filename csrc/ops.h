@@ -1,0 +1,39 @@
+// Whole operations over a batch of tokens: each splits its work across OpenMP threads
+// and calls the single-threaded kernels of the given table. No allocation here.
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace hearthlm {
+
+enum class WeightType { f32, bf16, f16 };
+
+// y[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N])
+void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
+            const float* bias, int64_t M, int64_t N, int64_t K, int n_threads);
+// Row-wise norms over x[M, n].
+void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
+             int64_t n, float eps, int n_threads);
+void layernorm(const KernelTable& kt, float* out, const float* x, const float* w,
+               const float* b, int64_t M, int64_t n, float eps, int n_threads);
+// x[T, n_heads, head_dim] rotated in place; cos/sin tables [n_positions, rot_dim/2];
+// pos[T] indexes them (checked by the caller).
+void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+          int n_threads);
+// out, q: [T, n_heads, head_dim]; k, v: [n_kv_heads, n_slots, head_dim];
+// kv_pos[n_slots]: the position held by each slot (-1 = empty); q_pos[T].
+void attention(const KernelTable& kt, float* out, const float* q, const float* k,
+               const float* v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t n_kv_heads, int64_t n_slots, int64_t head_dim,
+               int32_t window, float scale, int n_threads);
+void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
+            int n_threads);
+void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
+         int n_threads);
+// out[T, dim] = table[ids[t], :] widened to float32.
+void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
+           const int32_t* ids, int64_t T, int64_t dim);
+
+}  // namespace hearthlm

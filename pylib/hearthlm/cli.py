@@ -1,0 +1,85 @@
+"""The `hearthlm` command: generate, bench, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def cmd_info(args) -> int:
+    from .cpu import cpu_info
+    print(json.dumps(cpu_info(), indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .model import load
+    model = load(args.model, dtype=args.dtype, n_threads=args.threads)
+    t0 = time.perf_counter()
+    text = model.generate(args.prompt, max_new_tokens=args.max_tokens)
+    elapsed = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"text": text, "seconds": elapsed}))
+    else:
+        print(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_report, run_bench
+    from .shapes import random_model_folder
+    if (args.model is None) == (args.shape is None):
+        print("hearthlm bench: give a MODEL folder or --shape NAME", file=sys.stderr)
+        return 2
+    folder = args.model or random_model_folder(args.shape, args.dtype or "bf16")
+    vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
+    report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
+                       n_gen=args.gen, reps=args.reps, vs=vs)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def main(argv=None) -> int:
+    from .errors import HearthlmError
+    from .shapes import SHAPES
+
+    p = argparse.ArgumentParser(prog="hearthlm", description="Fast CPU inference for Llama-family LLMs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="CPU features and the kernel path in use")
+    info.set_defaults(func=cmd_info)
+
+    gen = sub.add_parser("generate", help="one-shot greedy generation")
+    gen.add_argument("model", help="Hugging Face model folder")
+    gen.add_argument("-p", "--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--dtype", choices=["f32", "bf16", "f16"])
+    gen.add_argument("--threads", type=int)
+    gen.add_argument("--json", action="store_true", help="print JSON with the text and timing")
+    gen.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")
+    b.add_argument("model", nargs="?", help="model folder (or use --shape)")
+    b.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape, no download")
+    b.add_argument("--dtype", choices=["f32", "bf16", "f16"])
+    b.add_argument("--threads", type=int)
+    b.add_argument("--prompt", type=int, default=512, help="prompt tokens (pp)")
+    b.add_argument("--gen", type=int, default=128, help="generated tokens (tg)")
+    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--vs", help="comma-separated peers to run side by side: torch")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except HearthlmError as e:
+        print(f"hearthlm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

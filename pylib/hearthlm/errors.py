@@ -1,0 +1,25 @@
+"""hearthlm's exceptions: one hierarchy, messages that say what, where and why."""
+
+
+class HearthlmError(Exception):
+    """Base class of every error hearthlm raises on purpose."""
+
+
+class ModelFormatError(HearthlmError, ValueError):
+    """A model file is malformed: truncated, bad header, missing or misshapen tensor."""
+
+
+class UnsupportedModelError(HearthlmError, ValueError):
+    """The architecture, or a config value that changes the maths, is not implemented."""
+
+
+class InvalidInputError(HearthlmError, ValueError):
+    """An argument is out of range: token ids outside the vocabulary, bad dtype name..."""
+
+
+class ContextOverflowError(InvalidInputError):
+    """More tokens than the context window can hold."""
+
+
+class UnsupportedISAError(HearthlmError, RuntimeError):
+    """HEARTHLM_ISA asks for an instruction set this CPU or build lacks."""

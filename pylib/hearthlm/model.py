@@ -1,0 +1,164 @@
+"""hearthlm.load(): a Hugging Face model folder -> a Model ready to run."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .cpu import physical_cores
+from .errors import InvalidInputError, ModelFormatError
+from .kv_cache import KVCache
+from .models import ModelArgs, model_args, read_config
+from .safetensors_io import CheckpointFiles
+from .tokenizer import Tokenizer, read_json
+from .transformer import Buffers, Transformer
+from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
+
+PREFILL_CHUNK = 512  # tokens per forward call; longer prompts run in chunks
+
+
+class Model:
+    """A loaded model. Weights are read-only and may be shared by several sessions."""
+
+    def __init__(self, path: str, args: ModelArgs, transformer: Transformer,
+                 tokenizer: Optional[Tokenizer], generation_config: dict, dtype: str,
+                 n_threads: int, load_stats: dict):
+        self.path = path
+        self.args = args
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config
+        self.dtype = dtype
+        self.n_threads = n_threads
+        self.load_stats = load_stats
+
+    @property
+    def vocab_size(self) -> int:
+        return self.args.vocab_size
+
+    def __repr__(self) -> str:
+        a = self.args
+        return (f"<hearthlm.Model {a.architecture} layers={a.num_hidden_layers} "
+                f"hidden={a.hidden_size} dtype={self.dtype} threads={self.n_threads}>")
+
+    # -- running tokens ---------------------------------------------------------------
+
+    def check_ids(self, token_ids, argument: str = "token_ids") -> np.ndarray:
+        try:
+            ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InvalidInputError(f"{argument}: expected a sequence of integer token ids ({e})") from None
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidInputError(
+                f"{argument}[{i}] = {int(ids[i])} is outside the vocabulary [0, {self.vocab_size})")
+        return ids.astype(np.int32)
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of a fresh sequence: float32 [len(token_ids), vocab]."""
+        ids = self.check_ids(token_ids)
+        if len(ids) == 0:
+            raise InvalidInputError("token_ids: empty sequence")
+        cache = KVCache(self.args, len(ids))
+        buf = Buffers(self.args, min(len(ids), PREFILL_CHUNK))
+        out = np.empty((len(ids), self.vocab_size), np.float32)
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start:start + PREFILL_CHUNK]
+            self.transformer.forward(chunk, cache, buf, out[start:start + len(chunk)])
+        return out
+
+    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 64,
+                 temperature: float = 0.0) -> str:
+        """Greedy continuation of a prompt (text or token ids), returned as text."""
+        if temperature != 0.0:
+            raise InvalidInputError("temperature: only greedy decoding (0) is implemented yet")
+        ids = self.generate_ids(prompt, max_new_tokens)
+        return self._require_tokenizer().decode(ids)
+
+    def generate_ids(self, prompt: Union[str, Sequence[int]], max_new_tokens: int) -> list[int]:
+        """Greedy token ids after the prompt, stopping at an end-of-sequence token."""
+        if isinstance(prompt, str):
+            prompt = self._require_tokenizer().encode(prompt)
+        ids = self.check_ids(prompt, "prompt")
+        if len(ids) == 0:
+            raise InvalidInputError("prompt: empty")
+        cache = KVCache(self.args, len(ids) + max_new_tokens)
+        buf = Buffers(self.args, min(len(ids), PREFILL_CHUNK))
+        logits = np.empty((1, self.vocab_size), np.float32)
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            self.transformer.forward(ids[start:start + PREFILL_CHUNK], cache, buf, logits)
+        stop = set(self.eos_token_ids)
+        out: list[int] = []
+        token = np.zeros(1, np.int32)
+        for _ in range(max_new_tokens):
+            token[0] = int(np.argmax(logits[0]))
+            if int(token[0]) in stop:
+                break
+            out.append(int(token[0]))
+            if len(out) == max_new_tokens:
+                break
+            self.transformer.forward(token, cache, buf, logits)
+        return out
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.generation_config.get("eos_token_id")
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ModelFormatError(f"{self.path}: no tokenizer.json, so text cannot be encoded; pass token ids")
+        return self.tokenizer
+
+
+def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
+         n_threads: Optional[int] = None) -> Model:
+    """Load a Hugging Face model folder.
+
+    dtype: "f32", "bf16" or "f16" for the weights the kernels read; None keeps the
+    checkpoint's own dtype. Tensors already in that dtype stay memory-mapped (zero
+    copy); others are converted once (see model.load_stats["converted_bytes"]).
+    n_threads: OpenMP threads for the kernels; default = physical cores.
+    """
+    t0 = time.perf_counter()
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        raise ModelFormatError(f"{folder}: not a directory (expected a Hugging Face model folder)")
+    config = read_config(folder)
+    args = model_args(config, os.path.join(folder, "config.json"))
+    files = CheckpointFiles(folder)
+    if dtype is None:
+        dtype = _checkpoint_dtype(files)
+    if dtype not in WEIGHT_DTYPES:
+        raise InvalidInputError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
+    if n_threads is None:
+        n_threads = physical_cores()
+    if not isinstance(n_threads, int) or n_threads < 1:
+        raise InvalidInputError(f"n_threads: expected a positive integer, got {n_threads!r}")
+    reader = WeightReader(files, dtype)
+    transformer = Transformer(args, reader, n_threads)
+    tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
+    generation_config = read_json(os.path.join(folder, "generation_config.json"))
+    stats = {
+        "mapped_bytes": reader.mapped_bytes,
+        "converted_bytes": reader.converted_bytes,
+        "load_seconds": time.perf_counter() - t0,
+    }
+    return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats)
+
+
+def _checkpoint_dtype(files: CheckpointFiles) -> str:
+    """The dtype most of the checkpoint's bytes are stored in (f32 if not 16-bit)."""
+    by_type: dict[str, int] = {}
+    for name in files.where:
+        info = files.info(name)
+        by_type[info.dtype] = by_type.get(info.dtype, 0) + info.end - info.begin
+    main = max(by_type, key=by_type.get) if by_type else "F32"
+    return IN_PLACE.get(main, "f32")

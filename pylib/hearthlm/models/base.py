@@ -1,0 +1,98 @@
+"""ModelArgs: everything the forward pass needs to know, read from config.json."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    norm: str                 # "rms" or "layer" (LayerNorm with bias)
+    norm_eps: float
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    rope_theta: float
+    rope_scaling: dict        # {"rope_type": "default" | "linear" | "llama3", ...}
+    rotary_dim: int           # leading dims of each head that rotate (partial rotary)
+    sliding_windows: tuple = field(default=())  # per layer: window in tokens, 0 = full
+
+    @property
+    def n_rep(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+
+def require(config: dict, key: str, where: str, kind=int):
+    if key not in config:
+        raise UnsupportedModelError(f"{where}: config.json lacks '{key}'")
+    value = config[key]
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise UnsupportedModelError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        raise UnsupportedModelError(f"{where}: '{key}' must be a positive number, got {value!r}")
+    return kind(value)
+
+
+def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
+    """(theta, scaling, partial_rotary_factor) from either the transformers-5 style
+    `rope_parameters` or the older `rope_theta` + `rope_scaling` + top-level factor."""
+    params = config.get("rope_parameters")
+    if isinstance(params, dict):
+        scaling = dict(params)
+        theta = scaling.pop("rope_theta", config.get("rope_theta", 10000.0))
+        partial = scaling.pop("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    else:
+        scaling = dict(config.get("rope_scaling") or {})
+        theta = config.get("rope_theta", 10000.0)
+        partial = config.get("partial_rotary_factor", 1.0)
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    scaling["rope_type"] = rope_type
+    if rope_type not in ("default", "linear", "llama3"):
+        raise UnsupportedModelError(
+            f"{where}: rope scaling type '{rope_type}' is not supported "
+            "(supported: default, linear, llama3)")
+    if rope_type in ("linear", "llama3"):
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or factor <= 0:
+            raise UnsupportedModelError(f"{where}: rope scaling '{rope_type}' needs a positive 'factor'")
+    if rope_type == "llama3":
+        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if not isinstance(scaling.get(key), (int, float)):
+                raise UnsupportedModelError(f"{where}: llama3 rope scaling lacks '{key}'")
+    if not isinstance(theta, (int, float)) or theta <= 0:
+        raise UnsupportedModelError(f"{where}: rope_theta must be positive, got {theta!r}")
+    if not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+        raise UnsupportedModelError(f"{where}: partial_rotary_factor must be in (0, 1], got {partial!r}")
+    return float(theta), scaling, float(partial)
+
+
+def check_activation(config: dict, where: str) -> None:
+    act = config.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UnsupportedModelError(f"{where}: hidden_act '{act}' is not supported (only silu / SwiGLU)")
+
+
+def check_heads(config: dict, where: str) -> tuple[int, int, int]:
+    hidden = require(config, "hidden_size", where)
+    heads = require(config, "num_attention_heads", where)
+    kv_heads = config.get("num_key_value_heads") or heads
+    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+        raise UnsupportedModelError(
+            f"{where}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+    head_dim = config.get("head_dim") or hidden // heads
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise UnsupportedModelError(f"{where}: head_dim must be a positive even integer, got {head_dim!r}")
+    if head_dim > 256:
+        raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported 256")
+    return heads, kv_heads, head_dim

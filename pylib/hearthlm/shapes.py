@@ -1,0 +1,105 @@
+"""Named model shapes with random weights, for benchmarks that need no download.
+
+`random_model_folder("tinyllama-1.1b", "bf16")` writes (once, then reuses) a Hugging
+Face folder with config.json and model.safetensors of that shape under the cache
+directory ($HEARTHLM_CACHE or ~/.cache/hearthlm)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .safetensors_io import write_safetensors
+from .weights import f32_to_bf16_bits
+
+SHAPES = {
+    "tiny": dict(architecture="LlamaForCausalLM", hidden_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, intermediate_size=160,
+                 vocab_size=512, tie_word_embeddings=True),
+    "smollm2-135m": dict(architecture="LlamaForCausalLM", hidden_size=576, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
+                         vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
+    "tinyllama-1.1b": dict(architecture="LlamaForCausalLM", hidden_size=2048, num_hidden_layers=22,
+                           num_attention_heads=32, num_key_value_heads=4, intermediate_size=5632,
+                           vocab_size=32000, tie_word_embeddings=False),
+    "llama3.2-1b": dict(architecture="LlamaForCausalLM", hidden_size=2048, num_hidden_layers=16,
+                        num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192,
+                        vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+                        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 8192}),
+    "qwen2.5-0.5b": dict(architecture="Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                         vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
+}
+
+STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}
+
+
+def cache_dir() -> str:
+    return os.environ.get("HEARTHLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hearthlm")
+
+
+def config_for(shape: str) -> dict:
+    if shape not in SHAPES:
+        raise InvalidInputError(f"shape: unknown '{shape}' (known: {', '.join(SHAPES)})")
+    s = dict(SHAPES[shape])
+    arch = s.pop("architecture")
+    return {"architectures": [arch], "model_type": arch[:-len("ForCausalLM")].lower(),
+            "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "torch_dtype": "float32", **s}
+
+
+def tensor_shapes(config: dict) -> list[tuple[str, tuple]]:
+    H, I, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    hd = H // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    qwen2 = config["architectures"][0] == "Qwen2ForCausalLM"
+    out = [("model.embed_tokens.weight", (V, H))]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        out += [(f"{p}.input_layernorm.weight", (H,)),
+                (f"{p}.self_attn.q_proj.weight", (q, H)), (f"{p}.self_attn.k_proj.weight", (kv, H)),
+                (f"{p}.self_attn.v_proj.weight", (kv, H)), (f"{p}.self_attn.o_proj.weight", (H, q)),
+                (f"{p}.post_attention_layernorm.weight", (H,)),
+                (f"{p}.mlp.gate_proj.weight", (I, H)), (f"{p}.mlp.up_proj.weight", (I, H)),
+                (f"{p}.mlp.down_proj.weight", (H, I))]
+        if qwen2:
+            out += [(f"{p}.self_attn.{n}_proj.bias", (d,)) for n, d in (("q", q), ("k", kv), ("v", kv))]
+    out.append(("model.norm.weight", (H,)))
+    if not config["tie_word_embeddings"]:
+        out.append(("lm_head.weight", (V, H)))
+    return out
+
+
+def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
+    """A folder holding a random-weight model of `shape`, stored in `dtype`."""
+    if dtype not in STORAGE:
+        raise InvalidInputError(f"dtype: random models are stored as {', '.join(STORAGE)}, not {dtype!r}")
+    config = config_for(shape)
+    folder = os.path.join(cache_dir(), "shapes", f"{shape}-{dtype}-seed{seed}")
+    weights = os.path.join(folder, "model.safetensors")
+    if os.path.exists(weights):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    st_dtype, _ = STORAGE[dtype]
+
+    def producer(name, dims):
+        def make():
+            if len(dims) == 1:  # norms ~1, biases small; always stored as F32
+                return (1.0 if "norm" in name else 0.0) + 0.02 * rng.standard_normal(dims, dtype=np.float32)
+            w = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
+            if dtype == "bf16":
+                return f32_to_bf16_bits(w)
+            return w.astype(STORAGE[dtype][1])
+        return make
+
+    tensors = [(name, st_dtype if len(dims) == 2 else "F32", dims, producer(name, dims))
+               for name, dims in tensor_shapes(config)]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    write_safetensors(weights, tensors, {"format": "pt"})  # renamed into place last
+    return folder

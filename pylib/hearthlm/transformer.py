@@ -1,0 +1,160 @@
+"""The network, top to bottom: embed -> per layer [norm -> QKV -> RoPE -> attention
+over the KV cache -> output projection -> residual -> norm -> SwiGLU -> residual]
+-> final norm -> logits. Every buffer is allocated once (Buffers); each step is one
+native kernel call with the GIL released."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _kernels as K
+from .kv_cache import KVCache
+from .models import ModelArgs
+from .rope import rope_tables
+from .weights import Linear, WeightReader
+
+
+@dataclass
+class Norm:
+    weight: np.ndarray            # [dim] float32
+    bias: Optional[np.ndarray]    # [dim] float32 for LayerNorm, None for RMSNorm
+
+
+@dataclass
+class Layer:
+    attn_norm: Norm
+    q_proj: Linear   # [n_heads * head_dim, hidden]
+    k_proj: Linear   # [n_kv_heads * head_dim, hidden]
+    v_proj: Linear   # [n_kv_heads * head_dim, hidden]
+    o_proj: Linear   # [hidden, n_heads * head_dim]
+    mlp_norm: Norm
+    gate_proj: Linear  # [intermediate, hidden]
+    up_proj: Linear    # [intermediate, hidden]
+    down_proj: Linear  # [hidden, intermediate]
+    window: int        # sliding window in tokens, 0 = full attention
+
+
+class Buffers:
+    """Activations for up to `max_tokens` tokens per forward call, allocated once."""
+
+    def __init__(self, args: ModelArgs, max_tokens: int):
+        T, H = max_tokens, args.hidden_size
+        q_dim = args.num_attention_heads * args.head_dim
+        kv_dim = args.num_key_value_heads * args.head_dim
+        f32 = np.float32
+        self.max_tokens = T
+        self.x = np.zeros((T, H), f32)        # residual stream
+        self.h = np.zeros((T, H), f32)        # normed input / block output
+        self.q = np.zeros((T, q_dim), f32)
+        self.k = np.zeros((T, kv_dim), f32)
+        self.v = np.zeros((T, kv_dim), f32)
+        self.attn = np.zeros((T, q_dim), f32)
+        self.gate = np.zeros((T, args.intermediate_size), f32)
+        self.up = np.zeros((T, args.intermediate_size), f32)
+        self.positions = np.zeros(T, np.int32)
+        self.ids = np.zeros(T, np.int32)
+
+
+class Transformer:
+    def __init__(self, args: ModelArgs, reader: WeightReader, n_threads: int):
+        self.args = args
+        self.n_threads = n_threads
+        H, I, V = args.hidden_size, args.intermediate_size, args.vocab_size
+        q_dim = args.num_attention_heads * args.head_dim
+        kv_dim = args.num_key_value_heads * args.head_dim
+        # [vocab, hidden]: rows gathered for the input, and the LM head when tied
+        self.embed_tokens = Linear(reader.tensor("model.embed_tokens.weight", (V, H)), reader.wtype)
+        self.layers = []
+        for i in range(args.num_hidden_layers):
+            p = f"model.layers.{i}"
+            self.layers.append(Layer(
+                attn_norm=self._norm(reader, f"{p}.input_layernorm", H),
+                q_proj=reader.linear(f"{p}.self_attn.q_proj", q_dim, H, args.qkv_bias),
+                k_proj=reader.linear(f"{p}.self_attn.k_proj", kv_dim, H, args.qkv_bias),
+                v_proj=reader.linear(f"{p}.self_attn.v_proj", kv_dim, H, args.qkv_bias),
+                o_proj=reader.linear(f"{p}.self_attn.o_proj", H, q_dim, args.o_bias),
+                mlp_norm=self._norm(reader, f"{p}.post_attention_layernorm", H),
+                gate_proj=reader.linear(f"{p}.mlp.gate_proj", I, H, args.mlp_bias),
+                up_proj=reader.linear(f"{p}.mlp.up_proj", I, H, args.mlp_bias),
+                down_proj=reader.linear(f"{p}.mlp.down_proj", H, I, args.mlp_bias),
+                window=args.sliding_windows[i] if args.sliding_windows else 0,
+            ))
+        self.final_norm = self._norm(reader, "model.norm", H)
+        if args.tie_word_embeddings:
+            self.lm_head = self.embed_tokens
+        else:
+            self.lm_head = reader.linear("lm_head", V, H, bias=False)  # [vocab, hidden]
+        self.scale = float(args.head_dim) ** -0.5
+        self.rope_cos = self.rope_sin = np.zeros((0, args.rotary_dim // 2), np.float32)
+
+    def _norm(self, reader: WeightReader, prefix: str, dim: int) -> Norm:
+        weight = reader.vector(f"{prefix}.weight", (dim,))
+        bias = reader.vector(f"{prefix}.bias", (dim,)) if self.args.norm == "layer" else None
+        return Norm(weight, bias)
+
+    def ensure_rope(self, n_positions: int) -> None:
+        """Grow the cos/sin tables to cover positions [0, n_positions)."""
+        if self.rope_cos.shape[0] < n_positions:
+            self.rope_cos, self.rope_sin = rope_tables(self.args, n_positions)
+
+    # -- building blocks: one kernel call each ------------------------------------
+
+    def norm(self, out: np.ndarray, x: np.ndarray, norm: Norm) -> None:
+        if norm.bias is None:
+            K.rmsnorm(out, x, norm.weight, self.args.norm_eps, self.n_threads)
+        else:
+            K.layernorm(out, x, norm.weight, norm.bias, self.args.norm_eps, self.n_threads)
+
+    def linear(self, out: np.ndarray, x: np.ndarray, lin: Linear) -> None:
+        K.matmul(out, x, lin.weight, lin.bias, lin.wtype, self.n_threads)
+
+    # -- the forward pass -----------------------------------------------------------
+
+    def forward(self, ids: np.ndarray, cache: KVCache, buf: Buffers,
+                logits_out: np.ndarray) -> None:
+        """Run len(ids) <= buf.max_tokens new tokens through the network, appending
+        them to `cache`. logits_out: [T, vocab] for every position, or [1, vocab]
+        for the last one only."""
+        a = self.args
+        T = len(ids)
+        nh, nkv, hd = a.num_attention_heads, a.num_key_value_heads, a.head_dim
+        x, h = buf.x[:T], buf.h[:T]                                   # [T, hidden]
+        q, k, v = buf.q[:T], buf.k[:T], buf.v[:T]                     # [T, heads*hd]
+        q3, k3, v3 = q.reshape(T, nh, hd), k.reshape(T, nkv, hd), v.reshape(T, nkv, hd)
+        attn, attn3 = buf.attn[:T], buf.attn[:T].reshape(T, nh, hd)
+        gate, up = buf.gate[:T], buf.up[:T]                           # [T, intermediate]
+
+        ids32 = buf.ids[:T]
+        ids32[:] = ids
+        K.embed(x, self.embed_tokens.weight, ids32, self.embed_tokens.wtype)
+        slots = cache.reserve(T)
+        positions = cache.slot_pos[slots]
+        self.ensure_rope(int(positions[-1]) + 1)
+
+        for i, layer in enumerate(self.layers):
+            # attention block: h = x + o_proj(attention(rope(q), rope(k), v))
+            self.norm(h, x, layer.attn_norm)
+            self.linear(q, h, layer.q_proj)
+            self.linear(k, h, layer.k_proj)
+            self.linear(v, h, layer.v_proj)
+            K.rope(q3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
+            K.rope(k3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
+            cache.store(i, slots, k3, v3)
+            K.attention(attn3, q3, cache.k[i], cache.v[i], cache.slot_pos, positions,
+                        layer.window, self.scale, self.n_threads)
+            self.linear(h, attn, layer.o_proj)
+            K.add(x, x, h, self.n_threads)
+            # feed-forward block: x = x + down(silu(gate(h)) * up(h))
+            self.norm(h, x, layer.mlp_norm)
+            self.linear(gate, h, layer.gate_proj)
+            self.linear(up, h, layer.up_proj)
+            K.swiglu(gate, gate, up, self.n_threads)
+            self.linear(h, gate, layer.down_proj)
+            K.add(x, x, h, self.n_threads)
+
+        rows = T if logits_out.shape[0] == T else 1
+        self.norm(h[T - rows:], x[T - rows:], self.final_norm)
+        self.linear(logits_out, h[T - rows:], self.lm_head)
+

@@ -1,0 +1,196 @@
+"""Every kernel on every ISA path this CPU supports, against numpy (float64) and the
+scalar reference, on awkward sizes (odd, not multiples of any vector width)."""
+import numpy as np
+import pytest
+
+import hearthlm
+from hearthlm import _kernels as K
+from hearthlm.weights import f32_to_bf16_bits
+
+ISAS = hearthlm.cpu_info()["supported_isas"]
+SIZES = [1, 3, 7, 17, 33, 67]
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def weights_as(w32, wtype):
+    """(stored weights, float64 values they represent)."""
+    if wtype == "f32":
+        return w32, w32.astype(np.float64)
+    if wtype == "bf16":
+        bits = f32_to_bf16_bits(w32)
+        return bits, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    half = w32.astype(np.float16)
+    return half, half.astype(np.float64)
+
+
+def test_isa_list_is_consistent():
+    info = hearthlm.cpu_info()
+    assert info["active_isa"] == info["supported_isas"][-1]
+    assert "scalar" in info["supported_isas"]
+    assert set(info["supported_isas"]) <= set(info["compiled_isas"])
+
+
+def test_unsupported_isa_is_an_error():
+    unsupported = [i for i in K.compiled_isas() if i not in K.supported_isas()] + ["sse9000"]
+    for name in unsupported:
+        with pytest.raises(hearthlm.UnsupportedISAError, match=name):
+            hearthlm.select_isa(name)
+    assert K.active_isa() == K.supported_isas()[-1]
+
+
+def test_environment_variable_forces_the_path():
+    import subprocess
+    import sys
+    for isa in ISAS:
+        out = subprocess.run([sys.executable, "-c", "import hearthlm; print(hearthlm.cpu_info()['active_isa'])"],
+                             env={**__import__("os").environ, "HEARTHLM_ISA": isa},
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == isa
+    bad = subprocess.run([sys.executable, "-c", "import hearthlm"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HEARTHLM_ISA": "nonsense"})
+    assert bad.returncode != 0 and "UnsupportedISAError" in bad.stderr
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (1, 5, 130), (3, 17, 7), (7, 33, 67), (67, 65, 17), (130, 3, 9)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_matmul(isa, wtype, M, N, K_, threads):
+    x, w32, bias = rand(M, K_), rand(N, K_), rand(N)
+    w, w64 = weights_as(w32, wtype)
+    ref = x.astype(np.float64) @ w64.T + bias
+    y = np.full((M, N), np.nan, np.float32)
+    K.matmul(y, x, w, bias, wtype, threads, isa)
+    tol = 1e-5 * np.sqrt(K_) * (np.abs(x).astype(np.float64) @ np.abs(w64).T + 1)
+    assert np.all(np.abs(y - ref) <= tol)
+    y_scalar = np.empty_like(y)
+    K.matmul(y_scalar, x, w, None, wtype, 1, "scalar")
+    assert np.all(np.abs(y - (y_scalar + bias)) <= tol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", SIZES)
+def test_norms(isa, n):
+    x, w, b = rand(5, n) * 3 + 1, rand(n), rand(n)
+    x64 = x.astype(np.float64)
+    out = np.empty_like(x)
+    K.rmsnorm(out, x, w, 1e-5, 2, isa)
+    ref = x64 / np.sqrt((x64 ** 2).mean(1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    K.layernorm(out, x, w, b, 1e-5, 2, isa)
+    ref = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("head_dim,rot_dim", [(2, 2), (6, 6), (22, 22), (40, 10), (64, 64)])
+def test_rope(isa, head_dim, rot_dim):
+    T, heads, n_pos = 5, 3, 5000
+    x = rand(T, heads, head_dim)
+    pos = np.array([0, 1, 17, 2047, 4999], np.int32)
+    inv = 1.0 / 10000 ** (np.arange(0, rot_dim, 2) / rot_dim)
+    angles = np.outer(np.arange(n_pos), inv)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    ref = x.astype(np.float64).copy()
+    half = rot_dim // 2
+    c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+    a, b = ref[..., :half].copy(), ref[..., half:rot_dim].copy()
+    ref[..., :half] = a * c - b * s
+    ref[..., half:rot_dim] = b * c + a * s
+    K.rope(x, cos, sin, pos, rot_dim, 1, isa)
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
+
+
+def attention_reference(q, k, v, kv_pos, q_pos, window, scale):
+    T, H, D = q.shape
+    n_rep = H // k.shape[0]
+    out = np.zeros((T, H, D))
+    for t in range(T):
+        for h in range(H):
+            kh, vh = k[h // n_rep].astype(np.float64), v[h // n_rep].astype(np.float64)
+            ok = (kv_pos >= 0) & (kv_pos <= q_pos[t])
+            if window:
+                ok &= q_pos[t] - kv_pos < window
+            s = kh[ok] @ q[t, h] * scale
+            p = np.exp(s - s.max())
+            out[t, h] = p @ vh[ok] / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (12, 1, 64), (9, 3, 33)])
+@pytest.mark.parametrize("n_slots,window", [(5, 0), (150, 0), (150, 7)])
+def test_attention(isa, heads, kv_heads, head_dim, n_slots, window):
+    T = 3
+    q = rand(T, heads, head_dim)
+    k, v = rand(kv_heads, n_slots, head_dim), rand(kv_heads, n_slots, head_dim)
+    kv_pos = rng.permutation(n_slots).astype(np.int32)  # slots filled in any order
+    q_pos = np.arange(n_slots - T, n_slots, dtype=np.int32)
+    kv_pos[(rng.random(n_slots) < 0.2) & ~np.isin(kv_pos, q_pos)] = -1  # some empty slots
+    out = np.full_like(q, np.nan)
+    K.attention(out, q, k, v, kv_pos, q_pos, window, 0.3, 2, isa)
+    ref = attention_reference(q, k, v, kv_pos, q_pos, window, 0.3)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", SIZES + [70000])
+def test_elementwise(isa, n):
+    g, u = rand(1, n) * 4, rand(1, n)
+    out = np.empty_like(g)
+    K.swiglu(out, g, u, 2, isa)
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(out, g64 / (1 + np.exp(-g64)) * u, rtol=1e-5, atol=1e-6)
+    K.add(out, g, u, 2, isa)
+    np.testing.assert_array_equal(out, g + u)
+
+
+def test_swiglu_extremes():
+    g = np.array([[-1e4, -100.0, -88.0, 0.0, 88.0, 100.0, 1e4, -3.0, 3.0]], np.float32)
+    u = np.ones_like(g)
+    for isa in ISAS:
+        out = np.empty_like(g)
+        K.swiglu(out, g, u, 1, isa)
+        assert np.all(np.isfinite(out))
+        with np.errstate(over="ignore"):
+            ref = g / (1 + np.exp(-g.astype(np.float64)))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "f16"])
+def test_embed(isa, wtype):
+    table, table64 = weights_as(rand(11, 37), wtype)
+    ids = np.array([0, 10, 3, 3], np.int32)
+    out = np.empty((4, 37), np.float32)
+    K.embed(out, table, ids, wtype, isa)
+    np.testing.assert_array_equal(out, table64[ids].astype(np.float32))
+    with pytest.raises(ValueError, match="token id 11"):
+        K.embed(out, table, np.array([1, 2, 11, 0], np.int32), wtype, isa)
+
+
+def test_f16_conversion_covers_subnormals_and_specials():
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    half = bits.view(np.float16).reshape(1, -1)
+    for isa in ISAS:
+        out = np.empty((1, 65536), np.float32)
+        K.embed(out, half, np.zeros(1, np.int32), "f16", isa)
+        np.testing.assert_array_equal(out[0], half[0].astype(np.float32))
+
+
+def test_bad_arguments_raise_not_crash():
+    x = rand(2, 8)
+    with pytest.raises(ValueError, match="w: shape"):
+        K.matmul(np.empty((2, 3), np.float32), x, rand(3, 9), None, "f32")
+    with pytest.raises(TypeError, match="x"):
+        K.matmul(np.empty((2, 3), np.float32), x.astype(np.float64), rand(3, 8), None, "f32")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.matmul(np.empty((8, 3), np.float32), x.T, rand(3, 2), None, "f32")
+    with pytest.raises(ValueError, match="wtype"):
+        K.matmul(np.empty((2, 3), np.float32), x, rand(3, 8), None, "int3")
+    with pytest.raises(ValueError, match="position 9"):
+        K.rope(rand(1, 1, 4), rand(5, 2), rand(5, 2), np.array([9], np.int32), 4)

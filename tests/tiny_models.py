@@ -1,0 +1,84 @@
+"""Tiny random-weight models of every supported architecture, built with transformers
+and saved as safetensors folders (f32 and bf16). Sizes are deliberately awkward."""
+from __future__ import annotations
+
+import os
+
+VARIANTS = {
+    # name: (architecture class name, config kwargs)
+    "llama-mha": ("LlamaForCausalLM", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=4,
+                                           intermediate_size=100, vocab_size=257)),
+    "llama-gqa-tied": ("LlamaForCausalLM", dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2,
+                                                intermediate_size=132, vocab_size=301, tie_word_embeddings=True)),
+    "llama-bias": ("LlamaForCausalLM", dict(hidden_size=40, num_attention_heads=4, num_key_value_heads=2,
+                                            intermediate_size=70, vocab_size=199, attention_bias=True,
+                                            mlp_bias=True)),
+    "llama3-rope": ("LlamaForCausalLM", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
+                                             intermediate_size=96, vocab_size=211,
+                                             rope_parameters={"rope_type": "llama3", "factor": 8.0,
+                                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                              "original_max_position_embeddings": 16,
+                                                              "rope_theta": 500000.0})),
+    "llama-linear-rope": ("LlamaForCausalLM", dict(hidden_size=36, num_attention_heads=3, num_key_value_heads=3,
+                                                   intermediate_size=50, vocab_size=123,
+                                                   rope_parameters={"rope_type": "linear", "factor": 2.5,
+                                                                    "rope_theta": 10000.0})),
+    "llama-head-dim": ("LlamaForCausalLM", dict(hidden_size=40, num_attention_heads=4, num_key_value_heads=2,
+                                                head_dim=22, intermediate_size=72, vocab_size=150)),
+    "mistral-window": ("MistralForCausalLM", dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+                                                  head_dim=8, intermediate_size=88, vocab_size=160,
+                                                  sliding_window=5)),
+    "qwen2": ("Qwen2ForCausalLM", dict(hidden_size=56, num_attention_heads=7, num_key_value_heads=1,
+                                       intermediate_size=90, vocab_size=230, tie_word_embeddings=True)),
+    "stablelm": ("StableLmForCausalLM", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                             intermediate_size=100, vocab_size=190, use_qkv_bias=True,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                              "partial_rotary_factor": 0.25})),
+}
+
+
+def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_layers: int = 2,
+          max_shard_size=None) -> str:
+    """Write variant `name` to `folder` (weights stored in `dtype`); returns folder."""
+    import torch
+    import transformers
+
+    arch, kwargs = VARIANTS[name]
+    cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    config = cfg_cls(num_hidden_layers=num_hidden_layers, max_position_embeddings=256,
+                     initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                     **kwargs)
+    config.architectures = [arch]
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(config).eval()
+    with torch.no_grad():  # make norms and biases non-trivial so they are tested
+        for pname, p in model.named_parameters():
+            if "norm" in pname or pname.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    os.makedirs(folder, exist_ok=True)
+    save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, safe_serialization=True, **save_kwargs)
+    return folder
+
+
+def reference_logits(folder: str, ids) -> "numpy.ndarray":
+    """transformers' float32 logits at every position (weights upcast to f32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+def reference_greedy(folder: str, ids, n: int) -> list:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(ids)]), max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
