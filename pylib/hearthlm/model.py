@@ -64,9 +64,9 @@ class Model:
         return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
 
     def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                n_discard: Optional[int] = None) -> Session:
+                n_discard: Optional[int] = None, kv_dtype: str = "f32") -> Session:
         """A new conversation state with its own KV cache (see hearthlm.session)."""
-        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard)
+        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard, kv_dtype=kv_dtype)
 
     def load_session(self, path: str) -> Session:
         """A session saved with Session.save(); refused if saved from another model."""
