@@ -8,7 +8,6 @@ import pytest
 import hearthlm
 import tiny_models
 from streaming_reference import StreamingReference
-from hearthlm.session import SessionBusyError
 
 
 def ids_for(model, n, seed=0):
@@ -149,13 +148,13 @@ def test_two_threads_share_weights(model_dir):
 
 def test_one_session_two_threads_is_refused(model_dir):
     model = hearthlm.load(model_dir("llama-gqa-tied"))
-    s = model.session(n_ctx=4096)
+    s = model.session(n_ctx=64)
     errors = []
     with s._exclusive():  # hold the session as if another thread were feeding it
         th = threading.Thread(target=lambda: errors.append(_try(lambda: s.feed([1]))))
         th.start()
         th.join()
-    assert len(errors) == 1 and isinstance(errors[0], SessionBusyError)
+    assert len(errors) == 1 and isinstance(errors[0], hearthlm.SessionBusyError)
 
 
 def _try(fn):
@@ -174,8 +173,13 @@ def test_bad_session_arguments(model_dir):
         model.session(n_ctx=8, n_keep=8)
     with pytest.raises(hearthlm.InvalidInputError, match="n_discard"):
         model.session(n_ctx=8, n_keep=2, n_discard=7)
-    with pytest.raises(hearthlm.InvalidInputError, match="KV cache needs"):
-        model.session(n_ctx=2 ** 40)
+    with pytest.raises(hearthlm.ContextOverflowError, match="exceeds the model's context of 256"):
+        model.session(n_ctx=257)
+    with pytest.raises(hearthlm.ContextOverflowError, match="context of 256"):
+        model.logits(list(range(100)) * 3)
+    from hearthlm.kv_cache import KVCache
+    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache needs .* bytes"):
+        KVCache(model.args, 2 ** 40)
 
 
 # Max |logit error| / max |logit| against an f32 cache, 60 tokens, measured on the tiny

@@ -19,17 +19,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import HearthlmError, InvalidInputError, ModelFormatError
+from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
 from .kv_cache import KVCache
 from .transformer import Buffers
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
 SESSION_VERSION = 1
 MAX_BATCH = 512  # tokens per forward call; longer inputs are fed in chunks
-
-
-class SessionBusyError(HearthlmError, RuntimeError):
-    """The session is being used by another thread."""
 
 
 class Session:
@@ -45,6 +41,10 @@ class Session:
         args = model.args
         if n_ctx is None:
             n_ctx = min(args.max_position_embeddings, 4096)
+        if isinstance(n_ctx, int) and n_ctx > args.max_position_embeddings:
+            raise ContextOverflowError(
+                f"n_ctx={n_ctx} exceeds the model's context of {args.max_position_embeddings} tokens "
+                "(max_position_embeddings in config.json)")
         if n_keep is None:
             n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
         self.cache = KVCache(args, n_ctx, n_keep, kv_dtype)
