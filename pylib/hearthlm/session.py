@@ -89,7 +89,9 @@ class Session:
 
     def feed(self, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens and run them (in batches of up to max_batch). Returns the
-        last position's logits [vocab], or with all_logits [len(token_ids), vocab]."""
+        last position's logits [vocab] as a read-only view of the session's buffer,
+        valid until the next call that changes the session (copy it to keep it; the
+        decode loop allocates nothing). With all_logits: a new [len(token_ids), vocab]."""
         ids = self.model.check_ids(token_ids)
         if len(ids) == 0:
             raise InvalidInputError("token_ids: empty")
@@ -104,7 +106,9 @@ class Session:
             if all_logits:
                 self.last_logits[0] = out[-1]
                 return out
-            return self.last_logits[0].copy()
+            view = self.last_logits[0]
+            view.flags.writeable = False
+            return view
 
     def _make_room(self, n: int) -> None:
         cache = self.cache
