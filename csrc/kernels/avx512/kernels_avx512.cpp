@@ -42,6 +42,7 @@ struct Vec {
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
   }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  static float hmax(F v) { return _mm512_reduce_max_ps(v); }
 };
 
 #include "kernels/simd_kernels.inc"

@@ -38,6 +38,7 @@ struct Vec {
     return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
   }
   static float hsum(F v) { return vaddvq_f32(v); }
+  static float hmax(F v) { return vmaxvq_f32(v); }
 };
 
 #include "kernels/simd_kernels.inc"
