@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from . import _kernels
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .kv_cache import KVCache
@@ -140,8 +141,9 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
         raise InvalidInputError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     if n_threads is None:
         n_threads = physical_cores()
-    if not isinstance(n_threads, int) or n_threads < 1:
-        raise InvalidInputError(f"n_threads: expected a positive integer, got {n_threads!r}")
+    if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
+        raise InvalidInputError(
+            f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
     reader = WeightReader(files, dtype)
     transformer = Transformer(args, reader, n_threads)
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
