@@ -106,12 +106,7 @@ class Model:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.generation_config.get("eos_token_id")
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        return eos_token_ids(self.generation_config, self.tokenizer, self.path)
 
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -148,12 +143,28 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     transformer = Transformer(args, reader, n_threads)
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
+    eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation
     stats = {
         "mapped_bytes": reader.mapped_bytes,
         "converted_bytes": reader.converted_bytes,
         "load_seconds": time.perf_counter() - t0,
     }
     return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats)
+
+
+def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:
+    """generation_config.json's eos_token_id (an id or a list of ids), else the tokenizer's."""
+    eos = generation_config.get("eos_token_id")
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(e, int) and not isinstance(e, bool) for e in ids):
+        raise ModelFormatError(
+            f"{os.path.join(folder, 'generation_config.json')}: eos_token_id must be a token id or a "
+            f"list of token ids, got {eos!r}")
+    return list(ids)
 
 
 def _checkpoint_dtype(files: CheckpointFiles) -> str:
