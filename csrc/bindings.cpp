@@ -112,8 +112,14 @@ KVLayer kv_layer(const py::array& data, const py::object& scales, const std::str
   return c;
 }
 
+// More threads than this is never useful and can exhaust the process's thread limit,
+// which libgomp does not survive (segfault), so it is refused up front.
+constexpr int kMaxThreads = 1024;
+
 int threads_arg(int n_threads) {
-  if (n_threads < 1) throw py::value_error("n_threads must be >= 1, got " + std::to_string(n_threads));
+  if (n_threads < 1 || n_threads > kMaxThreads)
+    throw py::value_error("n_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                          std::to_string(n_threads));
   return n_threads;
 }
 
@@ -133,6 +139,7 @@ PYBIND11_MODULE(_kernels, m) {
     d["dotprod"] = f.dotprod; d["i8mm"] = f.i8mm;
     return d;
   });
+  m.attr("max_threads") = kMaxThreads;
   m.def("supported_isas", &supported_isas);
   m.def("compiled_isas", &compiled_isas);
   m.def("select_isa", [](const std::string& name) {

@@ -22,6 +22,7 @@ void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, 
                                  int64_t, int64_t, int64_t),
                   float* y, const float* x, const Wt* w, const float* bias, int64_t M,
                   int64_t N, int64_t K, int n_threads) {
+  if (M <= 0 || N <= 0) return;  // nothing to write (and the chunk sizes below would be 0)
   if (M == 1) {
     // GEMV: ~4 chunks per thread, dynamically handed out so cores finish together.
     int64_t chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
@@ -160,6 +161,7 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads.
   // Split groups further when there are too few tasks to keep every thread busy.
   const int64_t n_kv_heads = k.n_kv_heads, n_slots = k.n_slots;
+  if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads;
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
   while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * n_threads) group = ceil_div(group, 2);

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from . import _kernels
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -102,12 +103,7 @@ class Model:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.generation_config.get("eos_token_id")
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        return eos_token_ids(self.generation_config, self.tokenizer, self.path)
 
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -137,12 +133,14 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
         raise InvalidInputError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     if n_threads is None:
         n_threads = physical_cores()
-    if not isinstance(n_threads, int) or n_threads < 1:
-        raise InvalidInputError(f"n_threads: expected a positive integer, got {n_threads!r}")
+    if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
+        raise InvalidInputError(
+            f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
     reader = WeightReader(files, dtype)
     transformer = Transformer(args, reader, n_threads)
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
+    eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation
     stats = {
         "mapped_bytes": reader.mapped_bytes,
         "converted_bytes": reader.converted_bytes,
@@ -150,6 +148,21 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     }
     return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats,
                  fingerprint(folder, files, vars(args)))
+
+
+def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:
+    """generation_config.json's eos_token_id (an id or a list of ids), else the tokenizer's."""
+    eos = generation_config.get("eos_token_id")
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(e, int) and not isinstance(e, bool) for e in ids):
+        raise ModelFormatError(
+            f"{os.path.join(folder, 'generation_config.json')}: eos_token_id must be a token id or a "
+            f"list of token ids, got {eos!r}")
+    return list(ids)
 
 
 def _checkpoint_dtype(files: CheckpointFiles) -> str:

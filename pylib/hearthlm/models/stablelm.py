@@ -3,7 +3,8 @@ partial rotary embeddings and optional q/k/v biases."""
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from .base import ModelArgs, check_activation, check_heads, require, rope_config
+from .base import (MAX_LAYERS, ModelArgs, check_activation, check_heads, optional_float, optional_int,
+                   require, rope_config)
 
 
 def model_args(config: dict, architecture: str, where: str) -> ModelArgs:
@@ -16,7 +17,7 @@ def model_args(config: dict, architecture: str, where: str) -> ModelArgs:
     rotary_dim = int(head_dim * partial)
     if rotary_dim < 2 or rotary_dim % 2:
         raise UnsupportedModelError(f"{where}: partial rotary gives {rotary_dim} dims; need an even number >= 2")
-    n_layers = require(config, "num_hidden_layers", where)
+    n_layers = require(config, "num_hidden_layers", where, maximum=MAX_LAYERS)
     return ModelArgs(
         architecture=architecture,
         vocab_size=require(config, "vocab_size", where),
@@ -26,9 +27,9 @@ def model_args(config: dict, architecture: str, where: str) -> ModelArgs:
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        max_position_embeddings=optional_int(config, "max_position_embeddings", 4096, where),
         norm="layer",
-        norm_eps=float(config.get("layer_norm_eps", 1e-5)),
+        norm_eps=optional_float(config, "layer_norm_eps", 1e-5, where),
         qkv_bias=bool(config.get("use_qkv_bias", False)),
         o_bias=False,
         mlp_bias=False,
