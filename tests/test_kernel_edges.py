@@ -30,8 +30,8 @@ def test_matmul_empty(isa, threads, M, N, K_):
                                                  (1, 2, 2, 3, 0), (2, 4, 2, 5, 1)])
 def test_attention_empty(isa, T, heads, kv, slots, hd):
     out = np.full((T, heads, hd), 7.0, f32)
-    K.attention(out, z(T, heads, hd), z(kv, slots, hd), z(kv, slots, hd), np.arange(slots, dtype=i32),
-                np.full(T, slots, i32), 0, 1.0, 2, isa)
+    K.attention(out, z(T, heads, hd), z(kv, slots, hd), None, z(kv, slots, hd), None, "f32",
+                np.arange(slots, dtype=i32), np.full(T, slots, i32), 0, 1.0, 2, isa)
     if slots == 0:
         assert not out.any()  # nothing visible: zeros
 

@@ -224,6 +224,45 @@ void check_rope(const KernelTable& t, const KernelTable& ref, Report& r) {
   }
 }
 
+// K/V rows of one kv head in a KV-cache storage type (kernels.h): f32, f16, bf16, or q8
+// (rows padded to a multiple of 32 int8 values, one float scale per block of 32).
+struct KVStore {
+  std::vector<float> f32;
+  std::vector<uint16_t> u16;
+  std::vector<int8_t> i8;
+  std::vector<float> scales;
+  KVRows rows{nullptr, nullptr, 0};
+};
+
+KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64_t head_dim) {
+  KVStore s;
+  if (type == kKVf32) {
+    s.f32 = x;
+    s.rows = {s.f32.data(), nullptr, head_dim};
+  } else if (type == kKVf16 || type == kKVbf16) {
+    for (float v : x) s.u16.push_back(type == kKVf16 ? float_to_f16(v) : float_to_bf16(v));
+    s.rows = {s.u16.data(), nullptr, head_dim};
+  } else {
+    const int64_t stride = (head_dim + kQ8Block - 1) / kQ8Block * kQ8Block, blocks = stride / kQ8Block;
+    s.i8.assign(size_t(n_slots * stride), 0);
+    s.scales.assign(size_t(n_slots * blocks), 0.0f);
+    for (int64_t j = 0; j < n_slots; ++j)
+      for (int64_t b = 0; b < blocks; ++b) {
+        float amax = 0.0f;
+        for (int64_t i = b * kQ8Block; i < (b + 1) * kQ8Block && i < head_dim; ++i)
+          amax = std::fmax(amax, std::fabs(x[size_t(j * head_dim + i)]));
+        const float scale = amax / 127.0f;
+        s.scales[size_t(j * blocks + b)] = scale;
+        for (int64_t i = b * kQ8Block; i < (b + 1) * kQ8Block && i < head_dim; ++i)
+          s.i8[size_t(j * stride + i)] = int8_t(scale > 0 ? std::nearbyint(x[size_t(j * head_dim + i)] / scale) : 0);
+      }
+    s.rows = {s.i8.data(), s.scales.data(), stride};
+  }
+  return s;
+}
+
+const char* const kKVNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};
+
 void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
   struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; };
   const C cases[] = {
@@ -234,23 +273,27 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       {50, 16, 3, -1, 0, false},  // q_pos before every slot: nothing visible, output zeros
       {3, 8, 1, 2, 1, false},
   };
-  Rng rng;
-  for (const C& c : cases) {
-    const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
-                             v = rng.vec(c.n_slots * c.head_dim);
-    std::vector<int32_t> pos(size_t(c.n_slots));
-    for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
-    const float scale = 1.0f / std::sqrt(float(c.head_dim));
-    std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
-    ref.attention(out_ref.data(), q.data(), k.data(), v.data(), pos.data(), c.n_slots, c.q_pos, c.window, scale,
-                  c.n_q, c.head_dim);
-    t.attention(out.data(), q.data(), k.data(), v.data(), pos.data(), c.n_slots, c.q_pos, c.window, scale, c.n_q,
-                c.head_dim);
-    const std::string d =
-        compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
-    r.check(d.empty(), std::string("attention[") + t.isa + "] " +
-                           sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
-                                  {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes}}), d);
+  for (int type = 0; type < kKVTypes; ++type) {
+    Rng rng;
+    for (const C& c : cases) {
+      const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
+                               v = rng.vec(c.n_slots * c.head_dim);
+      const KVStore ks = make_kv(KVType(type), k, c.n_slots, c.head_dim);
+      const KVStore vs = make_kv(KVType(type), v, c.n_slots, c.head_dim);
+      std::vector<int32_t> pos(size_t(c.n_slots));
+      for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
+      const float scale = 1.0f / std::sqrt(float(c.head_dim));
+      std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
+      ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
+                          scale, c.n_q, c.head_dim);
+      t.attention[type](out.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window, scale,
+                        c.n_q, c.head_dim);
+      const std::string d =
+          compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
+      r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
+                             sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
+                                    {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes}}), d);
+    }
   }
 }
 
@@ -312,12 +355,15 @@ void check_f16_to_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
 struct Check {
   const char* entry;
   void (*run)(const KernelTable& t, const KernelTable& ref, Report& r);
+  size_t pointers;  // function pointers of KernelTable this check covers
 };
 const Check kChecks[] = {
-    {"matmul_f32", check_matmul_f32},   {"matmul_bf16", check_matmul_bf16}, {"matmul_f16", check_matmul_f16},
-    {"rmsnorm", check_rmsnorm},         {"layernorm", check_layernorm},     {"rope", check_rope},
-    {"attention", check_attention},     {"swiglu", check_swiglu},           {"add", check_add},
-    {"bf16_to_f32", check_bf16_to_f32}, {"f16_to_f32", check_f16_to_f32},
+    {"matmul_f32", check_matmul_f32, 1},   {"matmul_bf16", check_matmul_bf16, 1},
+    {"matmul_f16", check_matmul_f16, 1},   {"rmsnorm", check_rmsnorm, 1},
+    {"layernorm", check_layernorm, 1},     {"rope", check_rope, 1},
+    {"attention[kKVTypes]", check_attention, kKVTypes},
+    {"swiglu", check_swiglu, 1},           {"add", check_add, 1},
+    {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
 };
 
 }  // namespace
@@ -375,9 +421,10 @@ int main(int argc, char** argv) {
   // KernelTable is `const char* isa` followed by function pointers: say if it has grown
   // entries this driver does not check yet.
   const size_t table_entries = (sizeof(KernelTable) - sizeof(const char*)) / sizeof(void (*)());
-  const size_t checked = sizeof(kChecks) / sizeof(kChecks[0]);
+  size_t checked = 0;
+  for (const Check& c : kChecks) checked += c.pointers;
   if (table_entries != checked)
-    std::printf("note: KernelTable has %zu entries, this driver checks %zu: add the new ones to kChecks\n",
+    std::printf("note: KernelTable has %zu function pointers, this driver checks %zu: add the new ones to kChecks\n",
                 table_entries, checked);
 
   std::printf("%d passed, %d failed\n", r.passed, r.failed);

@@ -1,47 +1,163 @@
-"""The KV cache: one contiguous allocation made once, written in place by slot.
+"""The KV cache: one contiguous allocation made once, written in place, used as a
+ring buffer that never runs out.
 
-Layout: k, v: [n_layers, n_kv_heads, capacity, head_dim] float32, so each kv head of
-each layer is one sequential stream for attention. `slot_pos[s]` is the position of
-the token held in slot s (-1 = empty); attention masks by these positions, so the
-slots may be filled in any order (a ring buffer reuses them without moving data).
-Keys are stored already rotated by RoPE at their position.
+Layout: k, v: [n_layers, n_kv_heads, capacity, row] in the storage type (`kv_dtype`),
+so each kv head of each layer is one sequential stream for attention, which reads the
+storage type directly:
+  f32   row = head_dim float32                       (4 bytes per value)
+  f16   row = head_dim IEEE half; bf16 bfloat16       (2 bytes)
+  q8    row = head_dim padded to 32 int8, plus one float32 scale per 32 in
+        k_scales / v_scales [n_layers, n_kv_heads, capacity, row / 32]  (~1.1 bytes) `slot_pos[s]` is the position of
+the token in slot s (-1 = empty); attention masks by these positions, so tokens may
+sit in any slot.
+
+Slots [0, n_keep) hold the first n_keep tokens (the attention sinks) for good; slots
+[n_keep, capacity) are a ring holding the rest, oldest at `tail`. The token at
+logical index i always has RoPE position i. When the cache is full, a context shift
+drops the oldest tokens of the middle (just after the sinks): their slots are reused,
+and the keys of the tokens after them, cached already rotated, are rotated back by
+the number dropped (R(p - d) = R(-d)·R(p)), so positions stay 0..length-1.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import ContextOverflowError
+from . import _kernels as K
+from .errors import InvalidInputError
 from .models import ModelArgs
+
+KV_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}
+Q8_BLOCK = 32
 
 
 class KVCache:
-    def __init__(self, args: ModelArgs, capacity: int):
-        shape = (args.num_hidden_layers, args.num_key_value_heads, capacity, args.head_dim)
+    def __init__(self, args: ModelArgs, capacity: int, n_keep: int = 0, kv_dtype: str = "f32"):
+        if not isinstance(capacity, int) or capacity < 1:
+            raise InvalidInputError(f"n_ctx: expected a positive integer, got {capacity!r}")
+        if not isinstance(n_keep, int) or not 0 <= n_keep < capacity:
+            raise InvalidInputError(f"n_keep: expected an integer in [0, n_ctx={capacity}), got {n_keep!r}")
+        if kv_dtype not in KV_DTYPES:
+            raise InvalidInputError(f"kv_dtype: expected one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+        self.kv_dtype = kv_dtype
+        self.head_dim = args.head_dim
+        q8 = kv_dtype == "q8"
+        row = -(-args.head_dim // Q8_BLOCK) * Q8_BLOCK if q8 else args.head_dim
+        shape = (args.num_hidden_layers, args.num_key_value_heads, capacity, row)
+        scale_shape = shape[:3] + (row // Q8_BLOCK,)
+        itemsize = np.dtype(KV_DTYPES[kv_dtype]).itemsize
+        needed = 2 * int(np.prod(shape)) * itemsize + (2 * int(np.prod(scale_shape)) * 4 if q8 else 0)
+        try:
+            self.k = np.zeros(shape, dtype=KV_DTYPES[kv_dtype])
+            self.v = np.zeros(shape, dtype=KV_DTYPES[kv_dtype])
+            self.k_scales = np.zeros(scale_shape, np.float32) if q8 else None
+            self.v_scales = np.zeros(scale_shape, np.float32) if q8 else None
+        except MemoryError:
+            raise InvalidInputError(
+                f"n_ctx={capacity}: the KV cache needs {needed / 2**30:.2f} GiB "
+                f"({needed} bytes), which cannot be allocated") from None
         self.capacity = capacity
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        self.n_keep = n_keep
         self.slot_pos = np.full(capacity, -1, dtype=np.int32)
-        self.length = 0  # tokens held, in slots [0, length)
+        self.length = 0  # tokens held
+        self.tail = 0    # ring index (0-based within the ring) of the oldest middle token
+
+    @property
+    def arrays(self) -> list:
+        """Every per-layer storage array: [k, v] or [k, v, k_scales, v_scales]."""
+        return [a for a in (self.k, self.v, self.k_scales, self.v_scales) if a is not None]
 
     @property
     def memory_bytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.slot_pos.nbytes
+        return sum(a.nbytes for a in self.arrays) + self.slot_pos.nbytes
+
+    def layer(self, i: int) -> tuple:
+        """(k, k_scales, v, v_scales) of layer i, scales None unless q8."""
+        ks = self.k_scales[i] if self.k_scales is not None else None
+        vs = self.v_scales[i] if self.v_scales is not None else None
+        return self.k[i], ks, self.v[i], vs
+
+    @property
+    def ring_size(self) -> int:
+        return self.capacity - self.n_keep
 
     def reset(self) -> None:
         self.slot_pos[:] = -1
         self.length = 0
+        self.tail = 0
 
-    def reserve(self, n_tokens: int) -> slice:
-        """Slots for the next n_tokens; their positions continue the sequence."""
+    def slot_of(self, i: int) -> int:
+        """The slot holding logical token i."""
+        if i < self.n_keep:
+            return i
+        return self.n_keep + (self.tail + i - self.n_keep) % self.ring_size
+
+    def order(self) -> np.ndarray:
+        """Slots of the held tokens in logical order: [length] int64."""
+        i = np.arange(self.length)
+        ring = self.n_keep + (self.tail + i - self.n_keep) % max(self.ring_size, 1)
+        return np.where(i < self.n_keep, i, ring)
+
+    def segments(self, start: int, count: int) -> list:
+        """Logical tokens [start, start+count) as (offset, slot slice) runs of
+        contiguous slots: at most three (sinks, ring before wrap, ring after wrap)."""
+        out, i = [], start
+        while i < start + count:
+            slot = self.slot_of(i)
+            limit = self.n_keep if i < self.n_keep else self.capacity
+            n = min(start + count - i, limit - slot)
+            out.append((i - start, slice(slot, slot + n)))
+            i += n
+        return out
+
+    def reserve(self, n_tokens: int) -> list:
+        """Slots for the next n_tokens (the caller made room), as segments()."""
+        if self.length + n_tokens > self.capacity:
+            raise InvalidInputError(
+                f"{self.length + n_tokens} tokens exceed the cache of {self.capacity}; shift first")
         start = self.length
-        if start + n_tokens > self.capacity:
-            raise ContextOverflowError(
-                f"{start + n_tokens} tokens exceed the context of {self.capacity} tokens")
-        self.slot_pos[start:start + n_tokens] = np.arange(start, start + n_tokens, dtype=np.int32)
-        self.length = start + n_tokens
-        return slice(start, start + n_tokens)
+        self.length += n_tokens
+        segs = self.segments(start, n_tokens)
+        for offset, slots in segs:
+            self.slot_pos[slots] = np.arange(start + offset, start + offset + slots.stop - slots.start,
+                                             dtype=np.int32)
+        return segs
 
-    def store(self, layer: int, slots: slice, k: np.ndarray, v: np.ndarray) -> None:
-        """k, v: [T, n_kv_heads, head_dim] for the tokens in `slots`."""
-        self.k[layer, :, slots, :] = k.transpose(1, 0, 2)
-        self.v[layer, :, slots, :] = v.transpose(1, 0, 2)
+    def store(self, layer: int, segments: list, k: np.ndarray, v: np.ndarray) -> None:
+        """k, v: [T, n_kv_heads, head_dim] float32 for the tokens reserved as `segments`,
+        converted to the storage type."""
+        kc, ks, vc, vs = self.layer(layer)
+        for offset, slots in segments:
+            n = slots.stop - slots.start
+            K.kv_store(kc, ks, self.kv_dtype, k[offset:offset + n], slots.start)
+            K.kv_store(vc, vs, self.kv_dtype, v[offset:offset + n], slots.start)
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first `length` tokens (rewind)."""
+        for _, slots in self.segments(length, self.length - length):
+            self.slot_pos[slots] = -1
+        self.length = length
+        if self.length <= self.n_keep:
+            self.tail = 0
+
+    def shift(self, n_drop: int, rope_cos: np.ndarray, rope_sin: np.ndarray,
+              rotary_dim: int, n_threads: int) -> None:
+        """Drop the n_drop oldest tokens after the sinks; later tokens move down by
+        n_drop positions and their cached keys are rotated back by n_drop.
+        rope_cos/rope_sin: [n_positions, rotary_dim/2] tables (need n_drop < n_positions)."""
+        n_middle = self.length - self.n_keep
+        if not 0 < n_drop <= n_middle:
+            raise InvalidInputError(f"shift: cannot drop {n_drop} of {n_middle} middle tokens")
+        for _, slots in self.segments(self.n_keep, n_drop):
+            self.slot_pos[slots] = -1
+        self.tail = (self.tail + n_drop) % self.ring_size
+        self.length -= n_drop
+        for offset, slots in self.segments(self.n_keep, self.length - self.n_keep):
+            first = self.n_keep + offset
+            self.slot_pos[slots] = np.arange(first, first + slots.stop - slots.start, dtype=np.int32)
+        # Rotation by -n_drop: cos(-a) = cos(a), sin(-a) = -sin(a); sinks and empty
+        # slots stay as they are.
+        cos, sin = rope_cos[n_drop:n_drop + 1], -rope_sin[n_drop:n_drop + 1]
+        which = np.where(self.slot_pos >= self.n_keep, 0, -1).astype(np.int32)
+        for layer in range(self.k.shape[0]):
+            kc, ks, _, _ = self.layer(layer)
+            K.kv_rotate(kc, ks, self.kv_dtype, self.head_dim, cos, sin, which, rotary_dim, n_threads)

@@ -10,14 +10,12 @@ import numpy as np
 from . import _kernels
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
-from .kv_cache import KVCache
 from .models import ModelArgs, model_args, read_config
 from .safetensors_io import CheckpointFiles
 from .tokenizer import Tokenizer, read_json
-from .transformer import Buffers, Transformer
+from .session import Session, fingerprint
+from .transformer import Transformer
 from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
-
-PREFILL_CHUNK = 512  # tokens per forward call; longer prompts run in chunks
 
 
 class Model:
@@ -25,7 +23,7 @@ class Model:
 
     def __init__(self, path: str, args: ModelArgs, transformer: Transformer,
                  tokenizer: Optional[Tokenizer], generation_config: dict, dtype: str,
-                 n_threads: int, load_stats: dict):
+                 n_threads: int, load_stats: dict, fingerprint: str):
         self.path = path
         self.args = args
         self.transformer = transformer
@@ -34,6 +32,7 @@ class Model:
         self.dtype = dtype
         self.n_threads = n_threads
         self.load_stats = load_stats
+        self.fingerprint = fingerprint  # identity of config + tensor layout, for saved sessions
 
     @property
     def vocab_size(self) -> int:
@@ -63,13 +62,16 @@ class Model:
         ids = self.check_ids(token_ids)
         if len(ids) == 0:
             raise InvalidInputError("token_ids: empty sequence")
-        cache = KVCache(self.args, len(ids))
-        buf = Buffers(self.args, min(len(ids), PREFILL_CHUNK))
-        out = np.empty((len(ids), self.vocab_size), np.float32)
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[start:start + PREFILL_CHUNK]
-            self.transformer.forward(chunk, cache, buf, out[start:start + len(chunk)])
-        return out
+        return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
+
+    def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
+                n_discard: Optional[int] = None, kv_dtype: str = "f32") -> Session:
+        """A new conversation state with its own KV cache (see hearthlm.session)."""
+        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard, kv_dtype=kv_dtype)
+
+    def load_session(self, path: str) -> Session:
+        """A session saved with Session.save(); refused if saved from another model."""
+        return Session.load(self, path)
 
     def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 64,
                  temperature: float = 0.0) -> str:
@@ -86,22 +88,17 @@ class Model:
         ids = self.check_ids(prompt, "prompt")
         if len(ids) == 0:
             raise InvalidInputError("prompt: empty")
-        cache = KVCache(self.args, len(ids) + max_new_tokens)
-        buf = Buffers(self.args, min(len(ids), PREFILL_CHUNK))
-        logits = np.empty((1, self.vocab_size), np.float32)
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            self.transformer.forward(ids[start:start + PREFILL_CHUNK], cache, buf, logits)
+        session = self.session(n_ctx=len(ids) + max_new_tokens)
+        logits = session.feed(ids)
         stop = set(self.eos_token_ids)
         out: list[int] = []
-        token = np.zeros(1, np.int32)
-        for _ in range(max_new_tokens):
-            token[0] = int(np.argmax(logits[0]))
-            if int(token[0]) in stop:
+        while len(out) < max_new_tokens:
+            token = int(np.argmax(logits))
+            if token in stop:
                 break
-            out.append(int(token[0]))
-            if len(out) == max_new_tokens:
-                break
-            self.transformer.forward(token, cache, buf, logits)
+            out.append(token)
+            if len(out) < max_new_tokens:
+                logits = session.feed([token])
         return out
 
     @property
@@ -149,7 +146,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
         "converted_bytes": reader.converted_bytes,
         "load_seconds": time.perf_counter() - t0,
     }
-    return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats)
+    return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats,
+                 fingerprint(folder, files, vars(args)))
 
 
 def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:

@@ -55,6 +55,7 @@ class Buffers:
         self.up = np.zeros((T, args.intermediate_size), f32)
         self.positions = np.zeros(T, np.int32)
         self.ids = np.zeros(T, np.int32)
+        self.arange = np.arange(T, dtype=np.int32)
 
 
 class Transformer:
@@ -126,12 +127,12 @@ class Transformer:
         attn, attn3 = buf.attn[:T], buf.attn[:T].reshape(T, nh, hd)
         gate, up = buf.gate[:T], buf.up[:T]                           # [T, intermediate]
 
-        ids32 = buf.ids[:T]
+        ids32, positions = buf.ids[:T], buf.positions[:T]
         ids32[:] = ids
         K.embed(x, self.embed_tokens.weight, ids32, self.embed_tokens.wtype)
-        slots = cache.reserve(T)
-        positions = cache.slot_pos[slots]
-        self.ensure_rope(int(positions[-1]) + 1)
+        np.add(buf.arange[:T], cache.length, out=positions)  # token i of the cache has position i
+        self.ensure_rope(cache.length + T)
+        segments = cache.reserve(T)
 
         for i, layer in enumerate(self.layers):
             # attention block: h = x + o_proj(attention(rope(q), rope(k), v))
@@ -141,8 +142,9 @@ class Transformer:
             self.linear(v, h, layer.v_proj)
             K.rope(q3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
             K.rope(k3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
-            cache.store(i, slots, k3, v3)
-            K.attention(attn3, q3, cache.k[i], cache.v[i], cache.slot_pos, positions,
+            cache.store(i, segments, k3, v3)
+            kc, ks, vc, vs = cache.layer(i)
+            K.attention(attn3, q3, kc, ks, vc, vs, cache.kv_dtype, cache.slot_pos, positions,
                         layer.window, self.scale, self.n_threads)
             self.linear(h, attn, layer.o_proj)
             K.add(x, x, h, self.n_threads)

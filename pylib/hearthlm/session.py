@@ -1,0 +1,255 @@
+"""Sessions: a conversation's KV cache, fed incrementally.
+
+    s = model.session(n_ctx=2048, n_keep=4)
+    logits = s.feed(prompt_ids)        # prefill in one batch -> last position's logits
+    logits = s.feed([next_id])         # decode
+    s.rewind(3); s.sync(new_full_ids); s.save("chat.hls"); model.load_session("chat.hls")
+
+Each session owns its cache and scratch buffers; many sessions (also in different
+threads) can share one model's read-only weights. A session itself is used by one
+thread at a time: a second thread gets SessionBusyError instead of corrupted state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
+from .kv_cache import KVCache
+from .transformer import Buffers
+
+SESSION_MAGIC = b"HEARTHLM-SESSION\n"
+SESSION_VERSION = 1
+MAX_BATCH = 512  # tokens per forward call; longer inputs are fed in chunks
+
+
+class Session:
+    def __init__(self, model, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_batch: int = MAX_BATCH):
+        """n_ctx: tokens the cache holds (default: the model's context, at most 4096).
+        n_keep: first tokens kept through context shifts (attention sinks / system
+        prompt); default 4 (fewer only when n_ctx is tiny).
+        n_discard: tokens dropped per shift (default: half of the n_ctx - n_keep ring).
+        kv_dtype: cache storage, "f32" (default), "f16" / "bf16" (half the memory) or
+        "q8" (int8 blocks of 32 with a scale: about 0.28x f32)."""
+        self.model = model
+        args = model.args
+        if n_ctx is None:
+            n_ctx = min(args.max_position_embeddings, 4096)
+        if isinstance(n_ctx, int) and n_ctx > args.max_position_embeddings:
+            raise ContextOverflowError(
+                f"n_ctx={n_ctx} exceeds the model's context of {args.max_position_embeddings} tokens "
+                "(max_position_embeddings in config.json)")
+        if n_keep is None:
+            n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
+        self.cache = KVCache(args, n_ctx, n_keep, kv_dtype)
+        ring = self.cache.ring_size
+        if n_discard is None:
+            n_discard = max(1, ring // 2)
+        if not isinstance(n_discard, int) or not 1 <= n_discard <= ring:
+            raise InvalidInputError(f"n_discard: expected an integer in [1, {ring}], got {n_discard!r}")
+        self.n_discard = n_discard
+        self.max_batch = max(1, min(max_batch, ring))
+        self.buf = Buffers(args, self.max_batch)
+        self.last_logits = np.zeros((1, args.vocab_size), np.float32)
+        self._tokens: list[int] = []
+        self._lock = threading.Lock()
+        model.transformer.ensure_rope(n_ctx)
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens the cache holds now, in order (after shifts: sinks + most recent)."""
+        return list(self._tokens)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cache.capacity
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the KV cache and this session's scratch buffers."""
+        b = self.buf
+        return self.cache.memory_bytes + sum(a.nbytes for a in vars(b).values()
+                                             if isinstance(a, np.ndarray)) + self.last_logits.nbytes
+
+    def _exclusive(self):
+        if not self._lock.acquire(blocking=False):
+            raise SessionBusyError("this session is in use by another thread; "
+                                   "give each thread its own model.session()")
+        return _Release(self._lock)
+
+    # -- feeding --------------------------------------------------------------------
+
+    def feed(self, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append tokens and run them (in batches of up to max_batch). Returns the
+        last position's logits [vocab] as a read-only view of the session's buffer,
+        valid until the next call that changes the session (copy it to keep it; the
+        decode loop allocates nothing). With all_logits: a new [len(token_ids), vocab]."""
+        ids = self.model.check_ids(token_ids)
+        if len(ids) == 0:
+            raise InvalidInputError("token_ids: empty")
+        with self._exclusive():
+            out = np.empty((len(ids), self.model.vocab_size), np.float32) if all_logits else None
+            for start in range(0, len(ids), self.max_batch):
+                chunk = ids[start:start + self.max_batch]
+                self._make_room(len(chunk))
+                dest = out[start:start + len(chunk)] if all_logits else self.last_logits
+                self.model.transformer.forward(chunk, self.cache, self.buf, dest)
+                self._tokens.extend(chunk.tolist())
+            if all_logits:
+                self.last_logits[0] = out[-1]
+                return out
+            view = self.last_logits[0]
+            view.flags.writeable = False
+            return view
+
+    def _make_room(self, n: int) -> None:
+        cache = self.cache
+        overflow = cache.length + n - cache.capacity
+        if overflow <= 0:
+            return
+        drop = min(max(overflow, self.n_discard), cache.length - cache.n_keep)
+        t = self.model.transformer
+        cache.shift(drop, t.rope_cos, t.rope_sin, self.model.args.rotary_dim, t.n_threads)
+        del self._tokens[cache.n_keep:cache.n_keep + drop]
+
+    def rewind(self, n: int) -> None:
+        """Drop the last n tokens (undo / regenerate)."""
+        if not isinstance(n, int) or not 0 <= n <= len(self._tokens):
+            raise InvalidInputError(f"rewind: n must be in [0, {len(self._tokens)}], got {n!r}")
+        with self._exclusive():
+            self.cache.truncate(len(self._tokens) - n)
+            del self._tokens[len(self._tokens) - n:]
+
+    def reset(self) -> None:
+        with self._exclusive():
+            self.cache.reset()
+            self._tokens.clear()
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        n = 0
+        for a, b in zip(self._tokens, token_ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def sync(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly token_ids, reusing the cached common prefix and
+        feeding only the rest. Returns the last position's logits."""
+        ids = self.model.check_ids(token_ids)
+        if len(ids) == 0:
+            raise InvalidInputError("token_ids: empty")
+        keep = min(self.common_prefix(ids.tolist()), len(ids) - 1)  # feed >= 1 for logits
+        self.rewind(len(self._tokens) - keep)
+        return self.feed(ids[keep:])
+
+    # -- persistence ----------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write the session (tokens and their cached K/V) to `path`."""
+        with self._exclusive():
+            cache = self.cache
+            order = cache.order()
+            header = {
+                "version": SESSION_VERSION,
+                "model": self.model.fingerprint,
+                "dtype": self.model.dtype,
+                "kv_dtype": cache.kv_dtype,
+                "n_ctx": cache.capacity,
+                "n_keep": cache.n_keep,
+                "n_discard": self.n_discard,
+                "tokens": self._tokens,
+                "ring_tail": cache.tail,
+                "kv_shape": [int(d) for d in cache.k.shape[:2]] + [len(order), int(cache.k.shape[3])],
+            }
+            raw = json.dumps(header).encode()
+            tmp = f"{path}.tmp-{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(SESSION_MAGIC + len(raw).to_bytes(8, "little") + raw)
+                    for layer in range(cache.k.shape[0]):
+                        for part in cache.arrays:
+                            f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+
+    @classmethod
+    def load(cls, model, path: str) -> "Session":
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise ModelFormatError(f"{path}: cannot open session file: {e.strerror}") from None
+        with f:
+            if f.read(len(SESSION_MAGIC)) != SESSION_MAGIC:
+                raise ModelFormatError(f"{path}: not a hearthlm session file")
+            size = int.from_bytes(f.read(8), "little")
+            if size > 1 << 30:
+                raise ModelFormatError(f"{path}: session header of {size} bytes is implausible")
+            try:
+                header = json.loads(f.read(size))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ModelFormatError(f"{path}: bad session header: {e}") from None
+            if not isinstance(header, dict) or header.get("version") != SESSION_VERSION:
+                raise ModelFormatError(f"{path}: session format version {header.get('version')!r} "
+                                       f"is not {SESSION_VERSION}")
+            if header.get("model") != model.fingerprint or header.get("dtype") != model.dtype:
+                raise ModelFormatError(f"{path}: session was saved from another model or dtype "
+                                       f"({header.get('dtype')}); it cannot be used with this one")
+            try:
+                s = cls(model, n_ctx=int(header["n_ctx"]), n_keep=int(header["n_keep"]),
+                        n_discard=int(header["n_discard"]), kv_dtype=str(header["kv_dtype"]))
+                tokens = [int(t) for t in header["tokens"]]
+                kv_shape = [int(d) for d in header["kv_shape"]]
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelFormatError(f"{path}: session header is incomplete: {e}") from None
+            layers, heads, n, hd = s.cache.k.shape[0], s.cache.k.shape[1], len(tokens), s.cache.k.shape[3]
+            if kv_shape != [layers, heads, n, hd] or n > s.n_ctx:
+                raise ModelFormatError(f"{path}: cached K/V shape {kv_shape} does not match the model")
+            s.model.check_ids(tokens, "session tokens")
+            tail = header.get("ring_tail")
+            if not isinstance(tail, int) or not 0 <= tail < max(s.cache.ring_size, 1):
+                raise ModelFormatError(f"{path}: bad ring_tail {tail!r}")
+            # Same slots as when saved, so attention sums in the same order: exact round trip.
+            s.cache.tail, s.cache.length = tail, n
+            order = s.cache.order()
+            for layer in range(layers):
+                for part in s.cache.arrays:
+                    per = heads * n * part.shape[3] * part.itemsize
+                    data = f.read(per)
+                    if len(data) != per:
+                        raise ModelFormatError(f"{path}: truncated session file")
+                    part[layer][:, order] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
+            s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
+            s._tokens = tokens
+            return s
+
+
+class _Release:
+    def __init__(self, lock: threading.Lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def fingerprint(folder: str, files, args_dict: dict) -> str:
+    """Identity of a checkpoint: its config and every tensor's name, dtype, shape and
+    byte range (hashing gigabytes of weights at load would cost seconds)."""
+    h = hashlib.sha256(json.dumps(args_dict, sort_keys=True, default=str).encode())
+    for name in sorted(files.where):
+        info = files.info(name)
+        h.update(f"{name}|{info.dtype}|{info.shape}|{info.begin}|{info.end}\n".encode())
+    return h.hexdigest()[:32]
