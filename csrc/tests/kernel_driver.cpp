@@ -111,7 +111,8 @@ uint16_t to_f16(float f) {  // round to nearest even; inputs here are in normal 
 
 struct MatmulCase { int64_t M, N, K; };
 const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19, 257}, {3, 17, 7},
-                                   {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9}};
+                                   {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9},
+                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600}};  // K = 0: y = bias; K > 2 blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
