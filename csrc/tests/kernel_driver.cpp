@@ -88,12 +88,31 @@ std::vector<double> rel_tol(const std::vector<float>& ref, double rel, double ab
   return t;
 }
 
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+uint16_t to_f16(float f) {  // round to nearest even; inputs here are in normal f16 range
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t sign = (u >> 16) & 0x8000;
+  const int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
+  uint32_t mant = u & 0x7fffff;
+  if (exp <= 0) return uint16_t(sign);
+  uint32_t h = (uint32_t(exp) << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
+  return uint16_t(sign | h);
+}
 
 // ---- matmul (all weight types) and the threaded ops::matmul ------------------------
 
 struct MatmulCase { int64_t M, N, K; };
 const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19, 257}, {3, 17, 7},
-                                   {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9}};
+                                   {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9},
+                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600}};  // K = 0: y = bias; K > 2 blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
@@ -147,11 +166,11 @@ void check_matmul_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
   check_matmul_typed<float>("matmul_f32", WeightType::f32, &KernelTable::matmul_f32, f32_id, f32_id, t, ref, r);
 }
 void check_matmul_bf16(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_matmul_typed<uint16_t>("matmul_bf16", WeightType::bf16, &KernelTable::matmul_bf16, float_to_bf16, bf16_dec, t,
+  check_matmul_typed<uint16_t>("matmul_bf16", WeightType::bf16, &KernelTable::matmul_bf16, to_bf16, bf16_dec, t,
                                ref, r);
 }
 void check_matmul_f16(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_matmul_typed<uint16_t>("matmul_f16", WeightType::f16, &KernelTable::matmul_f16, float_to_f16, f16_dec, t, ref,
+  check_matmul_typed<uint16_t>("matmul_f16", WeightType::f16, &KernelTable::matmul_f16, to_f16, f16_dec, t, ref,
                                r);
 }
 
@@ -206,22 +225,28 @@ void check_rope(const KernelTable& t, const KernelTable& ref, Report& r) {
   }
 }
 
-// Rows [n, head_dim] of float values stored as KV type `t` (q8 rows padded to 32 with
-// a scale per block), through ops::kv_store, which is how the cache is written.
-struct StoredRows {
+// K/V rows of one kv head in a KV-cache storage type (kernels.h): f32, f16, bf16, or q8
+// (rows padded to a multiple of 32 int8 values, one float scale per block of 32),
+// written by ops::kv_store, as the cache is.
+struct KVStore {
   std::vector<uint8_t> data;
   std::vector<float> scales;
-  KVRows rows;
-  StoredRows(KVType t, const std::vector<float>& values, int64_t n, int64_t head_dim) {
-    const int64_t stride = t == kKVq8 ? (head_dim + kQ8Block - 1) / kQ8Block * kQ8Block : head_dim;
-    const int64_t bytes = t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2;
-    data.assign(size_t(n * stride * bytes), 0);
-    scales.assign(size_t(n * stride / kQ8Block + 1), 0.0f);
-    const KVLayer layer{t, data.data(), t == kKVq8 ? scales.data() : nullptr, 1, n, stride};
-    kv_store(layer, values.data(), n, head_dim, 0);
-    rows = KVRows{data.data(), layer.scales, stride};
-  }
+  KVRows rows{nullptr, nullptr, 0};
 };
+
+KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64_t head_dim) {
+  KVStore s;
+  const int64_t stride = type == kKVq8 ? (head_dim + kQ8Block - 1) / kQ8Block * kQ8Block : head_dim;
+  const int64_t bytes = type == kKVf32 ? 4 : type == kKVq8 ? 1 : 2;
+  s.data.assign(size_t(n_slots * stride * bytes), 0);
+  s.scales.assign(size_t(n_slots * stride / kQ8Block + 1), 0.0f);
+  const KVLayer layer{type, s.data.data(), type == kKVq8 ? s.scales.data() : nullptr, 1, n_slots, stride};
+  kv_store(layer, x.data(), n_slots, head_dim, 0);
+  s.rows = KVRows{s.data.data(), layer.scales, stride};
+  return s;
+}
+
+const char* const kKVNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};
 
 void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
   struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; };
@@ -233,16 +258,16 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       {50, 16, 3, -1, 0, false},  // q_pos before every slot: nothing visible, output zeros
       {3, 8, 1, 2, 1, false},
   };
-  const char* type_names[kKVTypes] = {"f32", "f16", "bf16", "q8"};
-  Rng rng;
-  for (const C& c : cases) {
-    const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
-                             v = rng.vec(c.n_slots * c.head_dim);
-    std::vector<int32_t> pos(size_t(c.n_slots));
-    for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
-    const float scale = 1.0f / std::sqrt(float(c.head_dim));
-    for (int type = 0; type < kKVTypes; ++type) {
-      const StoredRows ks(KVType(type), k, c.n_slots, c.head_dim), vs(KVType(type), v, c.n_slots, c.head_dim);
+  for (int type = 0; type < kKVTypes; ++type) {
+    Rng rng;
+    for (const C& c : cases) {
+      const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
+                               v = rng.vec(c.n_slots * c.head_dim);
+      const KVStore ks = make_kv(KVType(type), k, c.n_slots, c.head_dim);
+      const KVStore vs = make_kv(KVType(type), v, c.n_slots, c.head_dim);
+      std::vector<int32_t> pos(size_t(c.n_slots));
+      for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
+      const float scale = 1.0f / std::sqrt(float(c.head_dim));
       std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
       ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
                           scale, c.n_q, c.head_dim);
@@ -250,7 +275,7 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
                         c.n_q, c.head_dim);
       const std::string d =
           compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
-      r.check(d.empty(), std::string("attention_") + type_names[type] + "[" + t.isa + "] " +
+      r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
                              sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
                                     {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes}}), d);
     }
@@ -315,12 +340,15 @@ void check_f16_to_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
 struct Check {
   const char* entry;
   void (*run)(const KernelTable& t, const KernelTable& ref, Report& r);
+  size_t pointers;  // function pointers of KernelTable this check covers
 };
 const Check kChecks[] = {
-    {"matmul_f32", check_matmul_f32},   {"matmul_bf16", check_matmul_bf16}, {"matmul_f16", check_matmul_f16},
-    {"rmsnorm", check_rmsnorm},         {"layernorm", check_layernorm},     {"rope", check_rope},
-    {"attention", check_attention},     {"swiglu", check_swiglu},           {"add", check_add},
-    {"bf16_to_f32", check_bf16_to_f32}, {"f16_to_f32", check_f16_to_f32},
+    {"matmul_f32", check_matmul_f32, 1},   {"matmul_bf16", check_matmul_bf16, 1},
+    {"matmul_f16", check_matmul_f16, 1},   {"rmsnorm", check_rmsnorm, 1},
+    {"layernorm", check_layernorm, 1},     {"rope", check_rope, 1},
+    {"attention[kKVTypes]", check_attention, kKVTypes},
+    {"swiglu", check_swiglu, 1},           {"add", check_add, 1},
+    {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
 };
 
 }  // namespace
@@ -375,12 +403,13 @@ int main(int argc, char** argv) {
     for (const Check& c : kChecks) c.run(*t, ref, r);
   }
 
-  // KernelTable is `const char* isa` followed by function pointers (attention: one per
-  // KV type): say if it has grown entries this driver does not check yet.
+  // KernelTable is `const char* isa` followed by function pointers: say if it has grown
+  // entries this driver does not check yet.
   const size_t table_entries = (sizeof(KernelTable) - sizeof(const char*)) / sizeof(void (*)());
-  const size_t checked = sizeof(kChecks) / sizeof(kChecks[0]) + kKVTypes - 1;
+  size_t checked = 0;
+  for (const Check& c : kChecks) checked += c.pointers;
   if (table_entries != checked)
-    std::printf("note: KernelTable has %zu entries, this driver checks %zu: add the new ones to kChecks\n",
+    std::printf("note: KernelTable has %zu function pointers, this driver checks %zu: add the new ones to kChecks\n",
                 table_entries, checked);
 
   std::printf("%d passed, %d failed\n", r.passed, r.failed);
