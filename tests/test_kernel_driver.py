@@ -62,3 +62,22 @@ def test_isa_objects_define_no_weak_symbols(driver):
         if weak:
             leaks[f"{isa}: {obj}"] = weak
     assert not leaks, f"weak symbols in ISA objects: {leaks}"
+
+
+SIMDE = "/usr/include/simde/x86/avx512.h"
+
+
+@pytest.mark.skipif(not os.path.exists(SIMDE) or os.uname().machine != "x86_64",
+                    reason="needs x86-64 and SIMDe (Debian: libsimde-dev) to emulate AVX-512")
+def test_avx512_kernels_under_emulation():
+    """The AVX-512 kernels cannot run on a CPU without AVX-512, so they are built for AVX2
+    with their intrinsics mapped to SIMDe and checked against scalar like any path."""
+    if "avx512" in hearthlm.cpu_info()["supported_isas"]:
+        pytest.skip("this CPU runs the real AVX-512 path in test_every_kernel_matches_scalar")
+    out = os.path.join(ROOT, "build", "kernel-driver-avx512-emulated", "kernel_driver")
+    env = {**os.environ, "BASE_FLAGS": "-O2", "EMULATE_AVX512": "1"}
+    built = subprocess.run(["bash", BUILD, out, CXX], capture_output=True, text=True, env=env, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    run = subprocess.run([out, "--emulated", "avx512"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "checking avx512 against scalar" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1].endswith(" 0 failed")

@@ -10,6 +10,10 @@
 #   BASE_FLAGS   flags for every translation unit (default: -O2), e.g.
 #                "-O2 -march=armv8.2-a+dotprod" to build everything for one CPU level
 #   OPENMP=0     build without -fopenmp (the pragmas are then ignored, one thread)
+#   EMULATE_AVX512=1  build the avx512 folder for AVX2 with its intrinsics mapped to
+#                SIMDe (csrc/tests/avx512_emulation.h; Debian: libsimde-dev), so
+#                `kernel_driver --emulated avx512` checks the AVX-512 kernels on a CPU
+#                without AVX-512
 # Objects go to OUT.objs/ and are rebuilt only when a source or header is newer, so a
 # second run is fast. Prints the objects of each ISA folder on the last line
 # ("isa-objects: avx2=... avx512=...") for tools that inspect them.
@@ -79,6 +83,14 @@ while IFS= read -r src; do
   flags=$(isa_flags "$folder")
   [ "$flags" = skip ] && continue
   obj="$objdir/$(echo "$rel" | tr / _ | sed 's/\.cpp$/.o/')"
+  if [ "${EMULATE_AVX512:-0}" = 1 ] && [ "$folder" = avx512 ]; then
+    wrapper="$objdir/emulated_$(basename "$src")"
+    printf '#include "tests/avx512_emulation.h"\n#include "%s"\n' "$src" > "$wrapper.new"
+    cmp -s "$wrapper.new" "$wrapper" && rm "$wrapper.new" || mv "$wrapper.new" "$wrapper"
+    src=$wrapper
+    flags="-mavx2 -mfma -mf16c -Wno-psabi"
+    obj="${obj%.o}.emulated.o"
+  fi
   compile "$src" "$flags" "$obj"
   [ "$folder" != scalar ] && [ "$folder" != . ] && isa_objects+=" $folder=$obj"
 done < <(find "$root/csrc/kernels" -name '*.cpp' | sort)

@@ -3,11 +3,13 @@
 // foreign CPUs under qemu-user: see tools/arm64_check.sh; natively it is built and
 // run by tests/test_kernel_driver.py. Built by tools/build_kernel_driver.sh.
 //
-//   kernel_driver [--expect-isa NAME] [--isa NAME] [-v]
+//   kernel_driver [--expect-isa NAME] [--isa NAME] [--emulated avx512] [-v]
 //
 // --expect-isa: fail unless dispatch picks NAME as the best path on this CPU.
 // --isa:        check only that path (default: every supported path but scalar, which
 //               is the reference; scalar alone when it is the only one).
+// --emulated:   check the avx512 table even though the CPU lacks AVX-512: only for a
+//               driver built with EMULATE_AVX512=1 (tools/build_kernel_driver.sh).
 // Ends with a pytest-like line "N passed, M failed"; exit status 1 if any failed.
 //
 // A new KernelTable entry needs a check_* function and a line in kChecks (bottom).
@@ -354,15 +356,16 @@ const Check kChecks[] = {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string expect_isa, only_isa;
+  std::string expect_isa, only_isa, emulated;
   Report r;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--expect-isa" && i + 1 < argc) expect_isa = argv[++i];
     else if (a == "--isa" && i + 1 < argc) only_isa = argv[++i];
+    else if (a == "--emulated" && i + 1 < argc) emulated = argv[++i];
     else if (a == "-v") r.verbose = true;
     else {
-      std::fprintf(stderr, "usage: %s [--expect-isa NAME] [--isa NAME] [-v]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--expect-isa NAME] [--isa NAME] [--emulated avx512] [-v]\n", argv[0]);
       return 2;
     }
   }
@@ -382,7 +385,9 @@ int main(int argc, char** argv) {
             std::string("(picked ") + active_kernels().isa + ")");
 
   std::vector<std::string> isas;
-  if (!only_isa.empty()) {
+  if (!emulated.empty()) {
+    isas.push_back(emulated);
+  } else if (!only_isa.empty()) {
     isas.push_back(only_isa);
   } else {
     for (const std::string& s : supported_isas())
@@ -394,7 +399,10 @@ int main(int argc, char** argv) {
   for (const std::string& isa : isas) {
     const KernelTable* t = nullptr;
     try {
-      t = &kernels_for(isa);
+#if defined(HEARTHLM_X86)
+      if (isa == emulated && isa == "avx512") t = avx512_kernels();  // built for this CPU by SIMDe
+#endif
+      if (!t) t = &kernels_for(isa);
     } catch (const std::exception& e) {
       r.check(false, "select " + isa, e.what());
       continue;
