@@ -125,7 +125,6 @@ def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int]
     rss_loaded = rss_bytes()
     bandwidth = _kernels.memory_read_bandwidth(bandwidth_bytes, model.n_threads, 3)
     runners = make_runners(model, folder, n_prompt + n_gen, vs)
-    rss_ready = rss_bytes()
     t0 = time.perf_counter()
     first = runners[0].session.feed(random_prompt(model, 1))  # first token after load
     first_token_s = time.perf_counter() - t0 + load_s

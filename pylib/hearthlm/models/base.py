@@ -131,3 +131,23 @@ def check_heads(config: dict, where: str) -> tuple[int, int, int]:
     if head_dim > 256:
         raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported 256")
     return heads, kv_heads, head_dim
+
+
+def common_args(config: dict, where: str, default_context: int) -> dict:
+    """The ModelArgs fields every architecture reads the same way, validated."""
+    check_activation(config, where)
+    heads, kv_heads, head_dim = check_heads(config, where)
+    theta, scaling, _ = rope_config(config, where)
+    return dict(
+        vocab_size=require(config, "vocab_size", where),
+        hidden_size=require(config, "hidden_size", where),
+        intermediate_size=require(config, "intermediate_size", where),
+        num_hidden_layers=require(config, "num_hidden_layers", where, maximum=MAX_LAYERS),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=optional_int(config, "max_position_embeddings", default_context, where),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+    )

@@ -3,8 +3,7 @@ config details (biases on q/k/v, sliding windows, rope scaling)."""
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from .base import (MAX_LAYERS, ModelArgs, check_activation, check_heads, optional_float, optional_int,
-                   require, rope_config)
+from .base import ModelArgs, common_args, optional_float, optional_int, rope_config
 
 
 def sliding_windows(config: dict, architecture: str, n_layers: int, where: str) -> tuple:
@@ -26,32 +25,19 @@ def sliding_windows(config: dict, architecture: str, n_layers: int, where: str) 
 
 
 def model_args(config: dict, architecture: str, where: str) -> ModelArgs:
-    check_activation(config, where)
-    heads, kv_heads, head_dim = check_heads(config, where)
-    theta, scaling, partial = rope_config(config, where)
-    if partial != 1.0:
+    common = common_args(config, where, default_context=2048)
+    if rope_config(config, where)[2] != 1.0:
         raise UnsupportedModelError(f"{where}: partial rotary is not part of {architecture}")
-    n_layers = require(config, "num_hidden_layers", where, maximum=MAX_LAYERS)
     qwen2 = architecture == "Qwen2ForCausalLM"
     attention_bias = bool(config.get("attention_bias", False))
     return ModelArgs(
         architecture=architecture,
-        vocab_size=require(config, "vocab_size", where),
-        hidden_size=require(config, "hidden_size", where),
-        intermediate_size=require(config, "intermediate_size", where),
-        num_hidden_layers=n_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=optional_int(config, "max_position_embeddings", 2048, where),
         norm="rms",
         norm_eps=optional_float(config, "rms_norm_eps", 1e-6, where),
         qkv_bias=qwen2 or attention_bias,
         o_bias=attention_bias and not qwen2,
         mlp_bias=bool(config.get("mlp_bias", False)),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        rotary_dim=head_dim,
-        sliding_windows=sliding_windows(config, architecture, n_layers, where),
+        rotary_dim=common["head_dim"],
+        sliding_windows=sliding_windows(config, architecture, common["num_hidden_layers"], where),
+        **common,
     )
