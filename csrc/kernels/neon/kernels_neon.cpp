@@ -38,7 +38,15 @@ struct Vec {
 }  // namespace neon
 
 const KernelTable* neon_kernels() {
-  static const KernelTable table = neon::make_table("neon");
+  // Quantized kernels: the scalar ones until the dotprod path (vdotq_s32) lands.
+  static const KernelTable table = [] {
+    KernelTable t = neon::make_table("neon");
+    const KernelTable& s = *scalar_kernels();
+    t.quantize_act = s.quantize_act;
+    t.matmul_q8 = s.matmul_q8;
+    t.matmul_q4 = s.matmul_q4;
+    return t;
+  }();
   return &table;
 }
 
