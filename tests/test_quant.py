@@ -285,3 +285,118 @@ def test_quantized_shapes_are_checked():
         K.matmul(np.empty((1, 17), np.float32), x, packed, None, "q4")
     with pytest.raises(ValueError, match="expected quantized shape"):
         K.matmul(np.empty((1, 9), np.float32), x, packed, None, "q8")
+
+
+# ---- whole models -----------------------------------------------------------------------
+
+def mean_kl(ref, ours):
+    """Mean over positions of KL(softmax(ref) || softmax(ours)), in nats."""
+    def log_softmax(z):
+        z = z.astype(np.float64) - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lp, lq = log_softmax(ref), log_softmax(ours)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("variant", sorted(__import__("tiny_models").VARIANTS))
+def test_quantized_models_stay_close_to_transformers_f32(model_dir, variant):
+    """q8 rounds each weight and activation to 1/254 of its block's largest magnitude;
+    those errors are independent and average out over each dot product, so logits move
+    by well under 1 % and KL(f32 || q8) stays ~1e-4 on these models (measured max
+    2.4e-4): the bound 1e-3 leaves 4x margin, and top-1 must agree at >= 90 % even though
+    random tiny models have nearly flat outputs. q4 (16 levels) is far coarser: only
+    sanity-checked here; the numbers are printed (pytest -s)."""
+    import tiny_models
+    folder = model_dir(variant)
+    vocab = hearthlm.load(folder).vocab_size
+    ids = np.random.default_rng(1).integers(0, vocab, 64).tolist()
+    ref = tiny_models.reference_logits(folder, ids)
+    stats = {}
+    for dtype, head in [("q8", "q8"), ("q4", "q8"), ("q4", "q4")]:
+        ours = hearthlm.load(folder, dtype=dtype, head_dtype=head).logits(ids)
+        stats[f"{dtype}/{head}"] = (mean_kl(ref, ours), float(np.mean(ours.argmax(-1) == ref.argmax(-1))))
+    print(variant, {k: f"KL {kl:.2e} top-1 {t:.3f}" for k, (kl, t) in stats.items()})
+    assert stats["q8/q8"][0] <= 1e-3 and stats["q8/q8"][1] >= 0.9
+    assert stats["q8/q8"][0] < stats["q4/q8"][0] < 0.1
+
+
+def test_prequantized_folder_loads_in_place_with_identical_logits(model_dir, tmp_path):
+    src = model_dir("llama-bias")
+    (tmp_path / "src").mkdir()
+    import shutil
+    shutil.copytree(src, tmp_path / "src", dirs_exist_ok=True)
+    (tmp_path / "src" / "tokenizer_config.json").write_text("{}")
+    dst = hearthlm.quantize(tmp_path / "src", tmp_path / "q4", "q4")
+    assert sorted(p.name for p in (tmp_path / "q4").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
+    ids = list(range(1, 40))
+    on_load = hearthlm.load(src, dtype="q4")
+    stored = hearthlm.load(dst)
+    assert stored.dtype == "q4" and stored.load_stats["converted_bytes"] == 0
+    assert stored.load_stats["mapped_bytes"] > 0
+    assert stored.transformer.lm_head.wtype == "q8" and stored.transformer.layers[0].q_proj.wtype == "q4"
+    np.testing.assert_array_equal(stored.logits(ids), on_load.logits(ids))
+    with pytest.raises(hearthlm.InvalidInputError, match="holds q4"):
+        hearthlm.load(dst, dtype="q8")
+
+
+def test_quantize_refuses_to_overwrite(model_dir, tmp_path):
+    src = model_dir("llama-mha")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(hearthlm.InvalidInputError, match="refusing to overwrite"):
+        hearthlm.quantize(src, tmp_path / "full", "q8")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    hearthlm.quantize(src, tmp_path / "empty", "q8")  # an empty folder is fine
+    assert hearthlm.load(tmp_path / "empty").dtype == "q8"
+
+
+@pytest.fixture
+def q8_folder(model_dir, tmp_path):
+    return hearthlm.quantize(model_dir("llama-mha"), tmp_path / "q8", "q8")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda md, t: md.update({"hearthlm.format": "gguf-ish"}), "unknown weight format 'gguf-ish'"),
+    (lambda md, t: md.update({"hearthlm.format_version": "2"}), "version 2 is newer"),
+    (lambda md, t: md.update({"hearthlm.format_version": "one"}), "must be an integer"),
+    (lambda md, t: md.update({"hearthlm.dtype": "q3"}), "hearthlm.dtype"),
+    (lambda md, t: md.update({"hearthlm.tensors": "{"}), "not valid JSON"),
+    (lambda md, t: t.update({"model.layers.0.mlp.up_proj.weight": ["q8", 100, 65]}),
+     r"model\.layers\.0\.mlp\.up_proj\.weight.*need U8 blocks \[13, 3, 272\]"),
+    (lambda md, t: t.update({"model.layers.1.self_attn.q_proj.weight": ["q4", 48, 48]}),
+     r"model\.layers\.1\.self_attn\.q_proj\.weight.*need U8 blocks \[6, 2, 144\]"),
+    (lambda md, t: t.update({"model.norm.weight": ["q8", 48, 1]}), r"model\.norm\.weight.*found F32"),
+    (lambda md, t: t.pop("model.layers.1.mlp.down_proj.weight"),
+     r"model\.layers\.1\.mlp\.down_proj\.weight.*not quantized"),
+])
+def test_bad_quantized_metadata_is_rejected(q8_folder, edit, message):
+    import json
+    from test_bad_input import rewrite_header
+
+    def change(header):
+        md = header["__metadata__"]
+        tensors = json.loads(md["hearthlm.tensors"])
+        edit(md, tensors)
+        if "hearthlm.tensors" in md and md["hearthlm.tensors"] != "{":
+            md["hearthlm.tensors"] = json.dumps(tensors)
+    import pathlib
+    rewrite_header(pathlib.Path(q8_folder) / "model.safetensors", change)
+    with pytest.raises(hearthlm.ModelFormatError, match=message) as e:
+        hearthlm.load(q8_folder)
+    assert "model.safetensors" in str(e.value)
+
+
+def test_non_finite_source_weights_name_the_tensor(model_dir, tmp_path):
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    src = tmp_path / "src"
+    shutil.copytree(model_dir("llama-mha"), src)
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.1.mlp.gate_proj.weight"][7, 3] = np.nan
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    for call in (lambda: hearthlm.load(src, dtype="q4"), lambda: hearthlm.quantize(src, tmp_path / "out", "q4")):
+        with pytest.raises(hearthlm.ModelFormatError, match=r"'model\.layers\.1\.mlp\.gate_proj\.weight'.*\[7, 3\]"):
+            call()
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]

@@ -105,7 +105,8 @@ class TorchRunner:
 
         torch.set_num_threads(n_threads)
         self.torch = torch
-        torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+        # Quantized runs are compared with torch in bf16 (it has no q8/q4 CPU path here).
+        torch_dtype = {"f32": torch.float32, "f16": torch.float16}.get(dtype, torch.bfloat16)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
 
     def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
