@@ -28,6 +28,8 @@ const std::vector<Path>& paths() {
 #endif
 #if defined(HEARTHLM_ARM64)
       {"neon", neon_kernels, [](const CpuFeatures& f) { return f.neon; }, "NEON"},
+      {"dotprod", dotprod_kernels, [](const CpuFeatures& f) { return f.neon && f.dotprod; },
+       "NEON with the dot-product extension (SDOT)"},
 #endif
   };
   return all;

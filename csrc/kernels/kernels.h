@@ -74,6 +74,7 @@ const KernelTable* avx512_kernels();
 #endif
 #if defined(HEARTHLM_ARM64)
 const KernelTable* neon_kernels();
+const KernelTable* dotprod_kernels();
 #endif
 
 }  // namespace hearthlm
