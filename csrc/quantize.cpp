@@ -18,14 +18,19 @@ float source_value(const void* w, WeightType src, int64_t i) {
   }
 }
 
-// One block of 32 values -> fp16 scale + integers, by the rules of quant.h.
-// Returns false if the scale overflows fp16.
+// Round half to even for |v| <= 2^22, without a libm call (the baseline x86-64 build
+// has no roundss): adding 1.5·2^23 leaves no fraction bits, in the default rounding mode.
+inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+// One block of 32 values -> fp16 scale + integers, by the rules of quant.h (clamping
+// to the integer range before rounding is the same as after). Returns false if the
+// scale overflows fp16.
 bool quantize_block_q8(const float* x, uint16_t* d16, int8_t* q) {
   float amax = 0.0f;
-  for (int k = 0; k < kQBlock; ++k) amax = fmaxf(amax, fabsf(x[k]));
+  for (int k = 0; k < kQBlock; ++k) amax = std::max(amax, fabsf(x[k]));  // finite: no fmaxf call
   *d16 = float_to_f16(amax / 127.0f);
   const float d = f16_to_float(*d16), id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int k = 0; k < kQBlock; ++k) q[k] = int8_t(std::clamp(nearbyintf(x[k] * id), -127.0f, 127.0f));
+  for (int k = 0; k < kQBlock; ++k) q[k] = int8_t(round_even(std::clamp(x[k] * id, -127.0f, 127.0f)));
   return isfinite(d);
 }
 
@@ -35,7 +40,7 @@ bool quantize_block_q4(const float* x, uint16_t* d16, int8_t* q) {
     if (fabsf(x[k]) > fabsf(m)) m = x[k];
   *d16 = float_to_f16(m == 0.0f ? 0.0f : m / -8.0f);
   const float d = f16_to_float(*d16), id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int k = 0; k < kQBlock; ++k) q[k] = int8_t(std::clamp(nearbyintf(x[k] * id), -8.0f, 7.0f));
+  for (int k = 0; k < kQBlock; ++k) q[k] = int8_t(round_even(std::clamp(x[k] * id, -8.0f, 7.0f)));
   return isfinite(d);
 }
 
