@@ -8,6 +8,8 @@
 //       csrc/kernels/neon/kernels_neon.cpp /tmp/dotprod.o -o /tmp/quant_check
 //   qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max /tmp/quant_check         # scalar, neon, dotprod
 //   qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a57 /tmp/quant_check  # no dotprod
+// On x86, compile kernels_avx2.cpp / kernels_avx512.cpp with their CMake flags and
+// -DHEARTHLM_X86=1 instead; an AVX-512 VNNI machine (or Intel SDE) runs the avx512 path.
 #include <cstdio>
 #include <cstring>
 #include <random>
