@@ -12,6 +12,7 @@
 #include "cpu_features.h"
 #include "dispatch.h"
 #include "ops.h"
+#include "quantize.h"
 
 #if defined(HEARTHLM_OPENMP)
 #include <omp.h>
@@ -68,7 +69,22 @@ WeightType weight_type(const std::string& name) {
   if (name == "f32") return WeightType::f32;
   if (name == "bf16") return WeightType::bf16;
   if (name == "f16") return WeightType::f16;
-  throw py::value_error("wtype: expected 'f32', 'bf16' or 'f16', got '" + name + "'");
+  if (name == "q8") return WeightType::q8;
+  if (name == "q4") return WeightType::q4;
+  throw py::value_error("wtype: expected 'f32', 'bf16', 'f16', 'q8' or 'q4', got '" + name + "'");
+}
+
+bool quantized(WeightType wt) { return wt == WeightType::q8 || wt == WeightType::q4; }
+
+// Quantized weights of a logical [N, K] matrix: uint8 [ceil(N/8), ceil(K/32), superblock].
+const void* quant_data(const py::array& w, WeightType wt, const char* name, int64_t N, int64_t K) {
+  check_layout(w, name, 'u', 1, 3);
+  const int64_t bytes = wt == WeightType::q8 ? sizeof(BlockQ8x8) : sizeof(BlockQ4x8);
+  expect(w.shape(0) == q_groups(N) && w.shape(1) == q_blocks(K) && w.shape(2) == bytes,
+         std::string(name) + ": expected quantized shape (" + std::to_string(q_groups(N)) + ", " +
+             std::to_string(q_blocks(K)) + ", " + std::to_string(bytes) + ") for [" +
+             std::to_string(N) + ", " + std::to_string(K) + "] weights, got " + shape_str(w));
+  return w.data();
 }
 
 // Weight storage: float32 for f32; any 2-byte dtype (uint16 / float16) for bf16 and f16.
@@ -169,10 +185,12 @@ PYBIND11_MODULE(_kernels, m) {
                      int n_threads, py::object isa) {
     const WeightType wt = weight_type(wtype);
     const float* xp = in_f32(x, "x", 2);
-    const void* wp = weight_data(w, wt, "w", 2);
     float* yp = out_f32(y, "y", 2);
-    const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
-    expect(w.shape(1) == K, "w: shape " + shape_str(w) + " does not match x " + shape_str(x));
+    const int64_t M = x.shape(0), K = x.shape(1);
+    // Quantized weights do not carry N: it is y's width.
+    const int64_t N = quantized(wt) ? y.shape(1) : w.shape(0);
+    const void* wp = quantized(wt) ? quant_data(w, wt, "w", N, K) : weight_data(w, wt, "w", 2);
+    expect(quantized(wt) || w.shape(1) == K, "w: shape " + shape_str(w) + " does not match x " + shape_str(x));
     expect(y.shape(0) == M && y.shape(1) == N,
            "y: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(y));
     const float* bp = nullptr;
@@ -323,9 +341,13 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("embed", [](py::array out, py::array table_, py::array ids, const std::string& wtype, py::object isa) {
     const WeightType wt = weight_type(wtype);
     float* op = out_f32(out, "out", 2);
-    const void* tp = weight_data(table_, wt, "table", 2);
     const int32_t* ip = in_i32(ids, "ids");
-    const int64_t T = ids.shape(0), vocab = table_.shape(0), dim = table_.shape(1);
+    // A quantized table does not carry its width (out's) nor its exact row count: ids
+    // are checked against the padded rows, which dequantize to zeros.
+    const int64_t T = ids.shape(0);
+    const int64_t vocab = quantized(wt) ? table_.shape(0) * kQRows : table_.shape(0);
+    const int64_t dim = quantized(wt) ? out.shape(1) : table_.shape(1);
+    const void* tp = quantized(wt) ? quant_data(table_, wt, "table", vocab, dim) : weight_data(table_, wt, "table", 2);
     expect(out.shape(0) == T && out.shape(1) == dim, "out: expected (" + std::to_string(T) + ", " + std::to_string(dim) + "), got " + shape_str(out));
     for (int64_t t = 0; t < T; ++t)
       expect(ip[t] >= 0 && ip[t] < vocab, "ids: token id " + std::to_string(ip[t]) +
@@ -334,4 +356,51 @@ PYBIND11_MODULE(_kernels, m) {
     py::gil_scoped_release release;
     embed(kt, wt, op, tp, ip, T, dim);
   }, py::arg("out"), py::arg("table"), py::arg("ids"), py::arg("wtype"), py::arg("isa") = py::none());
+
+  m.def("quantize", [](py::array out, py::array w, const std::string& src, const std::string& format,
+                       int n_threads) {
+    const WeightType st = weight_type(src), ft = weight_type(format);
+    expect(!quantized(st), "src: expected 'f32', 'bf16' or 'f16', got '" + src + "'");
+    expect(quantized(ft), "format: expected 'q8' or 'q4', got '" + format + "'");
+    const void* wp = weight_data(w, st, "w", 2);
+    const int64_t N = w.shape(0), K = w.shape(1);
+    expect(N > 0 && K > 0, "w: empty matrix " + shape_str(w));
+    const void* op = quant_data(out, ft, "out", N, K);
+    if (!out.writeable()) throw py::value_error("out: array is read-only");
+    threads_arg(n_threads);
+    QuantizeStatus st_;
+    {
+      py::gil_scoped_release release;
+      st_ = quantize_weights(const_cast<void*>(op), ft, wp, st, N, K, n_threads);
+    }
+    return py::make_tuple(st_.non_finite, st_.scale_overflow);
+  }, py::arg("out"), py::arg("w"), py::arg("src"), py::arg("format"), py::arg("n_threads") = 1,
+     "Quantize w [N, K] into out; returns (flat index of the first NaN/Inf, flat index of the "
+     "first weight whose block scale overflows fp16), each -1 if none.");
+
+  m.def("dequantize", [](py::array out, py::array w, const std::string& format) {
+    const WeightType ft = weight_type(format);
+    expect(quantized(ft), "format: expected 'q8' or 'q4', got '" + format + "'");
+    float* op = out_f32(out, "out", 2);
+    const int64_t N = out.shape(0), K = out.shape(1);
+    const void* wp = quant_data(w, ft, "w", N, K);
+    py::gil_scoped_release release;
+    for (int64_t n = 0; n < N; ++n) dequantize_row(op + n * K, wp, ft, n, K);
+  }, py::arg("out"), py::arg("w"), py::arg("format"));
+
+  m.def("quantize_activations", [](py::array out, py::array x, py::object isa) {
+    const float* xp = in_f32(x, "x", 2);
+    check_layout(out, "out", 'u', 1, 3);
+    const int64_t M = x.shape(0), K = x.shape(1);
+    expect(out.shape(0) == M && out.shape(1) == q_blocks(K) && out.shape(2) == int64_t(sizeof(BlockQ8Act)),
+           "out: expected (" + std::to_string(M) + ", " + std::to_string(q_blocks(K)) + ", " +
+               std::to_string(sizeof(BlockQ8Act)) + "), got " + shape_str(out));
+    if (!out.writeable()) throw py::value_error("out: array is read-only");
+    auto* op = static_cast<BlockQ8Act*>(out.mutable_data());
+    const KernelTable& kt = table(isa);
+    py::gil_scoped_release release;
+    for (int64_t m = 0; m < M; ++m) kt.quantize_act(op + m * q_blocks(K), xp + m * K, K);
+  }, py::arg("out"), py::arg("x"), py::arg("isa") = py::none(),
+     "The int8 activation blocks the quantized matmuls use: per block of 32, "
+     "(float32 d, int32 sum, int8 qs[32]).");
 }

@@ -21,11 +21,15 @@ const std::vector<Path>& paths() {
       {"avx2", avx2_kernels,
        [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }, "AVX2, FMA and F16C"},
       {"avx512", avx512_kernels,
-       [](const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq; },
-       "AVX-512 F, BW, VL and DQ (with OS support for ZMM state)"},
+       [](const CpuFeatures& f) {
+         return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni;
+       },
+       "AVX-512 F, BW, VL, DQ and VNNI (with OS support for ZMM state)"},
 #endif
 #if defined(HEARTHLM_ARM64)
       {"neon", neon_kernels, [](const CpuFeatures& f) { return f.neon; }, "NEON"},
+      {"dotprod", dotprod_kernels, [](const CpuFeatures& f) { return f.neon && f.dotprod; },
+       "NEON with the dot-product extension (SDOT)"},
 #endif
   };
   return all;

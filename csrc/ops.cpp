@@ -3,6 +3,9 @@
 #include <math.h>
 
 #include <cstring>
+#include <vector>
+
+#include "quantize.h"
 
 #include "kernels/convert.h"
 
@@ -45,6 +48,53 @@ void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, 
   }
 }
 
+// Activation blocks for quantized matmuls: grown once per calling thread, never
+// allocated per call once the largest batch has been seen.
+BlockQ8Act* activation_scratch(int64_t n_blocks) {
+  static thread_local std::vector<BlockQ8Act> scratch;
+  if (int64_t(scratch.size()) < n_blocks) scratch.resize(n_blocks);
+  return scratch.data();
+}
+
+// Quantize x, then multiply: GEMV in ~4 chunks of rows per thread (multiples of 16,
+// so of the 8-row groups), GEMM in (token block, row block) tasks, both handed out
+// dynamically. A single token is quantized before the parallel region (~1 µs), so
+// decode pays no extra barrier; prompts are split across the threads first.
+template <class Block>
+void matmul_quant(const KernelTable& kt,
+                  void (*kernel)(float*, const BlockQ8Act*, const Block*, const float*, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t),
+                  float* y, const float* x, const Block* w, const float* bias, int64_t M,
+                  int64_t N, int64_t K, int n_threads) {
+  const int64_t nb = q_blocks(K);
+  BlockQ8Act* xq = activation_scratch(M * nb);
+  static_assert(kRowChunk % kQRows == 0, "GEMV chunks must hold whole row groups");
+  const int64_t gemv_chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
+  const int64_t n_chunks = ceil_div(N, gemv_chunk);
+  const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
+  if (M == 1) kt.quantize_act(xq, x, K);
+#pragma omp parallel num_threads(n_threads) if (M * N * K >= kMatmulMin)
+  {
+    if (M == 1) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t n0 = c * gemv_chunk, n1 = n0 + gemv_chunk < N ? n0 + gemv_chunk : N;
+        kernel(y, xq, w, bias, 1, K, N, n0, n1);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
+        const int64_t bn = task / blocks_m, bm = task % blocks_m;
+        const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
+        const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
+        kernel(y + m0 * N, xq + m0 * nb, w, bias, m1 - m0, K, N, n0, n1);
+      }
+    }
+  }
+}
+
 // Elementwise work in chunks of 4096, threaded only when it is large enough to pay.
 template <class Fn>
 void for_chunks(int64_t n, int n_threads, Fn fn) {
@@ -71,6 +121,14 @@ void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, cons
       break;
     case WeightType::f16:
       matmul_typed(kt.matmul_f16, y, x, static_cast<const uint16_t*>(w), bias, M, N, K,
+                   n_threads);
+      break;
+    case WeightType::q8:
+      matmul_quant(kt, kt.matmul_q8, y, x, static_cast<const BlockQ8x8*>(w), bias, M, N, K,
+                   n_threads);
+      break;
+    case WeightType::q4:
+      matmul_quant(kt, kt.matmul_q4, y, x, static_cast<const BlockQ4x8*>(w), bias, M, N, K,
                    n_threads);
       break;
   }
@@ -224,6 +282,10 @@ void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
         break;
       case WeightType::f16:
         kt.f16_to_f32(out + t * dim, static_cast<const uint16_t*>(table) + row, dim);
+        break;
+      case WeightType::q8:
+      case WeightType::q4:
+        dequantize_row(out + t * dim, table, wt, ids[t], dim);
         break;
     }
   }

@@ -7,7 +7,9 @@
 
 namespace hearthlm {
 
-enum class WeightType { f32, bf16, f16 };
+// f32/bf16/f16: w is [N, K] row-major. q8/q4: w is [ceil(N/8), ceil(K/32)] superblocks
+// (kernels/quant.h), and x is quantized to int8 blocks on the fly.
+enum class WeightType { f32, bf16, f16, q8, q4 };
 
 // y[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N])
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
@@ -46,7 +48,7 @@ void swiglu(const KernelTable& kt, float* out, const float* gate, const float* u
             int n_threads);
 void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
          int n_threads);
-// out[T, dim] = table[ids[t], :] widened to float32.
+// out[T, dim] = table[ids[t], :] widened (or dequantized) to float32.
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim);
 

@@ -29,14 +29,14 @@ case "$machine" in
   *) echo "build_kernel_driver: unknown target $machine" >&2; exit 2 ;;
 esac
 
-# Extra flags per folder of csrc/kernels, as in CMakeLists.txt. A folder of another
-# ISA is skipped; a folder this table does not know is an error, so a new ISA gets its
-# flags here too (and in CMakeLists.txt).
-isa_flags() {  # folder -> flags, or "skip"
+# Extra flags per ISA (csrc/kernels/*/kernels_<isa>.cpp), as in CMakeLists.txt. Another
+# architecture's ISA is skipped; an ISA this table does not know is an error, so a new
+# one gets its flags here too (and in CMakeLists.txt).
+isa_flags() {  # isa -> flags, or "skip"
   case "$arch:$1" in
     *:scalar|*:.) echo "" ;;
     x86:avx2) echo "-mavx2 -mfma -mf16c" ;;
-    x86:avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c" ;;
+    x86:avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c" ;;
     x86:neon|x86:dotprod|x86:i8mm) echo skip ;;
     arm64:neon) echo "" ;;
     arm64:dotprod) echo "-march=armv8.2-a+dotprod" ;;
@@ -73,13 +73,14 @@ compile() {  # source, extra flags, object
   objects+=("$obj")
 }
 
-for src in "$root"/csrc/cpu_features.cpp "$root"/csrc/dispatch.cpp "$root"/csrc/ops.cpp \
+for src in "$root"/csrc/cpu_features.cpp "$root"/csrc/dispatch.cpp "$root"/csrc/ops.cpp "$root"/csrc/quantize.cpp \
            "$root"/csrc/tests/kernel_driver.cpp; do
   compile "$src" "" "$objdir/$(basename "$src" .cpp).o"
 done
 while IFS= read -r src; do
   rel=${src#"$root"/csrc/kernels/}
-  folder=$(dirname "$rel")
+  folder=$(basename "$src" .cpp)  # kernels_<isa>.cpp: flags by ISA, as CMakeLists.txt sets them
+  folder=${folder#kernels_}
   flags=$(isa_flags "$folder")
   [ "$flags" = skip ] && continue
   obj="$objdir/$(echo "$rel" | tr / _ | sed 's/\.cpp$/.o/')"

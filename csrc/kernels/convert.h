@@ -3,7 +3,6 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#include <math.h>
 
 namespace hearthlm {
 
@@ -36,26 +35,30 @@ static inline float f16_to_float(uint16_t h) {
   return f;
 }
 
-}  // namespace hearthlm
-
-namespace hearthlm {
-
-// float -> IEEE half, round to nearest even; overflow -> inf, NaN stays NaN.
+// float32 -> IEEE half, rounding to nearest even (as numpy and F16C do): overflow
+// gives inf, tiny values become subnormals or zero, NaN stays NaN.
 static inline uint16_t float_to_f16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000;
-  x &= 0x7fffffff;
-  if (x >= 0x7f800000) return uint16_t(sign | (x > 0x7f800000 ? 0x7e00 : 0x7c00));
-  if (x >= 0x477ff000) return uint16_t(sign | 0x7c00);  // >= 65520 rounds to inf
-  if (x < 0x38800000) {  // below 2^-14: a half subnormal, in units of 2^-24
-    float v;
-    std::memcpy(&v, &x, 4);
-    return uint16_t(sign | uint32_t(nearbyintf(v * 16777216.0f)));
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u) return sign | 0x7e00;   // NaN
+  if (x >= 0x477ff000u) return sign | 0x7c00;  // >= 65520 rounds to inf
+  uint32_t h, rem, half;
+  if (x >= 0x38800000u) {  // normal half: rebias the exponent, drop 13 mantissa bits
+    h = (x >> 13) - (112u << 10);
+    rem = x & 0x1fffu;
+    half = 0x1000u;
+  } else {  // subnormal half, in units of 2^-24
+    if (x < 0x33000000u) return sign;  // <= 2^-25 rounds to zero
+    const uint32_t shift = 126u - (x >> 23);
+    const uint32_t mant = (x & 0x7fffffu) | 0x800000u;
+    h = mant >> shift;
+    rem = mant & ((1u << shift) - 1);
+    half = 1u << (shift - 1);
   }
-  uint32_t r = x - 0x38000000;  // rebias the exponent from 127 to 15
-  r += 0xfff + ((r >> 13) & 1);
-  return uint16_t(sign | (r >> 13));
+  if (rem > half || (rem == half && (h & 1))) ++h;  // may carry into the exponent: correct
+  return sign | uint16_t(h);
 }
 
 // float -> bfloat16, round to nearest even; NaN stays a quiet NaN.

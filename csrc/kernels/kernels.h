@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/quant.h"
+
 namespace hearthlm {
 
 // Storage types of the KV cache. q8: each row of head_dim is padded to a multiple of
@@ -61,6 +63,18 @@ struct KernelTable {
   // Widen 16-bit floats to float32.
   void (*bf16_to_f32)(float* out, const uint16_t* in, int64_t n);
   void (*f16_to_f32)(float* out, const uint16_t* in, int64_t n);
+
+  // Quantized weights (formats in quant.h). One row of activations x[K] -> xq[ceil(K/32)]
+  // int8 blocks, the tail block zero-padded.
+  void (*quantize_act)(BlockQ8Act* xq, const float* x, int64_t K);
+  // y[m*ldy + n] = Σ_b dw[n,b]·xq[m,b].d · Σ_k q[n,b,k]·xq[m,b].qs[k] (+ bias[n]) for
+  // 0 <= m < M and n0 <= n < n1; n0 is a multiple of 8. xq: [M, ceil(K/32)] blocks;
+  // w: [ceil(N/8), ceil(K/32)] superblocks. Per row the blocks are summed in order with
+  // one fp32 FMA each, so every ISA gives bit-identical results.
+  void (*matmul_q8)(float* y, const BlockQ8Act* xq, const BlockQ8x8* w, const float* bias,
+                    int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
+  void (*matmul_q4)(float* y, const BlockQ8Act* xq, const BlockQ4x8* w, const float* bias,
+                    int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
 };
 
 constexpr int64_t kMaxGroup = 8;       // query heads per attention call
@@ -74,6 +88,7 @@ const KernelTable* avx512_kernels();
 #endif
 #if defined(HEARTHLM_ARM64)
 const KernelTable* neon_kernels();
+const KernelTable* dotprod_kernels();
 #endif
 
 }  // namespace hearthlm

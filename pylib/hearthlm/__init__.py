@@ -1,13 +1,14 @@
 """hearthlm: fast CPU inference for Llama-family LLMs, straight from Hugging Face folders.
 
     import hearthlm
-    model = hearthlm.load("path/to/model", dtype="bf16")
+    model = hearthlm.load("path/to/model", dtype="bf16")   # or "q8" / "q4"
     print(model.generate("The capital of France is", max_new_tokens=16))
 """
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .errors import (ContextOverflowError, HearthlmError, InvalidInputError, ModelFormatError,
                      SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
+from .quant import quantize
 from .session import Session
 
 __version__ = "0.1.0"
@@ -17,5 +18,5 @@ apply_isa_from_environment()
 __all__ = [
     "ContextOverflowError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
     "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info", "load",
-    "select_isa",
+    "quantize", "select_isa",
 ]

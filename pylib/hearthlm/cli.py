@@ -1,10 +1,12 @@
-"""The `hearthlm` command: generate, bench, info."""
+"""The `hearthlm` command: generate, bench, quantize, info."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+
+DTYPES = ["f32", "bf16", "f16", "q8", "q4"]
 
 
 def cmd_info(args) -> int:
@@ -32,7 +34,8 @@ def cmd_bench(args) -> int:
     if (args.model is None) == (args.shape is None):
         print("hearthlm bench: give a MODEL folder or --shape NAME", file=sys.stderr)
         return 2
-    folder = args.model or random_model_folder(args.shape, args.dtype or "bf16")
+    stored = args.dtype if args.dtype in ("f32", "bf16", "f16") else "bf16"  # q8/q4: quantized on load
+    folder = args.model or random_model_folder(args.shape, stored)
     vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
                        n_gen=args.gen, reps=args.reps, vs=vs)
@@ -44,6 +47,14 @@ def cmd_bench(args) -> int:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
         print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .quant import quantize
+    t0 = time.perf_counter()
+    dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads)
+    print(f"{dst}: {args.dtype} weights written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -61,7 +72,7 @@ def main(argv=None) -> int:
     gen.add_argument("model", help="Hugging Face model folder")
     gen.add_argument("-p", "--prompt", required=True)
     gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--dtype", choices=["f32", "bf16", "f16"])
+    gen.add_argument("--dtype", choices=DTYPES)
     gen.add_argument("--threads", type=int)
     gen.add_argument("--json", action="store_true", help="print JSON with the text and timing")
     gen.set_defaults(func=cmd_generate)
@@ -69,7 +80,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")
     b.add_argument("model", nargs="?", help="model folder (or use --shape)")
     b.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape, no download")
-    b.add_argument("--dtype", choices=["f32", "bf16", "f16"])
+    b.add_argument("--dtype", choices=DTYPES, help="q8/q4 with --shape: bf16 weights quantized on load")
     b.add_argument("--threads", type=int)
     b.add_argument("--prompt", type=int, default=512, help="prompt tokens (pp)")
     b.add_argument("--gen", type=int, default=128, help="generated tokens (tg)")
@@ -80,6 +91,15 @@ def main(argv=None) -> int:
                    help="context lengths for --plot (default: %(default)s)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("quantize", help="write a q8/q4 copy of a model folder (loads zero-copy)")
+    q.add_argument("src", help="Hugging Face model folder")
+    q.add_argument("dst", help="new folder (must not exist or be empty)")
+    q.add_argument("--dtype", choices=["q8", "q4"], default="q4")
+    q.add_argument("--head-dtype", choices=["q8", "q4"],
+                   help="embedding table and LM head (default q8)")
+    q.add_argument("--threads", type=int)
+    q.set_defaults(func=cmd_quantize)
 
     args = p.parse_args(argv)
     try:

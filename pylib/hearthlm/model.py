@@ -13,6 +13,7 @@ from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
 from .safetensors_io import CheckpointFiles
 from .tokenizer import Tokenizer, read_json
+from .quant import QUANT_DTYPES, head_dtype_for, read_quant_metadata
 from .session import Session, fingerprint
 from .transformer import Transformer
 from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
@@ -112,12 +113,16 @@ class Model:
 
 
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
-         n_threads: Optional[int] = None) -> Model:
+         n_threads: Optional[int] = None, head_dtype: Optional[str] = None) -> Model:
     """Load a Hugging Face model folder.
 
-    dtype: "f32", "bf16" or "f16" for the weights the kernels read; None keeps the
-    checkpoint's own dtype. Tensors already in that dtype stay memory-mapped (zero
-    copy); others are converted once (see model.load_stats["converted_bytes"]).
+    dtype: "f32", "bf16", "f16", or quantized "q8" / "q4", for the weights the kernels
+    read; None keeps the checkpoint's own dtype. Tensors already in that dtype stay
+    memory-mapped (zero copy); others are converted or quantized once, tensor by tensor
+    (see model.load_stats["converted_bytes"]). A folder written by hearthlm.quantize()
+    is memory-mapped as stored; dtype must then be None or its own.
+    head_dtype: when quantizing on load, the format of the embedding table and LM
+    head ("q8" or "q4"; default q8).
     n_threads: OpenMP threads for the kernels; default = physical cores.
     """
     t0 = time.perf_counter()
@@ -127,17 +132,27 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     config = read_config(folder)
     args = model_args(config, os.path.join(folder, "config.json"))
     files = CheckpointFiles(folder)
-    if dtype is None:
+    stored_quant = read_quant_metadata(files)[0]
+    if stored_quant is not None:
+        if dtype not in (None, stored_quant):
+            raise InvalidInputError(
+                f"dtype: {folder} holds {stored_quant} quantized weights; load it with "
+                f"dtype=None or {stored_quant!r}, or quantize the original folder")
+        dtype = stored_quant
+    elif dtype is None:
         dtype = _checkpoint_dtype(files)
-    if dtype not in WEIGHT_DTYPES:
-        raise InvalidInputError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
+    if dtype not in WEIGHT_DTYPES and dtype not in QUANT_DTYPES:
+        raise InvalidInputError(
+            f"dtype: expected one of {', '.join([*WEIGHT_DTYPES, *QUANT_DTYPES])}, got {dtype!r}")
+    head = head_dtype_for(dtype, head_dtype) if dtype in QUANT_DTYPES else None
     if n_threads is None:
         n_threads = physical_cores()
     if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
         raise InvalidInputError(
             f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
-    reader = WeightReader(files, dtype)
+    reader = WeightReader(files, dtype, head, n_threads)
     transformer = Transformer(args, reader, n_threads)
+    reader.progress.finish()
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
     eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation

@@ -66,7 +66,7 @@ class Transformer:
         q_dim = args.num_attention_heads * args.head_dim
         kv_dim = args.num_key_value_heads * args.head_dim
         # [vocab, hidden]: rows gathered for the input, and the LM head when tied
-        self.embed_tokens = Linear(reader.tensor("model.embed_tokens.weight", (V, H)), reader.wtype)
+        self.embed_tokens = reader.linear("model.embed_tokens", V, H, bias=False)
         self.layers = []
         for i in range(args.num_hidden_layers):
             p = f"model.layers.{i}"

@@ -1,6 +1,7 @@
 """Weights of one model, taken from the memory-mapped checkpoint in the dtype the
 kernels will read. A tensor already stored in that dtype is used in place (zero
-copy); anything else is converted once, and the bytes converted are counted."""
+copy); anything else is converted (or quantized) once, tensor by tensor, and the
+bytes converted are counted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from typing import Optional
 import numpy as np
 
 from .errors import ModelFormatError
+from .quant import (HEAD_TENSORS, QUANT_DTYPES, Progress, QuantTensor, quantize_tensor,
+                    read_quant_metadata)
 from .safetensors_io import CheckpointFiles
 
 # Kernel weight types and how each is held in numpy.
@@ -19,14 +22,11 @@ IN_PLACE = {"F32": "f32", "BF16": "bf16", "F16": "f16"}
 
 @dataclass
 class Linear:
-    """y = x · weightᵀ + bias. weight: [out_features, in_features]."""
+    """y = x · weightᵀ + bias. weight: [out_features, in_features], or for q8/q4 its
+    uint8 superblocks [ceil(out/8), ceil(in/32), bytes] (csrc/kernels/quant.h)."""
     weight: np.ndarray
-    wtype: str               # "f32" | "bf16" | "f16"
+    wtype: str               # "f32" | "bf16" | "f16" | "q8" | "q4"
     bias: Optional[np.ndarray] = None  # float32 [out_features]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -41,13 +41,40 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 
 class WeightReader:
-    """Reads named tensors from a checkpoint, checking shapes against config.json."""
+    """Reads named tensors from a checkpoint, checking shapes against config.json.
 
-    def __init__(self, files: CheckpointFiles, wtype: str):
+    wtype: the kernels' weight type. For q8/q4, float matrices are quantized as they
+    are read (the embedding table and LM head to head_wtype), and the matrices of a
+    quantized checkpoint are used in place in whatever format each was stored."""
+
+    def __init__(self, files: CheckpointFiles, wtype: str, head_wtype: Optional[str] = None,
+                 n_threads: int = 1):
         self.files = files
         self.wtype = wtype
+        self.head_wtype = head_wtype or wtype
+        self.n_threads = n_threads
+        self.stored_quant, self.quantized = read_quant_metadata(files)
         self.converted_bytes = 0
         self.mapped_bytes = 0
+        to_quantize = 0
+        if wtype in QUANT_DTYPES:
+            to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
+                              if n not in self.quantized and len(files.info(n).shape) == 2)
+        self.progress = Progress(f"quantizing to {wtype}", to_quantize)
+
+    def wtype_for(self, name: str) -> str:
+        if name in self.quantized:
+            return self.quantized[name].fmt
+        return self.head_wtype if name in HEAD_TENSORS else self.wtype
+
+    def _quantized(self, name: str, shape: tuple, q: QuantTensor) -> np.ndarray:
+        if (q.rows, q.cols) != tuple(shape):
+            raise ModelFormatError(
+                f"{self.files.path_of(name)}: tensor '{name}' holds {q.fmt} weights of shape "
+                f"[{q.rows}, {q.cols}], but config.json implies {list(shape)}")
+        arr = self.files.array(name)
+        self.mapped_bytes += arr.nbytes
+        return arr
 
     def _raw(self, name: str, shape: tuple) -> np.ndarray:
         if name not in self.files:
@@ -70,16 +97,29 @@ class WeightReader:
         return raw.astype(np.float32)
 
     def tensor(self, name: str, shape: tuple) -> np.ndarray:
-        """A weight matrix in the kernel dtype: in place if stored so, else converted."""
+        """A weight matrix in its kernel dtype (wtype_for): in place if stored so, else
+        converted or quantized."""
+        if name in self.quantized:
+            return self._quantized(name, shape, self.quantized[name])
+        wtype = self.wtype_for(name)
+        if wtype in QUANT_DTYPES and self.stored_quant is not None:
+            raise ModelFormatError(
+                f"{self.files.path_of(name)}: tensor '{name}' is not quantized in this quantized "
+                "checkpoint (not listed in its hearthlm.tensors metadata)")
         raw = self._raw(name, shape)
         stored = self.files.info(name).dtype
-        if IN_PLACE.get(stored) == self.wtype:
+        if wtype in QUANT_DTYPES:
+            out = quantize_tensor(raw, stored, wtype, self.n_threads, self.files.path_of(name), name)
+            self.converted_bytes += out.nbytes
+            self.progress.advance(raw.nbytes)
+            return out
+        if IN_PLACE.get(stored) == wtype:
             self.mapped_bytes += raw.nbytes
             return raw
         f32 = self._as_f32(name, raw)
-        if self.wtype == "f32":
+        if wtype == "f32":
             out = f32
-        elif self.wtype == "bf16":
+        elif wtype == "bf16":
             out = f32_to_bf16_bits(f32)
         else:
             with np.errstate(over="ignore"):
@@ -99,4 +139,4 @@ class WeightReader:
     def linear(self, prefix: str, out_features: int, in_features: int, bias: bool) -> Linear:
         weight = self.tensor(f"{prefix}.weight", (out_features, in_features))
         b = self.vector(f"{prefix}.bias", (out_features,)) if bias else None
-        return Linear(weight, self.wtype, b)
+        return Linear(weight, self.wtype_for(f"{prefix}.weight"), b)

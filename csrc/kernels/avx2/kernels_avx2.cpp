@@ -53,11 +53,90 @@ struct Vec {
 };
 
 #include "kernels/simd_kernels.inc"
+#include "kernels/x86_f8.inc"
+
+// Integer dot products with _mm256_maddubs_epi16 (u8 x s8 -> pairs summed in int16)
+// and _mm256_madd_epi16 (pairs summed in int32). Each 32-bit lane is one weight row;
+// a 4-byte activation group is broadcast to all lanes (quant.h's layout).
+struct QVec : F8Avx {
+  struct W8 { __m256i g[8]; };  // k group g (4 k x 8 rows), signed q
+  struct W4 { __m256i g[8]; };  // k group g, unsigned nibbles q + 8
+
+  static __m256i broadcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  }
+  static W8 load(const BlockQ8x8& b) {
+    W8 w;
+    for (int g = 0; g < 8; ++g) w.g[g] = _mm256_loadu_si256((const __m256i*)(b.qs + 32 * g));
+    return w;
+  }
+  static W4 load(const BlockQ4x8& b) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    W4 w;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(b.qs + 32 * c));
+      w.g[c] = _mm256_and_si256(v, low);
+      w.g[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    return w;
+  }
+  // s8 x s8 via the sign trick: |w| x (a with w's sign). |q| <= 127, so a pair sum
+  // (<= 2*127*127) never saturates int16.
+  static __m256i dot(const W8& w, const BlockQ8Act& a) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const __m256i x = broadcast4(a.qs + 4 * g);
+      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w.g[g], w.g[g]), _mm256_sign_epi8(x, w.g[g]));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    return acc;
+  }
+  // u4 x s8: a pair sum is <= 2*15*127, so all 8 groups add up in int16 (<= 30480);
+  // Σ q·a = Σ (q+8)·a - 8·Σ a.
+  static __m256i dot(const W4& w, const BlockQ8Act& a) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g)
+      acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(w.g[g], broadcast4(a.qs + 4 * g)));
+    return _mm256_sub_epi32(_mm256_madd_epi16(acc, _mm256_set1_epi16(1)), _mm256_set1_epi32(8 * a.sum));
+  }
+  static void quantize_block(BlockQ8Act* out, const float* x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i)
+      q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], _mm256_set1_ps(id)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    // packs work per 128-bit lane: 4-byte chunks come out as q0 q1 q2 q3 (low
+    // halves) then the high halves; the permute restores k order.
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)out->qs,
+                        _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    out->d = d;
+    out->sum = _mm_cvtsi128_si32(s4);
+  }
+};
+
+#include "kernels/quant_kernels.inc"
 
 }  // namespace avx2
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table = avx2::make_table("avx2");
+  static const KernelTable table = avx2::with_quant_kernels(avx2::make_table("avx2"));
   return &table;
 }
 

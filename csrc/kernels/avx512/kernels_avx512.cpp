@@ -1,6 +1,7 @@
-// AVX-512 (F, BW, VL, DQ) kernels: Skylake-X, Ice Lake, Sapphire Rapids, Zen 4 and
-// later. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq; only entered when
-// cpuid and xgetbv (opmask + ZMM state) say the CPU and OS allow it.
+// AVX-512 (F, BW, VL, DQ, VNNI) kernels: Cascade Lake, Ice Lake, Sapphire Rapids,
+// Zen 4 and later. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq
+// -mavx512vnni; only entered when cpuid and xgetbv (opmask + ZMM state) say the CPU
+// and OS allow it.
 #include <immintrin.h>
 #include <math.h>
 
@@ -46,11 +47,68 @@ struct Vec {
 };
 
 #include "kernels/simd_kernels.inc"
+#include "kernels/x86_f8.inc"
+
+// Integer dot products with VNNI's _mm512_dpbusd_epi32 (u8 x s8, 4 products summed
+// into each int32, no int16 stage). Like the AVX2 code, each 32-bit lane is one
+// weight row; a 512-bit register holds two k groups (lanes 0-7 and 8-15), folded
+// together at the end. Weights enter as unsigned bytes q + offset (offset 128 for
+// q8, 8 for q4) and the result is corrected by offset·Σa.
+struct QVec : F8Avx {
+  struct W8 { __m512i p[4]; };  // k groups (2p, 2p+1), as q + 128
+  struct W4 { __m512i p[4]; };  // k groups (2p, 2p+1), as q + 8
+
+  // Lanes 0-7: activation bytes p[0..3]; lanes 8-15: p[4..7].
+  static __m512i broadcast8(const int8_t* p) {
+    const __m512i v = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)p));
+    return _mm512_permutexvar_epi32(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
+  }
+  static W8 load(const BlockQ8x8& b) {
+    W8 w;
+    for (int i = 0; i < 4; ++i)
+      w.p[i] = _mm512_xor_si512(_mm512_loadu_si512(b.qs + 64 * i), _mm512_set1_epi8(char(0x80)));
+    return w;
+  }
+  // Bytes 0-63 hold groups 0,1 (low nibbles) and 4,5 (high); bytes 64-127: 2,3 and 6,7.
+  static W4 load(const BlockQ4x8& b) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    W4 w;
+    for (int h = 0; h < 2; ++h) {
+      const __m512i v = _mm512_loadu_si512(b.qs + 64 * h);
+      w.p[h] = _mm512_and_si512(v, low);
+      w.p[h + 2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    return w;
+  }
+  static __m256i dot(const __m512i* w, const BlockQ8Act& a, int32_t offset) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int i = 0; i < 4; ++i) acc = _mm512_dpbusd_epi32(acc, w[i], broadcast8(a.qs + 8 * i));
+    const __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+    return _mm256_sub_epi32(s, _mm256_set1_epi32(offset * a.sum));
+  }
+  static __m256i dot(const W8& w, const BlockQ8Act& a) { return dot(w.p, a, 128); }
+  static __m256i dot(const W4& w, const BlockQ8Act& a) { return dot(w.p, a, 8); }
+  static void quantize_block(BlockQ8Act* out, const float* x) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 idv = _mm512_set1_ps(id);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(v0, idv), kRound));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(v1, idv), kRound));
+    _mm_storeu_si128((__m128i*)out->qs, _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128((__m128i*)(out->qs + 16), _mm512_cvtsepi32_epi8(q1));
+    out->d = d;
+    out->sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+};
+
+#include "kernels/quant_kernels.inc"
 
 }  // namespace avx512
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = avx512::make_table("avx512");
+  static const KernelTable table = avx512::with_quant_kernels(avx512::make_table("avx512"));
   return &table;
 }
 

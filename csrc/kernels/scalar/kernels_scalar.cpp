@@ -138,6 +138,42 @@ static void f16_to_f32(float* out, const uint16_t* in, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(in[i]);
 }
 
+static void quantize_act(BlockQ8Act* xq, const float* x, int64_t K) {
+  for (int64_t b = 0; b < q_blocks(K); ++b) {
+    const int64_t k0 = b * kQBlock, n = K - k0 < kQBlock ? K - k0 : kQBlock;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[k0 + i]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < kQBlock; ++i) {
+      const int q = i < n ? int(nearbyintf(x[k0 + i] * id)) : 0;  // round half to even
+      xq[b].qs[i] = int8_t(q);
+      sum += q;
+    }
+    xq[b].d = d;
+    xq[b].sum = sum;
+  }
+}
+
+template <class Block>
+static void matmul_q(float* y, const BlockQ8Act* xq, const Block* w, const float* bias, int64_t M,
+                     int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t nb = q_blocks(K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      const Block* row = w + (n / kQRows) * nb;  // the superblocks of n's row group
+      const int r = int(n % kQRows);
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const BlockQ8Act& a = xq[m * nb + b];
+        int32_t isum = 0;
+        for (int k = 0; k < kQBlock; ++k) isum += q_value(row[b], r, k) * a.qs[k];
+        acc = fmaf(float(isum), f16_to_float(row[b].d[r]) * a.d, acc);
+      }
+      y[m * ldy + n] = bias ? acc + bias[n] : acc;
+    }
+}
+
 }  // namespace scalar
 
 const KernelTable* scalar_kernels() {
@@ -155,6 +191,9 @@ const KernelTable* scalar_kernels() {
       scalar::add,
       scalar::bf16_to_f32,
       scalar::f16_to_f32,
+      scalar::quantize_act,
+      scalar::matmul_q<BlockQ8x8>,
+      scalar::matmul_q<BlockQ4x8>,
   };
   return &table;
 }
