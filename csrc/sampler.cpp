@@ -2,11 +2,12 @@
 // min-p is applied before top-p's sort, which gives the same set: both keep a
 // most-likely-first prefix, min-p's threshold is relative to the top token (which
 // top-p's renormalisation leaves unchanged), and top-p's mass is measured against the
-// total after top-k. Filtering first lets top-p sort a few tokens instead of the vocab.
+// total after top-k. Filtering first leaves top-p fewer tokens to sort.
 #include "sampler.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace hearthlm {
 
@@ -23,25 +24,29 @@ uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 bool more_likely(const Candidate& a, const Candidate& b) { return a.logit > b.logit; }
 
-// Most of the vocabulary loses every comparison, so scans look at blocks of kBlock
-// logits through their maximum: kLanes independent maxima the compiler makes SIMD.
-constexpr int64_t kLanes = 16, kBlock = 64;
+// Most of the vocabulary loses every comparison, so scans test a block of kBlock
+// logits at once: an OR of comparisons, which the compiler turns into SIMD.
+constexpr int64_t kBlock = 32;
 
-float block_max(const float* x) {
-  float m[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) m[j] = x[j];
-  for (int64_t i = kLanes; i < kBlock; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) m[j] = std::max(m[j], x[i + j]);
-  float r = m[0];
-  for (int64_t j = 1; j < kLanes; ++j) r = std::max(r, m[j]);
-  return r;
+bool any_above(const float* x, float threshold) {
+  int any = 0;
+  for (int64_t j = 0; j < kBlock; ++j) any |= x[j] > threshold;
+  return any != 0;
+}
+
+// The shortest prefix of c (most likely first) whose mass reaches `need`; all if none.
+int64_t prefix_reaching(const Candidate* c, int64_t n, double need) {
+  double cum = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    if ((cum += c[i].logit) >= need) return i + 1;
+  return n;
 }
 
 int64_t argmax(const float* x, int64_t n) {
   int64_t best = 0;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock)
-    if (block_max(x + i) > x[best])
+    if (any_above(x + i, x[best]))
       for (int64_t j = i; j < i + kBlock; ++j)
         if (x[j] > x[best]) best = j;
   for (; i < n; ++i)
@@ -114,7 +119,7 @@ int64_t Sampler::top_k_candidates(const float* l, int64_t k) {
   };
   int64_t i = k;
   for (; i + kBlock <= vocab_; i += kBlock)
-    if (block_max(l + i) > c[0].logit)
+    if (any_above(l + i, c[0].logit))
       for (int64_t j = i; j < i + kBlock; ++j) offer(j);
   for (; i < vocab_; ++i) offer(i);
   std::sort_heap(c, c + k, more_likely);
@@ -155,24 +160,34 @@ int64_t Sampler::filter(const float* logits, double* total) {
   }
   if (p_.top_p < 1.0f) {
     const double need = p_.top_p * mass;
-    // Sort only as far as needed: a growing most-likely-first prefix.
-    for (int64_t k = std::min<int64_t>(n, 256);; k = std::min(n, k * 8)) {
-      if (!sorted) std::partial_sort(c, c + k, c + n, more_likely);
-      double cum = 0.0;
-      int64_t cut = -1;
-      for (int64_t i = 0; i < k && cut < 0; ++i)
-        if ((cum += c[i].logit) >= need) cut = i + 1;
-      if (cut >= 0) {
-        n = cut;
-        break;
-      }
-      if (k == n) break;
-    }
+    n = sorted ? prefix_reaching(c, n, need) : top_p_candidates(n, need);
   }
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += c[i].logit;
   *total = sum;
   return n;
+}
+
+// Top-p over unsorted candidates without sorting them all: bucket the probabilities by
+// their float bits (8 buckets per halving, from 1 down to 2^-32), find the bucket where
+// the mass reaches `need`, and sort only the candidates in it and above.
+int64_t Sampler::top_p_candidates(int64_t n, double need) {
+  constexpr uint32_t kBuckets = 256;
+  auto bucket = [](float p) {
+    uint32_t bits;
+    std::memcpy(&bits, &p, sizeof bits);
+    return std::min((0x3F800000u - bits) >> 20, kBuckets - 1);  // p in [0, 1]
+  };
+  Candidate* c = cand_.data();
+  double mass[kBuckets] = {};
+  for (int64_t i = 0; i < n; ++i) mass[bucket(c[i].logit)] += c[i].logit;
+  uint32_t last = 0;
+  for (double cum = mass[0]; cum < need && last < kBuckets - 1;) cum += mass[++last];
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (bucket(c[i].logit) <= last) std::swap(c[m++], c[i]);
+  std::sort(c, c + m, more_likely);
+  return prefix_reaching(c, m, need);
 }
 
 int32_t Sampler::sample(const float* logits) {

@@ -45,6 +45,7 @@ class Sampler {
   int64_t filter(const float* logits, double* total);
   const float* penalised(const float* logits);
   int64_t top_k_candidates(const float* l, int64_t k);
+  int64_t top_p_candidates(int64_t n, double need);
   uint64_t next_u64();
 
   int64_t vocab_;
