@@ -2,8 +2,10 @@
 `hearthlm generate --json`."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pexpect
 
@@ -15,8 +17,10 @@ ENV = dict(os.environ, PYTHONPATH=PYLIB, TERM="dumb")
 
 
 def spawn(*args):
+    """The chat on a pseudo-terminal, as a foreground job: SIGINT handled by default
+    even when the tests run in the background (where the shell ignores it)."""
     return pexpect.spawn(sys.executable, ["-m", "hearthlm", "chat", *args], env=ENV, encoding="utf-8",
-                         timeout=60)
+                         timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_piped(args, text):
@@ -69,7 +73,10 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(chat_model_dir):
     c.sendline("/stats")
     c.expect(r"\(cancelled\).*older turns partly dropped \(context shift\); 4 messages")
     c.expect_exact(">>> ")
-    c.sendintr()  # at the prompt: just a fresh prompt
+    # Ctrl-C at the prompt: a fresh prompt. (CPython's readline prints the prompt before
+    # it waits for input; a SIGINT in between is only seen at the next key.)
+    time.sleep(0.2)
+    c.sendintr()
     c.expect_exact(">>> ")
     c.sendeof()
     c.expect(pexpect.EOF)
