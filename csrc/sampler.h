@@ -37,7 +37,6 @@ class Sampler {
   void clear_history();
 
   int64_t vocab() const { return vocab_; }
-  const SamplerParams& params() const { return p_; }
 
  private:
   // Fills cand_[0, n) with the tokens that survive the filters, probabilities
