@@ -12,6 +12,11 @@ Per token, over the whole vocabulary and in transformers' order: repetition pena
 `repeat_last_n` tokens; temperature (0 = greedy argmax); top-k; top-p; min-p (relative
 to the most likely token, after temperature); a draw from a seeded xoshiro256**.
 Same seed and same logits -> same tokens.
+
+Cost per token with the defaults (Python call included, measured on a busy 2-core
+x86-64): about 50-65 us at a 32 000 vocabulary and 105-130 us at 151 936; greedy
+10-15 / 40-75 us. Without top-k, top-p must find its set among the whole vocabulary:
+0.5-0.9 ms / 2.5-3.6 ms on noise-like logits.
 """
 from __future__ import annotations
 
