@@ -80,8 +80,47 @@ const void* weight_data(const py::array& w, WeightType wt, const char* name, int
   return w.data();
 }
 
+KVType kv_type(const std::string& name) {
+  if (name == "f32") return kKVf32;
+  if (name == "f16") return kKVf16;
+  if (name == "bf16") return kKVbf16;
+  if (name == "q8") return kKVq8;
+  throw py::value_error("kv_dtype: expected 'f32', 'f16', 'bf16' or 'q8', got '" + name + "'");
+}
+
+// One layer's K or V cache: [n_kv_heads, n_slots, row_stride] in its storage type,
+// with float32 scales [n_kv_heads, n_slots, row_stride / 32] for q8.
+KVLayer kv_layer(const py::array& data, const py::object& scales, const std::string& kv_dtype,
+                 int64_t head_dim, const char* name) {
+  const KVType t = kv_type(kv_dtype);
+  const char kind = t == kKVf32 ? 'f' : t == kKVq8 ? 'i' : data.dtype().kind();
+  const int bytes = t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2;
+  check_layout(data, name, kind, bytes, 3);
+  KVLayer c{t, const_cast<void*>(data.data()), nullptr, data.shape(0), data.shape(1), data.shape(2)};
+  if (t == kKVq8) {
+    expect(c.row_stride % kQ8Block == 0 && c.row_stride >= head_dim && c.row_stride < head_dim + kQ8Block,
+           std::string(name) + ": q8 rows must be head_dim padded to a multiple of 32");
+    if (scales.is_none()) throw py::value_error(std::string(name) + ": q8 needs scales");
+    py::array sc = scales.cast<py::array>();
+    const float* sp = in_f32(sc, "scales", 3);
+    expect(sc.shape(0) == c.n_kv_heads && sc.shape(1) == c.n_slots && sc.shape(2) == c.row_stride / kQ8Block,
+           std::string(name) + ": scales shape " + shape_str(sc) + " does not match " + shape_str(data));
+    c.scales = const_cast<float*>(sp);
+  } else {
+    expect(c.row_stride == head_dim, std::string(name) + ": rows of " + std::to_string(c.row_stride) +
+           " elements, expected head_dim " + std::to_string(head_dim));
+  }
+  return c;
+}
+
+// More threads than this is never useful and can exhaust the process's thread limit,
+// which libgomp does not survive (segfault), so it is refused up front.
+constexpr int kMaxThreads = 1024;
+
 int threads_arg(int n_threads) {
-  if (n_threads < 1) throw py::value_error("n_threads must be >= 1, got " + std::to_string(n_threads));
+  if (n_threads < 1 || n_threads > kMaxThreads)
+    throw py::value_error("n_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                          std::to_string(n_threads));
   return n_threads;
 }
 
@@ -146,6 +185,7 @@ PYBIND11_MODULE(_kernels, m) {
     d["dotprod"] = f.dotprod; d["i8mm"] = f.i8mm;
     return d;
   });
+  m.attr("max_threads") = kMaxThreads;
   m.def("supported_isas", &supported_isas);
   m.def("compiled_isas", &compiled_isas);
   m.def("select_isa", [](const std::string& name) {
@@ -246,29 +286,63 @@ PYBIND11_MODULE(_kernels, m) {
   }, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("pos"), py::arg("rot_dim"),
      py::arg("n_threads") = 1, py::arg("isa") = py::none());
 
-  m.def("attention", [](py::array out, py::array q, py::array k, py::array v, py::array kv_pos,
+  m.def("attention", [](py::array out, py::array q, py::array k, py::object k_scales, py::array v,
+                        py::object v_scales, const std::string& kv_dtype, py::array kv_pos,
                         py::array q_pos, int32_t window, float scale, int n_threads, py::object isa) {
     float* op = out_f32(out, "out", 3);
     const float* qp = in_f32(q, "q", 3);
-    const float* kp = in_f32(k, "k", 3);
-    const float* vp = in_f32(v, "v", 3);
+    const int64_t T = q.shape(0), n_heads = q.shape(1), head_dim = q.shape(2);
+    const KVLayer kl = kv_layer(k, k_scales, kv_dtype, head_dim, "k");
+    const KVLayer vl = kv_layer(v, v_scales, kv_dtype, head_dim, "v");
     const int32_t* kvp = in_i32(kv_pos, "kv_pos");
     const int32_t* qpp = in_i32(q_pos, "q_pos");
-    const int64_t T = q.shape(0), n_heads = q.shape(1), head_dim = q.shape(2);
-    const int64_t n_kv = k.shape(0), n_slots = k.shape(1);
     expect(out.shape(0) == T && out.shape(1) == n_heads && out.shape(2) == head_dim,
            "out: shape " + shape_str(out) + " != q " + shape_str(q));
-    expect(k.shape(2) == head_dim && v.shape(0) == n_kv && v.shape(1) == n_slots && v.shape(2) == head_dim,
-           "k/v: shapes " + shape_str(k) + "/" + shape_str(v) + " do not match q " + shape_str(q));
-    expect(n_kv > 0 && n_heads % n_kv == 0, "q: n_heads must be a multiple of the kv heads");
+    expect(vl.n_kv_heads == kl.n_kv_heads && vl.n_slots == kl.n_slots,
+           "k/v: shapes " + shape_str(k) + "/" + shape_str(v) + " differ");
+    expect(n_heads % kl.n_kv_heads == 0, "q: n_heads must be a multiple of the kv heads");
     expect(head_dim <= kMaxHeadDim, "head_dim " + std::to_string(head_dim) + " exceeds " + std::to_string(kMaxHeadDim));
-    expect(kv_pos.shape(0) == n_slots && q_pos.shape(0) == T, "kv_pos/q_pos: wrong length");
+    expect(kv_pos.shape(0) == kl.n_slots && q_pos.shape(0) == T, "kv_pos/q_pos: wrong length");
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
-    attention(kt, op, qp, kp, vp, kvp, qpp, T, n_heads, n_kv, n_slots, head_dim, window, scale, n_threads);
-  }, py::arg("out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kv_pos"), py::arg("q_pos"),
-     py::arg("window"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+    attention(kt, op, qp, kl, vl, kvp, qpp, T, n_heads, head_dim, window, scale, n_threads);
+  }, py::arg("out"), py::arg("q"), py::arg("k"), py::arg("k_scales"), py::arg("v"), py::arg("v_scales"),
+     py::arg("kv_dtype"), py::arg("kv_pos"), py::arg("q_pos"), py::arg("window"), py::arg("scale"),
+     py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("kv_store", [](py::array cache, py::object scales, const std::string& kv_dtype, py::array src,
+                       int64_t slot0) {
+    const float* sp = in_f32(src, "src", 3);
+    const int64_t T = src.shape(0), head_dim = src.shape(2);
+    const KVLayer c = kv_layer(cache, scales, kv_dtype, head_dim, "cache");
+    if (!cache.writeable()) throw py::value_error("cache: array is read-only");
+    expect(src.shape(1) == c.n_kv_heads, "src: shape " + shape_str(src) + " does not match cache " + shape_str(cache));
+    expect(slot0 >= 0 && slot0 + T <= c.n_slots, "slot0: slots [" + std::to_string(slot0) + ", " +
+           std::to_string(slot0 + T) + ") outside the cache of " + std::to_string(c.n_slots));
+    py::gil_scoped_release release;
+    kv_store(c, sp, T, head_dim, slot0);
+  }, py::arg("cache"), py::arg("scales"), py::arg("kv_dtype"), py::arg("src"), py::arg("slot0"));
+
+  m.def("kv_rotate", [](py::array cache, py::object scales, const std::string& kv_dtype, int64_t head_dim,
+                        py::array cos, py::array sin, py::array which, int64_t rot_dim, int n_threads,
+                        py::object isa) {
+    const KVLayer c = kv_layer(cache, scales, kv_dtype, head_dim, "cache");
+    const float* cp = in_f32(cos, "cos", 2);
+    const float* sp = in_f32(sin, "sin", 2);
+    const int32_t* wp = in_i32(which, "which");
+    expect(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_dim, "rot_dim: must be even and in [2, head_dim]");
+    expect(cos.shape(1) == rot_dim / 2 && sin.shape(0) == cos.shape(0) && sin.shape(1) == cos.shape(1),
+           "cos/sin: expected [n, rot_dim/2] tables");
+    expect(which.shape(0) == c.n_slots, "which: expected one entry per slot");
+    for (int64_t s = 0; s < c.n_slots; ++s)
+      expect(wp[s] < cos.shape(0), "which: table row " + std::to_string(wp[s]) + " out of range");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    kv_rotate(kt, c, cp, sp, wp, head_dim, rot_dim, n_threads);
+  }, py::arg("cache"), py::arg("scales"), py::arg("kv_dtype"), py::arg("head_dim"), py::arg("cos"),
+     py::arg("sin"), py::arg("which"), py::arg("rot_dim"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
 
   m.def("swiglu", [](py::array out, py::array gate, py::array up, int n_threads, py::object isa) {
     float* op = out_f32(out, "out", 2);

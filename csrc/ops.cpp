@@ -1,6 +1,10 @@
 #include "ops.h"
 
+#include <math.h>
+
 #include <cstring>
+
+#include "kernels/convert.h"
 
 namespace hearthlm {
 namespace {
@@ -18,6 +22,7 @@ void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, 
                                  int64_t, int64_t, int64_t),
                   float* y, const float* x, const Wt* w, const float* bias, int64_t M,
                   int64_t N, int64_t K, int n_threads) {
+  if (M <= 0 || N <= 0) return;  // nothing to write (and the chunk sizes below would be 0)
   if (M == 1) {
     // GEMV: ~4 chunks per thread, dynamically handed out so cores finish together.
     int64_t chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
@@ -93,18 +98,76 @@ void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
             sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
 }
 
-void attention(const KernelTable& kt, float* out, const float* q, const float* k,
-               const float* v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t n_kv_heads, int64_t n_slots, int64_t head_dim,
-               int32_t window, float scale, int n_threads) {
+namespace {
+
+int64_t element_bytes(KVType t) { return t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2; }
+
+// Rows of kv head h.
+KVRows head_rows(const KVLayer& c, int64_t h) {
+  const int64_t row0 = h * c.n_slots;
+  return KVRows{static_cast<const char*>(c.data) + row0 * c.row_stride * element_bytes(c.type),
+                c.scales ? c.scales + row0 * (c.row_stride / kQ8Block) : nullptr, c.row_stride};
+}
+
+// Row r (= head * n_slots + slot) of a cache, to and from float32.
+void load_row(const KVLayer& c, int64_t r, float* out, int64_t n) {
+  const int64_t at = r * c.row_stride;
+  switch (c.type) {
+    case kKVf32: std::memcpy(out, static_cast<const float*>(c.data) + at, n * 4); break;
+    case kKVf16:
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(static_cast<const uint16_t*>(c.data)[at + i]);
+      break;
+    case kKVbf16:
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(static_cast<const uint16_t*>(c.data)[at + i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = c.scales[r * (c.row_stride / kQ8Block) + i / kQ8Block] *
+                 float(static_cast<const int8_t*>(c.data)[at + i]);
+  }
+}
+
+void store_row(const KVLayer& c, int64_t r, const float* in, int64_t n) {
+  const int64_t at = r * c.row_stride;
+  switch (c.type) {
+    case kKVf32: std::memcpy(static_cast<float*>(c.data) + at, in, n * 4); break;
+    case kKVf16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(c.data)[at + i] = float_to_f16(in[i]);
+      break;
+    case kKVbf16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(c.data)[at + i] = float_to_bf16(in[i]);
+      break;
+    default: {  // blocks of 32: scale = amax / 127, q = round(x / scale); padding is 0
+      int8_t* q = static_cast<int8_t*>(c.data) + at;
+      float* scales = c.scales + r * (c.row_stride / kQ8Block);
+      for (int64_t b = 0; b * kQ8Block < c.row_stride; ++b) {
+        const int64_t d0 = b * kQ8Block, d1 = d0 + kQ8Block < n ? d0 + kQ8Block : n;
+        float amax = 0.0f;
+        for (int64_t i = d0; i < d1; ++i) amax = fmaxf(amax, fabsf(in[i]));
+        const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        scales[b] = scale;
+        for (int64_t i = d0; i < d0 + kQ8Block; ++i)
+          q[i] = i < d1 ? int8_t(nearbyintf(fminf(fmaxf(in[i] * inv, -127.0f), 127.0f))) : 0;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
+               const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads) {
   // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads.
   // Split groups further when there are too few tasks to keep every thread busy.
+  const int64_t n_kv_heads = k.n_kv_heads, n_slots = k.n_slots;
+  if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads;
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
   while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * n_threads) group = ceil_div(group, 2);
   const int64_t groups_per_kv = ceil_div(n_rep, group);
   const int64_t n_tasks = T * n_kv_heads * groups_per_kv;
-  const int64_t kv_stride = n_slots * head_dim;
+  const auto kernel = kt.attention[k.type];
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_tasks > 1 && T * n_slots * n_heads * head_dim >= kMatmulMin)
   for (int64_t task = 0; task < n_tasks; ++task) {
     const int64_t t = task / (n_kv_heads * groups_per_kv);
@@ -112,8 +175,28 @@ void attention(const KernelTable& kt, float* out, const float* q, const float* k
     const int64_t h0 = kvh * n_rep + (task % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
     const int64_t offset = (t * n_heads + h0) * head_dim;
-    kt.attention(out + offset, q + offset, k + kvh * kv_stride, v + kvh * kv_stride, kv_pos,
-                 n_slots, q_pos[t], window, scale, n_q, head_dim);
+    kernel(out + offset, q + offset, head_rows(k, kvh), head_rows(v, kvh), kv_pos, n_slots,
+           q_pos[t], window, scale, n_q, head_dim);
+  }
+}
+
+void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < dst.n_kv_heads; ++h)
+      store_row(dst, h * dst.n_slots + slot0 + t, src + (t * dst.n_kv_heads + h) * head_dim, head_dim);
+}
+
+void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, const float* sin,
+               const int32_t* which, int64_t head_dim, int64_t rot_dim, int n_threads) {
+  const int64_t rows = cache.n_kv_heads * cache.n_slots, half = rot_dim / 2;
+#pragma omp parallel for num_threads(n_threads) if (rows * head_dim >= kElementwiseMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row_table = which[r % cache.n_slots];
+    if (row_table < 0) continue;
+    float tmp[kMaxHeadDim];
+    load_row(cache, r, tmp, head_dim);
+    kt.rope(tmp, cos + row_table * half, sin + row_table * half, 1, head_dim, rot_dim);
+    store_row(cache, r, tmp, head_dim);
   }
 }
 

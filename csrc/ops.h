@@ -22,12 +22,26 @@ void layernorm(const KernelTable& kt, float* out, const float* x, const float* w
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
           int n_threads);
-// out, q: [T, n_heads, head_dim]; k, v: [n_kv_heads, n_slots, head_dim];
-// kv_pos[n_slots]: the position held by each slot (-1 = empty); q_pos[T].
-void attention(const KernelTable& kt, float* out, const float* q, const float* k,
-               const float* v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t n_kv_heads, int64_t n_slots, int64_t head_dim,
-               int32_t window, float scale, int n_threads);
+// One layer's K or V cache in its storage type: data [n_kv_heads, n_slots, row_stride]
+// (+ q8 scales [n_kv_heads, n_slots, row_stride / kQ8Block]).
+struct KVLayer {
+  KVType type;
+  void* data;
+  float* scales;
+  int64_t n_kv_heads, n_slots, row_stride;
+};
+
+// out, q: [T, n_heads, head_dim]; kv_pos[n_slots]: the position held by each slot
+// (-1 = empty); q_pos[T].
+void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
+               const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads);
+// Write src [T, n_kv_heads, head_dim] into slots [slot0, slot0 + T), converting.
+void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0);
+// Rotate the cached rows of slot s by table row which[s] (cos/sin [n, rot_dim/2]) in
+// place, through float32 for 16-bit and q8 storage; which[s] < 0 leaves slot s alone.
+void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, const float* sin,
+               const int32_t* which, int64_t head_dim, int64_t rot_dim, int n_threads);
 void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
             int n_threads);
 void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,

@@ -121,20 +121,85 @@ def attention_reference(q, k, v, kv_pos, q_pos, window, scale):
     return out
 
 
+def kv_cache_of(x, kv_dtype):
+    """Store x [kv_heads, n_slots, head_dim] with K.kv_store; return (cache, scales, the
+    float64 values the cache now represents, decoded here independently)."""
+    heads, n, hd = x.shape
+    row = -(-hd // 32) * 32 if kv_dtype == "q8" else hd
+    dt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}[kv_dtype]
+    cache = np.zeros((heads, n, row), dt)
+    scales = np.zeros((heads, n, row // 32), np.float32) if kv_dtype == "q8" else None
+    K.kv_store(cache, scales, kv_dtype, np.ascontiguousarray(x.transpose(1, 0, 2)), 0)
+    if kv_dtype == "bf16":
+        values = (cache.astype(np.uint32) << 16).view(np.float32)
+    elif kv_dtype == "q8":
+        values = cache.astype(np.float32) * np.repeat(scales, 32, axis=2)
+    else:
+        values = cache
+    return cache, scales, values[..., :hd].astype(np.float64)
+
+
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "bf16", "q8"])
+def test_kv_store_conversions(kv_dtype):
+    x = rand(3, 5, 45) * 10
+    x[0, 0, :32] = 0.0                                  # an all-zero q8 block
+    x[1, 1, 3] = 1e30 if kv_dtype != "f16" else 6e4     # an outlier
+    x[2, 2, :] = 1e-41                                  # denormals
+    cache, scales, values = kv_cache_of(x, kv_dtype)
+    if kv_dtype == "f32":
+        np.testing.assert_array_equal(values, x)
+    elif kv_dtype == "f16":
+        np.testing.assert_array_equal(cache, x.astype(np.float16))
+    elif kv_dtype == "bf16":
+        np.testing.assert_array_equal(cache, f32_to_bf16_bits(x))
+    else:
+        assert np.all(np.abs(cache) <= 127) and np.all(cache[..., 45:] == 0)
+        assert np.all(scales[0, 0, 0] == 0) and np.all(np.isfinite(scales))
+        block_scale = np.repeat(scales, 32, axis=2)[..., :45]
+        assert np.all(np.abs(values - x) <= block_scale * 0.5 * (1 + 1e-6))
+
+
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "bf16", "q8"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (12, 1, 64), (9, 3, 33)])
 @pytest.mark.parametrize("n_slots,window", [(5, 0), (150, 0), (150, 7)])
-def test_attention(isa, heads, kv_heads, head_dim, n_slots, window):
+def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window):
     T = 3
     q = rand(T, heads, head_dim)
-    k, v = rand(kv_heads, n_slots, head_dim), rand(kv_heads, n_slots, head_dim)
+    k, kscale, kvals = kv_cache_of(rand(kv_heads, n_slots, head_dim), kv_dtype)
+    v, vscale, vvals = kv_cache_of(rand(kv_heads, n_slots, head_dim), kv_dtype)
     kv_pos = rng.permutation(n_slots).astype(np.int32)  # slots filled in any order
     q_pos = np.arange(n_slots - T, n_slots, dtype=np.int32)
     kv_pos[(rng.random(n_slots) < 0.2) & ~np.isin(kv_pos, q_pos)] = -1  # some empty slots
     out = np.full_like(q, np.nan)
-    K.attention(out, q, k, v, kv_pos, q_pos, window, 0.3, 2, isa)
-    ref = attention_reference(q, k, v, kv_pos, q_pos, window, 0.3)
+    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, 2, isa)
+    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
+def test_kv_rotate(isa, kv_dtype):
+    hd, rot = 40, 10
+    cache, scales, before = kv_cache_of(rand(2, 7, hd), kv_dtype)
+    angle = 0.7 / 10000 ** (np.arange(0, rot, 2) / rot)
+    cos, sin = np.cos(angle)[None].astype(np.float32), np.sin(angle)[None].astype(np.float32)
+    which = np.array([0, -1, 0, 0, -1, -1, 0], np.int32)
+    raw_before = cache.copy()
+    K.kv_rotate(cache, scales, kv_dtype, hd, cos, sin, which, rot, 1, isa)
+    if kv_dtype == "q8":
+        after = (cache.astype(np.float64) * np.repeat(scales, 32, axis=2))[..., :hd]
+    else:
+        after = cache.astype(np.float64)
+    expected = before.copy()
+    h = rot // 2
+    a, b = before[..., :h], before[..., h:rot]
+    expected[..., :h] = a * np.cos(angle) - b * np.sin(angle)
+    expected[..., h:rot] = b * np.cos(angle) + a * np.sin(angle)
+    expected[:, which < 0] = before[:, which < 0]
+    tol = {"f32": 1e-6, "f16": 2e-3, "q8": 3e-2}[kv_dtype] * np.abs(before).max()
+    np.testing.assert_allclose(after, expected, atol=tol, rtol=0)
+    np.testing.assert_array_equal(cache[:, which < 0], raw_before[:, which < 0])
 
 
 @pytest.mark.parametrize("isa", ISAS)

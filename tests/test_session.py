@@ -8,7 +8,6 @@ import pytest
 import hearthlm
 import tiny_models
 from streaming_reference import StreamingReference
-from hearthlm.session import SessionBusyError
 
 
 def ids_for(model, n, seed=0):
@@ -149,13 +148,13 @@ def test_two_threads_share_weights(model_dir):
 
 def test_one_session_two_threads_is_refused(model_dir):
     model = hearthlm.load(model_dir("llama-gqa-tied"))
-    s = model.session(n_ctx=4096)
+    s = model.session(n_ctx=64)
     errors = []
     with s._exclusive():  # hold the session as if another thread were feeding it
         th = threading.Thread(target=lambda: errors.append(_try(lambda: s.feed([1]))))
         th.start()
         th.join()
-    assert len(errors) == 1 and isinstance(errors[0], SessionBusyError)
+    assert len(errors) == 1 and isinstance(errors[0], hearthlm.SessionBusyError)
 
 
 def _try(fn):
@@ -174,5 +173,58 @@ def test_bad_session_arguments(model_dir):
         model.session(n_ctx=8, n_keep=8)
     with pytest.raises(hearthlm.InvalidInputError, match="n_discard"):
         model.session(n_ctx=8, n_keep=2, n_discard=7)
-    with pytest.raises(hearthlm.InvalidInputError, match="KV cache needs"):
-        model.session(n_ctx=2 ** 40)
+    with pytest.raises(hearthlm.ContextOverflowError, match="exceeds the model's context of 256"):
+        model.session(n_ctx=257)
+    with pytest.raises(hearthlm.ContextOverflowError, match="context of 256"):
+        model.logits(list(range(100)) * 3)
+    from hearthlm.kv_cache import KVCache
+    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache needs .* bytes"):
+        KVCache(model.args, 2 ** 40)
+
+
+# Max |logit error| / max |logit| against an f32 cache, 60 tokens, measured on the tiny
+# models at 4e-4..6e-4 (f16), 3e-3..8e-3 (bf16), 7e-3..1.4e-2 (q8). Bounds: a few times
+# the storage's relative rounding: f16 2^-11 = 4.9e-4, bf16 2^-8 = 3.9e-3, q8 half a step
+# of amax/127 per block of 32 = 3.9e-3 of the block's largest value.
+KV_BOUNDS = {"f16": 2e-3, "bf16": 2e-2, "q8": 3e-2}
+
+
+@pytest.mark.parametrize("kv_dtype", sorted(KV_BOUNDS))
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm"])
+def test_kv_dtype_error_is_bounded(model_dir, variant, kv_dtype):
+    model = hearthlm.load(model_dir(variant))
+    ids = ids_for(model, 60)
+    ref = model.session(n_ctx=64).feed(ids, all_logits=True)
+    s = model.session(n_ctx=64, kv_dtype=kv_dtype)
+    out = s.feed(ids, all_logits=True)
+    assert np.abs(out - ref).max() / np.abs(ref).max() <= KV_BOUNDS[kv_dtype]
+
+
+def test_kv_memory_per_token_tinyllama_shape():
+    from hearthlm.kv_cache import KVCache
+    from hearthlm.models import model_args
+    from hearthlm.shapes import config_for
+
+    args = model_args(config_for("tinyllama-1.1b"), "tinyllama")
+    per_token = {kv: (KVCache(args, 256, 4, kv).memory_bytes - 256 * 4) / 256
+                 for kv in ("f32", "f16", "bf16", "q8")}
+    assert per_token["f32"] == 2 * 22 * 4 * 64 * 4  # K and V, layers, kv heads, head_dim, bytes
+    assert per_token["f16"] == per_token["bf16"] == per_token["f32"] / 2
+    assert per_token["q8"] == 2 * 22 * 4 * (64 + 2 * 4)  # int8 values + a float scale per 32
+
+
+@pytest.mark.parametrize("kv_dtype", ["f16", "q8"])
+def test_kv_dtype_shift_and_save(model_dir, tmp_path, kv_dtype):
+    folder = model_dir("llama-gqa-tied")
+    model = hearthlm.load(folder)
+    ids = ids_for(model, 50, seed=4)
+    s = model.session(n_ctx=24, n_keep=4, n_discard=6, kv_dtype=kv_dtype)
+    ref = StreamingReference(folder, n_ctx=24, n_keep=4, n_discard=6)
+    for t in ids:
+        logits, expected = s.feed([t]), ref.feed(t)
+    assert s.tokens == ref.tokens
+    assert np.abs(logits - expected).max() / np.abs(expected).max() <= KV_BOUNDS[kv_dtype]
+    s.save(str(tmp_path / "s"))
+    t = model.load_session(str(tmp_path / "s"))
+    assert t.cache.kv_dtype == kv_dtype
+    np.testing.assert_array_equal(t.feed([5]), s.feed([5]))

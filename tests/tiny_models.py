@@ -64,7 +64,7 @@ def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_
     return folder
 
 
-def reference_logits(folder: str, ids) -> "numpy.ndarray":
+def reference_logits(folder: str, ids):
     """transformers' float32 logits at every position (weights upcast to f32)."""
     import torch
     from transformers import AutoModelForCausalLM

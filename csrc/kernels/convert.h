@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <math.h>
 
 namespace hearthlm {
 
@@ -33,6 +34,36 @@ static inline float f16_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+}  // namespace hearthlm
+
+namespace hearthlm {
+
+// float -> IEEE half, round to nearest even; overflow -> inf, NaN stays NaN.
+static inline uint16_t float_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000;
+  x &= 0x7fffffff;
+  if (x >= 0x7f800000) return uint16_t(sign | (x > 0x7f800000 ? 0x7e00 : 0x7c00));
+  if (x >= 0x477ff000) return uint16_t(sign | 0x7c00);  // >= 65520 rounds to inf
+  if (x < 0x38800000) {  // below 2^-14: a half subnormal, in units of 2^-24
+    float v;
+    std::memcpy(&v, &x, 4);
+    return uint16_t(sign | uint32_t(nearbyintf(v * 16777216.0f)));
+  }
+  uint32_t r = x - 0x38000000;  // rebias the exponent from 127 to 15
+  r += 0xfff + ((r >> 13) & 1);
+  return uint16_t(sign | (r >> 13));
+}
+
+// float -> bfloat16, round to nearest even; NaN stays a quiet NaN.
+static inline uint16_t float_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return uint16_t((x >> 16) | 0x40);
+  return uint16_t((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
 }  // namespace hearthlm

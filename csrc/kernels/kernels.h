@@ -7,6 +7,19 @@
 
 namespace hearthlm {
 
+// Storage types of the KV cache. q8: each row of head_dim is padded to a multiple of
+// 32 int8 values, one float scale per block of 32 (value = scale * q).
+enum KVType { kKVf32 = 0, kKVf16 = 1, kKVbf16 = 2, kKVq8 = 3, kKVTypes = 4 };
+constexpr int64_t kQ8Block = 32;
+
+// One kv head of the cache: rows [n_slots, row_stride] of `data` in the storage type,
+// and for q8 the per-block scales [n_slots, row_stride / kQ8Block].
+struct KVRows {
+  const void* data;
+  const float* scales;
+  int64_t row_stride;  // elements per row: head_dim, or head_dim padded to 32 for q8
+};
+
 struct KernelTable {
   const char* isa;
 
@@ -32,13 +45,14 @@ struct KernelTable {
   void (*rope)(float* x, const float* cos, const float* sin, int64_t n_heads, int64_t head_dim,
                int64_t rot_dim);
 
-  // Softmax attention of n_q query heads that share one kv head.
-  // q, out: [n_q, head_dim]; k, v: [n_slots, head_dim] (one kv head of the cache).
+  // Softmax attention of n_q query heads that share one kv head, one entry per
+  // KVType (the cache is read in its storage type, never converted as a whole).
+  // q, out: [n_q, head_dim]; k, v: that kv head's rows.
   // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
   // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
-  void (*attention)(float* out, const float* q, const float* k, const float* v,
-                    const int32_t* kv_pos, int64_t n_slots, int32_t q_pos, int32_t window,
-                    float scale, int64_t n_q, int64_t head_dim);
+  void (*attention[kKVTypes])(float* out, const float* q, KVRows k, KVRows v,
+                              const int32_t* kv_pos, int64_t n_slots, int32_t q_pos,
+                              int32_t window, float scale, int64_t n_q, int64_t head_dim);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);

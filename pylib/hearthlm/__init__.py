@@ -9,8 +9,9 @@
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .demo import demo_model_path
 from .errors import (ContextOverflowError, HearthlmError, InvalidInputError, ModelFormatError,
-                     UnsupportedISAError, UnsupportedModelError)
+                     SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
+from .session import Session
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,6 @@ apply_isa_from_environment()
 
 __all__ = [
     "ContextOverflowError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
-    "UnsupportedISAError", "UnsupportedModelError", "cpu_info", "demo_model_path", "load", "select_isa",
+    "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info",
+    "demo_model_path", "load", "select_isa",
 ]

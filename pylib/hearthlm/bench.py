@@ -14,9 +14,8 @@ from typing import Optional
 import numpy as np
 
 from . import _kernels
-from .kv_cache import KVCache
+from .errors import InvalidInputError
 from .model import Model, load
-from .transformer import Buffers
 
 
 def rss_bytes() -> int:
@@ -73,57 +72,47 @@ class EngineResult:
 class HearthlmRunner:
     name = "hearthlm"
 
-    def __init__(self, model: Model, n_prompt: int, n_gen: int):
+    def __init__(self, model: Model, n_ctx: int):
         self.model = model
-        self.cache = KVCache(model.args, n_prompt + n_gen)
-        self.buf = Buffers(model.args, n_prompt)
-        self.logits = np.empty((1, model.vocab_size), np.float32)
+        self.session = model.session(n_ctx=n_ctx, n_keep=0)
 
     def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
-        t = self.model.transformer
-        self.cache.reset()
+        s = self.session
+        s.reset()
         t0 = time.perf_counter()
-        t.forward(prompt, self.cache, self.buf, self.logits)
+        logits = s.feed(prompt)
         runs.prefill_s.append(time.perf_counter() - t0)
-        token = np.zeros(1, np.int32)
         start = time.perf_counter()
         for _ in range(n_gen):
-            s = time.perf_counter()
-            token[0] = int(np.argmax(self.logits[0]))
-            t.forward(token, self.cache, self.buf, self.logits)
-            runs.decode_token_s.append(time.perf_counter() - s)
+            t = time.perf_counter()
+            logits = s.feed([int(np.argmax(logits))])
+            runs.decode_token_s.append(time.perf_counter() - t)
         runs.decode_s.append(time.perf_counter() - start)
 
 
-class TorchRunner:
-    """transformers on the same folder, same dtype, same threads, greedy with a KV cache."""
-    name = "torch"
+def make_runners(model: Model, folder: str, n_ctx: int, vs) -> list:
+    from .bench_peers import PEERS, PeerUnavailableError
+    runners = [HearthlmRunner(model, n_ctx)]
+    for name in vs:
+        if name not in PEERS:
+            raise PeerUnavailableError(f"--vs: unknown engine '{name}' (known: {', '.join(PEERS)})")
+        runners.append(PEERS[name](folder, model.dtype, model.n_threads, n_ctx))
+    return runners
 
-    def __init__(self, folder: str, dtype: str, n_threads: int):
-        import torch
-        from transformers import AutoModelForCausalLM
 
-        torch.set_num_threads(n_threads)
-        self.torch = torch
-        torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+def interleaved(runners, prompt: np.ndarray, n_gen: int, reps: int) -> dict:
+    """Warm every engine up, then alternate them rep by rep."""
+    runs = {r.name: EngineRuns() for r in runners}
+    for r in runners:
+        r.run(prompt[: min(len(prompt), 16)], 2, EngineRuns())
+    for _ in range(reps):
+        for r in runners:
+            r.run(prompt, n_gen, runs[r.name])
+    return runs
 
-    def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
-        torch = self.torch
-        with torch.inference_mode():
-            ids = torch.tensor(prompt[None, :].astype(np.int64))
-            t0 = time.perf_counter()
-            out = self.model(ids, use_cache=True)
-            runs.prefill_s.append(time.perf_counter() - t0)
-            past, logits = out.past_key_values, out.logits[:, -1]
-            start = time.perf_counter()
-            for _ in range(n_gen):
-                s = time.perf_counter()
-                token = logits.argmax(-1, keepdim=True)
-                out = self.model(token, past_key_values=past, use_cache=True)
-                past, logits = out.past_key_values, out.logits[:, -1]
-                runs.decode_token_s.append(time.perf_counter() - s)
-            runs.decode_s.append(time.perf_counter() - start)
+
+def random_prompt(model: Model, n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, model.vocab_size, n).astype(np.int32)
 
 
 def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int] = None,
@@ -134,47 +123,82 @@ def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int]
     model = load(folder, dtype=dtype, n_threads=n_threads)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_bytes()
-    dtype = model.dtype
     bandwidth = _kernels.memory_read_bandwidth(bandwidth_bytes, model.n_threads, 3)
-    prompt = np.random.default_rng(0).integers(0, model.vocab_size, n_prompt).astype(np.int32)
-    runners = [HearthlmRunner(model, n_prompt, n_gen)]
-    if "torch" in vs:
-        runners.append(TorchRunner(folder, dtype, model.n_threads))
-    results = {r.name: EngineRuns() for r in runners}
-    for r in runners:  # warm-up: page in weights, fill caches, JIT nothing
-        r.run(prompt[: min(n_prompt, 16)], 2, EngineRuns())
-    rss_after_warmup = rss_bytes()
-    for _ in range(reps):
-        for r in runners:
-            r.run(prompt, n_gen, results[r.name])
+    runners = make_runners(model, folder, n_prompt + n_gen, vs)
+    t0 = time.perf_counter()
+    first = runners[0].session.feed(random_prompt(model, 1))  # first token after load
+    first_token_s = time.perf_counter() - t0 + load_s
+    del first
+    results = interleaved(runners, random_prompt(model, n_prompt), n_gen, reps)
+    rss_after = rss_bytes()
     wbytes = weight_bytes_per_token(model)
-    engines = [asdict(EngineResult.from_runs(name, dtype, runs, n_prompt, n_gen, wbytes, bandwidth))
+    engines = [asdict(EngineResult.from_runs(name, model.dtype, runs, n_prompt, n_gen, wbytes, bandwidth))
                for name, runs in results.items()]
     return {
         "model": folder,
         "architecture": model.args.architecture,
-        "dtype": dtype,
+        "dtype": model.dtype,
         "threads": model.n_threads,
         "isa": _kernels.active_isa(),
         "n_prompt": n_prompt,
         "n_gen": n_gen,
         "reps": reps,
         "load_s": load_s,
+        "load_to_first_logits_s": first_token_s,
         "weight_bytes_per_token": wbytes,
         "rss_after_load_mb": (rss_loaded - rss_before) / 2 ** 20,
-        "rss_after_run_mb": (rss_after_warmup - rss_before) / 2 ** 20,
-        "kv_cache_mb": runners[0].cache.memory_bytes / 2 ** 20,
+        "rss_after_run_mb": (rss_after - rss_before) / 2 ** 20,
+        "rss_hearthlm_only": len(runners) == 1,
+        "kv_cache_mb": runners[0].session.cache.memory_bytes / 2 ** 20,
         "memory_read_gb_s": bandwidth,
         "engines": engines,
     }
+
+
+def run_context_sweep(folder: str, contexts, dtype: Optional[str] = None,
+                      n_threads: Optional[int] = None, n_gen: int = 16, reps: int = 1, vs=()) -> dict:
+    """Decode tokens/s after a prompt of each length in `contexts` (attention cost
+    grows with the context), for hearthlm and each peer."""
+    model = load(folder, dtype=dtype, n_threads=n_threads)
+    runners = make_runners(model, folder, max(contexts) + n_gen, vs)
+    sweep = {r.name: [] for r in runners}
+    for c in contexts:
+        runs = interleaved(runners, random_prompt(model, c), n_gen, reps)
+        for name, r in runs.items():
+            sweep[name].append(n_gen / statistics.median(r.decode_s))
+    return {"model": folder, "dtype": model.dtype, "threads": model.n_threads,
+            "contexts": list(contexts), "decode_tok_s": sweep}
+
+
+def plot_sweep(sweep: dict, path: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise InvalidInputError("--plot needs matplotlib (pip install 'hearthlm[bench]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in sweep["decode_tok_s"].items():
+        ax.plot(sweep["contexts"], values, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"{os.path.basename(sweep['model'].rstrip('/'))} {sweep['dtype']}, "
+                 f"{sweep['threads']} threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def format_report(r: dict) -> str:
     lines = [
         f"model      {r['model']} ({r['architecture']})",
         f"dtype      {r['dtype']}   threads {r['threads']}   isa {r['isa']}",
-        f"load       {r['load_s']:.2f} s   RSS +{r['rss_after_load_mb']:.0f} MB after load, "
-        f"+{r['rss_after_run_mb']:.0f} MB after running (KV cache {r['kv_cache_mb']:.0f} MB)",
+        f"load       {r['load_s']:.2f} s (first logits {r['load_to_first_logits_s']:.2f} s after the load "
+        f"began)   RSS +{r['rss_after_load_mb']:.0f} MB after load, +{r['rss_after_run_mb']:.0f} MB "
+        f"after running{'' if r['rss_hearthlm_only'] else ' (all engines)'}; KV cache {r['kv_cache_mb']:.0f} MB",
         f"weights    {r['weight_bytes_per_token'] / 1e6:.1f} MB read per decoded token",
         f"memory     {r['memory_read_gb_s']:.1f} GB/s read bandwidth measured with {r['threads']} threads",
         "",

@@ -58,7 +58,7 @@ def sampling_options(args) -> dict:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_report, run_bench
+    from .bench import format_report, plot_sweep, run_bench, run_context_sweep
     from .shapes import random_model_folder
     if (args.model is None) == (args.shape is None):
         print("hearthlm bench: give a MODEL folder or --shape NAME", file=sys.stderr)
@@ -67,7 +67,14 @@ def cmd_bench(args) -> int:
     vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
                        n_gen=args.gen, reps=args.reps, vs=vs)
+    if args.plot:
+        contexts = [int(c) for c in args.contexts.split(",")]
+        report["context_sweep"] = run_context_sweep(folder, contexts, dtype=args.dtype,
+                                                    n_threads=args.threads, vs=vs)
+        plot_sweep(report["context_sweep"], args.plot)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot:
+        print(f"plot written to {args.plot}")
     return 0
 
 
@@ -107,7 +114,10 @@ def main(argv=None) -> int:
     b.add_argument("--prompt", type=int, default=512, help="prompt tokens (pp)")
     b.add_argument("--gen", type=int, default=128, help="generated tokens (tg)")
     b.add_argument("--reps", type=int, default=3)
-    b.add_argument("--vs", help="comma-separated peers to run side by side: torch")
+    b.add_argument("--vs", help="comma-separated engines to run side by side: torch, llama.cpp")
+    b.add_argument("--plot", metavar="FILE.png", help="also plot decode tok/s against context length")
+    b.add_argument("--contexts", default="128,256,512,1024,2048,4096",
+                   help="context lengths for --plot (default: %(default)s)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

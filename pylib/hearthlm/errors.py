@@ -23,3 +23,7 @@ class ContextOverflowError(InvalidInputError):
 
 class UnsupportedISAError(HearthlmError, RuntimeError):
     """HEARTHLM_ISA asks for an instruction set this CPU or build lacks."""
+
+
+class SessionBusyError(HearthlmError, RuntimeError):
+    """A session is being used by another thread (give each thread its own session)."""

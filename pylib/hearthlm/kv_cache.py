@@ -1,8 +1,13 @@
 """The KV cache: one contiguous allocation made once, written in place, used as a
 ring buffer that never runs out.
 
-Layout: k, v: [n_layers, n_kv_heads, capacity, head_dim] float32, so each kv head of
-each layer is one sequential stream for attention. `slot_pos[s]` is the position of
+Layout: k, v: [n_layers, n_kv_heads, capacity, row] in the storage type (`kv_dtype`),
+so each kv head of each layer is one sequential stream for attention, which reads the
+storage type directly:
+  f32   row = head_dim float32                       (4 bytes per value)
+  f16   row = head_dim IEEE half; bf16 bfloat16       (2 bytes)
+  q8    row = head_dim padded to 32 int8, plus one float32 scale per 32 in
+        k_scales / v_scales [n_layers, n_kv_heads, capacity, row / 32]  (~1.1 bytes) `slot_pos[s]` is the position of
 the token in slot s (-1 = empty); attention masks by these positions, so tokens may
 sit in any slot.
 
@@ -21,18 +26,31 @@ from . import _kernels as K
 from .errors import InvalidInputError
 from .models import ModelArgs
 
+KV_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}
+Q8_BLOCK = 32
+
 
 class KVCache:
-    def __init__(self, args: ModelArgs, capacity: int, n_keep: int = 0):
+    def __init__(self, args: ModelArgs, capacity: int, n_keep: int = 0, kv_dtype: str = "f32"):
         if not isinstance(capacity, int) or capacity < 1:
             raise InvalidInputError(f"n_ctx: expected a positive integer, got {capacity!r}")
         if not isinstance(n_keep, int) or not 0 <= n_keep < capacity:
             raise InvalidInputError(f"n_keep: expected an integer in [0, n_ctx={capacity}), got {n_keep!r}")
-        shape = (args.num_hidden_layers, args.num_key_value_heads, capacity, args.head_dim)
-        needed = 2 * int(np.prod(shape)) * 4
+        if kv_dtype not in KV_DTYPES:
+            raise InvalidInputError(f"kv_dtype: expected one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+        self.kv_dtype = kv_dtype
+        self.head_dim = args.head_dim
+        q8 = kv_dtype == "q8"
+        row = -(-args.head_dim // Q8_BLOCK) * Q8_BLOCK if q8 else args.head_dim
+        shape = (args.num_hidden_layers, args.num_key_value_heads, capacity, row)
+        scale_shape = shape[:3] + (row // Q8_BLOCK,)
+        itemsize = np.dtype(KV_DTYPES[kv_dtype]).itemsize
+        needed = 2 * int(np.prod(shape)) * itemsize + (2 * int(np.prod(scale_shape)) * 4 if q8 else 0)
         try:
-            self.k = np.zeros(shape, dtype=np.float32)
-            self.v = np.zeros(shape, dtype=np.float32)
+            self.k = np.zeros(shape, dtype=KV_DTYPES[kv_dtype])
+            self.v = np.zeros(shape, dtype=KV_DTYPES[kv_dtype])
+            self.k_scales = np.zeros(scale_shape, np.float32) if q8 else None
+            self.v_scales = np.zeros(scale_shape, np.float32) if q8 else None
         except MemoryError:
             raise InvalidInputError(
                 f"n_ctx={capacity}: the KV cache needs {needed / 2**30:.2f} GiB "
@@ -44,8 +62,19 @@ class KVCache:
         self.tail = 0    # ring index (0-based within the ring) of the oldest middle token
 
     @property
+    def arrays(self) -> list:
+        """Every per-layer storage array: [k, v] or [k, v, k_scales, v_scales]."""
+        return [a for a in (self.k, self.v, self.k_scales, self.v_scales) if a is not None]
+
+    @property
     def memory_bytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.slot_pos.nbytes
+        return sum(a.nbytes for a in self.arrays) + self.slot_pos.nbytes
+
+    def layer(self, i: int) -> tuple:
+        """(k, k_scales, v, v_scales) of layer i, scales None unless q8."""
+        ks = self.k_scales[i] if self.k_scales is not None else None
+        vs = self.v_scales[i] if self.v_scales is not None else None
+        return self.k[i], ks, self.v[i], vs
 
     @property
     def ring_size(self) -> int:
@@ -94,11 +123,13 @@ class KVCache:
         return segs
 
     def store(self, layer: int, segments: list, k: np.ndarray, v: np.ndarray) -> None:
-        """k, v: [T, n_kv_heads, head_dim] for the tokens reserved as `segments`."""
+        """k, v: [T, n_kv_heads, head_dim] float32 for the tokens reserved as `segments`,
+        converted to the storage type."""
+        kc, ks, vc, vs = self.layer(layer)
         for offset, slots in segments:
             n = slots.stop - slots.start
-            self.k[layer, :, slots, :] = k[offset:offset + n].transpose(1, 0, 2)
-            self.v[layer, :, slots, :] = v[offset:offset + n].transpose(1, 0, 2)
+            K.kv_store(kc, ks, self.kv_dtype, k[offset:offset + n], slots.start)
+            K.kv_store(vc, vs, self.kv_dtype, v[offset:offset + n], slots.start)
 
     def truncate(self, length: int) -> None:
         """Keep only the first `length` tokens (rewind)."""
@@ -123,13 +154,10 @@ class KVCache:
         for offset, slots in self.segments(self.n_keep, self.length - self.n_keep):
             first = self.n_keep + offset
             self.slot_pos[slots] = np.arange(first, first + slots.stop - slots.start, dtype=np.int32)
-        # Rotation by -n_drop: cos(-a) = cos(a), sin(-a) = -sin(a). Row 0 is the identity
-        # for slots that must not move (sinks, empty slots).
-        cos = np.stack([np.ones_like(rope_cos[0]), rope_cos[n_drop]])
-        sin = np.stack([np.zeros_like(rope_sin[0]), -rope_sin[n_drop]])
-        which = (self.slot_pos >= self.n_keep).astype(np.int32)
-        hd = self.k.shape[-1]
+        # Rotation by -n_drop: cos(-a) = cos(a), sin(-a) = -sin(a); sinks and empty
+        # slots stay as they are.
+        cos, sin = rope_cos[n_drop:n_drop + 1], -rope_sin[n_drop:n_drop + 1]
+        which = np.where(self.slot_pos >= self.n_keep, 0, -1).astype(np.int32)
         for layer in range(self.k.shape[0]):
-            for head in range(self.k.shape[1]):
-                K.rope(self.k[layer, head].reshape(self.capacity, 1, hd), cos, sin, which,
-                       rotary_dim, n_threads)
+            kc, ks, _, _ = self.layer(layer)
+            K.kv_rotate(kc, ks, self.kv_dtype, self.head_dim, cos, sin, which, rotary_dim, n_threads)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from . import _kernels
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -64,9 +65,9 @@ class Model:
         return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
 
     def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                n_discard: Optional[int] = None) -> Session:
+                n_discard: Optional[int] = None, kv_dtype: str = "f32") -> Session:
         """A new conversation state with its own KV cache (see hearthlm.session)."""
-        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard)
+        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard, kv_dtype=kv_dtype)
 
     def load_session(self, path: str) -> Session:
         """A session saved with Session.save(); refused if saved from another model."""
@@ -99,13 +100,7 @@ class Model:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        """End-of-sequence ids: generation_config.json's eos_token_id (one or a list)
-        and the tokenizer's eos_token."""
-        eos = self.generation_config.get("eos_token_id")
-        ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return sorted(set(ids))
+        return eos_token_ids(self.generation_config, self.tokenizer, self.path)
 
     def require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -135,12 +130,14 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
         raise InvalidInputError(f"dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     if n_threads is None:
         n_threads = physical_cores()
-    if not isinstance(n_threads, int) or n_threads < 1:
-        raise InvalidInputError(f"n_threads: expected a positive integer, got {n_threads!r}")
+    if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
+        raise InvalidInputError(
+            f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
     reader = WeightReader(files, dtype)
     transformer = Transformer(args, reader, n_threads)
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
+    eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation
     stats = {
         "mapped_bytes": reader.mapped_bytes,
         "converted_bytes": reader.converted_bytes,
@@ -148,6 +145,20 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     }
     return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats,
                  fingerprint(folder, files, vars(args)))
+
+
+def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:
+    """End-of-sequence ids: generation_config.json's eos_token_id (an id or a list of
+    ids) and the tokenizer's eos_token."""
+    eos = generation_config.get("eos_token_id")
+    ids = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+    if not all(isinstance(e, int) and not isinstance(e, bool) for e in ids):
+        raise ModelFormatError(
+            f"{os.path.join(folder, 'generation_config.json')}: eos_token_id must be a token id or a "
+            f"list of token ids, got {eos!r}")
+    if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def _checkpoint_dtype(files: CheckpointFiles) -> str:

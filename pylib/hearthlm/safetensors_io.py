@@ -66,7 +66,7 @@ class SafetensorsFile:
             raw = f.read(header_len)
             try:
                 header = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            except (ValueError, RecursionError) as e:  # also bad UTF-8, > 4300-digit ints
                 raise ModelFormatError(f"{self.path}: header is not valid JSON: {e}") from None
             if not isinstance(header, dict):
                 raise ModelFormatError(f"{self.path}: header must be a JSON object")
@@ -85,7 +85,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict):
             raise ModelFormatError(f"{where}: entry must be an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ModelFormatError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
         if (not isinstance(shape, list) or
                 not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -143,12 +143,13 @@ class CheckpointFiles:
         try:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f).get("weight_map")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        except (OSError, ValueError, RecursionError, AttributeError) as e:
             raise ModelFormatError(f"{index}: cannot read the shard index: {e}") from None
         if not isinstance(weight_map, dict):
             raise ModelFormatError(f"{index}: 'weight_map' must map tensor names to files")
         for name, fname in weight_map.items():
-            if not isinstance(fname, str) or os.path.basename(fname) != fname or not fname:
+            if (not isinstance(fname, str) or os.path.basename(fname) != fname or not fname
+                    or "\0" in fname or fname in (".", "..")):
                 raise ModelFormatError(f"{index}: tensor '{name}' maps to an invalid file name {fname!r}")
             if fname not in self.files:
                 self.files[fname] = SafetensorsFile(os.path.join(self.folder, fname))

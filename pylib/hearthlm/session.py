@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import HearthlmError, InvalidInputError, ModelFormatError
+from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
 from .kv_cache import KVCache
 from .transformer import Buffers
 
@@ -28,24 +28,26 @@ SESSION_VERSION = 1
 MAX_BATCH = 512  # tokens per forward call; longer inputs are fed in chunks
 
 
-class SessionBusyError(HearthlmError, RuntimeError):
-    """The session is being used by another thread."""
-
-
 class Session:
     def __init__(self, model, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                 n_discard: Optional[int] = None, max_batch: int = MAX_BATCH):
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_batch: int = MAX_BATCH):
         """n_ctx: tokens the cache holds (default: the model's context, at most 4096).
         n_keep: first tokens kept through context shifts (attention sinks / system
         prompt); default 4 (fewer only when n_ctx is tiny).
-        n_discard: tokens dropped per shift (default: half of the n_ctx - n_keep ring)."""
+        n_discard: tokens dropped per shift (default: half of the n_ctx - n_keep ring).
+        kv_dtype: cache storage, "f32" (default), "f16" / "bf16" (half the memory) or
+        "q8" (int8 blocks of 32 with a scale: about 0.28x f32)."""
         self.model = model
         args = model.args
         if n_ctx is None:
             n_ctx = min(args.max_position_embeddings, 4096)
+        if isinstance(n_ctx, int) and n_ctx > args.max_position_embeddings:
+            raise ContextOverflowError(
+                f"n_ctx={n_ctx} exceeds the model's context of {args.max_position_embeddings} tokens "
+                "(max_position_embeddings in config.json)")
         if n_keep is None:
             n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
-        self.cache = KVCache(args, n_ctx, n_keep)
+        self.cache = KVCache(args, n_ctx, n_keep, kv_dtype)
         ring = self.cache.ring_size
         if n_discard is None:
             n_discard = max(1, ring // 2)
@@ -87,7 +89,9 @@ class Session:
 
     def feed(self, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens and run them (in batches of up to max_batch). Returns the
-        last position's logits [vocab], or with all_logits [len(token_ids), vocab]."""
+        last position's logits [vocab] as a read-only view of the session's buffer,
+        valid until the next call that changes the session (copy it to keep it; the
+        decode loop allocates nothing). With all_logits: a new [len(token_ids), vocab]."""
         ids = self.model.check_ids(token_ids)
         if len(ids) == 0:
             raise InvalidInputError("token_ids: empty")
@@ -102,7 +106,9 @@ class Session:
             if all_logits:
                 self.last_logits[0] = out[-1]
                 return out
-            return self.last_logits[0].copy()
+            view = self.last_logits[0]
+            view.flags.writeable = False
+            return view
 
     def _make_room(self, n: int) -> None:
         cache = self.cache
@@ -156,7 +162,7 @@ class Session:
                 "version": SESSION_VERSION,
                 "model": self.model.fingerprint,
                 "dtype": self.model.dtype,
-                "kv_dtype": "f32",
+                "kv_dtype": cache.kv_dtype,
                 "n_ctx": cache.capacity,
                 "n_keep": cache.n_keep,
                 "n_discard": self.n_discard,
@@ -170,8 +176,8 @@ class Session:
                 with open(tmp, "wb") as f:
                     f.write(SESSION_MAGIC + len(raw).to_bytes(8, "little") + raw)
                     for layer in range(cache.k.shape[0]):
-                        f.write(np.ascontiguousarray(cache.k[layer][:, order]).tobytes())
-                        f.write(np.ascontiguousarray(cache.v[layer][:, order]).tobytes())
+                        for part in cache.arrays:
+                            f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -201,7 +207,7 @@ class Session:
                                        f"({header.get('dtype')}); it cannot be used with this one")
             try:
                 s = cls(model, n_ctx=int(header["n_ctx"]), n_keep=int(header["n_keep"]),
-                        n_discard=int(header["n_discard"]))
+                        n_discard=int(header["n_discard"]), kv_dtype=str(header["kv_dtype"]))
                 tokens = [int(t) for t in header["tokens"]]
                 kv_shape = [int(d) for d in header["kv_shape"]]
             except (KeyError, TypeError, ValueError) as e:
@@ -216,13 +222,13 @@ class Session:
             # Same slots as when saved, so attention sums in the same order: exact round trip.
             s.cache.tail, s.cache.length = tail, n
             order = s.cache.order()
-            per = heads * n * hd * 4
             for layer in range(layers):
-                for cache_part in (s.cache.k, s.cache.v):
+                for part in s.cache.arrays:
+                    per = heads * n * part.shape[3] * part.itemsize
                     data = f.read(per)
                     if len(data) != per:
                         raise ModelFormatError(f"{path}: truncated session file")
-                    cache_part[layer][:, order] = np.frombuffer(data, np.float32).reshape(heads, n, hd)
+                    part[layer][:, order] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
             s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
             s._tokens = tokens
             return s

@@ -6,7 +6,13 @@ import json
 import os
 from typing import Optional
 
-from .errors import ModelFormatError
+from .errors import InvalidInputError, ModelFormatError
+
+
+def _is_rust_error(e: BaseException) -> bool:
+    """tokenizers raises plain Exception subclasses, and pyo3's PanicException (a Rust
+    panic) derives from BaseException; neither says which input was at fault."""
+    return isinstance(e, Exception) or type(e).__name__ == "PanicException"
 
 
 def read_json(path: str) -> dict:
@@ -15,7 +21,7 @@ def read_json(path: str) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelFormatError(f"{path}: cannot parse: {e}") from None
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: must hold a JSON object")
@@ -34,9 +40,12 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         path = os.path.join(folder, "tokenizer.json")
+        self.path = path
         try:
             self._tok = HFTokenizer.from_file(path)
-        except Exception as e:  # the Rust library raises plain Exception subclasses
+        except BaseException as e:
+            if not _is_rust_error(e):
+                raise
             raise ModelFormatError(f"{path}: cannot load tokenizer: {e}") from None
         self.config = read_json(os.path.join(folder, "tokenizer_config.json"))
         self.bos_token = token_text(self.config.get("bos_token"))
@@ -49,10 +58,23 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text: expected a str, got {type(text).__name__}")
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as e:  # e.g. a WordLevel vocabulary without its unk token
+            if not _is_rust_error(e):
+                raise
+            raise ModelFormatError(f"{self.path}: cannot encode text: {e}") from None
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        try:
+            ids = [int(i) for i in ids]
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        except BaseException as e:  # negative or non-integer ids
+            if not _is_rust_error(e):
+                raise
+            raise InvalidInputError(f"ids: cannot decode {str(ids)[:80]}: {e}") from None
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)

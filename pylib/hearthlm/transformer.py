@@ -143,7 +143,8 @@ class Transformer:
             K.rope(q3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
             K.rope(k3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
             cache.store(i, segments, k3, v3)
-            K.attention(attn3, q3, cache.k[i], cache.v[i], cache.slot_pos, positions,
+            kc, ks, vc, vs = cache.layer(i)
+            K.attention(attn3, q3, kc, ks, vc, vs, cache.kv_dtype, cache.slot_pos, positions,
                         layer.window, self.scale, self.n_threads)
             self.linear(h, attn, layer.o_proj)
             K.add(x, x, h, self.n_threads)

@@ -2,6 +2,7 @@
 // mandatory on arm64, so this path needs no extra compiler flags.
 #include <arm_neon.h>
 #include <math.h>
+#include <string.h>
 
 #include "kernels/convert.h"
 #include "kernels/kernels.h"
@@ -18,6 +19,12 @@ struct Vec {
   static void store(float* p, F v) { vst1q_f32(p, v); }
   static F load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
   static F load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static F load_i8(const int8_t* p) {  // 4 bytes, read without over-reading the row
+    int32_t word;
+    memcpy(&word, p, 4);
+    const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word)));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
+  }
   static F add(F a, F b) { return vaddq_f32(a, b); }
   static F sub(F a, F b) { return vsubq_f32(a, b); }
   static F mul(F a, F b) { return vmulq_f32(a, b); }
@@ -31,6 +38,7 @@ struct Vec {
     return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
   }
   static float hsum(F v) { return vaddvq_f32(v); }
+  static float hmax(F v) { return vmaxvq_f32(v); }
 };
 
 #include "kernels/simd_kernels.inc"

@@ -65,32 +65,57 @@ static void rope(float* x, const float* cos, const float* sin, int64_t n_heads,
   }
 }
 
-static void attention(float* out, const float* q, const float* k, const float* v,
-                      const int32_t* kv_pos, int64_t n_slots, int32_t q_pos, int32_t window,
-                      float scale, int64_t n_q, int64_t head_dim) {
+// Element d of row j of a kv head, in float, for each storage type.
+struct ReadF32 {
+  static float at(KVRows r, int64_t j, int64_t d) {
+    return static_cast<const float*>(r.data)[j * r.row_stride + d];
+  }
+};
+struct ReadF16 {
+  static float at(KVRows r, int64_t j, int64_t d) {
+    return f16_to_float(static_cast<const uint16_t*>(r.data)[j * r.row_stride + d]);
+  }
+};
+struct ReadBF16 {
+  static float at(KVRows r, int64_t j, int64_t d) {
+    return bf16_to_float(static_cast<const uint16_t*>(r.data)[j * r.row_stride + d]);
+  }
+};
+struct ReadQ8 {
+  static float at(KVRows r, int64_t j, int64_t d) {
+    const float scale = r.scales[j * (r.row_stride / kQ8Block) + d / kQ8Block];
+    return scale * float(static_cast<const int8_t*>(r.data)[j * r.row_stride + d]);
+  }
+};
+
+template <class Read>
+static void attention(float* out, const float* q, KVRows k, KVRows v, const int32_t* kv_pos,
+                      int64_t n_slots, int32_t q_pos, int32_t window, float scale, int64_t n_q,
+                      int64_t head_dim) {
+  auto visible = [&](int64_t j) {
+    const int32_t p = kv_pos[j];
+    return p >= 0 && p <= q_pos && (window <= 0 || q_pos - p < window);
+  };
+  auto score = [&](const float* qg, int64_t j) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * Read::at(k, j, d);
+    return s * scale;
+  };
   for (int64_t g = 0; g < n_q; ++g) {
     const float* qg = q + g * head_dim;
     float* og = out + g * head_dim;
     // Two passes: the maximum score, then exp-weighted sums.
     float max_score = -INFINITY;
-    for (int64_t j = 0; j < n_slots; ++j) {
-      const int32_t p = kv_pos[j];
-      if (p < 0 || p > q_pos || (window > 0 && q_pos - p >= window)) continue;
-      float s = 0.0f;
-      for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * k[j * head_dim + d];
-      max_score = fmaxf(max_score, s * scale);
-    }
+    for (int64_t j = 0; j < n_slots; ++j)
+      if (visible(j)) max_score = fmaxf(max_score, score(qg, j));
     for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
     if (max_score == -INFINITY) continue;  // nothing visible
     double denom = 0.0;
     for (int64_t j = 0; j < n_slots; ++j) {
-      const int32_t p = kv_pos[j];
-      if (p < 0 || p > q_pos || (window > 0 && q_pos - p >= window)) continue;
-      float s = 0.0f;
-      for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * k[j * head_dim + d];
-      const float e = expf(s * scale - max_score);
+      if (!visible(j)) continue;
+      const float e = expf(score(qg, j) - max_score);
       denom += e;
-      for (int64_t d = 0; d < head_dim; ++d) og[d] += e * v[j * head_dim + d];
+      for (int64_t d = 0; d < head_dim; ++d) og[d] += e * Read::at(v, j, d);
     }
     const float inv = float(1.0 / denom);
     for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
@@ -117,9 +142,19 @@ static void f16_to_f32(float* out, const uint16_t* in, int64_t n) {
 
 const KernelTable* scalar_kernels() {
   static const KernelTable table = {
-      "scalar",         scalar::matmul_f32, scalar::matmul_bf16, scalar::matmul_f16,
-      scalar::rmsnorm,  scalar::layernorm,  scalar::rope,        scalar::attention,
-      scalar::swiglu,   scalar::add,        scalar::bf16_to_f32, scalar::f16_to_f32,
+      "scalar",
+      scalar::matmul_f32,
+      scalar::matmul_bf16,
+      scalar::matmul_f16,
+      scalar::rmsnorm,
+      scalar::layernorm,
+      scalar::rope,
+      {scalar::attention<scalar::ReadF32>, scalar::attention<scalar::ReadF16>,
+       scalar::attention<scalar::ReadBF16>, scalar::attention<scalar::ReadQ8>},
+      scalar::swiglu,
+      scalar::add,
+      scalar::bf16_to_f32,
+      scalar::f16_to_f32,
   };
   return &table;
 }

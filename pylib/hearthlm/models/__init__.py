@@ -23,7 +23,7 @@ def read_config(folder: str) -> dict:
             config = json.load(f)
     except FileNotFoundError:
         raise ModelFormatError(f"{folder}: no config.json (is this a Hugging Face model folder?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelFormatError(f"{path}: cannot parse: {e}") from None
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: must hold a JSON object")
@@ -35,7 +35,7 @@ def model_args(config: dict, where: str) -> ModelArgs:
     if not isinstance(archs, list) or not archs:
         raise UnsupportedModelError(f"{where}: config.json has no 'architectures' list")
     arch = archs[0]
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"{where}: architecture '{arch}' is not supported "
             f"(supported: {', '.join(sorted(ARCHITECTURES))})")

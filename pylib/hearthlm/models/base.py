@@ -1,6 +1,7 @@
 """ModelArgs: everything the forward pass needs to know, read from config.json."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedModelError
@@ -33,15 +34,44 @@ class ModelArgs:
         return self.num_attention_heads // self.num_key_value_heads
 
 
-def require(config: dict, key: str, where: str, kind=int):
+MAX_INT = 2 ** 31 - 1  # sizes and positions must fit the kernels' int32 positions
+MAX_LAYERS = 4096      # far above any real model; per-layer tuples are built before weights are read
+
+
+def is_number(value) -> bool:
+    """A finite JSON number (not a bool: JSON true is not a size)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(config: dict, key: str, where: str, kind=int, maximum: int = MAX_INT):
     if key not in config:
         raise UnsupportedModelError(f"{where}: config.json lacks '{key}'")
     value = config[key]
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise UnsupportedModelError(f"{where}: '{key}' must be a positive integer, got {value!r}")
-    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= maximum):
+        raise UnsupportedModelError(f"{where}: '{key}' must be an integer in [1, {maximum}], got {value!r}")
+    if kind is float and (not is_number(value) or value <= 0):
         raise UnsupportedModelError(f"{where}: '{key}' must be a positive number, got {value!r}")
     return kind(value)
+
+
+def optional_int(config: dict, key: str, default: int, where: str, minimum: int = 1) -> int:
+    """An integer field that may be absent (or null): default then."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_INT:
+        raise UnsupportedModelError(f"{where}: '{key}' must be an integer in [{minimum}, {MAX_INT}], got {value!r}")
+    return value
+
+
+def optional_float(config: dict, key: str, default: float, where: str) -> float:
+    """A non-negative finite number that may be absent (or null): default then."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not is_number(value) or value < 0:
+        raise UnsupportedModelError(f"{where}: '{key}' must be a non-negative number, got {value!r}")
+    return float(value)
 
 
 def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
@@ -53,7 +83,10 @@ def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
         theta = scaling.pop("rope_theta", config.get("rope_theta", 10000.0))
         partial = scaling.pop("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     else:
-        scaling = dict(config.get("rope_scaling") or {})
+        scaling = config.get("rope_scaling") or {}
+        if not isinstance(scaling, dict):
+            raise UnsupportedModelError(f"{where}: rope_scaling must be an object, got {scaling!r}")
+        scaling = dict(scaling)
         theta = config.get("rope_theta", 10000.0)
         partial = config.get("partial_rotary_factor", 1.0)
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
@@ -64,15 +97,17 @@ def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
             "(supported: default, linear, llama3)")
     if rope_type in ("linear", "llama3"):
         factor = scaling.get("factor")
-        if not isinstance(factor, (int, float)) or factor <= 0:
+        if not is_number(factor) or factor <= 0:
             raise UnsupportedModelError(f"{where}: rope scaling '{rope_type}' needs a positive 'factor'")
     if rope_type == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if not isinstance(scaling.get(key), (int, float)):
-                raise UnsupportedModelError(f"{where}: llama3 rope scaling lacks '{key}'")
-    if not isinstance(theta, (int, float)) or theta <= 0:
+            if not is_number(scaling.get(key)) or scaling[key] <= 0:
+                raise UnsupportedModelError(f"{where}: llama3 rope scaling needs a positive '{key}'")
+        if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+            raise UnsupportedModelError(f"{where}: llama3 rope scaling needs low_freq_factor != high_freq_factor")
+    if not is_number(theta) or theta <= 0:
         raise UnsupportedModelError(f"{where}: rope_theta must be positive, got {theta!r}")
-    if not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+    if not is_number(partial) or not 0 < partial <= 1:
         raise UnsupportedModelError(f"{where}: partial_rotary_factor must be in (0, 1], got {partial!r}")
     return float(theta), scaling, float(partial)
 
@@ -87,12 +122,32 @@ def check_heads(config: dict, where: str) -> tuple[int, int, int]:
     hidden = require(config, "hidden_size", where)
     heads = require(config, "num_attention_heads", where)
     kv_heads = config.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+    if not isinstance(kv_heads, int) or isinstance(kv_heads, bool) or kv_heads <= 0 or heads % kv_heads:
         raise UnsupportedModelError(
             f"{where}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
     head_dim = config.get("head_dim") or hidden // heads
-    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0 or head_dim % 2:
         raise UnsupportedModelError(f"{where}: head_dim must be a positive even integer, got {head_dim!r}")
     if head_dim > 256:
         raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported 256")
     return heads, kv_heads, head_dim
+
+
+def common_args(config: dict, where: str, default_context: int) -> dict:
+    """The ModelArgs fields every architecture reads the same way, validated."""
+    check_activation(config, where)
+    heads, kv_heads, head_dim = check_heads(config, where)
+    theta, scaling, _ = rope_config(config, where)
+    return dict(
+        vocab_size=require(config, "vocab_size", where),
+        hidden_size=require(config, "hidden_size", where),
+        intermediate_size=require(config, "intermediate_size", where),
+        num_hidden_layers=require(config, "num_hidden_layers", where, maximum=MAX_LAYERS),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=optional_int(config, "max_position_embeddings", default_context, where),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+    )

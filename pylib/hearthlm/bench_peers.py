@@ -1,0 +1,90 @@
+"""Other engines run side by side with hearthlm by `hearthlm bench --vs ...`, on the
+same weights, same threads, greedy decoding with a KV cache. They are optional
+extras (`pip install hearthlm[bench]`), imported only when asked for."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .bench import EngineRuns
+from .errors import HearthlmError
+from .gguf_export import export_gguf
+
+
+class PeerUnavailableError(HearthlmError, RuntimeError):
+    """A --vs engine is not installed or cannot run this model."""
+
+
+class TorchRunner:
+    """transformers on the same folder, same dtype, same threads, greedy with a KV cache."""
+    name = "torch"
+
+    def __init__(self, folder: str, dtype: str, n_threads: int, n_ctx: int):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+        except ImportError as e:
+            raise PeerUnavailableError(f"--vs torch needs torch and transformers: {e}") from None
+        if dtype not in ("f32", "bf16", "f16"):
+            raise PeerUnavailableError(f"--vs torch: no {dtype} weights in PyTorch")
+
+        torch.set_num_threads(n_threads)
+        self.torch = torch
+        torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+
+    def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
+        torch = self.torch
+        with torch.inference_mode():
+            ids = torch.tensor(prompt[None, :].astype(np.int64))
+            t0 = time.perf_counter()
+            out = self.model(ids, use_cache=True)
+            runs.prefill_s.append(time.perf_counter() - t0)
+            past, logits = out.past_key_values, out.logits[:, -1]
+            start = time.perf_counter()
+            for _ in range(n_gen):
+                s = time.perf_counter()
+                token = logits.argmax(-1, keepdim=True)
+                out = self.model(token, past_key_values=past, use_cache=True)
+                past, logits = out.past_key_values, out.logits[:, -1]
+                runs.decode_token_s.append(time.perf_counter() - s)
+            runs.decode_s.append(time.perf_counter() - start)
+
+
+
+
+class LlamaCppRunner:
+    """llama.cpp through llama-cpp-python, on a GGUF written from the same folder
+    (q8 -> Q8_0, q4 -> Q4_0, 16-bit as is). Its extra buffer types (the AMX/repack
+    path) are turned off: on some CPUs they crash at the tile-config instruction."""
+    name = "llama.cpp"
+
+    def __init__(self, folder: str, dtype: str, n_threads: int, n_ctx: int):
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise PeerUnavailableError(f"--vs llama.cpp needs llama-cpp-python and gguf: {e}") from None
+        kwargs = dict(model_path=export_gguf(folder, dtype), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+                      n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+        try:
+            self.llm = Llama(**kwargs, use_extra_bufts=False)
+        except TypeError:  # older llama-cpp-python without the option
+            self.llm = Llama(**kwargs)
+
+    def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
+        llm = self.llm
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt.tolist())
+        runs.prefill_s.append(time.perf_counter() - t0)
+        start = time.perf_counter()
+        for _ in range(n_gen):
+            s = time.perf_counter()
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([token])
+            runs.decode_token_s.append(time.perf_counter() - s)
+        runs.decode_s.append(time.perf_counter() - start)
+
+
+PEERS = {"torch": TorchRunner, "llama.cpp": LlamaCppRunner}

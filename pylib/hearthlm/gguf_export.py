@@ -1,0 +1,96 @@
+"""Write a Llama-architecture model folder as GGUF, so `hearthlm bench --vs llama.cpp`
+runs llama.cpp on exactly the same weights. Needs the optional `gguf` package.
+
+Tensors are converted one at a time and spooled to a temporary file by the writer,
+so memory stays bounded. Q and K are permuted to llama.cpp's interleaved RoPE
+layout, as llama.cpp's own converter does. A folder without a tokenizer gets a
+synthetic SentencePiece-style vocabulary of the right size (benchmarks feed ids)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import UnsupportedModelError
+from .models import model_args, read_config
+from .safetensors_io import CheckpointFiles
+from .weights import bf16_bits_to_f32
+
+GGUF_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8": "Q8_0", "q4": "Q4_0"}
+
+
+def permute_for_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half row order -> llama.cpp's interleaved pairs, per head."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(hf_name: str) -> str:
+    parts = hf_name.split(".")
+    if hf_name == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf_name == "model.norm.weight":
+        return "output_norm.weight"
+    if hf_name == "lm_head.weight":
+        return "output.weight"
+    layer, kind = parts[2], ".".join(parts[3:-1])
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    return f"blk.{layer}.{names[kind]}.{parts[-1]}"
+
+
+def export_gguf(folder: str, dtype: str) -> str:
+    """Write (once) and return `folder/hearthlm-bench-{dtype}.gguf`."""
+    import gguf
+
+    out = os.path.join(folder, f"hearthlm-bench-{dtype}.gguf")
+    if os.path.exists(out):
+        return out
+    config = read_config(folder)
+    args = model_args(config, folder)
+    if args.architecture != "LlamaForCausalLM" or args.rope_scaling["rope_type"] != "default":
+        raise UnsupportedModelError(f"{folder}: GGUF export supports plain Llama models only")
+    qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
+    tmp = out + f".tmp-{os.getpid()}"
+    w = gguf.GGUFWriter(tmp, "llama", use_temp_file=True)
+    w.add_name(os.path.basename(folder.rstrip("/")))
+    w.add_context_length(args.max_position_embeddings)
+    w.add_embedding_length(args.hidden_size)
+    w.add_block_count(args.num_hidden_layers)
+    w.add_feed_forward_length(args.intermediate_size)
+    w.add_rope_dimension_count(args.head_dim)
+    w.add_head_count(args.num_attention_heads)
+    w.add_head_count_kv(args.num_key_value_heads)
+    w.add_layer_norm_rms_eps(args.norm_eps)
+    w.add_rope_freq_base(args.rope_theta)
+    w.add_file_type({"f32": 0, "f16": 1, "bf16": 32, "q8": 7, "q4": 2}[dtype])
+    n_bytes = 256
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(n_bytes)]
+    tokens += [f"\u2581t{i}" for i in range(args.vocab_size - len(tokens))]
+    types = [2, 3, 3] + [6] * n_bytes + [1] * (args.vocab_size - 3 - n_bytes)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * args.vocab_size)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    files = CheckpointFiles(folder)
+    for name in sorted(files.where):
+        info = files.info(name)
+        raw = files.array(name)
+        f32 = bf16_bits_to_f32(raw) if info.dtype == "BF16" else raw.astype(np.float32)
+        if name.endswith("q_proj.weight"):
+            f32 = permute_for_gguf(f32, args.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            f32 = permute_for_gguf(f32, args.num_key_value_heads)
+        if f32.ndim == 1:
+            w.add_tensor(gguf_name(name), f32)
+        else:
+            w.add_tensor(gguf_name(name), gguf.quants.quantize(f32, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, out)
+    return out

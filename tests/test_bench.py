@@ -1,0 +1,53 @@
+"""The benchmark runs end to end on a tiny shape (speed itself is measured by
+`hearthlm bench`, never asserted in tests)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hearthlm.bench import run_bench, run_context_sweep
+from hearthlm.shapes import random_model_folder
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
+    return random_model_folder("tiny", "bf16")
+
+
+def test_run_bench_reports_every_figure(tiny_folder):
+    r = run_bench(tiny_folder, n_prompt=20, n_gen=5, reps=2, bandwidth_bytes=1 << 24)
+    (e,) = r["engines"]
+    assert e["engine"] == "hearthlm" and r["dtype"] == "bf16"
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_ms", "token_ms_p50", "token_ms_p90", "weight_gb_s"):
+        assert e[key] > 0, key
+    assert r["memory_read_gb_s"] > 0 and r["weight_bytes_per_token"] > 0
+
+
+def test_context_sweep_and_cli_json(tiny_folder):
+    sweep = run_context_sweep(tiny_folder, [8, 32], n_gen=3)
+    assert len(sweep["decode_tok_s"]["hearthlm"]) == 2
+    out = subprocess.run([sys.executable, "-m", "hearthlm", "bench", tiny_folder, "--prompt", "8", "--gen", "2",
+                          "--reps", "1", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["engines"][0]["decode_tok_s"] > 0
+
+
+def test_random_shape_folder_is_reused(tiny_folder):
+    assert random_model_folder("tiny", "bf16") == tiny_folder
+
+
+def test_gguf_export_permutes_q_and_k_back_to_llama_cpp_order(tiny_folder):
+    gguf = pytest.importorskip("gguf")
+    from hearthlm.gguf_export import export_gguf, permute_for_gguf
+    from hearthlm.safetensors_io import CheckpointFiles
+    from hearthlm.weights import bf16_bits_to_f32
+
+    path = export_gguf(tiny_folder, "f32")
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    files = CheckpointFiles(tiny_folder)
+    q = bf16_bits_to_f32(files.array("model.layers.1.self_attn.q_proj.weight"))
+    np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_q.weight"].data), permute_for_gguf(q, 4))
+    assert len(tensors) == len(files.where)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# AddressSanitizer + UndefinedBehaviorSanitizer over the native code:
+#   1. the C++ kernel driver (every kernel, every supported path, no Python);
+#   2. the extension built with the sanitizers (own build dir), run under the test files
+#      that exercise it: kernels, bad input, models vs transformers (+ quantization and
+#      session tests when those files exist). Any report fails the run.
+#
+#   tools/sanitize.sh [pytest args...]        # ~3-5 minutes on 2 cores
+#
+# Uses the current `python`; installs pybind11 / cmake / ninja into it if missing.
+# SANITIZE_TESTS overrides the test files.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="$root/build/sanitize"
+mkdir -p "$out"
+start=$(date +%s)
+san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+
+echo "== 1. kernel driver with $san"
+BASE_FLAGS="-O1 -g $san" tools/build_kernel_driver.sh "$out/kernel_driver" >"$out/driver-build.log" 2>&1 ||
+  { cat "$out/driver-build.log"; exit 1; }
+"$out/kernel_driver" | tail -1
+
+echo "== 2. extension with $san"
+python -c 'import pybind11' 2>/dev/null || python -m pip install -q pybind11
+command -v cmake >/dev/null || python -m pip install -q cmake
+gen=()
+if command -v ninja >/dev/null || python -m pip install -q ninja; then gen=(-G Ninja); fi
+cmake -S "$root" -B "$out/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS="$san" -DCMAKE_MODULE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san" \
+  -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(python -c 'import sys; print(sys.executable)')" \
+  >"$out/cmake.log" 2>&1 || { cat "$out/cmake.log"; exit 1; }
+cmake --build "$out/build" -j 2 >"$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
+
+# A private copy of the package with the sanitized extension, ahead of any installed one.
+rm -rf "$out/pkg" && mkdir -p "$out/pkg"
+cp -r "$root/pylib/hearthlm" "$out/pkg/"
+rm -f "$out/pkg/hearthlm/"_kernels*.so
+cp "$out/build/"_kernels*.so "$out/pkg/hearthlm/"
+
+if [ -z "${SANITIZE_TESTS:-}" ]; then
+  SANITIZE_TESTS="tests/test_kernels.py tests/test_kernel_edges.py tests/test_bad_input.py tests/test_models_vs_transformers.py"
+  SANITIZE_TESTS+=" $(ls tests/test_quant*.py tests/test_session*.py tests/test_threads*.py 2>/dev/null | tr "\n" " " || true)"
+fi
+echo "   tests: $SANITIZE_TESTS"
+# libasan first in the process; libstdc++ preloaded too, or ASan's __cxa_throw
+# interceptor finds no real __cxa_throw (python itself does not link libstdc++) and
+# aborts on the first C++ exception.
+preload="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
+set +e
+# shellcheck disable=SC2086
+PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -m pytest -q -p no:cacheprovider $SANITIZE_TESTS "$@" \
+  2>&1 | tee "$out/pytest.log" | tail -15
+rc=${PIPESTATUS[0]}
+set -e
+if grep -qE "ERROR: AddressSanitizer|runtime error:" "$out/pytest.log"; then
+  echo "sanitizer reports in $out/pytest.log:"
+  grep -E -A5 "ERROR: AddressSanitizer|runtime error:" "$out/pytest.log" | head -40
+  rc=1
+fi
+PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -c \
+  'import hearthlm; print("   sanitized module:", hearthlm._kernels.__file__)'
+echo "sanitize: $([ "$rc" = 0 ] && echo clean || echo FAILED) in $(( $(date +%s) - start ))s"
+exit "$rc"
