@@ -14,6 +14,8 @@
 #include "ops.h"
 #include "quantize.h"
 
+#include "sampler.h"
+
 #if defined(HEARTHLM_OPENMP)
 #include <omp.h>
 #endif
@@ -137,6 +139,51 @@ int threads_arg(int n_threads) {
     throw py::value_error("n_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
                           std::to_string(n_threads));
   return n_threads;
+}
+
+// Sampler(vocab, seed, temperature, top_k, ...): holds the RNG state and the penalty
+// window; parameters are validated by hearthlm.sampling.
+void bind_sampler(py::module_& m) {
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init([](int64_t vocab, uint64_t seed, float temperature, int32_t top_k, float top_p,
+                       float min_p, float repeat_penalty, int32_t repeat_last_n,
+                       float presence_penalty, float frequency_penalty) {
+             expect(vocab > 0, "vocab: must be positive, got " + std::to_string(vocab));
+             SamplerParams p{temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                             presence_penalty, frequency_penalty};
+             return new Sampler(vocab, p, seed);
+           }),
+           py::arg("vocab"), py::arg("seed"), py::arg("temperature"), py::arg("top_k"),
+           py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
+           py::arg("presence_penalty"), py::arg("frequency_penalty"))
+      .def("sample", [](Sampler& s, py::array logits) {
+        const float* lp = in_f32(logits, "logits", 1);
+        expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
+                                                 " values, got " + shape_str(logits));
+        py::gil_scoped_release release;
+        return s.sample(lp);
+      }, py::arg("logits"), "The next token id; logits[vocab] float32 is not modified.")
+      .def("distribution", [](Sampler& s, py::array logits) {
+        const float* lp = in_f32(logits, "logits", 1);
+        expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
+                                                 " values, got " + shape_str(logits));
+        py::array_t<int32_t> ids(s.vocab());
+        py::array_t<float> probs(s.vocab());
+        int64_t n;
+        {
+          py::gil_scoped_release release;
+          n = s.distribution(lp, ids.mutable_data(), probs.mutable_data());
+        }
+        return py::make_tuple(ids[py::slice(0, n, 1)], probs[py::slice(0, n, 1)]);
+      }, py::arg("logits"), "(ids, probs): the filtered, normalised distribution sample() draws from.")
+      .def("accept", [](Sampler& s, py::array ids) {
+        const int32_t* ip = in_i32(ids, "ids");
+        for (py::ssize_t i = 0; i < ids.shape(0); ++i)
+          expect(ip[i] >= 0 && ip[i] < s.vocab(), "ids: token id " + std::to_string(ip[i]) +
+                 " outside the vocabulary [0, " + std::to_string(s.vocab()) + ")");
+        s.accept(ip, ids.shape(0));
+      }, py::arg("ids"), "Append tokens to the penalty window.")
+      .def("clear_history", &Sampler::clear_history);
 }
 
 }  // namespace
@@ -403,4 +450,6 @@ PYBIND11_MODULE(_kernels, m) {
   }, py::arg("out"), py::arg("x"), py::arg("isa") = py::none(),
      "The int8 activation blocks the quantized matmuls use: per block of 32, "
      "(float32 d, int32 sum, int8 qs[32]).");
+
+  bind_sampler(m);
 }

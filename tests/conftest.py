@@ -21,3 +21,28 @@ def model_dir(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory):
+    """chat_model_dir(kind="bpe"|"spm") -> a tiny random Llama folder with a tokenizer
+    (tiny_tokenizers) and a ChatML template that writes BOS, eos "<|im_end|>". Its
+    lm_head row for eos is zero, so greedy decoding never ends a reply by itself."""
+    import tiny_tokenizers
+    from safetensors.numpy import load_file, save_file
+
+    built = {}
+
+    def get(kind="bpe"):
+        if kind not in built:
+            folder = str(tmp_path_factory.mktemp(f"chat-{kind}"))
+            tiny_models.build("llama-mha", folder, vocab_size=384)
+            tiny_tokenizers.add_tokenizer(folder, kind)
+            path = os.path.join(folder, "model.safetensors")
+            tensors = load_file(path)
+            tensors["lm_head.weight"][tiny_tokenizers.SPECIALS.index("<|im_end|>")] = 0
+            save_file(tensors, path, metadata={"format": "pt"})
+            built[kind] = folder
+        return built[kind]
+
+    return get

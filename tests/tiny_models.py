@@ -38,16 +38,17 @@ VARIANTS = {
 
 
 def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_layers: int = 2,
-          max_shard_size=None) -> str:
-    """Write variant `name` to `folder` (weights stored in `dtype`); returns folder."""
+          max_shard_size=None, **overrides) -> str:
+    """Write variant `name` to `folder` (weights stored in `dtype`); returns folder.
+    `overrides` replace config values of the variant (e.g. vocab_size)."""
     import torch
     import transformers
 
     arch, kwargs = VARIANTS[name]
+    kwargs = {"max_position_embeddings": 256, **kwargs, **overrides}
     cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
-    config = cfg_cls(num_hidden_layers=num_hidden_layers, max_position_embeddings=256,
-                     initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                     **kwargs)
+    config = cfg_cls(num_hidden_layers=num_hidden_layers, initializer_range=0.1, bos_token_id=None,
+                     eos_token_id=None, pad_token_id=None, **kwargs)
     config.architectures = [arch]
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config).eval()

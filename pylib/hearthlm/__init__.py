@@ -3,8 +3,11 @@
     import hearthlm
     model = hearthlm.load("path/to/model", dtype="bf16")   # or "q8" / "q4"
     print(model.generate("The capital of France is", max_new_tokens=16))
+    for piece in model.chat([{"role": "user", "content": "Hi!"}], stream=True):
+        print(piece, end="", flush=True)
 """
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
+from .demo import demo_model_path
 from .errors import (ContextOverflowError, HearthlmError, InvalidInputError, ModelFormatError,
                      SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
@@ -17,6 +20,6 @@ apply_isa_from_environment()
 
 __all__ = [
     "ContextOverflowError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
-    "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info", "load",
-    "quantize", "select_isa",
+    "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info",
+    "demo_model_path", "load", "quantize", "select_isa",
 ]

@@ -1,4 +1,4 @@
-"""The `hearthlm` command: generate, bench, quantize, info."""
+"""The `hearthlm` command: chat, generate, bench, quantize, info."""
 from __future__ import annotations
 
 import argparse
@@ -18,14 +18,46 @@ def cmd_info(args) -> int:
 def cmd_generate(args) -> int:
     from .model import load
     model = load(args.model, dtype=args.dtype, n_threads=args.threads)
-    t0 = time.perf_counter()
-    text = model.generate(args.prompt, max_new_tokens=args.max_tokens)
-    elapsed = time.perf_counter() - t0
+    stream = model.generate(args.prompt, max_new_tokens=args.max_tokens, stop=args.stop or (), stream=True,
+                            **sampling_options(args))
+    for piece in stream:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     if args.json:
-        print(json.dumps({"text": text, "seconds": elapsed}))
+        print(json.dumps(stream.result.as_dict()))
     else:
-        print(text)
+        print()
     return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat_cli import run
+    return run(args, sampling_options(args))
+
+
+SAMPLING_FLAGS = (  # (flag, SamplerConfig field, type, help)
+    ("--temperature", "temperature", float, "0 = greedy"),
+    ("--top-k", "top_k", int, "0 = off"),
+    ("--top-p", "top_p", float, "1 = off"),
+    ("--min-p", "min_p", float, "0 = off"),
+    ("--repeat-penalty", "repeat_penalty", float, "1 = off"),
+    ("--repeat-last-n", "repeat_last_n", int, "tokens the penalties look back over"),
+    ("--presence-penalty", "presence_penalty", float, "0 = off"),
+    ("--frequency-penalty", "frequency_penalty", float, "0 = off"),
+    ("--seed", "seed", int, "same seed, same output"),
+)
+
+
+def add_sampling_options(p) -> None:
+    g = p.add_argument_group("sampling (default: the model's generation_config.json, then "
+                             "temperature 0.8, top-k 40, top-p 0.95, min-p 0.05)")
+    for flag, dest, type_, help_ in SAMPLING_FLAGS:
+        g.add_argument(flag, dest=dest, type=type_, help=help_)
+
+
+def sampling_options(args) -> dict:
+    return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
 
 
 def cmd_bench(args) -> int:
@@ -59,6 +91,7 @@ def cmd_quantize(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import chat_cli
     from .errors import HearthlmError
     from .shapes import SHAPES
 
@@ -68,13 +101,21 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="CPU features and the kernel path in use")
     info.set_defaults(func=cmd_info)
 
-    gen = sub.add_parser("generate", help="one-shot greedy generation")
+    chat = sub.add_parser("chat", help="chat in the terminal (default model: the bundled demo)")
+    chat_cli.add_arguments(chat)
+    add_sampling_options(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
     gen.add_argument("model", help="Hugging Face model folder")
     gen.add_argument("-p", "--prompt", required=True)
     gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--dtype", choices=DTYPES)
     gen.add_argument("--threads", type=int)
-    gen.add_argument("--json", action="store_true", help="print JSON with the text and timing")
+    gen.add_argument("--json", action="store_true",
+                     help="print one JSON object: text, finish_reason, token counts, timings")
+    add_sampling_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")

@@ -74,39 +74,36 @@ class Model:
         """A session saved with Session.save(); refused if saved from another model."""
         return Session.load(self, path)
 
-    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 64,
-                 temperature: float = 0.0) -> str:
-        """Greedy continuation of a prompt (text or token ids), returned as text."""
-        if temperature != 0.0:
-            raise InvalidInputError("temperature: only greedy decoding (0) is implemented yet")
-        ids = self.generate_ids(prompt, max_new_tokens)
-        return self._require_tokenizer().decode(ids)
+    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[int] = 64,
+                 stop: Sequence[str] = (), stream: bool = False, return_result: bool = False,
+                 **sampling):
+        """Continue a prompt (text or token ids). Returns the text; with stream=True an
+        iterator of text pieces (a generation.TextStream, whose .result is set at the
+        end); with return_result=True a generation.Generation (text, finish_reason,
+        token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
+        repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
+        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig."""
+        from .generation import generate
+        return generate(self, prompt, max_new_tokens, stop, stream, return_result, **sampling)
+
+    def chat(self, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
+             stream: bool = False, return_result: bool = False, template: Optional[str] = None,
+             **sampling):
+        """The assistant's reply to OpenAI-style messages ([{"role": "user", "content":
+        "Hi"}]), rendered by the model's chat template or `template` (a built-in name
+        such as "chatml", or a .jinja file). Options and results as generate()."""
+        from .generation import chat
+        return chat(self, messages, max_new_tokens, stop, stream, return_result, template, **sampling)
 
     def generate_ids(self, prompt: Union[str, Sequence[int]], max_new_tokens: int) -> list[int]:
         """Greedy token ids after the prompt, stopping at an end-of-sequence token."""
-        if isinstance(prompt, str):
-            prompt = self._require_tokenizer().encode(prompt)
-        ids = self.check_ids(prompt, "prompt")
-        if len(ids) == 0:
-            raise InvalidInputError("prompt: empty")
-        session = self.session(n_ctx=len(ids) + max_new_tokens)
-        logits = session.feed(ids)
-        stop = set(self.eos_token_ids)
-        out: list[int] = []
-        while len(out) < max_new_tokens:
-            token = int(np.argmax(logits))
-            if token in stop:
-                break
-            out.append(token)
-            if len(out) < max_new_tokens:
-                logits = session.feed([token])
-        return out
+        return self.generate(prompt, max_new_tokens, return_result=True, temperature=0.0).token_ids
 
     @property
     def eos_token_ids(self) -> list[int]:
         return eos_token_ids(self.generation_config, self.tokenizer, self.path)
 
-    def _require_tokenizer(self) -> Tokenizer:
+    def require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise ModelFormatError(f"{self.path}: no tokenizer.json, so text cannot be encoded; pass token ids")
         return self.tokenizer
@@ -166,18 +163,17 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
 
 
 def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:
-    """generation_config.json's eos_token_id (an id or a list of ids), else the tokenizer's."""
+    """End-of-sequence ids: generation_config.json's eos_token_id (an id or a list of
+    ids) and the tokenizer's eos_token."""
     eos = generation_config.get("eos_token_id")
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    ids = eos if isinstance(eos, list) else [eos]
+    ids = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
     if not all(isinstance(e, int) and not isinstance(e, bool) for e in ids):
         raise ModelFormatError(
             f"{os.path.join(folder, 'generation_config.json')}: eos_token_id must be a token id or a "
             f"list of token ids, got {eos!r}")
-    return list(ids)
+    if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def _checkpoint_dtype(files: CheckpointFiles) -> str:

@@ -1,0 +1,101 @@
+"""A multi-turn chat kept in one Session, so each turn prefills only its new tokens.
+
+    conv = Conversation(model, ChatTemplate.for_model(model), make_sampler(model, {}))
+    for piece in conv.ask("What is 2 + 3?"): print(piece, end="")
+    conv.last        # the reply's Generation (timings, finish reason)
+
+Each turn renders the whole conversation with the chat template and tokenizes it.
+While the cache still holds the conversation, Session.sync() reuses the cached common
+prefix (usually everything up to the new user message). Once a context shift has
+dropped middle tokens, the cache no longer holds a prefix of the conversation; then
+only the tokens after the common prefix with what was fed so far are fed (the new
+turn), on top of what the cache kept — so a chat can run past n_ctx indefinitely.
+
+A cancelled reply stays in the conversation with the text produced so far.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .chat_template import ChatTemplate
+from .errors import InvalidInputError
+from .generation import Generation, TextStream
+from .sampling import Sampler
+
+
+class Conversation:
+    def __init__(self, model, template: ChatTemplate, sampler: Sampler, n_ctx: Optional[int] = None,
+                 system: Optional[str] = None, max_new_tokens: Optional[int] = None,
+                 stop: Sequence[str] = ()):
+        self.model, self.template, self.sampler = model, template, sampler
+        self.session = model.session(n_ctx=n_ctx)
+        self.max_new_tokens, self.stop = max_new_tokens, list(stop)
+        self.messages: list[dict] = []
+        self.fed: list[int] = []  # every token fed to the session, including any shifted out
+        self.last: Optional[Generation] = None
+        self.set_system(system)
+
+    def ask(self, text: str) -> TextStream:
+        """Add a user message; returns the stream of the reply, which joins the
+        conversation when the stream ends."""
+        messages = self.messages + [{"role": "user", "content": text}]
+        ids = self.template.encode(self.model.tokenizer, messages)
+
+        def finish(result: Generation):
+            self.messages = messages + [{"role": "assistant", "content": result.text}]
+            self.fed = ids + result.token_ids
+            self.last = result
+
+        return TextStream(self.model, self.session, lambda: self._catch_up(ids), ids, self.sampler,
+                          self.max_new_tokens, self.stop, on_finish=finish)
+
+    def _catch_up(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        """Make the session hold the conversation `ids`; -> (last logits, tokens fed)."""
+        s = self.session
+        common = min(len(os.path.commonprefix([self.fed, ids])), len(ids) - 1)
+        if s.tokens == self.fed:  # no context shift so far: the cache holds the conversation
+            return s.sync(ids), len(ids) - common
+        undo = len(self.fed) - common
+        if undo <= len(s.tokens) - s.cache.n_keep:  # the change is within what the cache kept
+            s.rewind(undo)
+        else:
+            s.reset()
+            common = 0
+        return s.feed(ids[common:]), len(ids) - common
+
+    @property
+    def system(self) -> Optional[str]:
+        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
+
+    def set_system(self, text: Optional[str]) -> None:
+        """Set (or with None / "" remove) the system message; the rest of the chat stays."""
+        rest = self.messages[1:] if self.system is not None else self.messages
+        self.messages = ([{"role": "system", "content": text}] if text else []) + rest
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.messages = self.messages[:1] if self.system is not None else []
+        self.session.reset()
+        self.fed = []
+        self.last = None
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"messages": self.messages}, f, ensure_ascii=False, indent=1)
+
+    def load(self, path: str) -> None:
+        """Replace the messages with those saved in `path` (the cache catches up lazily)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                messages = json.load(f).get("messages")
+        except (OSError, ValueError, AttributeError) as e:
+            raise InvalidInputError(f"{path}: cannot read a saved conversation: {e}") from None
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise InvalidInputError(f"{path}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
+        self.messages = messages

@@ -1,0 +1,241 @@
+"""Generation: prefill, then sample / feed one token at a time, streaming text.
+
+    model.generate("Once upon a time", max_new_tokens=50, temperature=0.7, seed=1)  # -> str
+    for piece in model.generate(prompt, stream=True): print(piece, end="")
+    g = model.generate(prompt, return_result=True)   # -> Generation (text, finish_reason, timings)
+    model.chat([{"role": "user", "content": "Hi"}], stream=True)
+
+Sampling settings (see hearthlm.sampling) default to the model's generation_config.json,
+then to SamplerConfig's defaults. A reply ends at an end-of-sequence token (any of
+model.eos_token_ids: finish_reason "eos"), after max_new_tokens ("length"), at a stop
+string ("stop"; the text ends just before it, and text that might be the start of a
+stop string is held back until it cannot be), or when cancelled ("cancelled").
+
+The session holds the prompt and every generated token when a stream ends (the last
+token is fed even though its logits go unused), so a conversation can continue from it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .chat_template import ChatTemplate
+from .detokenizer import StreamDecoder
+from .errors import InvalidInputError
+from .sampling import Sampler, SamplerConfig
+
+PROMPT_CONTEXT = 8  # prompt tokens the detokenizer sees, so a continuation joins the prompt right
+SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplerConfig))
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list
+    finish_reason: str           # "eos", "length", "stop" or "cancelled"
+    prompt_tokens: int           # tokens in the prompt
+    prefilled_tokens: int        # of those, fed this time (the rest were already cached)
+    prefill_seconds: float
+    time_to_first_token: float   # seconds from the start to the first sampled token
+    decode_seconds: float        # from the first token to the end, minus time spent by the reader
+    decode_steps: int            # tokens fed one at a time
+    seed: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(completion_tokens=self.completion_tokens,
+                 prefill_tokens_per_second=self.prefill_tokens_per_second,
+                 decode_tokens_per_second=self.decode_tokens_per_second)
+        return d
+
+
+class StopStrings:
+    """Passes text through, holding back any tail that could begin a stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """-> (text that is final, whether a stop string was reached)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[:min(hits)], ""
+            return out, True
+        keep = next((k for k in range(min(len(self.pending), max(map(len, self.stops), default=1) - 1), 0, -1)
+                     if any(s.startswith(self.pending[-k:]) for s in self.stops)), 0)
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class TextStream:
+    """An iterator over the text pieces of one generation. Once it is exhausted,
+    `.result` holds the Generation. cancel() (safe from a signal handler) ends it after
+    the token being computed, with finish_reason "cancelled"."""
+
+    def __init__(self, model, session, prefill: Callable[[], tuple[np.ndarray, int]],
+                 prompt_ids: Sequence[int], sampler: Sampler, max_new_tokens: Optional[int],
+                 stop: Sequence[str] = (), context: Sequence[int] = (),
+                 on_finish: Optional[Callable[[Generation], None]] = None):
+        """prefill() feeds the prompt (or what the session lacks of it) and returns
+        (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel."""
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise InvalidInputError(f"max_new_tokens: expected a positive integer or None, got {max_new_tokens!r}")
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop and model.tokenizer is None:
+            raise InvalidInputError("stop: stop strings need a tokenizer, and this model has none")
+        self.model, self.session, self.sampler = model, session, sampler
+        self.prompt_ids = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.result: Optional[Generation] = None
+        self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
+        self._cancelled = False
+        self._pieces = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def close(self) -> None:
+        """Stop reading now: finish_reason "cancelled", no further token computed."""
+        self._pieces.close()
+
+    def finish(self) -> Generation:
+        """Run to the end without reading the pieces; returns the Generation."""
+        for _ in self:
+            pass
+        return self.result
+
+    def _run(self) -> Iterator[str]:
+        tokenizer = self.model.tokenizer
+        eos = set(self.model.eos_token_ids)
+        t0 = time.perf_counter()
+        logits, n_fed = self._prefill()
+        t_prefill = time.perf_counter()
+        self.sampler.start(self.prompt_ids)
+        decoder = StreamDecoder(tokenizer, self._context) if tokenizer is not None else None
+        stops = StopStrings(self._stop)
+        tokens, pieces, reason, steps = [], [], "cancelled", 0
+        t_first, paused, unfed = None, 0.0, False
+        try:
+            while True:
+                if self._cancelled:
+                    reason = "cancelled"
+                    break
+                token = self.sampler.sample(logits)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if token in eos:
+                    reason = "eos"
+                    break
+                tokens.append(token)
+                self.sampler.accept(token)
+                out, stopped = stops.push(decoder.add(token)) if decoder else ("", False)
+                if out:
+                    pieces.append(out)
+                    unfed, t_pause = True, time.perf_counter()
+                    yield out
+                    paused += time.perf_counter() - t_pause
+                logits = self.session.feed([token])
+                unfed, steps = False, steps + 1
+                if stopped:
+                    reason = "stop"
+                    break
+                if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
+                    reason = "length"
+                    break
+            if reason != "stop" and decoder:  # the text held back so far is final now
+                out, stopped = stops.push(decoder.flush())
+                if stopped:
+                    reason = "stop"
+                else:
+                    out += stops.flush()
+                if out:
+                    pieces.append(out)
+                    yield out
+        except GeneratorExit:
+            reason = "cancelled"  # the reader closed the stream early
+            if unfed:  # closed while yielding: the session never got this token
+                tokens.pop()
+            raise
+        finally:
+            t_end = time.perf_counter()
+            self.result = Generation(
+                text="".join(pieces), token_ids=tokens, finish_reason=reason,
+                prompt_tokens=len(self.prompt_ids), prefilled_tokens=n_fed,
+                prefill_seconds=t_prefill - t0,
+                time_to_first_token=(t_first or t_end) - t0,
+                decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=steps,
+                seed=self.sampler.seed)
+            if self._on_finish is not None:
+                self._on_finish(self.result)
+
+
+def make_sampler(model, sampling: dict) -> Sampler:
+    """A Sampler from keyword options (SAMPLING_OPTIONS) over the model's defaults."""
+    unknown = sorted(set(sampling) - set(SAMPLING_OPTIONS))
+    if unknown:
+        raise InvalidInputError(f"unknown sampling option {', '.join(unknown)}; expected some of "
+                                f"{', '.join(SAMPLING_OPTIONS)}")
+    return Sampler(SamplerConfig.for_model(model.generation_config, **sampling), model.vocab_size)
+
+
+def generate(model, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[int] = 64,
+             stop: Sequence[str] = (), stream: bool = False, return_result: bool = False, **sampling):
+    """Continue `prompt` (text or token ids). See the module docstring."""
+    if isinstance(prompt, str):
+        prompt = model.require_tokenizer().encode(prompt)
+    ids = model.check_ids(prompt, "prompt")
+    if len(ids) == 0:
+        raise InvalidInputError("prompt: empty")
+    return _one_shot(model, ids, max_new_tokens, stop, stream, return_result, sampling,
+                     context=ids[-PROMPT_CONTEXT:])
+
+
+def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
+         stream: bool = False, return_result: bool = False, template: Optional[str] = None, **sampling):
+    """The assistant's reply to OpenAI-style `messages`, rendered by the model's chat
+    template (or `template`: a built-in name or a .jinja file)."""
+    ids = ChatTemplate.for_model(model, template).encode(model.tokenizer, messages)
+    return _one_shot(model, model.check_ids(ids, "rendered chat"), max_new_tokens, stop, stream,
+                     return_result, sampling, context=())
+
+
+def _one_shot(model, ids: np.ndarray, max_new_tokens, stop, stream, return_result, sampling, context):
+    sampler = make_sampler(model, sampling)
+    # room for the prompt and every new token (default size when unbounded)
+    n_ctx = None if max_new_tokens is None else min(model.args.max_position_embeddings, len(ids) + max_new_tokens)
+    session = model.session(n_ctx=n_ctx)
+    text_stream = TextStream(model, session, lambda: (session.feed(ids), len(ids)), ids.tolist(), sampler,
+                             max_new_tokens, stop, context=list(context))
+    if stream:
+        return text_stream
+    result = text_stream.finish()
+    return result if return_result else result.text
