@@ -76,7 +76,6 @@ WeightType weight_type(const std::string& name) {
   throw py::value_error("wtype: expected 'f32', 'bf16', 'f16', 'q8' or 'q4', got '" + name + "'");
 }
 
-bool quantized(WeightType wt) { return wt == WeightType::q8 || wt == WeightType::q4; }
 
 // Quantized weights of a logical [N, K] matrix: uint8 [ceil(N/8), ceil(K/32), superblock].
 const void* quant_data(const py::array& w, WeightType wt, const char* name, int64_t N, int64_t K) {
@@ -133,6 +132,27 @@ KVLayer kv_layer(const py::array& data, const py::object& scales, const std::str
 // More threads than this is never useful and can exhaust the process's thread limit,
 // which libgomp does not survive (segfault), so it is refused up front.
 constexpr int kMaxThreads = 1024;
+
+// y = x · wᵀ (+ bias): checks shapes against x and returns the job for ops.
+MatmulJob matmul_job(py::array y, py::array w, const py::object& bias, WeightType wt, const py::array& x,
+                     const std::string& index) {
+  const int64_t M = x.shape(0), K = x.shape(1);
+  const std::string yn = "y" + index, wn = "w" + index, bn = "bias" + index;
+  float* yp = out_f32(y, yn.c_str(), 2);
+  // Quantized weights do not carry N: it is y's width.
+  const int64_t N = quantized(wt) ? y.shape(1) : w.shape(0);
+  const void* wp = quantized(wt) ? quant_data(w, wt, wn.c_str(), N, K) : weight_data(w, wt, wn.c_str(), 2);
+  expect(quantized(wt) || w.shape(1) == K, wn + ": shape " + shape_str(w) + " does not match x " + shape_str(x));
+  expect(y.shape(0) == M && y.shape(1) == N,
+         yn + ": expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(y));
+  const float* bp = nullptr;
+  if (!bias.is_none()) {
+    py::array b = bias.cast<py::array>();
+    bp = in_f32(b, bn.c_str(), 1);
+    expect(b.shape(0) == N, bn + ": expected " + std::to_string(N) + " elements, got " + shape_str(b));
+  }
+  return MatmulJob{yp, wp, bp, N};
+}
 
 int threads_arg(int n_threads) {
   if (n_threads < 1 || n_threads > kMaxThreads)
@@ -232,26 +252,33 @@ PYBIND11_MODULE(_kernels, m) {
                      int n_threads, py::object isa) {
     const WeightType wt = weight_type(wtype);
     const float* xp = in_f32(x, "x", 2);
-    float* yp = out_f32(y, "y", 2);
-    const int64_t M = x.shape(0), K = x.shape(1);
-    // Quantized weights do not carry N: it is y's width.
-    const int64_t N = quantized(wt) ? y.shape(1) : w.shape(0);
-    const void* wp = quantized(wt) ? quant_data(w, wt, "w", N, K) : weight_data(w, wt, "w", 2);
-    expect(quantized(wt) || w.shape(1) == K, "w: shape " + shape_str(w) + " does not match x " + shape_str(x));
-    expect(y.shape(0) == M && y.shape(1) == N,
-           "y: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(y));
-    const float* bp = nullptr;
-    if (!bias.is_none()) {
-      py::array b = bias.cast<py::array>();
-      bp = in_f32(b, "bias", 1);
-      expect(b.shape(0) == N, "bias: expected " + std::to_string(N) + " elements, got " + shape_str(b));
-    }
+    const MatmulJob job = matmul_job(y, w, bias, wt, x, "");
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
-    matmul(kt, wt, yp, xp, wp, bp, M, N, K, n_threads);
+    matmul(kt, wt, job.y, xp, job.w, job.bias, x.shape(0), job.N, x.shape(1), n_threads);
   }, py::arg("y"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("wtype"),
      py::arg("n_threads") = 1, py::arg("isa") = py::none());
+
+  m.def("matmul_group", [](py::list ys, py::array x, py::list ws, py::list biases, const std::string& wtype,
+                           int n_threads, py::object isa) {
+    const WeightType wt = weight_type(wtype);
+    const float* xp = in_f32(x, "x", 2);
+    const size_t n = ys.size();
+    expect(n >= 1 && n <= 8 && ws.size() == n && biases.size() == n,
+           "ys/ws/biases: expected 1 to 8 matrices, the same number of each");
+    MatmulJob jobs[8];
+    for (size_t j = 0; j < n; ++j)
+      jobs[j] = matmul_job(ys[j].cast<py::array>(), ws[j].cast<py::array>(), biases[j], wt, x,
+                           "[" + std::to_string(j) + "]");
+    const KernelTable& kt = table(isa);
+    threads_arg(n_threads);
+    py::gil_scoped_release release;
+    matmul_group(kt, wt, jobs, int(n), xp, x.shape(0), x.shape(1), n_threads);
+  }, py::arg("ys"), py::arg("x"), py::arg("ws"), py::arg("biases"), py::arg("wtype"),
+     py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+     "ys[i] = x · ws[i]ᵀ + biases[i] for several matrices of one weight type sharing x "
+     "(one parallel region and one activation quantization for a single token).");
 
   m.def("rmsnorm", [](py::array out, py::array x, py::array w, float eps, int n_threads, py::object isa) {
     const float* xp = in_f32(x, "x", 2);

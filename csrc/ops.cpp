@@ -134,6 +134,53 @@ void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, cons
   }
 }
 
+void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
+                  const float* x, int64_t M, int64_t K, int n_threads) {
+  if (M != 1) {  // prefill: each matrix is big enough to fill the threads by itself
+    for (int j = 0; j < n_jobs; ++j)
+      matmul(kt, wt, jobs[j].y, x, jobs[j].w, jobs[j].bias, M, jobs[j].N, K, n_threads);
+    return;
+  }
+  const BlockQ8Act* xq = nullptr;
+  if (quantized(wt)) {
+    BlockQ8Act* scratch = activation_scratch(q_blocks(K));
+    kt.quantize_act(scratch, x, K);
+    xq = scratch;
+  }
+  // Row chunks (multiples of 16) of every matrix, ~4 per thread per matrix, in one list.
+  constexpr int kMaxJobs = 8;
+  int64_t chunk[kMaxJobs], first[kMaxJobs + 1] = {0}, work = 0;
+  for (int j = 0; j < n_jobs; ++j) {
+    chunk[j] = ceil_div(ceil_div(jobs[j].N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
+    first[j + 1] = first[j] + (jobs[j].N > 0 ? ceil_div(jobs[j].N, chunk[j]) : 0);
+    work += jobs[j].N * K;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (first[n_jobs] > 1 && work >= kMatmulMin)
+  for (int64_t c = 0; c < first[n_jobs]; ++c) {
+    int j = 0;
+    while (c >= first[j + 1]) ++j;
+    const MatmulJob& job = jobs[j];
+    const int64_t n0 = (c - first[j]) * chunk[j], n1 = n0 + chunk[j] < job.N ? n0 + chunk[j] : job.N;
+    switch (wt) {
+      case WeightType::f32:
+        kt.matmul_f32(job.y, x, static_cast<const float*>(job.w), job.bias, 1, K, job.N, n0, n1);
+        break;
+      case WeightType::bf16:
+        kt.matmul_bf16(job.y, x, static_cast<const uint16_t*>(job.w), job.bias, 1, K, job.N, n0, n1);
+        break;
+      case WeightType::f16:
+        kt.matmul_f16(job.y, x, static_cast<const uint16_t*>(job.w), job.bias, 1, K, job.N, n0, n1);
+        break;
+      case WeightType::q8:
+        kt.matmul_q8(job.y, xq, static_cast<const BlockQ8x8*>(job.w), job.bias, 1, K, job.N, n0, n1);
+        break;
+      case WeightType::q4:
+        kt.matmul_q4(job.y, xq, static_cast<const BlockQ4x8*>(job.w), job.bias, 1, K, job.N, n0, n1);
+        break;
+    }
+  }
+}
+
 void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
              int64_t n, float eps, int n_threads) {
 #pragma omp parallel for num_threads(n_threads) if (M * n >= kElementwiseMin)

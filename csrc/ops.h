@@ -10,10 +10,22 @@ namespace hearthlm {
 // f32/bf16/f16: w is [N, K] row-major. q8/q4: w is [ceil(N/8), ceil(K/32)] superblocks
 // (kernels/quant.h), and x is quantized to int8 blocks on the fly.
 enum class WeightType { f32, bf16, f16, q8, q4 };
+inline bool quantized(WeightType wt) { return wt == WeightType::q8 || wt == WeightType::q4; }
 
 // y[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N])
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
             const float* bias, int64_t M, int64_t N, int64_t K, int n_threads);
+// Several matrices applied to the same x (Q, K, V; gate, up): y_i[M, N_i] = x · w_iᵀ
+// (+ bias_i), all of one weight type. For one token (decode) this is one parallel
+// region over the rows of every matrix, and quantized weights quantize x once.
+struct MatmulJob {
+  float* y;
+  const void* w;
+  const float* bias;
+  int64_t N;
+};
+void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
+                  const float* x, int64_t M, int64_t K, int n_threads);
 // Row-wise norms over x[M, n].
 void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
              int64_t n, float eps, int n_threads);

@@ -259,3 +259,28 @@ def test_bad_arguments_raise_not_crash():
         K.matmul(np.empty((2, 3), np.float32), x, rand(3, 8), None, "int3")
     with pytest.raises(ValueError, match="position 9"):
         K.rope(rand(1, 1, 4), rand(5, 2), rand(5, 2), np.array([9], np.int32), 4)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "q8", "q4"])
+@pytest.mark.parametrize("M", [1, 5])
+def test_matmul_group_equals_separate_matmuls(isa, wtype, M):
+    """Q/K/V-style groups: one call, one parallel region, x quantized once; each output
+    is bit-identical to its own matmul."""
+    from hearthlm.quant import quantize_tensor
+    K_ = 70
+    x = rand(M, K_)
+    shapes = [37, 9, 9]
+    ws, biases = [], [rand(37), None, rand(9)]
+    for n in shapes:
+        w32 = rand(n, K_)
+        ws.append(quantize_tensor(w32, "F32", wtype, 1, "test", "w") if wtype in ("q8", "q4")
+                  else weights_as(w32, wtype)[0])
+    group = [np.full((M, n), np.nan, np.float32) for n in shapes]
+    K.matmul_group(group, x, ws, biases, wtype, 3, isa)
+    for y, w, b, n in zip(group, ws, biases, shapes):
+        alone = np.full((M, n), np.nan, np.float32)
+        K.matmul(alone, x, w, b, wtype, 1, isa)
+        np.testing.assert_array_equal(y, alone)
+    with pytest.raises(ValueError, match=r"[yw]\[1\]: expected"):  # quantized w: N is y's width
+        K.matmul_group([group[0], group[0], group[2]], x, ws, biases, wtype, 1, isa)

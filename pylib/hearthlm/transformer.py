@@ -111,6 +111,11 @@ class Transformer:
     def linear(self, out: np.ndarray, x: np.ndarray, lin: Linear) -> None:
         K.matmul(out, x, lin.weight, lin.bias, lin.wtype, self.n_threads)
 
+    def linears(self, outs: list, x: np.ndarray, lins: list) -> None:
+        """Several projections of the same x (Q, K, V; gate, up) in one native call."""
+        K.matmul_group(outs, x, [lin.weight for lin in lins], [lin.bias for lin in lins],
+                       lins[0].wtype, self.n_threads)
+
     # -- the forward pass -----------------------------------------------------------
 
     def forward(self, ids: np.ndarray, cache: KVCache, buf: Buffers,
@@ -137,9 +142,7 @@ class Transformer:
         for i, layer in enumerate(self.layers):
             # attention block: h = x + o_proj(attention(rope(q), rope(k), v))
             self.norm(h, x, layer.attn_norm)
-            self.linear(q, h, layer.q_proj)
-            self.linear(k, h, layer.k_proj)
-            self.linear(v, h, layer.v_proj)
+            self.linears([q, k, v], h, [layer.q_proj, layer.k_proj, layer.v_proj])
             K.rope(q3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
             K.rope(k3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
             cache.store(i, segments, k3, v3)
@@ -150,8 +153,7 @@ class Transformer:
             K.add(x, x, h, self.n_threads)
             # feed-forward block: x = x + down(silu(gate(h)) * up(h))
             self.norm(h, x, layer.mlp_norm)
-            self.linear(gate, h, layer.gate_proj)
-            self.linear(up, h, layer.up_proj)
+            self.linears([gate, up], h, [layer.gate_proj, layer.up_proj])
             K.swiglu(gate, gate, up, self.n_threads)
             self.linear(h, gate, layer.down_proj)
             K.add(x, x, h, self.n_threads)
