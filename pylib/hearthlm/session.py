@@ -117,7 +117,8 @@ class Session:
             return
         drop = min(max(overflow, self.n_discard), cache.length - cache.n_keep)
         t = self.model.transformer
-        cache.shift(drop, t.rope_cos, t.rope_sin, self.model.args.rotary_dim, t.n_threads)
+        rope_cos, rope_sin = t.ensure_rope(cache.capacity)  # one consistent pair (threads)
+        cache.shift(drop, rope_cos, rope_sin, self.model.args.rotary_dim, t.n_threads)
         del self._tokens[cache.n_keep:cache.n_keep + drop]
 
     def rewind(self, n: int) -> None:

@@ -88,17 +88,33 @@ class Transformer:
         else:
             self.lm_head = reader.linear("lm_head", V, H, bias=False)  # [vocab, hidden]
         self.scale = float(args.head_dim) ** -0.5
-        self.rope_cos = self.rope_sin = np.zeros((0, args.rotary_dim // 2), np.float32)
+        # (cos, sin) [n_positions, rotary_dim/2], replaced as one pair and never edited in
+        # place, so forwards in other threads see an old or a new pair, never a mix.
+        empty = np.zeros((0, args.rotary_dim // 2), np.float32)
+        self.rope = (empty, empty)
 
     def _norm(self, reader: WeightReader, prefix: str, dim: int) -> Norm:
         weight = reader.vector(f"{prefix}.weight", (dim,))
         bias = reader.vector(f"{prefix}.bias", (dim,)) if self.args.norm == "layer" else None
         return Norm(weight, bias)
 
-    def ensure_rope(self, n_positions: int) -> None:
-        """Grow the cos/sin tables to cover positions [0, n_positions)."""
-        if self.rope_cos.shape[0] < n_positions:
-            self.rope_cos, self.rope_sin = rope_tables(self.args, n_positions)
+    def ensure_rope(self, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cos, sin) tables covering positions [0, n_positions): use the pair returned,
+        as another thread may replace self.rope meanwhile."""
+        tables = self.rope
+        if tables[0].shape[0] < n_positions:
+            tables = rope_tables(self.args, n_positions)
+            if self.rope[0].shape[0] < n_positions:
+                self.rope = tables
+        return tables
+
+    @property
+    def rope_cos(self) -> np.ndarray:
+        return self.rope[0]
+
+    @property
+    def rope_sin(self) -> np.ndarray:
+        return self.rope[1]
 
     # -- building blocks: one kernel call each ------------------------------------
 
@@ -136,15 +152,15 @@ class Transformer:
         ids32[:] = ids
         K.embed(x, self.embed_tokens.weight, ids32, self.embed_tokens.wtype)
         np.add(buf.arange[:T], cache.length, out=positions)  # token i of the cache has position i
-        self.ensure_rope(cache.length + T)
+        rope_cos, rope_sin = self.ensure_rope(cache.length + T)
         segments = cache.reserve(T)
 
         for i, layer in enumerate(self.layers):
             # attention block: h = x + o_proj(attention(rope(q), rope(k), v))
             self.norm(h, x, layer.attn_norm)
             self.linears([q, k, v], h, [layer.q_proj, layer.k_proj, layer.v_proj])
-            K.rope(q3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
-            K.rope(k3, self.rope_cos, self.rope_sin, positions, a.rotary_dim, self.n_threads)
+            K.rope(q3, rope_cos, rope_sin, positions, a.rotary_dim, self.n_threads)
+            K.rope(k3, rope_cos, rope_sin, positions, a.rotary_dim, self.n_threads)
             cache.store(i, segments, k3, v3)
             kc, ks, vc, vs = cache.layer(i)
             K.attention(attn3, q3, kc, ks, vc, vs, cache.kv_dtype, cache.slot_pos, positions,
