@@ -1,0 +1,17 @@
+"""Per-token Python + dispatch overhead: decode time of SmolLM2-135M's layer structure
+(30 layers, same head counts) with tiny matrices, so weights and attention cost ~0."""
+import time, numpy as np, statistics
+import hearthlm
+from hearthlm import shapes
+shapes.SHAPES["overhead-30"] = dict(architecture="LlamaForCausalLM", hidden_size=72, num_hidden_layers=30,
+    num_attention_heads=9, num_key_value_heads=3, intermediate_size=64, vocab_size=64, tie_word_embeddings=True)
+folder = shapes.random_model_folder("overhead-30", "f32")
+for threads in (1, 2):
+    m = hearthlm.load(folder, n_threads=threads)
+    s = m.session(n_ctx=600)
+    logits = s.feed(list(range(8)))
+    times = []
+    for _ in range(500):
+        t = time.perf_counter(); logits = s.feed([int(np.argmax(logits))]); times.append(time.perf_counter() - t)
+    print(f"threads={threads}: {statistics.median(times)*1e3:.3f} ms per token for 30 layers "
+          f"({statistics.median(times)/30*1e6:.1f} us per layer)")
