@@ -108,14 +108,6 @@ class Transformer:
                 self.rope = tables
         return tables
 
-    @property
-    def rope_cos(self) -> np.ndarray:
-        return self.rope[0]
-
-    @property
-    def rope_sin(self) -> np.ndarray:
-        return self.rope[1]
-
     # -- building blocks: one kernel call each ------------------------------------
 
     def norm(self, out: np.ndarray, x: np.ndarray, norm: Norm) -> None:
