@@ -17,10 +17,9 @@ CARD = os.path.join(DEMO, "README.md")
 # All 300 held-out questions (~3 s per dtype).
 with open(os.path.join(DEMO, "heldout.jsonl"), encoding="utf-8") as f:
     HELDOUT = [json.loads(line) for line in f if line.strip()]
-# Measured (model card, "Accuracy under hearthlm"): 299/300 for f32, bf16, q8 and q4,
-# the same one miss as transformers. Thresholds allow one more miss (two for q4, whose
-# rounding may move a close call).
-THRESHOLDS = {"f32": 0.993, "bf16": 0.993, "q8": 0.993, "q4": 0.99}
+# Measured (model card, "Accuracy under hearthlm"): 295/300 for f32, bf16 and q4, 294/300
+# for q8 (transformers: 295/300). Thresholds allow two more misses than measured.
+THRESHOLDS = {"f32": 0.976, "bf16": 0.976, "q8": 0.973, "q4": 0.976}
 
 
 def card_hashes() -> dict:

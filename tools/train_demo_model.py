@@ -4,19 +4,21 @@ answers checkable arithmetic / word questions.
 
 Everything is generated and trained by this one seeded script (CPU, 1 thread):
 
-  1. generate a chat corpus (system prompt + user question + assistant answer)
-     for six tasks, with a held-out test set that never appears in training;
+  1. generate a chat corpus for six tasks, with a held-out test set that never
+     appears in training. Each training sequence is a conversation of 1 to 4
+     user/assistant turns (system prompt, then user question / assistant answer
+     pairs drawn independently from the training questions; ~30% single-turn);
   2. train a byte-level BPE tokenizer (digits split into single tokens) with
      the `tokenizers` library;
   3. train a small `LlamaForCausalLM` (GQA, tied embeddings) from scratch,
-     loss on the assistant answer tokens only;
+     loss on every assistant answer (+ its <|im_end|>) of the conversation;
   4. write a Hugging Face model folder (config, safetensors, tokenizer,
      generation config, heldout.jsonl);
   5. evaluate greedy exact-match accuracy on the held-out set under
      transformers (same code as tools/eval_demo_model.py).
 
 Usage:
-  python3 tools/train_demo_model.py --out pylib/hearthlm/demo_model --steps 4500 --seed 1234
+  python3 tools/train_demo_model.py --out /tmp/demo_mt --steps 1350 --seed 1234
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ SPECIAL_TOKENS = [PAD, BOS, IM_START, IM_END]
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
@@ -75,6 +80,8 @@ PHRASINGS = {
         "What is {a} * {b}?",
         "Multiply {a} by {b}.",
         "Compute {a} x {b}.",
+        "What is the product of {a} and {b}?",
+        "Calculate {a} times {b}.",
     ],
     "cmp": [
         "Which is larger, {a} or {b}?",
@@ -85,16 +92,25 @@ PHRASINGS = {
         "How many letters are in the word {w}?",
         "Count the letters in {w}.",
         "How long is the word {w}?",
+        "How many letters does {w} have?",
+        "What is the length of the word {w}?",
+        "Count the letters of the word {w}.",
     ],
     "rev": [
         "Reverse the word {w}.",
         "Spell {w} backwards.",
         "What is {w} written backwards?",
+        "Write {w} in reverse.",
+        "Reverse the letters of {w}.",
+        "What do you get when you reverse {w}?",
     ],
 }
 
 # Sampling weights of the tasks in a training batch.
-TASK_WEIGHTS = {"add": 0.27, "sub": 0.27, "mul": 0.12, "cmp": 0.14, "count": 0.10, "rev": 0.10}
+TASK_WEIGHTS = {"add": 0.265, "sub": 0.265, "mul": 0.12, "cmp": 0.13, "count": 0.10, "rev": 0.12}
+# Number of user/assistant turns per training conversation (each turn's question is an
+# independent random training question; the loss covers every assistant answer).
+TURN_WEIGHTS = {1: 0.30, 2: 0.30, 3: 0.20, 4: 0.20}
 # Number of held-out examples written to heldout.jsonl per task.
 HELDOUT_COUNTS = {"add": 70, "sub": 70, "mul": 32, "cmp": 60, "count": 34, "rev": 34}
 
@@ -130,6 +146,8 @@ def render_prompt(msgs: list) -> str:
     """Python twin of CHAT_TEMPLATE with add_generation_prompt=True (checked against
     the real template after the tokenizer is built)."""
     s = BOS
+    if not msgs or msgs[0]["role"] != "system":
+        s += IM_START + "system\n" + SYSTEM_PROMPT + IM_END + "\n"
     for m in msgs:
         s += IM_START + m["role"] + "\n" + m["content"] + IM_END + "\n"
     return s + IM_START + "assistant\n"
@@ -143,10 +161,9 @@ def build_splits(seed: int):
       add: 5% of the unordered pairs {a,b}, a,b in 0..99 (both orders, all phrasings)
       sub: 5% of the pairs (a,b), 0<=b<=a<=99 (all phrasings)
       cmp: 5% of the unordered pairs {a,b}, a!=b in 0..99 (both orders, all phrasings)
-      mul: 5% of the ordered pairs (a,b), a!=b in 0..12, all phrasings held out;
-           the mirror question (b,a) stays in training (commutativity is needed)
-      count/rev: ~15% of the (word, phrasing) combinations; each word keeps at
-           least one phrasing in training (the model must know the word)
+      mul/count/rev (memorised facts: the 13x13 table, the 76 words): one of the
+           6 phrasings of each of 32 (mul) / 34 (count, rev) distinct items is held
+           out; the same item stays in training under its other 5 phrasings
     """
     rng = random.Random(seed * 7919 + 17)
     train, held = {}, {}
@@ -165,31 +182,20 @@ def build_splits(seed: int):
     split_pairs("sub", [(a, b) for a in range(100) for b in range(a + 1)], 0.05, lambda k: [k])
     split_pairs("cmp", [(a, b) for a in range(100) for b in range(a + 1, 100)], 0.05, both)
 
-    # mul: hold out ordered pairs a!=b, never both (a,b) and (b,a)
-    cand = [(a, b) for a in range(13) for b in range(a + 1, 13)]
-    rng.shuffle(cand)
-    n_h = int(round(169 * 0.05))
-    hk = set()
-    for a, b in cand[:n_h]:
-        hk.add((a, b) if rng.random() < 0.5 else (b, a))
-    nph = len(PHRASINGS["mul"])
-    train["mul"] = [((a, b), p) for a in range(13) for b in range(13) if (a, b) not in hk for p in range(nph)]
-    held["mul"] = [(k, p) for k in sorted(hk) for p in range(nph)]
-
-    for task in ("count", "rev"):
+    # mul / count / rev are memorised facts (a 13x13 table, the spelling of 76
+    # words): hold out one phrasing of HELDOUT_COUNTS[task] distinct items each.
+    items_of = {
+        "mul": [(a, b) for a in range(13) for b in range(13)],
+        "count": list(WORDS),
+        "rev": list(WORDS),
+    }
+    for task, items in items_of.items():
         nph = len(PHRASINGS[task])
-        combos = [(w, p) for w in WORDS for p in range(nph)]
-        rng.shuffle(combos)
-        hold, per_word = [], {w: nph for w in WORDS}
-        for w, p in combos:
-            if len(hold) >= int(round(len(combos) * 0.15)):
-                break
-            if per_word[w] > 1:
-                hold.append((w, p))
-                per_word[w] -= 1
-        hs = set(hold)
+        chosen = list(items)
+        rng.shuffle(chosen)
+        hold = {(it, rng.randrange(nph)) for it in chosen[: HELDOUT_COUNTS[task]]}
         held[task] = sorted(hold)
-        train[task] = [c for c in sorted(combos) if c not in hs]
+        train[task] = [(it, p) for it in items for p in range(nph) if (it, p) not in hold]
     return train, held
 
 
@@ -306,15 +312,58 @@ def encode_examples(tok, examples):
 
 
 def make_batch(encoded, pad_id: int):
+    """encoded: list of (ids, n_prompt) -- only the tokens after the first n_prompt
+    are supervised -- or (ids, sup) with sup a list of 0/1 per token (1 = supervised
+    target; used for multi-turn conversations, where every answer is supervised)."""
     L = max(len(ids) for ids, _ in encoded)
     x = torch.full((len(encoded), L), pad_id, dtype=torch.long)
     y = torch.full((len(encoded), L), -100, dtype=torch.long)
-    for i, (ids, npr) in enumerate(encoded):
+    for i, (ids, m) in enumerate(encoded):
         t = torch.tensor(ids, dtype=torch.long)
         x[i, : len(ids)] = t
-        # position j predicts token j+1; supervise answer tokens + <|im_end|>
-        y[i, npr - 1 : len(ids) - 1] = t[npr:]
+        # position j predicts token j+1
+        if isinstance(m, int):  # supervise answer tokens + <|im_end|>
+            y[i, m - 1 : len(ids) - 1] = t[m:]
+        else:
+            sup = torch.tensor(m[1:], dtype=torch.bool)
+            y[i, : len(ids) - 1] = torch.where(sup, t[1:], torch.full_like(t[1:], -100))
     return x, y
+
+
+class TurnCodec:
+    """Token-level composition of multi-turn conversations from pre-tokenized pieces.
+
+    conversation tokens = HEAD + sum_k (QSEG_k + ASEG_k [+ NL if not last])
+      HEAD = BOS + "<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+      QSEG = "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+      ASEG = "{answer}<|im_end|>"  (supervised)
+      NL   = "\n"
+    Equal to tokenizing the rendered chat template text (checked in main())."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.head = tok.encode(BOS + IM_START + "system\n" + SYSTEM_PROMPT + IM_END + "\n").ids
+        self.nl = tok.encode("\n").ids
+
+    def pieces(self, qa_list):
+        qs = self.tok.encode_batch([IM_START + "user\n" + q + IM_END + "\n" + IM_START + "assistant\n"
+                                    for q, _ in qa_list])
+        ans = self.tok.encode_batch([a + IM_END for _, a in qa_list])
+        return [(q.ids, a.ids) for q, a in zip(qs, ans)]
+
+    def compose(self, turns, supervise_all=True):
+        """turns: list of (qseg_ids, aseg_ids). Returns (ids, sup)."""
+        ids, sup = list(self.head), [0] * len(self.head)
+        for k, (q, a) in enumerate(turns):
+            last = k == len(turns) - 1
+            ids += q
+            sup += [0] * len(q)
+            ids += a
+            sup += [1 if (supervise_all or last) else 0] * len(a)
+            if not last:
+                ids += self.nl
+                sup += [0] * len(self.nl)
+        return ids, sup
 
 
 def forward_shared_prefix(model, prefix, x):
@@ -350,7 +399,7 @@ def teacher_forced_exact(model, encoded, pad_id: int, bs: int = 128):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="pylib/hearthlm/demo_model")
-    ap.add_argument("--steps", type=int, default=4500)
+    ap.add_argument("--steps", type=int, default=1350)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -417,11 +466,51 @@ def main():
         assert hf_tok.decode(ids) == r
     print(f"tokenizer: vocab={vocab_size}, example={hf_tok.convert_ids_to_tokens(hf_tok(render_prompt(heldout[0]['messages']) + heldout[0]['answer'], add_special_tokens=False)['input_ids'])[-14:]}", flush=True)
 
-    enc = {t: encode_examples(tok, v) for t, v in corpus.items()}
+    # Multi-turn conversations are composed from pre-tokenized turn pieces.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eval_demo_model import heldout_multiturn
+
+    codec = TurnCodec(tok)
+    enc = {t: codec.pieces([(question(t, it, p), answer(t, it)) for it, p in train[t]]) for t in train}
     enc_held = encode_examples(tok, [(render_prompt(e["messages"]), e["answer"]) for e in heldout])
     held_tasks = [e["task"] for e in heldout]
-    maxlen = max(len(ids) for v in enc.values() for ids, _ in v)
-    print(f"max train sequence length: {maxlen} tokens", flush=True)
+    held_mt = heldout_multiturn(heldout, args.seed)
+    held_pieces = codec.pieces([(e["messages"][-1]["content"], e["answer"]) for e in heldout])
+    qidx = {e["messages"][-1]["content"]: i for i, e in enumerate(heldout)}
+    enc_held_mt = []
+    for e in held_mt:
+        turns = [held_pieces[qidx[m["content"]]] for m in e["messages"] if m["role"] == "user"]
+        ids, sup = codec.compose(turns, supervise_all=False)
+        enc_held_mt.append((ids, sup))
+    # Check the token composition against the real chat template, with an explicit
+    # system message and without one (the template then inserts the default system
+    # prompt: both render to the same text and tokens, so training covers both).
+    chk_rng = random.Random(args.seed + 5)
+    for n_chk in range(200):
+        k = chk_rng.randint(1, 4)
+        qa = []
+        for _ in range(k):
+            t = chk_rng.choice(list(train))
+            it, p = chk_rng.choice(train[t])
+            qa.append((question(t, it, p), answer(t, it)))
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for q, a in qa:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        ids, sup = codec.compose(codec.pieces(qa))
+        for mm in (msgs, msgs[1:]):
+            r = hf_tok.apply_chat_template(mm, tokenize=False)
+            assert r == render_prompt(mm[:-1])[: -len(IM_START + "assistant\n")] + IM_START + "assistant\n" \
+                + qa[-1][1] + IM_END + "\n", r
+            assert hf_tok(r, add_special_tokens=False)["input_ids"] == ids + codec.nl, (r, ids)
+    for e, (ids, sup) in zip(held_mt[:20], enc_held_mt[:20]):
+        for mm in (e["messages"], e["messages"][1:]):
+            r = hf_tok.apply_chat_template(mm, add_generation_prompt=True, tokenize=False)
+            assert hf_tok(r + e["answer"] + IM_END, add_special_tokens=False)["input_ids"] == ids
+    turn_ks = list(TURN_WEIGHTS)
+    turn_w = [TURN_WEIGHTS[k] for k in turn_ks]
+    print(f"multi-turn: turns per conversation {TURN_WEIGHTS}; longest possible conversation "
+          f"{len(codec.head) + 4 * max(len(q) + len(a) + 1 for v in enc.values() for q, a in v)} tokens; "
+          f"held-out multi-turn conversations {len(held_mt)}", flush=True)
 
     # 3. model
     model = make_model(vocab_size, args)
@@ -441,17 +530,16 @@ def main():
         prog = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
 
-    # Every training sequence starts with the same chat prefix (BOS + system turn +
+    # Every training conversation starts with the same chat prefix (BOS + system turn +
     # "<|im_start|>user\n"); it is computed once per step and its KV cache shared
-    # across the batch (exact same math, ~45% fewer tokens). Gradients flow through it.
-    all_seqs = [ids for v in enc.values() for ids, _ in v]
-    P = len(all_seqs[0])
-    for ids in all_seqs:
-        while ids[:P] != all_seqs[0][:P]:
-            P -= 1
-    P = min(P, min(n for v in enc.values() for _, n in v) - 1)
-    prefix_t = torch.tensor(all_seqs[0][:P], dtype=torch.long)[None]
-    enc = {t: [(ids[P:], n - P) for ids, n in v] for t, v in enc.items()}
+    # across the batch (exact same math, fewer tokens). Gradients flow through it.
+    all_q = [q for v in enc.values() for q, _ in v]
+    Q = min(len(q) for q in all_q) - 1
+    for q in all_q:
+        while q[:Q] != all_q[0][:Q]:
+            Q -= 1
+    P = len(codec.head) + Q
+    prefix_t = torch.tensor(codec.head + all_q[0][:Q], dtype=torch.long)[None]
     print(f"shared prefix: {P} tokens", flush=True)
 
     tasks = list(TASK_WEIGHTS)
@@ -462,24 +550,39 @@ def main():
     run_loss, run_n = 0.0, 0
     task_loss = {t: [0.0, 0] for t in tasks}
     steps_done = 0
+    n_answers = 0
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        batch = []
-        btasks = data_rng.choices(tasks, weights=weights, k=args.batch)
-        for t in btasks:
-            batch.append(data_rng.choice(enc[t]))
+        # One turn count per step (all conversations of a batch have the same number
+        # of turns: less padding); every turn is an independent random training question.
+        k = data_rng.choices(turn_ks, weights=turn_w)[0]
+        batch, tmasks = [], []
+        for _ in range(args.batch):
+            btasks = data_rng.choices(tasks, weights=weights, k=k)
+            turns = [data_rng.choice(enc[t]) for t in btasks]
+            ids, sup = codec.compose(turns)
+            batch.append((ids[P:], sup[P:]))
+            tm = []
+            for t, (q, a) in zip(btasks, turns):
+                tm += [-1] * len(q) + [tasks.index(t)] * len(a) + [-1] * len(codec.nl)
+            tmasks.append(tm[Q:])
+        n_answers += args.batch * k
         x, y = make_batch(batch, SPECIAL_TOKENS.index(PAD))
+        tmask = torch.full(y.shape, -1, dtype=torch.long)
+        for i, tm in enumerate(tmasks):
+            tmask[i, : len(tm) - 1] = torch.tensor(tm[1:], dtype=torch.long)
         logits = forward_shared_prefix(model, prefix_t, x)
         tok_loss = torch.nn.functional.cross_entropy(
             logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="none").view(y.shape)
-        n_tok = (y != -100).sum(dim=1)
-        loss = tok_loss.sum() / n_tok.sum()
+        n_tok = (y != -100).sum()
+        loss = tok_loss.sum() / n_tok
         with torch.no_grad():
-            ex_loss = (tok_loss.sum(dim=1) / n_tok).tolist()
-            for t, l in zip(btasks, ex_loss):
-                task_loss[t][0] += l
-                task_loss[t][1] += 1
+            for ti, t in enumerate(tasks):
+                mt = tmask == ti
+                if mt.any():
+                    task_loss[t][0] += float(tok_loss[mt].mean())
+                    task_loss[t][1] += 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -500,13 +603,16 @@ def main():
                 sub = [e for e, tt in zip(enc_held, held_tasks) if tt == t]
                 per[t] = teacher_forced_exact(model, sub, SPECIAL_TOKENS.index(PAD))
             allacc = teacher_forced_exact(model, enc_held, SPECIAL_TOKENS.index(PAD))
+            mtacc = teacher_forced_exact(model, enc_held_mt, SPECIAL_TOKENS.index(PAD))
             print(f"  [monitor] held-out teacher-forced exact {allacc:.3f} "
-                  + " ".join(f"{t}={a:.2f}" for t, a in per.items()), flush=True)
+                  + " ".join(f"{t}={a:.2f}" for t, a in per.items())
+                  + f" | multi-turn (last answer) {mtacc:.3f}", flush=True)
         if args.time_limit and time.time() - t0 > args.time_limit:
             print(f"time limit reached after {steps_done} steps", flush=True)
             break
     train_time = time.time() - t0
-    print(f"training done: {steps_done} steps in {train_time:.1f}s ({train_time / 60:.1f} min)", flush=True)
+    print(f"training done: {steps_done} steps in {train_time:.1f}s ({train_time / 60:.1f} min), "
+          f"{n_answers} supervised answers", flush=True)
 
     # 4. write model folder
     model.eval()
@@ -527,6 +633,7 @@ def main():
             f.write(json.dumps({"messages": e["messages"], "answer": e["answer"], "task": e["task"]},
                                ensure_ascii=False) + "\n")
     print("stats: " + json.dumps({"steps": steps_done, "train_seconds": round(train_time, 1),
+                                  "supervised_answers": n_answers,
                                   "total_seconds": round(time.time() - t_start, 1), "params": n_params,
                                   "train_examples": n_train}), flush=True)
     for fn in out.iterdir():
@@ -540,6 +647,8 @@ def main():
         from eval_demo_model import evaluate
 
         evaluate(str(out), str(out / "heldout.jsonl"))
+        evaluate(str(out), str(out / "heldout.jsonl"), multi_turn=True, seed=args.seed)
+        evaluate(str(out), str(out / "heldout.jsonl"), multi_turn=True, no_system=True, seed=args.seed)
 
 
 if __name__ == "__main__":
