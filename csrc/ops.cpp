@@ -25,19 +25,8 @@ void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, 
                                  int64_t, int64_t, int64_t),
                   float* y, const float* x, const Wt* w, const float* bias, int64_t M,
                   int64_t N, int64_t K, int n_threads) {
-  if (M <= 0 || N <= 0) return;  // nothing to write (and the chunk sizes below would be 0)
-  if (M == 1) {
-    // GEMV: ~4 chunks per thread, dynamically handed out so cores finish together.
-    int64_t chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
-    const int64_t n_chunks = ceil_div(N, chunk);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_chunks > 1 && N * K >= kMatmulMin)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t n0 = c * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
-      kernel(y, x, w, bias, 1, K, N, n0, n1);
-    }
-    return;
-  }
-  // GEMM: tasks are (token block, weight-row block); consecutive tasks share weights.
+  if (M <= 0 || N <= 0) return;  // nothing to write
+  // GEMM (one token goes through matmul_group): tasks are (token block, weight-row block); consecutive tasks share weights.
   const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (M * N * K >= kMatmulMin)
   for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
@@ -56,10 +45,8 @@ BlockQ8Act* activation_scratch(int64_t n_blocks) {
   return scratch.data();
 }
 
-// Quantize x, then multiply: GEMV in ~4 chunks of rows per thread (multiples of 16,
-// so of the 8-row groups), GEMM in (token block, row block) tasks, both handed out
-// dynamically. A single token is quantized before the parallel region (~1 µs), so
-// decode pays no extra barrier; prompts are split across the threads first.
+// Quantize x (split across the threads), then multiply in (token block, row block)
+// tasks handed out dynamically. One token goes through matmul_group instead.
 template <class Block>
 void matmul_quant(const KernelTable& kt,
                   void (*kernel)(float*, const BlockQ8Act*, const Block*, const float*, int64_t,
@@ -68,29 +55,17 @@ void matmul_quant(const KernelTable& kt,
                   int64_t N, int64_t K, int n_threads) {
   const int64_t nb = q_blocks(K);
   BlockQ8Act* xq = activation_scratch(M * nb);
-  static_assert(kRowChunk % kQRows == 0, "GEMV chunks must hold whole row groups");
-  const int64_t gemv_chunk = ceil_div(ceil_div(N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
-  const int64_t n_chunks = ceil_div(N, gemv_chunk);
   const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
-  if (M == 1) kt.quantize_act(xq, x, K);
 #pragma omp parallel num_threads(n_threads) if (M * N * K >= kMatmulMin)
   {
-    if (M == 1) {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < n_chunks; ++c) {
-        const int64_t n0 = c * gemv_chunk, n1 = n0 + gemv_chunk < N ? n0 + gemv_chunk : N;
-        kernel(y, xq, w, bias, 1, K, N, n0, n1);
-      }
-    } else {
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
+    for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
-        const int64_t bn = task / blocks_m, bm = task % blocks_m;
-        const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
-        const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
-        kernel(y + m0 * N, xq + m0 * nb, w, bias, m1 - m0, K, N, n0, n1);
-      }
+    for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
+      const int64_t bn = task / blocks_m, bm = task % blocks_m;
+      const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
+      const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
+      kernel(y + m0 * N, xq + m0 * nb, w, bias, m1 - m0, K, N, n0, n1);
     }
   }
 }
@@ -111,6 +86,11 @@ void for_chunks(int64_t n, int n_threads, Fn fn) {
 
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
             const float* bias, int64_t M, int64_t N, int64_t K, int n_threads) {
+  if (M == 1) {  // decode: the row-chunked GEMV of matmul_group
+    const MatmulJob job{y, w, bias, N};
+    matmul_group(kt, wt, &job, 1, x, M, K, n_threads);
+    return;
+  }
   switch (wt) {
     case WeightType::f32:
       matmul_typed(kt.matmul_f32, y, x, static_cast<const float*>(w), bias, M, N, K, n_threads);
@@ -147,7 +127,9 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
     kt.quantize_act(scratch, x, K);
     xq = scratch;
   }
-  // Row chunks (multiples of 16) of every matrix, ~4 per thread per matrix, in one list.
+  // Row chunks (multiples of 16, so of the 8-row quantized groups) of every matrix, ~4 per
+  // thread per matrix, in one list handed out dynamically so cores finish together.
+  static_assert(kRowChunk % kQRows == 0, "GEMV chunks must hold whole row groups");
   constexpr int kMaxJobs = 8;
   int64_t chunk[kMaxJobs], first[kMaxJobs + 1] = {0}, work = 0;
   for (int j = 0; j < n_jobs; ++j) {
