@@ -5,6 +5,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(HEARTHLM_OPENMP)
+#include <omp.h>
+#endif
+
 #include "quantize.h"
 
 #include "kernels/convert.h"
@@ -20,21 +24,12 @@ constexpr int64_t kMatmulMin = 1 << 16;       // multiply-adds below which one t
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <class Wt>
-void matmul_typed(void (*kernel)(float*, const float*, const Wt*, const float*, int64_t, int64_t,
-                                 int64_t, int64_t, int64_t),
-                  float* y, const float* x, const Wt* w, const float* bias, int64_t M,
-                  int64_t N, int64_t K, int n_threads) {
-  if (M <= 0 || N <= 0) return;  // nothing to write
-  // GEMM (one token goes through matmul_group): tasks are (token block, weight-row block); consecutive tasks share weights.
-  const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (M * N * K >= kMatmulMin)
-  for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
-    const int64_t bn = task / blocks_m, bm = task % blocks_m;
-    const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
-    const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
-    kernel(y + m0 * N, x + m0 * K, w, bias, m1 - m0, K, N, n0, n1);
-  }
+int team_size() {
+#if defined(HEARTHLM_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
 }
 
 // Activation blocks for quantized matmuls: grown once per calling thread, never
@@ -45,144 +40,146 @@ BlockQ8Act* activation_scratch(int64_t n_blocks) {
   return scratch.data();
 }
 
-// Quantize x (split across the threads), then multiply in (token block, row block)
-// tasks handed out dynamically. One token goes through matmul_group instead.
-template <class Block>
-void matmul_quant(const KernelTable& kt,
-                  void (*kernel)(float*, const BlockQ8Act*, const Block*, const float*, int64_t,
-                                 int64_t, int64_t, int64_t, int64_t),
-                  float* y, const float* x, const Block* w, const float* bias, int64_t M,
-                  int64_t N, int64_t K, int n_threads) {
-  const int64_t nb = q_blocks(K);
-  BlockQ8Act* xq = activation_scratch(M * nb);
-  const int64_t blocks_m = ceil_div(M, kGemmBlockM), blocks_n = ceil_div(N, kGemmBlockN);
-#pragma omp parallel num_threads(n_threads) if (M * N * K >= kMatmulMin)
-  {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < blocks_m * blocks_n; ++task) {
-      const int64_t bn = task / blocks_m, bm = task % blocks_m;
-      const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
-      const int64_t n0 = bn * kGemmBlockN, n1 = n0 + kGemmBlockN < N ? n0 + kGemmBlockN : N;
-      kernel(y + m0 * N, xq + m0 * nb, w, bias, m1 - m0, K, N, n0, n1);
-    }
+// y[m0:m1, n0:n1] of one job.
+void matmul_tile(const KernelTable& kt, WeightType wt, const MatmulJob& job, const float* x,
+                 const BlockQ8Act* xq, int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  float* y = job.y + m0 * job.N;
+  const int64_t M = m1 - m0;
+  const BlockQ8Act* xq_m = xq ? xq + m0 * q_blocks(K) : nullptr;
+  switch (wt) {
+    case WeightType::f32:
+      kt.matmul_f32(y, x + m0 * K, static_cast<const float*>(job.w), job.bias, M, K, job.N, n0, n1);
+      break;
+    case WeightType::bf16:
+      kt.matmul_bf16(y, x + m0 * K, static_cast<const uint16_t*>(job.w), job.bias, M, K, job.N, n0, n1);
+      break;
+    case WeightType::f16:
+      kt.matmul_f16(y, x + m0 * K, static_cast<const uint16_t*>(job.w), job.bias, M, K, job.N, n0, n1);
+      break;
+    case WeightType::q8:
+      kt.matmul_q8(y, xq_m, static_cast<const BlockQ8x8*>(job.w), job.bias, M, K, job.N, n0, n1);
+      break;
+    case WeightType::q4:
+      kt.matmul_q4(y, xq_m, static_cast<const BlockQ4x8*>(job.w), job.bias, M, K, job.N, n0, n1);
+      break;
   }
 }
 
-// Elementwise work in chunks of 4096, threaded only when it is large enough to pay.
-template <class Fn>
-void for_chunks(int64_t n, int n_threads, Fn fn) {
-  constexpr int64_t chunk = 4096;
-  const int64_t n_chunks = ceil_div(n, chunk);
-#pragma omp parallel for num_threads(n_threads) if (n >= kElementwiseMin)
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    const int64_t i0 = c * chunk;
-    fn(i0, i0 + chunk < n ? chunk : n - i0);
+// The tasks of a matmul_group: every matrix cut into (token block, row block) tiles,
+// listed job by job with consecutive tiles sharing weights. One token: row chunks of
+// a multiple of 16 rows (so of the 8-row quantized groups), ~4 per thread per matrix,
+// so cores finish together. Several tokens: 64 x 64 GEMM tiles.
+struct TaskList {
+  int64_t rows[team::kMaxJobs], blocks_m[team::kMaxJobs], first[team::kMaxJobs + 1];
+  int64_t work;  // multiply-adds
+  TaskList(const MatmulJob* jobs, int n_jobs, int64_t M, int64_t K, int n_threads) {
+    static_assert(kRowChunk % kQRows == 0 && kGemmBlockN % kQRows == 0, "tiles hold whole row groups");
+    first[0] = 0;
+    work = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+      rows[j] = M == 1 ? ceil_div(ceil_div(jobs[j].N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk
+                       : kGemmBlockN;
+      blocks_m[j] = ceil_div(M, kGemmBlockM);
+      first[j + 1] = first[j] + (jobs[j].N > 0 ? ceil_div(jobs[j].N, rows[j]) * blocks_m[j] : 0);
+      work += M * jobs[j].N * K;
+    }
   }
-}
+};
 
 }  // namespace
 
+namespace team {
+
+void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
+                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq) {
+  if (M <= 0) return;
+  if (quantized(wt)) {
+    const int64_t nb = q_blocks(K);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
+  }
+  const TaskList tasks(jobs, n_jobs, M, K, team_size());
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t c = 0; c < tasks.first[n_jobs]; ++c) {
+    int j = 0;
+    while (c >= tasks.first[j + 1]) ++j;
+    const int64_t tile = c - tasks.first[j];
+    const int64_t bn = tile / tasks.blocks_m[j], bm = tile % tasks.blocks_m[j];
+    const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
+    const int64_t n0 = bn * tasks.rows[j], n1 = n0 + tasks.rows[j] < jobs[j].N ? n0 + tasks.rows[j] : jobs[j].N;
+    matmul_tile(kt, wt, jobs[j], x, xq, K, m0, m1, n0, n1);
+  }
+}
+
+void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
+          int64_t M, int64_t n, float eps) {
+#pragma omp for schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    if (b) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
+    else kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
+  }
+}
+
+void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, const float* w,
+              const float* b, int64_t M, int64_t n, float eps) {
+#pragma omp for schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    kt.add(x + m * n, x + m * n, delta + m * n, n);
+    if (b) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
+    else kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
+  }
+}
+
+void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim) {
+  const int64_t half = rot_dim / 2;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t)
+    kt.rope(x + t * n_heads * head_dim, cos + int64_t(pos[t]) * half,
+            sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
+}
+
+void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n) {
+  constexpr int64_t chunk = 4096;
+#pragma omp for schedule(static)
+  for (int64_t i0 = 0; i0 < n; i0 += chunk)
+    kt.swiglu(out + i0, gate + i0, up + i0, i0 + chunk < n ? chunk : n - i0);
+}
+
+}  // namespace team
+
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
             const float* bias, int64_t M, int64_t N, int64_t K, int n_threads) {
-  if (M == 1) {  // decode: the row-chunked GEMV of matmul_group
-    const MatmulJob job{y, w, bias, N};
-    matmul_group(kt, wt, &job, 1, x, M, K, n_threads);
-    return;
-  }
-  switch (wt) {
-    case WeightType::f32:
-      matmul_typed(kt.matmul_f32, y, x, static_cast<const float*>(w), bias, M, N, K, n_threads);
-      break;
-    case WeightType::bf16:
-      matmul_typed(kt.matmul_bf16, y, x, static_cast<const uint16_t*>(w), bias, M, N, K,
-                   n_threads);
-      break;
-    case WeightType::f16:
-      matmul_typed(kt.matmul_f16, y, x, static_cast<const uint16_t*>(w), bias, M, N, K,
-                   n_threads);
-      break;
-    case WeightType::q8:
-      matmul_quant(kt, kt.matmul_q8, y, x, static_cast<const BlockQ8x8*>(w), bias, M, N, K,
-                   n_threads);
-      break;
-    case WeightType::q4:
-      matmul_quant(kt, kt.matmul_q4, y, x, static_cast<const BlockQ4x8*>(w), bias, M, N, K,
-                   n_threads);
-      break;
-  }
+  const MatmulJob job{y, w, bias, N};
+  matmul_group(kt, wt, &job, 1, x, M, K, n_threads);
 }
 
 void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
                   const float* x, int64_t M, int64_t K, int n_threads) {
-  if (M != 1) {  // prefill: each matrix is big enough to fill the threads by itself
-    for (int j = 0; j < n_jobs; ++j)
-      matmul(kt, wt, jobs[j].y, x, jobs[j].w, jobs[j].bias, M, jobs[j].N, K, n_threads);
-    return;
-  }
-  const BlockQ8Act* xq = nullptr;
-  if (quantized(wt)) {
-    BlockQ8Act* scratch = activation_scratch(q_blocks(K));
-    kt.quantize_act(scratch, x, K);
-    xq = scratch;
-  }
-  // Row chunks (multiples of 16, so of the 8-row quantized groups) of every matrix, ~4 per
-  // thread per matrix, in one list handed out dynamically so cores finish together.
-  static_assert(kRowChunk % kQRows == 0, "GEMV chunks must hold whole row groups");
-  constexpr int kMaxJobs = 8;
-  int64_t chunk[kMaxJobs], first[kMaxJobs + 1] = {0}, work = 0;
-  for (int j = 0; j < n_jobs; ++j) {
-    chunk[j] = ceil_div(ceil_div(jobs[j].N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk;
-    first[j + 1] = first[j] + (jobs[j].N > 0 ? ceil_div(jobs[j].N, chunk[j]) : 0);
-    work += jobs[j].N * K;
-  }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (first[n_jobs] > 1 && work >= kMatmulMin)
-  for (int64_t c = 0; c < first[n_jobs]; ++c) {
-    int j = 0;
-    while (c >= first[j + 1]) ++j;
-    const MatmulJob& job = jobs[j];
-    const int64_t n0 = (c - first[j]) * chunk[j], n1 = n0 + chunk[j] < job.N ? n0 + chunk[j] : job.N;
-    switch (wt) {
-      case WeightType::f32:
-        kt.matmul_f32(job.y, x, static_cast<const float*>(job.w), job.bias, 1, K, job.N, n0, n1);
-        break;
-      case WeightType::bf16:
-        kt.matmul_bf16(job.y, x, static_cast<const uint16_t*>(job.w), job.bias, 1, K, job.N, n0, n1);
-        break;
-      case WeightType::f16:
-        kt.matmul_f16(job.y, x, static_cast<const uint16_t*>(job.w), job.bias, 1, K, job.N, n0, n1);
-        break;
-      case WeightType::q8:
-        kt.matmul_q8(job.y, xq, static_cast<const BlockQ8x8*>(job.w), job.bias, 1, K, job.N, n0, n1);
-        break;
-      case WeightType::q4:
-        kt.matmul_q4(job.y, xq, static_cast<const BlockQ4x8*>(job.w), job.bias, 1, K, job.N, n0, n1);
-        break;
-    }
-  }
+  if (M <= 0) return;
+  BlockQ8Act* xq = quantized(wt) ? activation_scratch(M * q_blocks(K)) : nullptr;
+  const TaskList tasks(jobs, n_jobs, M, K, n_threads);
+#pragma omp parallel num_threads(n_threads) if (tasks.first[n_jobs] > 1 && tasks.work >= kMatmulMin)
+  team::matmul_group(kt, wt, jobs, n_jobs, x, M, K, xq);
 }
 
 void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
              int64_t n, float eps, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) if (M * n >= kElementwiseMin)
-  for (int64_t m = 0; m < M; ++m) kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
+#pragma omp parallel num_threads(n_threads) if (M * n >= kElementwiseMin)
+  team::norm(kt, out, x, w, nullptr, M, n, eps);
 }
 
 void layernorm(const KernelTable& kt, float* out, const float* x, const float* w,
                const float* b, int64_t M, int64_t n, float eps, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) if (M * n >= kElementwiseMin)
-  for (int64_t m = 0; m < M; ++m) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
+#pragma omp parallel num_threads(n_threads) if (M * n >= kElementwiseMin)
+  team::norm(kt, out, x, w, b, M, n, eps);
 }
 
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
           int n_threads) {
-  const int64_t half = rot_dim / 2;
-#pragma omp parallel for num_threads(n_threads) if (T * n_heads * head_dim >= kElementwiseMin)
-  for (int64_t t = 0; t < T; ++t)
-    kt.rope(x + t * n_heads * head_dim, cos + int64_t(pos[t]) * half,
-            sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
+#pragma omp parallel num_threads(n_threads) if (T * n_heads * head_dim >= kElementwiseMin)
+  team::rope(kt, x, cos, sin, pos, T, n_heads, head_dim, rot_dim);
 }
 
 namespace {
@@ -242,20 +239,22 @@ void store_row(const KVLayer& c, int64_t r, const float* in, int64_t n) {
 
 }  // namespace
 
+namespace team {
+
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads) {
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale) {
   // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads.
   // Split groups further when there are too few tasks to keep every thread busy.
   const int64_t n_kv_heads = k.n_kv_heads, n_slots = k.n_slots;
   if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads;
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
-  while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * n_threads) group = ceil_div(group, 2);
+  while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * team_size()) group = ceil_div(group, 2);
   const int64_t groups_per_kv = ceil_div(n_rep, group);
   const int64_t n_tasks = T * n_kv_heads * groups_per_kv;
   const auto kernel = kt.attention[k.type];
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (n_tasks > 1 && T * n_slots * n_heads * head_dim >= kMatmulMin)
+#pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < n_tasks; ++task) {
     const int64_t t = task / (n_kv_heads * groups_per_kv);
     const int64_t kvh = (task / groups_per_kv) % n_kv_heads;
@@ -265,6 +264,27 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
     kernel(out + offset, q + offset, head_rows(k, kvh), head_rows(v, kvh), kv_pos, n_slots,
            q_pos[t], window, scale, n_q, head_dim);
   }
+}
+
+void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
+              int64_t T, int64_t head_dim, int64_t slot0) {
+  const int64_t n_kv_heads = k_dst.n_kv_heads;
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < 2 * T * n_kv_heads; ++r) {  // r = (k or v, token, kv head)
+    const int64_t t = (r / n_kv_heads) % T, h = r % n_kv_heads;
+    const KVLayer& dst = r < T * n_kv_heads ? k_dst : v_dst;
+    const float* src = r < T * n_kv_heads ? k : v;
+    store_row(dst, h * dst.n_slots + slot0 + t, src + (t * n_kv_heads + h) * head_dim, head_dim);
+  }
+}
+
+}  // namespace team
+
+void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
+               const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads) {
+#pragma omp parallel num_threads(n_threads) if (T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin)
+  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale);
 }
 
 void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0) {
@@ -289,13 +309,15 @@ void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, co
 
 void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
             int n_threads) {
-  for_chunks(n, n_threads,
-             [&](int64_t i0, int64_t len) { kt.swiglu(out + i0, gate + i0, up + i0, len); });
+#pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
+  team::swiglu(kt, out, gate, up, n);
 }
 
 void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
          int n_threads) {
-  for_chunks(n, n_threads, [&](int64_t i0, int64_t len) { kt.add(out + i0, a + i0, b + i0, len); });
+  constexpr int64_t chunk = 4096;
+#pragma omp parallel for num_threads(n_threads) if (n >= kElementwiseMin)
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) kt.add(out + i0, a + i0, b + i0, i0 + chunk < n ? chunk : n - i0);
 }
 
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,

@@ -1,5 +1,11 @@
 // Whole operations over a batch of tokens: each splits its work across OpenMP threads
 // and calls the single-threaded kernels of the given table. No allocation here.
+//
+// Every op comes twice: op(...) opens its own parallel region of n_threads, and
+// team::op(...) is called by every thread of an enclosing region (forward.cpp runs a
+// whole forward pass in one) and shares the work out with orphaned `omp for`
+// loops, each ending in a barrier. Called outside a region, team::op runs whole on
+// the calling thread. op(...) is the region around team::op.
 #pragma once
 #include <cstdint>
 
@@ -63,5 +69,28 @@ void add(const KernelTable& kt, float* out, const float* a, const float* b, int6
 // out[T, dim] = table[ids[t], :] widened (or dequantized) to float32.
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim);
+
+namespace team {
+
+constexpr int kMaxJobs = 8;  // matrices per matmul_group
+// xq: [M, ceil(K/32)] activation blocks shared by the team, used when wt is quantized.
+void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
+                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq);
+void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
+          int64_t M, int64_t n, float eps);
+// x += delta, then out = norm(x), row by row (residual connection into the next norm).
+void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, const float* w,
+              const float* b, int64_t M, int64_t n, float eps);
+void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim);
+void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
+               const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale);
+// k and v rows of T tokens into slots [slot0, slot0 + T) of both caches.
+void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
+              int64_t T, int64_t head_dim, int64_t slot0);
+void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n);
+
+}  // namespace team
 
 }  // namespace hearthlm

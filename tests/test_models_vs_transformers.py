@@ -66,9 +66,8 @@ def test_prefill_and_token_by_token_decode_agree(model_dir):
     ids = prompt(model.vocab_size, 17)
     full = model.logits(ids)
     from hearthlm.kv_cache import KVCache
-    from hearthlm.transformer import Buffers
 
-    cache, buf = KVCache(model.args, len(ids)), Buffers(model.args, 1)
+    cache, buf = KVCache(model.args, len(ids)), model.transformer.buffers(1)
     out = np.empty((1, model.vocab_size), np.float32)
     for t, token in enumerate(ids):
         model.transformer.forward(np.array([token], np.int32), cache, buf, out)

@@ -122,15 +122,6 @@ class KVCache:
                                              dtype=np.int32)
         return segs
 
-    def store(self, layer: int, segments: list, k: np.ndarray, v: np.ndarray) -> None:
-        """k, v: [T, n_kv_heads, head_dim] float32 for the tokens reserved as `segments`,
-        converted to the storage type."""
-        kc, ks, vc, vs = self.layer(layer)
-        for offset, slots in segments:
-            n = slots.stop - slots.start
-            K.kv_store(kc, ks, self.kv_dtype, k[offset:offset + n], slots.start)
-            K.kv_store(vc, vs, self.kv_dtype, v[offset:offset + n], slots.start)
-
     def truncate(self, length: int) -> None:
         """Keep only the first `length` tokens (rewind)."""
         for _, slots in self.segments(length, self.length - length):

@@ -21,7 +21,6 @@ import numpy as np
 
 from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
 from .kv_cache import KVCache
-from .transformer import Buffers
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
 SESSION_VERSION = 1
@@ -55,7 +54,7 @@ class Session:
             raise InvalidInputError(f"n_discard: expected an integer in [1, {ring}], got {n_discard!r}")
         self.n_discard = n_discard
         self.max_batch = max(1, min(max_batch, ring))
-        self.buf = Buffers(args, self.max_batch)
+        self.buf = model.transformer.buffers(self.max_batch)
         self.last_logits = np.zeros((1, args.vocab_size), np.float32)
         self._tokens: list[int] = []
         self._lock = threading.Lock()

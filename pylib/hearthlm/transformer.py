@@ -1,7 +1,8 @@
 """The network, top to bottom: embed -> per layer [norm -> QKV -> RoPE -> attention
 over the KV cache -> output projection -> residual -> norm -> SwiGLU -> residual]
--> final norm -> logits. Every buffer is allocated once (Buffers); each step is one
-native kernel call with the GIL released."""
+-> final norm -> logits. The layers run in one native call (csrc/forward.cpp, one
+parallel region for all of them, the GIL released); Python embeds, places the tokens
+in the cache and applies the LM head. Every buffer is allocated once (Buffers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ class Norm:
     weight: np.ndarray            # [dim] float32
     bias: Optional[np.ndarray]    # [dim] float32 for LayerNorm, None for RMSNorm
 
+    def native(self) -> tuple:
+        return (self.weight, self.bias)
+
+
+def native_linear(lin: Linear) -> tuple:
+    return (lin.weight, lin.bias, lin.wtype)
+
 
 @dataclass
 class Layer:
@@ -35,11 +43,18 @@ class Layer:
     down_proj: Linear  # [hidden, intermediate]
     window: int        # sliding window in tokens, 0 = full attention
 
+    def native(self) -> dict:
+        """The layer as K.LayerStack takes it."""
+        linears = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
+                   "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
+        return {"attn_norm": self.attn_norm.native(), "mlp_norm": self.mlp_norm.native(),
+                "window": self.window, **{k: native_linear(v) for k, v in linears.items()}}
+
 
 class Buffers:
     """Activations for up to `max_tokens` tokens per forward call, allocated once."""
 
-    def __init__(self, args: ModelArgs, max_tokens: int):
+    def __init__(self, args: ModelArgs, max_tokens: int, xq_bytes: int):
         T, H = max_tokens, args.hidden_size
         q_dim = args.num_attention_heads * args.head_dim
         kv_dim = args.num_key_value_heads * args.head_dim
@@ -53,9 +68,17 @@ class Buffers:
         self.attn = np.zeros((T, q_dim), f32)
         self.gate = np.zeros((T, args.intermediate_size), f32)
         self.up = np.zeros((T, args.intermediate_size), f32)
+        self.xq = np.zeros(xq_bytes, np.uint8)  # int8 activations of quantized matmuls
         self.positions = np.zeros(T, np.int32)
         self.ids = np.zeros(T, np.int32)
         self.arange = np.arange(T, dtype=np.int32)
+        self.segments = np.zeros((3, 3), np.int64)  # KVCache.segments: at most three runs
+
+    def segment_table(self, segments: list) -> np.ndarray:
+        """KVCache segments as [n, 3] int64 rows of (offset, first slot, count)."""
+        for row, (offset, slots) in zip(self.segments, segments):
+            row[:] = (offset, slots.start, slots.stop - slots.start)
+        return self.segments[:len(segments)]
 
 
 class Transformer:
@@ -88,6 +111,11 @@ class Transformer:
         else:
             self.lm_head = reader.linear("lm_head", V, H, bias=False)  # [vocab, hidden]
         self.scale = float(args.head_dim) ** -0.5
+        self.stack = K.LayerStack(
+            hidden=H, n_heads=args.num_attention_heads, n_kv_heads=args.num_key_value_heads,
+            head_dim=args.head_dim, rotary_dim=args.rotary_dim, intermediate=I,
+            norm_eps=args.norm_eps, attn_scale=self.scale,
+            layers=[layer.native() for layer in self.layers], final_norm=self.final_norm.native())
         # (cos, sin) [n_positions, rotary_dim/2], replaced as one pair and never edited in
         # place, so forwards in other threads see an old or a new pair, never a mix.
         empty = np.zeros((0, args.rotary_dim // 2), np.float32)
@@ -97,6 +125,9 @@ class Transformer:
         weight = reader.vector(f"{prefix}.weight", (dim,))
         bias = reader.vector(f"{prefix}.bias", (dim,)) if self.args.norm == "layer" else None
         return Norm(weight, bias)
+
+    def buffers(self, max_tokens: int) -> Buffers:
+        return Buffers(self.args, max_tokens, self.stack.scratch_bytes(max_tokens))
 
     def ensure_rope(self, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
         """(cos, sin) tables covering positions [0, n_positions): use the pair returned,
@@ -108,22 +139,6 @@ class Transformer:
                 self.rope = tables
         return tables
 
-    # -- building blocks: one kernel call each ------------------------------------
-
-    def norm(self, out: np.ndarray, x: np.ndarray, norm: Norm) -> None:
-        if norm.bias is None:
-            K.rmsnorm(out, x, norm.weight, self.args.norm_eps, self.n_threads)
-        else:
-            K.layernorm(out, x, norm.weight, norm.bias, self.args.norm_eps, self.n_threads)
-
-    def linear(self, out: np.ndarray, x: np.ndarray, lin: Linear) -> None:
-        K.matmul(out, x, lin.weight, lin.bias, lin.wtype, self.n_threads)
-
-    def linears(self, outs: list, x: np.ndarray, lins: list) -> None:
-        """Several projections of the same x (Q, K, V; gate, up) in one native call."""
-        K.matmul_group(outs, x, [lin.weight for lin in lins], [lin.bias for lin in lins],
-                       lins[0].wtype, self.n_threads)
-
     # -- the forward pass -----------------------------------------------------------
 
     def forward(self, ids: np.ndarray, cache: KVCache, buf: Buffers,
@@ -131,42 +146,19 @@ class Transformer:
         """Run len(ids) <= buf.max_tokens new tokens through the network, appending
         them to `cache`. logits_out: [T, vocab] for every position, or [1, vocab]
         for the last one only."""
-        a = self.args
         T = len(ids)
-        nh, nkv, hd = a.num_attention_heads, a.num_key_value_heads, a.head_dim
         x, h = buf.x[:T], buf.h[:T]                                   # [T, hidden]
-        q, k, v = buf.q[:T], buf.k[:T], buf.v[:T]                     # [T, heads*hd]
-        q3, k3, v3 = q.reshape(T, nh, hd), k.reshape(T, nkv, hd), v.reshape(T, nkv, hd)
-        attn, attn3 = buf.attn[:T], buf.attn[:T].reshape(T, nh, hd)
-        gate, up = buf.gate[:T], buf.up[:T]                           # [T, intermediate]
-
         ids32, positions = buf.ids[:T], buf.positions[:T]
         ids32[:] = ids
         K.embed(x, self.embed_tokens.weight, ids32, self.embed_tokens.wtype)
         np.add(buf.arange[:T], cache.length, out=positions)  # token i of the cache has position i
         rope_cos, rope_sin = self.ensure_rope(cache.length + T)
         segments = cache.reserve(T)
-
-        for i, layer in enumerate(self.layers):
-            # attention block: h = x + o_proj(attention(rope(q), rope(k), v))
-            self.norm(h, x, layer.attn_norm)
-            self.linears([q, k, v], h, [layer.q_proj, layer.k_proj, layer.v_proj])
-            K.rope(q3, rope_cos, rope_sin, positions, a.rotary_dim, self.n_threads)
-            K.rope(k3, rope_cos, rope_sin, positions, a.rotary_dim, self.n_threads)
-            cache.store(i, segments, k3, v3)
-            kc, ks, vc, vs = cache.layer(i)
-            K.attention(attn3, q3, kc, ks, vc, vs, cache.kv_dtype, cache.slot_pos, positions,
-                        layer.window, self.scale, self.n_threads)
-            self.linear(h, attn, layer.o_proj)
-            K.add(x, x, h, self.n_threads)
-            # feed-forward block: x = x + down(silu(gate(h)) * up(h))
-            self.norm(h, x, layer.mlp_norm)
-            self.linears([gate, up], h, [layer.gate_proj, layer.up_proj])
-            K.swiglu(gate, gate, up, self.n_threads)
-            self.linear(h, gate, layer.down_proj)
-            K.add(x, x, h, self.n_threads)
-
+        # every layer: h = x + attention(norm(x)); x = h + SwiGLU(norm(h)); then h = norm(x)
+        self.stack.forward(x, h, buf.q[:T], buf.k[:T], buf.v[:T], buf.attn[:T], buf.gate[:T],
+                           buf.up[:T], buf.xq, cache.k, cache.k_scales, cache.v, cache.v_scales,
+                           cache.kv_dtype, cache.slot_pos, positions, rope_cos, rope_sin,
+                           buf.segment_table(segments), self.n_threads)
         rows = T if logits_out.shape[0] == T else 1
-        self.norm(h[T - rows:], x[T - rows:], self.final_norm)
-        self.linear(logits_out, h[T - rows:], self.lm_head)
-
+        K.matmul(logits_out, h[T - rows:], self.lm_head.weight, self.lm_head.bias,
+                 self.lm_head.wtype, self.n_threads)

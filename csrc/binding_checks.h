@@ -1,0 +1,157 @@
+// Argument checks shared by the pybind11 bindings: every array must be C-contiguous
+// with the exact dtype asked for, and errors name the argument.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "dispatch.h"
+#include "ops.h"
+
+namespace hearthlm {
+namespace checks {
+
+namespace py = pybind11;
+
+inline const KernelTable& table(const py::object& isa) {
+  return isa.is_none() ? active_kernels() : kernels_for(isa.cast<std::string>());
+}
+
+inline void check_layout(const py::array& a, const char* name, char kind, int itemsize, int ndim) {
+  if (a.dtype().kind() != kind || a.itemsize() != itemsize)
+    throw py::type_error(std::string(name) + ": expected dtype kind '" + kind + "' of " +
+                         std::to_string(itemsize) + " bytes, got " +
+                         py::str(a.dtype()).cast<std::string>());
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) +
+                          " dimensions, got " + std::to_string(a.ndim()));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": array must be C-contiguous");
+}
+
+inline const float* in_f32(const py::array& a, const char* name, int ndim) {
+  check_layout(a, name, 'f', 4, ndim);
+  return static_cast<const float*>(a.data());
+}
+
+inline float* out_f32(py::array& a, const char* name, int ndim) {
+  check_layout(a, name, 'f', 4, ndim);
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+  return static_cast<float*>(a.mutable_data());
+}
+
+inline const int32_t* in_i32(const py::array& a, const char* name) {
+  check_layout(a, name, 'i', 4, 1);
+  return static_cast<const int32_t*>(a.data());
+}
+
+inline void expect(bool ok, const std::string& what) {
+  if (!ok) throw py::value_error(what);
+}
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + ")";
+}
+
+inline WeightType weight_type(const std::string& name) {
+  if (name == "f32") return WeightType::f32;
+  if (name == "bf16") return WeightType::bf16;
+  if (name == "f16") return WeightType::f16;
+  if (name == "q8") return WeightType::q8;
+  if (name == "q4") return WeightType::q4;
+  throw py::value_error("wtype: expected 'f32', 'bf16', 'f16', 'q8' or 'q4', got '" + name + "'");
+}
+
+
+// Quantized weights of a logical [N, K] matrix: uint8 [ceil(N/8), ceil(K/32), superblock].
+inline const void* quant_data(const py::array& w, WeightType wt, const char* name, int64_t N, int64_t K) {
+  check_layout(w, name, 'u', 1, 3);
+  const int64_t bytes = wt == WeightType::q8 ? sizeof(BlockQ8x8) : sizeof(BlockQ4x8);
+  expect(w.shape(0) == q_groups(N) && w.shape(1) == q_blocks(K) && w.shape(2) == bytes,
+         std::string(name) + ": expected quantized shape (" + std::to_string(q_groups(N)) + ", " +
+             std::to_string(q_blocks(K)) + ", " + std::to_string(bytes) + ") for [" +
+             std::to_string(N) + ", " + std::to_string(K) + "] weights, got " + shape_str(w));
+  return w.data();
+}
+
+// Weight storage: float32 for f32; any 2-byte dtype (uint16 / float16) for bf16 and f16.
+inline const void* weight_data(const py::array& w, WeightType wt, const char* name, int ndim) {
+  if (wt == WeightType::f32) return in_f32(w, name, ndim);
+  if (w.itemsize() != 2) throw py::type_error(std::string(name) + ": 16-bit weights expected");
+  check_layout(w, name, w.dtype().kind(), 2, ndim);
+  return w.data();
+}
+
+inline KVType kv_type(const std::string& name) {
+  if (name == "f32") return kKVf32;
+  if (name == "f16") return kKVf16;
+  if (name == "bf16") return kKVbf16;
+  if (name == "q8") return kKVq8;
+  throw py::value_error("kv_dtype: expected 'f32', 'f16', 'bf16' or 'q8', got '" + name + "'");
+}
+
+// A K or V cache [n_kv_heads, n_slots, row_stride] in its storage type, with float32
+// scales [n_kv_heads, n_slots, row_stride / 32] for q8; or, with ndim 4, the caches of
+// every layer [n_layers, ...] as one array (KVLayer of layer 0; see kv_layers).
+inline KVLayer kv_layer(const py::array& data, const py::object& scales, const std::string& kv_dtype,
+                        int64_t head_dim, const char* name, int ndim = 3) {
+  const KVType t = kv_type(kv_dtype);
+  const char kind = t == kKVf32 ? 'f' : t == kKVq8 ? 'i' : data.dtype().kind();
+  const int bytes = t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2;
+  check_layout(data, name, kind, bytes, ndim);
+  const int d = ndim - 3;  // the kv-head dimension
+  KVLayer c{t, const_cast<void*>(data.data()), nullptr, data.shape(d), data.shape(d + 1), data.shape(d + 2)};
+  if (t == kKVq8) {
+    expect(c.row_stride % kQ8Block == 0 && c.row_stride >= head_dim && c.row_stride < head_dim + kQ8Block,
+           std::string(name) + ": q8 rows must be head_dim padded to a multiple of 32");
+    if (scales.is_none()) throw py::value_error(std::string(name) + ": q8 needs scales");
+    py::array sc = scales.cast<py::array>();
+    const float* sp = in_f32(sc, "scales", ndim);
+    bool same = sc.shape(d + 2) == c.row_stride / kQ8Block;
+    for (int i = 0; i < d + 2; ++i) same = same && sc.shape(i) == data.shape(i);
+    expect(same, std::string(name) + ": scales shape " + shape_str(sc) + " does not match " + shape_str(data));
+    c.scales = const_cast<float*>(sp);
+  } else {
+    expect(c.row_stride == head_dim, std::string(name) + ": rows of " + std::to_string(c.row_stride) +
+           " elements, expected head_dim " + std::to_string(head_dim));
+  }
+  return c;
+}
+
+// More threads than this is never useful and can exhaust the process's thread limit,
+// which libgomp does not survive (segfault), so it is refused up front.
+inline constexpr int kMaxThreads = 1024;
+
+// y = x · wᵀ (+ bias): checks shapes against x and returns the job for ops.
+inline MatmulJob matmul_job(py::array y, py::array w, const py::object& bias, WeightType wt, const py::array& x,
+                     const std::string& index) {
+  const int64_t M = x.shape(0), K = x.shape(1);
+  const std::string yn = "y" + index, wn = "w" + index, bn = "bias" + index;
+  float* yp = out_f32(y, yn.c_str(), 2);
+  // Quantized weights do not carry N: it is y's width.
+  const int64_t N = quantized(wt) ? y.shape(1) : w.shape(0);
+  const void* wp = quantized(wt) ? quant_data(w, wt, wn.c_str(), N, K) : weight_data(w, wt, wn.c_str(), 2);
+  expect(quantized(wt) || w.shape(1) == K, wn + ": shape " + shape_str(w) + " does not match x " + shape_str(x));
+  expect(y.shape(0) == M && y.shape(1) == N,
+         yn + ": expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(y));
+  const float* bp = nullptr;
+  if (!bias.is_none()) {
+    py::array b = bias.cast<py::array>();
+    bp = in_f32(b, bn.c_str(), 1);
+    expect(b.shape(0) == N, bn + ": expected " + std::to_string(N) + " elements, got " + shape_str(b));
+  }
+  return MatmulJob{yp, wp, bp, N};
+}
+
+inline int threads_arg(int n_threads) {
+  if (n_threads < 1 || n_threads > kMaxThreads)
+    throw py::value_error("n_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                          std::to_string(n_threads));
+  return n_threads;
+}
+
+}  // namespace checks
+}  // namespace hearthlm
