@@ -6,16 +6,7 @@
     for piece in model.chat([{"role": "user", "content": "Hi!"}], stream=True):
         print(piece, end="", flush=True)
 """
-import os
-
-# Before the OpenMP runtime loads with the kernels: waiting threads sleep instead of
-# spinning. Each layer runs ~10 parallel regions; when other programs compete for the
-# cores, spinning threads wait on descheduled ones (SmolLM2-135M bf16 decode on a busy
-# 2-core machine: 1.5 tok/s spinning, 18 tok/s passive). OMP_WAIT_POLICY=ACTIVE in the
-# environment keeps spinning, for a machine dedicated to hearthlm.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .cpu import apply_isa_from_environment, cpu_info, select_isa  # noqa: E402
+from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .demo import demo_model_path
 from .errors import (ContextOverflowError, HearthlmError, InvalidInputError, ModelFormatError,
                      SessionBusyError, UnsupportedISAError, UnsupportedModelError)
