@@ -89,7 +89,9 @@ def test_rewind_and_sync(model_dir):
     s.feed(ids + ids_for(model, 5, seed=9))
     s.rewind(5)
     assert s.tokens == ids
-    np.testing.assert_array_equal(s.feed([ids[-1]]), model.session(n_ctx=64).feed(ids + [ids[-1]]))
+    fresh = model.session(n_ctx=64)
+    fresh.feed(ids)  # then one token, as after the rewind (decode and prefill kernels round differently)
+    np.testing.assert_array_equal(s.feed([ids[-1]]), fresh.feed([ids[-1]]))
     s.rewind(1)
     fed = []
     real_feed = s.feed
