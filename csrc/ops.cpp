@@ -2,6 +2,7 @@
 
 #include <math.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -17,8 +18,8 @@ namespace hearthlm {
 namespace {
 
 constexpr int64_t kRowChunk = 16;      // output rows per GEMV task: 64 bytes of y
-constexpr int64_t kGemmBlockM = 64;    // tokens per GEMM task (x block stays in L2)
-constexpr int64_t kGemmBlockN = 64;    // weight rows per GEMM task
+constexpr int64_t kGemmMaxBlockM = 256;  // tokens per GEMM task, at most (x block stays in L2)
+constexpr int64_t kGemmBlockN = 64;      // weight rows per GEMM task
 constexpr int64_t kElementwiseMin = 1 << 15;  // below this, one thread is faster
 constexpr int64_t kMatmulMin = 1 << 16;       // multiply-adds below which one thread is faster
 
@@ -68,19 +69,26 @@ void matmul_tile(const KernelTable& kt, WeightType wt, const MatmulJob& job, con
 // The tasks of a matmul_group: every matrix cut into (token block, row block) tiles,
 // listed job by job with consecutive tiles sharing weights. One token: row chunks of
 // a multiple of 16 rows (so of the 8-row quantized groups), ~4 per thread per matrix,
-// so cores finish together. Several tokens: 64 x 64 GEMM tiles.
+// so cores finish together. Several tokens: blocks of 64 weight rows, each against as
+// many tokens as still leaves ~4 tasks per thread (a kernel packs or unpacks its
+// weights once per call, so the more tokens share them the better; up to 256).
 struct TaskList {
-  int64_t rows[team::kMaxJobs], blocks_m[team::kMaxJobs], first[team::kMaxJobs + 1];
-  int64_t work;  // multiply-adds
+  int64_t rows[team::kMaxJobs], first[team::kMaxJobs + 1];
+  int64_t block_m, blocks_m;  // tokens per task, token blocks
+  int64_t work;               // multiply-adds
   TaskList(const MatmulJob* jobs, int n_jobs, int64_t M, int64_t K, int n_threads) {
     static_assert(kRowChunk % kQRows == 0 && kGemmBlockN % kQRows == 0, "tiles hold whole row groups");
+    int64_t row_blocks = 0;
+    for (int j = 0; j < n_jobs; ++j) row_blocks += ceil_div(jobs[j].N, kGemmBlockN);
+    const int64_t wanted = ceil_div(4 * int64_t(n_threads), row_blocks > 0 ? row_blocks : 1);
+    blocks_m = M == 1 ? 1 : std::max(ceil_div(M, kGemmMaxBlockM), std::min(wanted, ceil_div(M, 64)));
+    block_m = ceil_div(M, blocks_m);
     first[0] = 0;
     work = 0;
     for (int j = 0; j < n_jobs; ++j) {
       rows[j] = M == 1 ? ceil_div(ceil_div(jobs[j].N, int64_t(n_threads) * 4), kRowChunk) * kRowChunk
                        : kGemmBlockN;
-      blocks_m[j] = ceil_div(M, kGemmBlockM);
-      first[j + 1] = first[j] + (jobs[j].N > 0 ? ceil_div(jobs[j].N, rows[j]) * blocks_m[j] : 0);
+      first[j + 1] = first[j] + (jobs[j].N > 0 ? ceil_div(jobs[j].N, rows[j]) * blocks_m : 0);
       work += M * jobs[j].N * K;
     }
   }
@@ -104,8 +112,8 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
     int j = 0;
     while (c >= tasks.first[j + 1]) ++j;
     const int64_t tile = c - tasks.first[j];
-    const int64_t bn = tile / tasks.blocks_m[j], bm = tile % tasks.blocks_m[j];
-    const int64_t m0 = bm * kGemmBlockM, m1 = m0 + kGemmBlockM < M ? m0 + kGemmBlockM : M;
+    const int64_t bn = tile / tasks.blocks_m, bm = tile % tasks.blocks_m;
+    const int64_t m0 = bm * tasks.block_m, m1 = std::min(m0 + tasks.block_m, M);
     const int64_t n0 = bn * tasks.rows[j], n1 = n0 + tasks.rows[j] < jobs[j].N ? n0 + tasks.rows[j] : jobs[j].N;
     matmul_tile(kt, wt, jobs[j], x, xq, K, m0, m1, n0, n1);
   }
