@@ -23,6 +23,16 @@ void project(const KernelTable& kt, const Linear* const* linears, float* const* 
   }
 }
 
+// Layer i's cache, given layer 0's.
+KVLayer layer_cache(const KVLayer& first, int64_t i) {
+  const int64_t rows = first.n_kv_heads * first.n_slots;
+  const int64_t bytes = first.type == kKVf32 ? 4 : first.type == kKVq8 ? 1 : 2;
+  KVLayer c = first;
+  c.data = static_cast<char*>(first.data) + i * rows * first.row_stride * bytes;
+  if (c.scales) c.scales = first.scales + i * rows * (first.row_stride / kQ8Block);
+  return c;
+}
+
 void attention_block(const KernelTable& kt, const ModelShape& s, const LayerWeights& layer,
                      const Activations& a, const KVLayer& k_cache, const KVLayer& v_cache,
                      const ForwardStep& step) {
@@ -59,7 +69,7 @@ void feed_forward_block(const KernelTable& kt, const ModelShape& s, const LayerW
 
 void forward_layers(const KernelTable& kt, const ModelShape& s, const LayerWeights* layers,
                     int64_t n_layers, const Norm& final_norm, const Activations& a,
-                    const KVLayer* k_cache, const KVLayer* v_cache, const ForwardStep& step,
+                    const KVLayer& k_cache, const KVLayer& v_cache, const ForwardStep& step,
                     int n_threads) {
   const int64_t T = step.T, H = s.hidden;
   if (T <= 0) return;
@@ -67,14 +77,16 @@ void forward_layers(const KernelTable& kt, const ModelShape& s, const LayerWeigh
   const int64_t layer_work = T * (H * (q_dim + 2 * kv_dim) + q_dim * H + 3 * H * s.intermediate);
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1 && layer_work >= kParallelMin)
   {
+    // Each block leaves its output in h; add_norm adds it to the residual stream x
+    // and normalizes x into h for the next block.
     team::norm(kt, a.h, a.x, layers[0].attn_norm.w, layers[0].attn_norm.b, T, H, s.norm_eps);
     for (int64_t i = 0; i < n_layers; ++i) {
       const LayerWeights& layer = layers[i];
-      attention_block(kt, s, layer, a, k_cache[i], v_cache[i], step);       // h = attention out
+      const Norm& next_norm = i + 1 < n_layers ? layers[i + 1].attn_norm : final_norm;
+      attention_block(kt, s, layer, a, layer_cache(k_cache, i), layer_cache(v_cache, i), step);
       team::add_norm(kt, a.h, a.x, a.h, layer.mlp_norm.w, layer.mlp_norm.b, T, H, s.norm_eps);
-      feed_forward_block(kt, s, layer, a, T);                               // h = FFN out
-      const Norm& next = i + 1 < n_layers ? layers[i + 1].attn_norm : final_norm;
-      team::add_norm(kt, a.h, a.x, a.h, next.w, next.b, T, H, s.norm_eps);  // x += h; h = norm(x)
+      feed_forward_block(kt, s, layer, a, T);
+      team::add_norm(kt, a.h, a.x, a.h, next_norm.w, next_norm.b, T, H, s.norm_eps);
     }
   }
 }

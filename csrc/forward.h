@@ -63,10 +63,11 @@ struct ForwardStep {
 };
 
 // x (the embedded tokens) in, h = final_norm(x after every layer) out; n_layers >= 1.
-// k_cache[i] and v_cache[i] are layer i's cache.
+// k_cache, v_cache: layer 0's cache, the caches of the other layers following it
+// in order (KVCache's [n_layers, n_kv_heads, n_slots, row] arrays).
 void forward_layers(const KernelTable& kt, const ModelShape& shape, const LayerWeights* layers,
                     int64_t n_layers, const Norm& final_norm, const Activations& a,
-                    const KVLayer* k_cache, const KVLayer* v_cache, const ForwardStep& step,
+                    const KVLayer& k_cache, const KVLayer& v_cache, const ForwardStep& step,
                     int n_threads);
 
 }  // namespace hearthlm

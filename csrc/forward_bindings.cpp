@@ -73,22 +73,17 @@ class LayerStack {
            "xq: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes");
     a.xq = static_cast<BlockQ8Act*>(xq.mutable_data());
 
-    const KVLayer k0 = kv_layer(k_cache, k_scales, kv_dtype, s.head_dim, "k_cache", 4);
-    const KVLayer v0 = kv_layer(v_cache, v_scales, kv_dtype, s.head_dim, "v_cache", 4);
-    expect(k_cache.shape(0) == n_layers() && k0.n_kv_heads == s.n_kv_heads,
+    const KVLayer k_layer0 = kv_layer(k_cache, k_scales, kv_dtype, s.head_dim, "k_cache", 4);
+    const KVLayer v_layer0 = kv_layer(v_cache, v_scales, kv_dtype, s.head_dim, "v_cache", 4);
+    expect(k_cache.shape(0) == n_layers() && k_layer0.n_kv_heads == s.n_kv_heads,
            "k_cache: expected " + std::to_string(n_layers()) + " layers of " +
                std::to_string(s.n_kv_heads) + " kv heads, got " + shape_str(k_cache));
-    expect(v_cache.shape(0) == k_cache.shape(0) && v0.n_kv_heads == k0.n_kv_heads && v0.n_slots == k0.n_slots,
+    expect(v_cache.shape(0) == k_cache.shape(0) && v_layer0.n_kv_heads == k_layer0.n_kv_heads && v_layer0.n_slots == k_layer0.n_slots,
            "v_cache: shape " + shape_str(v_cache) + " differs from k_cache " + shape_str(k_cache));
     expect(k_cache.writeable() && v_cache.writeable(), "k_cache/v_cache: arrays are read-only");
-    std::vector<KVLayer> k_layers, v_layers;
-    for (int64_t i = 0; i < n_layers(); ++i) {
-      k_layers.push_back(layer_of(k0, i));
-      v_layers.push_back(layer_of(v0, i));
-    }
 
     const int32_t* slot_pos_p = in_i32(slot_pos, "slot_pos");
-    expect(slot_pos.shape(0) == k0.n_slots, "slot_pos: expected " + std::to_string(k0.n_slots) + " slots");
+    expect(slot_pos.shape(0) == k_layer0.n_slots, "slot_pos: expected " + std::to_string(k_layer0.n_slots) + " slots");
     const int32_t* pos = in_i32(positions, "positions");
     const float* cos_p = in_f32(cos, "cos", 2);
     const float* sin_p = in_f32(sin, "sin", 2);
@@ -106,7 +101,7 @@ class LayerStack {
     int64_t covered = 0;
     for (py::ssize_t i = 0; i < segments.shape(0); ++i) {
       expect(seg[i].offset == covered && seg[i].n >= 1 && seg[i].slot0 >= 0 &&
-                 seg[i].slot0 + seg[i].n <= k0.n_slots,
+                 seg[i].slot0 + seg[i].n <= k_layer0.n_slots,
              "segments: row " + std::to_string(i) + " does not continue the tokens in the cache's slots");
       covered += seg[i].n;
     }
@@ -116,8 +111,7 @@ class LayerStack {
     const ForwardStep step{T, pos, cos_p, sin_p, slot_pos_p, seg, int(segments.shape(0))};
     const KernelTable& kt = active_kernels();
     py::gil_scoped_release release;
-    forward_layers(kt, s, layers_.data(), n_layers(), final_norm_, a, k_layers.data(), v_layers.data(),
-                   step, n_threads);
+    forward_layers(kt, s, layers_.data(), n_layers(), final_norm_, a, k_layer0, v_layer0, step, n_threads);
   }
 
  private:
@@ -166,15 +160,6 @@ class LayerStack {
     expect(a.shape(0) == T && a.shape(1) == width, std::string(name) + ": expected (" + std::to_string(T) +
            ", " + std::to_string(width) + "), got " + shape_str(a));
     return p;
-  }
-
-  static KVLayer layer_of(const KVLayer& first, int64_t i) {
-    const int64_t rows = first.n_kv_heads * first.n_slots;
-    const int64_t bytes = first.type == kKVf32 ? 4 : first.type == kKVq8 ? 1 : 2;
-    KVLayer c = first;
-    c.data = static_cast<char*>(first.data) + i * rows * first.row_stride * bytes;
-    if (c.scales) c.scales = first.scales + i * rows * (first.row_stride / kQ8Block);
-    return c;
   }
 
   ModelShape shape_;

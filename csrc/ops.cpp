@@ -18,7 +18,8 @@ namespace hearthlm {
 namespace {
 
 constexpr int64_t kRowChunk = 16;      // output rows per GEMV task: 64 bytes of y
-constexpr int64_t kGemmMaxBlockM = 256;  // tokens per GEMM task, at most (x block stays in L2)
+constexpr int64_t kGemmMinBlockM = 64;   // tokens per GEMM task, at least
+constexpr int64_t kGemmMaxBlockM = 256;  // and at most (the x block stays in L2)
 constexpr int64_t kGemmBlockN = 64;      // weight rows per GEMM task
 constexpr int64_t kElementwiseMin = 1 << 15;  // below this, one thread is faster
 constexpr int64_t kMatmulMin = 1 << 16;       // multiply-adds below which one thread is faster
@@ -39,6 +40,13 @@ BlockQ8Act* activation_scratch(int64_t n_blocks) {
   static thread_local std::vector<BlockQ8Act> scratch;
   if (int64_t(scratch.size()) < n_blocks) scratch.resize(n_blocks);
   return scratch.data();
+}
+
+// RMSNorm, or LayerNorm when b is given, of one row.
+void norm_row(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
+              int64_t n, float eps) {
+  if (b) kt.layernorm(out, x, w, b, n, eps);
+  else kt.rmsnorm(out, x, w, n, eps);
 }
 
 // y[m0:m1, n0:n1] of one job.
@@ -81,7 +89,7 @@ struct TaskList {
     int64_t row_blocks = 0;
     for (int j = 0; j < n_jobs; ++j) row_blocks += ceil_div(jobs[j].N, kGemmBlockN);
     const int64_t wanted = ceil_div(4 * int64_t(n_threads), row_blocks > 0 ? row_blocks : 1);
-    blocks_m = M == 1 ? 1 : std::max(ceil_div(M, kGemmMaxBlockM), std::min(wanted, ceil_div(M, 64)));
+    blocks_m = M == 1 ? 1 : std::max(ceil_div(M, kGemmMaxBlockM), std::min(wanted, ceil_div(M, kGemmMinBlockM)));
     block_m = ceil_div(M, blocks_m);
     first[0] = 0;
     work = 0;
@@ -122,10 +130,7 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
           int64_t M, int64_t n, float eps) {
 #pragma omp for schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    if (b) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
-    else kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
-  }
+  for (int64_t m = 0; m < M; ++m) norm_row(kt, out + m * n, x + m * n, w, b, n, eps);
 }
 
 void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, const float* w,
@@ -133,8 +138,7 @@ void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, c
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
     kt.add(x + m * n, x + m * n, delta + m * n, n);
-    if (b) kt.layernorm(out + m * n, x + m * n, w, b, n, eps);
-    else kt.rmsnorm(out + m * n, x + m * n, w, n, eps);
+    norm_row(kt, out + m * n, x + m * n, w, b, n, eps);
   }
 }
 

@@ -71,6 +71,11 @@ class LlamaCppRunner:
         except TypeError:  # older llama-cpp-python without the option
             self.llm = Llama(**kwargs)
 
+    def last_logits(self) -> np.ndarray:
+        """The last evaluated position's logits (llm.scores is only kept with logits_all)."""
+        from llama_cpp import llama_get_logits_ith
+        return np.ctypeslib.as_array(llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+
     def run(self, prompt: np.ndarray, n_gen: int, runs: EngineRuns) -> None:
         llm = self.llm
         llm.reset()
@@ -80,7 +85,7 @@ class LlamaCppRunner:
         start = time.perf_counter()
         for _ in range(n_gen):
             s = time.perf_counter()
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(self.last_logits()))
             llm.eval([token])
             runs.decode_token_s.append(time.perf_counter() - s)
         runs.decode_s.append(time.perf_counter() - start)
