@@ -48,7 +48,7 @@ void attention_block(const KernelTable& kt, const ModelShape& s, const LayerWeig
                    s.head_dim, seg.slot0);
   }
   team::attention(kt, a.attn, a.q, k_cache, v_cache, step.slot_pos, step.positions, T, s.n_heads,
-                  s.head_dim, layer.window, s.attn_scale);         // attn [T, n_heads * head_dim]
+                  s.head_dim, layer.window, s.attn_scale, a.attention_partials);  // attn [T, n_heads * head_dim]
   const Linear* o[] = {&layer.o};
   float* const o_out[] = {a.h};
   project(kt, o, o_out, 1, a.attn, T, a.xq);                    // h [T, hidden]

@@ -39,10 +39,12 @@ struct ModelShape {
 
 // Row-major activations of T tokens: x, h [T, hidden]; q, attn [T, n_heads*head_dim];
 // k, v [T, n_kv_heads*head_dim]; gate, up [T, intermediate]; xq: room for
-// T * ceil(max K / 32) quantized activation blocks.
+// T * ceil(max K / 32) quantized activation blocks; attention_partials:
+// attention_partials_floats(n_heads, head_dim) floats (ops.h).
 struct Activations {
   float *x, *h, *q, *k, *v, *attn, *gate, *up;
   BlockQ8Act* xq;
+  float* attention_partials;
 };
 
 // Tokens [offset, offset + n) of this call go to cache slots [slot0, slot0 + n).

@@ -52,12 +52,17 @@ class LayerStack {
   }
 
   int64_t n_layers() const { return int64_t(layers_.size()); }
-  int64_t scratch_bytes(int64_t T) const { return T * q_blocks(max_k_) * int64_t(sizeof(BlockQ8Act)); }
+  // The scratch buffer of forward(): T tokens' quantized activations, then the
+  // attention partials.
+  int64_t xq_bytes(int64_t T) const { return T * q_blocks(max_k_) * int64_t(sizeof(BlockQ8Act)); }
+  int64_t scratch_bytes(int64_t T) const {
+    return xq_bytes(T) + attention_partials_floats(shape_.n_heads, shape_.head_dim) * int64_t(sizeof(float));
+  }
 
   // Checks every buffer, cache and index against the shape, then runs the layers with
   // the GIL released.
   void forward(py::array x, py::array h, py::array q, py::array k, py::array v, py::array attn,
-               py::array gate, py::array up, py::array xq, py::array k_cache, py::object k_scales,
+               py::array gate, py::array up, py::array scratch, py::array k_cache, py::object k_scales,
                py::array v_cache, py::object v_scales, const std::string& kv_dtype, py::array slot_pos,
                py::array positions, py::array cos, py::array sin, py::array segments, int n_threads) {
     const ModelShape& s = shape_;
@@ -67,11 +72,13 @@ class LayerStack {
                   activation(q, "q", T, q_dim), activation(k, "k", T, kv_dim),
                   activation(v, "v", T, kv_dim), activation(attn, "attn", T, q_dim),
                   activation(gate, "gate", T, s.intermediate), activation(up, "up", T, s.intermediate),
-                  nullptr};
-    check_layout(xq, "xq", 'u', 1, 1);
-    expect(xq.shape(0) >= scratch_bytes(T) && xq.writeable(),
-           "xq: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes");
-    a.xq = static_cast<BlockQ8Act*>(xq.mutable_data());
+                  nullptr, nullptr};
+    check_layout(scratch, "scratch", 'u', 1, 1);
+    expect(scratch.shape(0) >= scratch_bytes(T) && scratch.writeable(),
+           "scratch: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes");
+    char* scratch_p = static_cast<char*>(scratch.mutable_data());
+    a.xq = reinterpret_cast<BlockQ8Act*>(scratch_p);
+    a.attention_partials = reinterpret_cast<float*>(scratch_p + xq_bytes(T));
 
     const KVLayer k_layer0 = kv_layer(k_cache, k_scales, kv_dtype, s.head_dim, "k_cache", 4);
     const KVLayer v_layer0 = kv_layer(v_cache, v_scales, kv_dtype, s.head_dim, "v_cache", 4);
@@ -186,9 +193,9 @@ void bind_forward(py::module_& m) {
            "layers: one dict per layer with attn_norm, mlp_norm: (weight, bias or None); q, k, v, o, "
            "gate, up, down: (weight, bias or None, wtype); window: int. final_norm: (weight, bias or None).")
       .def("scratch_bytes", &LayerStack::scratch_bytes, py::arg("T"),
-           "Bytes of the xq buffer forward() needs for T tokens.")
+           "Bytes of the scratch buffer forward() needs for T tokens.")
       .def("forward", &LayerStack::forward, py::arg("x"), py::arg("h"), py::arg("q"), py::arg("k"),
-           py::arg("v"), py::arg("attn"), py::arg("gate"), py::arg("up"), py::arg("xq"),
+           py::arg("v"), py::arg("attn"), py::arg("gate"), py::arg("up"), py::arg("scratch"),
            py::arg("k_cache"), py::arg("k_scales"), py::arg("v_cache"), py::arg("v_scales"),
            py::arg("kv_dtype"), py::arg("slot_pos"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
            py::arg("segments"), py::arg("n_threads"),

@@ -249,32 +249,89 @@ void store_row(const KVLayer& c, int64_t r, const float* in, int64_t n) {
   }
 }
 
+// One token's attention over a long cache with few kv heads leaves threads idle (or,
+// splitting the query-head groups, makes them read the same K and V twice). It is
+// then cut along the cache into up to kMaxCacheChunks ranges of at least
+// kMinChunkSlots slots: each task attends one kv head's group over one range, keeping
+// its output and log-sum-exp, and the ranges of each head are merged at the end.
+constexpr int64_t kMaxCacheChunks = 16;
+constexpr int64_t kMinChunkSlots = 256;
+
+// Rows [j0, ...) of a kv head's rows.
+KVRows rows_from(const KVRows& r, KVType type, int64_t j0) {
+  return KVRows{static_cast<const char*>(r.data) + j0 * r.row_stride * element_bytes(type),
+                r.scales ? r.scales + j0 * (r.row_stride / kQ8Block) : nullptr, r.row_stride};
+}
+
 }  // namespace
+
+int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim) {
+  return kMaxCacheChunks * n_heads * (head_dim + 1);
+}
 
 namespace team {
 
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale) {
-  // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads.
-  // Split groups further when there are too few tasks to keep every thread busy.
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float* partials) {
+  // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads,
+  // and (one token only) one range of the cache.
   const int64_t n_kv_heads = k.n_kv_heads, n_slots = k.n_slots;
   if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
-  const int64_t n_rep = n_heads / n_kv_heads;
+  const int64_t n_rep = n_heads / n_kv_heads, threads = team_size();
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
-  while (group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * team_size()) group = ceil_div(group, 2);
+  const int64_t head_tasks = T * n_kv_heads * ceil_div(n_rep, group);
+  const int64_t n_chunks = T == 1 && head_tasks < 2 * threads
+      ? std::min({ceil_div(4 * threads, head_tasks), kMaxCacheChunks, ceil_div(n_slots, kMinChunkSlots)})
+      : 1;
+  // Too few tasks and too short a cache to cut: split the query-head groups instead.
+  while (n_chunks == 1 && group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * threads)
+    group = ceil_div(group, 2);
   const int64_t groups_per_kv = ceil_div(n_rep, group);
-  const int64_t n_tasks = T * n_kv_heads * groups_per_kv;
+  const int64_t chunk = ceil_div(ceil_div(n_slots, n_chunks), kAttentionBlock) * kAttentionBlock;
+  const int64_t n_tasks = T * n_kv_heads * groups_per_kv * n_chunks;
+  float* part_out = partials;                                  // [n_chunks, n_heads, head_dim]
+  float* part_lse = partials + n_chunks * n_heads * head_dim;  // [n_chunks, n_heads]
   const auto kernel = kt.attention[k.type];
 #pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < n_tasks; ++task) {
-    const int64_t t = task / (n_kv_heads * groups_per_kv);
-    const int64_t kvh = (task / groups_per_kv) % n_kv_heads;
-    const int64_t h0 = kvh * n_rep + (task % groups_per_kv) * group;
+    const int64_t c = task % n_chunks, head_task = task / n_chunks;
+    const int64_t t = head_task / (n_kv_heads * groups_per_kv);
+    const int64_t kvh = (head_task / groups_per_kv) % n_kv_heads;
+    const int64_t h0 = kvh * n_rep + (head_task % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
     const int64_t offset = (t * n_heads + h0) * head_dim;
-    kernel(out + offset, q + offset, head_rows(k, kvh), head_rows(v, kvh), kv_pos, n_slots,
-           q_pos[t], window, scale, n_q, head_dim);
+    if (n_chunks == 1) {
+      kernel(out + offset, q + offset, head_rows(k, kvh), head_rows(v, kvh), kv_pos, n_slots,
+             q_pos[t], window, scale, n_q, head_dim, nullptr);
+      continue;
+    }
+    const int64_t j0 = c * chunk, len = std::min(chunk, n_slots - j0);
+    float* lse = part_lse + c * n_heads + h0;
+    if (len <= 0) {  // past the end of the cache
+      for (int64_t g = 0; g < n_q; ++g) lse[g] = -INFINITY;
+      continue;
+    }
+    kernel(part_out + (c * n_heads + h0) * head_dim, q + offset, rows_from(head_rows(k, kvh), k.type, j0),
+           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos[0], window, scale, n_q,
+           head_dim, lse);
+  }
+  if (n_chunks == 1) return;
+#pragma omp for schedule(static)
+  for (int64_t h = 0; h < n_heads; ++h) {  // out = Σ_c e^(lse_c - max) out_c / Σ_c e^(lse_c - max)
+    float top = -INFINITY;
+    for (int64_t c = 0; c < n_chunks; ++c) top = std::max(top, part_lse[c * n_heads + h]);
+    float* o = out + h * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) o[d] = 0.0f;
+    if (top == -INFINITY) continue;  // nothing visible
+    float denom = 0.0f;
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const float w = expf(part_lse[c * n_heads + h] - top);
+      denom += w;
+      const float* oc = part_out + (c * n_heads + h) * head_dim;
+      for (int64_t d = 0; d < head_dim; ++d) o[d] += w * oc[d];
+    }
+    for (int64_t d = 0; d < head_dim; ++d) o[d] /= denom;
   }
 }
 
@@ -295,8 +352,11 @@ void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const 
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads) {
+  static thread_local std::vector<float> scratch;  // the calling thread's, shared with the team
+  scratch.resize(size_t(attention_partials_floats(n_heads, head_dim)));
+  float* partials = scratch.data();
 #pragma omp parallel num_threads(n_threads) if (T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin)
-  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale);
+  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, partials);
 }
 
 void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0) {

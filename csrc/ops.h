@@ -70,6 +70,9 @@ void add(const KernelTable& kt, float* out, const float* a, const float* b, int6
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim);
 
+// Scratch floats team::attention needs to split one token's attention along the cache.
+int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim);
+
 namespace team {
 
 constexpr int kMaxJobs = 8;  // matrices per matmul_group
@@ -83,9 +86,11 @@ void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, c
               const float* b, int64_t M, int64_t n, float eps);
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim);
+// partials: attention_partials_floats(n_heads, head_dim) floats shared by the team,
+// where one token's heads are split along the cache (see ops.cpp).
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale);
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float* partials);
 // k and v rows of T tokens into slots [slot0, slot0 + T) of both caches.
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
               int64_t T, int64_t head_dim, int64_t slot0);

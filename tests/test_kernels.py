@@ -178,6 +178,27 @@ def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("n_slots, window, q_pos", [(1000, 0, 990), (1333, 300, 1200), (777, 0, 100),
+                                                    (600, 50, 599)])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_one_token_attention_split_along_the_cache(isa, kv_dtype, n_slots, window, q_pos, threads):
+    """One token and few kv heads: the cache is cut into ranges attended separately and
+    merged (more threads, more ranges); ranges may hold no visible slot at all."""
+    heads, kv_heads, hd = 6, 2, 24
+    q = rand(1, heads, hd)
+    k, kscale, kvals = kv_cache_of(rand(kv_heads, n_slots, hd), kv_dtype)
+    v, vscale, vvals = kv_cache_of(rand(kv_heads, n_slots, hd), kv_dtype)
+    kv_pos = rng.permutation(n_slots).astype(np.int32)
+    kv_pos[rng.random(n_slots) < 0.2] = -1
+    q_pos = np.array([q_pos], np.int32)
+    out = np.full_like(q, np.nan)
+    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, threads, isa)
+    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
 def test_kv_rotate(isa, kv_dtype):
     hd, rot = 40, 10

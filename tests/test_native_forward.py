@@ -16,7 +16,7 @@ def parts(model_dir):
     T = 3
     rope_cos, rope_sin = t.ensure_rope(16)
     args = dict(x=buf.x[:T], h=buf.h[:T], q=buf.q[:T], k=buf.k[:T], v=buf.v[:T], attn=buf.attn[:T],
-                gate=buf.gate[:T], up=buf.up[:T], xq=buf.xq, k_cache=cache.k, k_scales=None,
+                gate=buf.gate[:T], up=buf.up[:T], scratch=buf.scratch, k_cache=cache.k, k_scales=None,
                 v_cache=cache.v, v_scales=None, kv_dtype="f32", slot_pos=cache.slot_pos,
                 positions=np.arange(T, dtype=np.int32), cos=rope_cos, sin=rope_sin,
                 segments=np.array([[0, 0, T]], np.int64), n_threads=2)
@@ -35,7 +35,7 @@ def test_valid_call_runs(parts):
     (dict(segments=np.array([[1, 0, 3]], np.int64)), "segments: row 0"),
     (dict(positions=np.array([0, 1, 99], np.int32)), "positions: position 99"),
     (dict(positions=np.array([0, 1], np.int32)), "positions: expected 3"),
-    (dict(xq=np.zeros(8, np.uint8)), "xq: expected a writable buffer"),
+    (dict(scratch=np.zeros(8, np.uint8)), "scratch: expected a writable buffer"),
     (dict(kv_dtype="q8"), "k_cache"),
     (dict(n_threads=0), "n_threads"),
 ])

@@ -52,9 +52,12 @@ struct KernelTable {
   // q, out: [n_q, head_dim]; k, v: that kv head's rows.
   // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
   // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
+  // lse (optional, [n_q]): log Σ_j exp(score_j) over the visible slots, -inf if none
+  // (out is then 0), so results over disjoint slot ranges can be merged.
   void (*attention[kKVTypes])(float* out, const float* q, KVRows k, KVRows v,
                               const int32_t* kv_pos, int64_t n_slots, int32_t q_pos,
-                              int32_t window, float scale, int64_t n_q, int64_t head_dim);
+                              int32_t window, float scale, int64_t n_q, int64_t head_dim,
+                              float* lse);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);

@@ -272,12 +272,18 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
       const float scale = 1.0f / std::sqrt(float(c.head_dim));
       std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
+      std::vector<float> lse(size_t(c.n_q), -7.0f), lse_ref(lse);
       ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
-                          scale, c.n_q, c.head_dim);
+                          scale, c.n_q, c.head_dim, lse_ref.data());
       t.attention[type](out.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window, scale,
-                        c.n_q, c.head_dim);
-      const std::string d =
+                        c.n_q, c.head_dim, lse.data());
+      std::string d =
           compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
+      for (int64_t g = 0; d.empty() && g < c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
+        if (std::isinf(lse_ref[size_t(g)]) ? lse[size_t(g)] != lse_ref[size_t(g)]
+                                           : !(std::fabs(lse[size_t(g)] - lse_ref[size_t(g)]) <= 1e-5 * (1 + std::fabs(lse_ref[size_t(g)]))))
+          d = "lse[" + std::to_string(g) + "]: got " + std::to_string(lse[size_t(g)]) + ", reference " +
+              std::to_string(lse_ref[size_t(g)]);
       r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
                              sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
                                     {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes}}), d);

@@ -54,7 +54,7 @@ class Layer:
 class Buffers:
     """Activations for up to `max_tokens` tokens per forward call, allocated once."""
 
-    def __init__(self, args: ModelArgs, max_tokens: int, xq_bytes: int):
+    def __init__(self, args: ModelArgs, max_tokens: int, scratch_bytes: int):
         T, H = max_tokens, args.hidden_size
         q_dim = args.num_attention_heads * args.head_dim
         kv_dim = args.num_key_value_heads * args.head_dim
@@ -68,7 +68,7 @@ class Buffers:
         self.attn = np.zeros((T, q_dim), f32)
         self.gate = np.zeros((T, args.intermediate_size), f32)
         self.up = np.zeros((T, args.intermediate_size), f32)
-        self.xq = np.zeros(xq_bytes, np.uint8)  # int8 activations of quantized matmuls
+        self.scratch = np.zeros(scratch_bytes, np.uint8)  # quantized activations, attention partials
         self.positions = np.zeros(T, np.int32)
         self.ids = np.zeros(T, np.int32)
         self.arange = np.arange(T, dtype=np.int32)
@@ -156,7 +156,7 @@ class Transformer:
         segments = cache.reserve(T)
         # every layer: h = x + attention(norm(x)); x = h + SwiGLU(norm(h)); then h = norm(x)
         self.stack.forward(x, h, buf.q[:T], buf.k[:T], buf.v[:T], buf.attn[:T], buf.gate[:T],
-                           buf.up[:T], buf.xq, cache.k, cache.k_scales, cache.v, cache.v_scales,
+                           buf.up[:T], buf.scratch, cache.k, cache.k_scales, cache.v, cache.v_scales,
                            cache.kv_dtype, cache.slot_pos, positions, rope_cos, rope_sin,
                            buf.segment_table(segments), self.n_threads)
         rows = T if logits_out.shape[0] == T else 1

@@ -91,7 +91,7 @@ struct ReadQ8 {
 template <class Read>
 static void attention(float* out, const float* q, KVRows k, KVRows v, const int32_t* kv_pos,
                       int64_t n_slots, int32_t q_pos, int32_t window, float scale, int64_t n_q,
-                      int64_t head_dim) {
+                      int64_t head_dim, float* lse) {
   auto visible = [&](int64_t j) {
     const int32_t p = kv_pos[j];
     return p >= 0 && p <= q_pos && (window <= 0 || q_pos - p < window);
@@ -109,6 +109,7 @@ static void attention(float* out, const float* q, KVRows k, KVRows v, const int3
     for (int64_t j = 0; j < n_slots; ++j)
       if (visible(j)) max_score = fmaxf(max_score, score(qg, j));
     for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
+    if (lse) lse[g] = -INFINITY;
     if (max_score == -INFINITY) continue;  // nothing visible
     double denom = 0.0;
     for (int64_t j = 0; j < n_slots; ++j) {
@@ -119,6 +120,7 @@ static void attention(float* out, const float* q, KVRows k, KVRows v, const int3
     }
     const float inv = float(1.0 / denom);
     for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
+    if (lse) lse[g] = max_score + float(log(denom));
   }
 }
 
