@@ -123,7 +123,7 @@ def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int]
     model = load(folder, dtype=dtype, n_threads=n_threads)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_bytes()
-    bandwidth = _kernels.memory_read_bandwidth(bandwidth_bytes, model.n_threads, 3)
+    bandwidth = _kernels.memory_read_bandwidth(bandwidth_bytes, model.n_threads, 7)  # best of 7
     runners = make_runners(model, folder, n_prompt + n_gen, vs)
     t0 = time.perf_counter()
     first = runners[0].session.feed(random_prompt(model, 1))  # first token after load
