@@ -282,7 +282,8 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
   const int64_t head_tasks = T * n_kv_heads * ceil_div(n_rep, group);
   const int64_t n_chunks = T == 1 && head_tasks < 2 * threads
-      ? std::min({ceil_div(4 * threads, head_tasks), kMaxCacheChunks, ceil_div(n_slots, kMinChunkSlots)})
+      ? std::max(int64_t(1), std::min({ceil_div(4 * threads, head_tasks), kMaxCacheChunks,
+                                        ceil_div(n_slots, kMinChunkSlots)}))  // n_slots may be 0
       : 1;
   // Too few tasks and too short a cache to cut: split the query-head groups instead.
   while (n_chunks == 1 && group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * threads)
