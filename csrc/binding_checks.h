@@ -100,8 +100,7 @@ inline KVLayer kv_layer(const py::array& data, const py::object& scales, const s
                         int64_t head_dim, const char* name, int ndim = 3) {
   const KVType t = kv_type(kv_dtype);
   const char kind = t == kKVf32 ? 'f' : t == kKVq8 ? 'i' : data.dtype().kind();
-  const int bytes = t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2;
-  check_layout(data, name, kind, bytes, ndim);
+  check_layout(data, name, kind, int(kv_element_bytes(t)), ndim);
   const int d = ndim - 3;  // the kv-head dimension
   KVLayer c{t, const_cast<void*>(data.data()), nullptr, data.shape(d), data.shape(d + 1), data.shape(d + 2)};
   if (t == kKVq8) {

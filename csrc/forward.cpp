@@ -26,9 +26,8 @@ void project(const KernelTable& kt, const Linear* const* linears, float* const* 
 // Layer i's cache, given layer 0's.
 KVLayer layer_cache(const KVLayer& first, int64_t i) {
   const int64_t rows = first.n_kv_heads * first.n_slots;
-  const int64_t bytes = first.type == kKVf32 ? 4 : first.type == kKVq8 ? 1 : 2;
   KVLayer c = first;
-  c.data = static_cast<char*>(first.data) + i * rows * first.row_stride * bytes;
+  c.data = static_cast<char*>(first.data) + i * rows * first.row_stride * kv_element_bytes(first.type);
   if (c.scales) c.scales = first.scales + i * rows * (first.row_stride / kQ8Block);
   return c;
 }

@@ -196,12 +196,10 @@ void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
 
 namespace {
 
-int64_t element_bytes(KVType t) { return t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2; }
-
 // Rows of kv head h.
 KVRows head_rows(const KVLayer& c, int64_t h) {
   const int64_t row0 = h * c.n_slots;
-  return KVRows{static_cast<const char*>(c.data) + row0 * c.row_stride * element_bytes(c.type),
+  return KVRows{static_cast<const char*>(c.data) + row0 * c.row_stride * kv_element_bytes(c.type),
                 c.scales ? c.scales + row0 * (c.row_stride / kQ8Block) : nullptr, c.row_stride};
 }
 
@@ -259,7 +257,7 @@ constexpr int64_t kMinChunkSlots = 256;
 
 // Rows [j0, ...) of a kv head's rows.
 KVRows rows_from(const KVRows& r, KVType type, int64_t j0) {
-  return KVRows{static_cast<const char*>(r.data) + j0 * r.row_stride * element_bytes(type),
+  return KVRows{static_cast<const char*>(r.data) + j0 * r.row_stride * kv_element_bytes(type),
                 r.scales ? r.scales + j0 * (r.row_stride / kQ8Block) : nullptr, r.row_stride};
 }
 

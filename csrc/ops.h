@@ -1,10 +1,10 @@
 // Whole operations over a batch of tokens: each splits its work across OpenMP threads
 // and calls the single-threaded kernels of the given table. No allocation here.
 //
-// Every op comes twice: op(...) opens its own parallel region of n_threads, and
-// team::op(...) is called by every thread of an enclosing region (forward.cpp runs a
-// whole forward pass in one) and shares the work out with orphaned `omp for`
-// loops, each ending in a barrier. Called outside a region, team::op runs whole on
+// The ops of the forward pass come twice: op(...) opens its own parallel region of
+// n_threads, and team::op(...) is called by every thread of an enclosing region
+// (forward.cpp runs a whole forward pass in one) and shares the work out with
+// orphaned `omp for` loops, each ending in a barrier. Called outside a region, team::op runs whole on
 // the calling thread. op(...) is the region around team::op.
 #pragma once
 #include <cstdint>

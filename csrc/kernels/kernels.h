@@ -13,6 +13,8 @@ namespace hearthlm {
 // 32 int8 values, one float scale per block of 32 (value = scale * q).
 enum KVType { kKVf32 = 0, kKVf16 = 1, kKVbf16 = 2, kKVq8 = 3, kKVTypes = 4 };
 constexpr int64_t kQ8Block = 32;
+// Bytes per stored value of each KV storage type (q8's scales are kept apart).
+inline int64_t kv_element_bytes(KVType t) { return t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2; }
 
 // One kv head of the cache: rows [n_slots, row_stride] of `data` in the storage type,
 // and for q8 the per-block scales [n_slots, row_stride / kQ8Block].

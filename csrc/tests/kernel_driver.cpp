@@ -240,8 +240,7 @@ struct KVStore {
 KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64_t head_dim) {
   KVStore s;
   const int64_t stride = type == kKVq8 ? (head_dim + kQ8Block - 1) / kQ8Block * kQ8Block : head_dim;
-  const int64_t bytes = type == kKVf32 ? 4 : type == kKVq8 ? 1 : 2;
-  s.data.assign(size_t(n_slots * stride * bytes), 0);
+  s.data.assign(size_t(n_slots * stride * kv_element_bytes(type)), 0);
   s.scales.assign(size_t(n_slots * stride / kQ8Block + 1), 0.0f);
   const KVLayer layer{type, s.data.data(), type == kKVq8 ? s.scales.data() : nullptr, 1, n_slots, stride};
   kv_store(layer, x.data(), n_slots, head_dim, 0);
