@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -447,7 +446,7 @@ def main():
     n_train = sum(len(v) for v in corpus.values())
     print(f"corpus: {n_train} training examples "
           + ", ".join(f"{t}={len(v)}" for t, v in corpus.items())
-          + f"; held-out pool " + ", ".join(f"{t}={len(v)}" for t, v in held.items())
+          + "; held-out pool " + ", ".join(f"{t}={len(v)}" for t, v in held.items())
           + f"; heldout.jsonl={len(heldout)}", flush=True)
 
     # 2. tokenizer (trained on training texts only)
