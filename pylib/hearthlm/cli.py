@@ -60,6 +60,23 @@ def sampling_options(args) -> dict:
     return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
 
 
+def bench_parallel(folder: str, args) -> int:
+    from .bench_parallel import format_parallel, run_parallel
+    from .errors import InvalidInputError
+    from .model import load
+    try:
+        streams = [int(n) for n in args.parallel.split(",")]
+    except ValueError:
+        streams = []
+    if not streams or min(streams) < 1:
+        raise InvalidInputError(f"--parallel: expected comma-separated stream counts such as 1,2,4,8, "
+                                f"got {args.parallel!r}")
+    model = load(folder, dtype=args.dtype, n_threads=args.threads)
+    report = run_parallel(model, streams, reps=args.reps)
+    print(json.dumps(report, indent=2) if args.json else format_parallel(report))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import format_report, plot_sweep, run_bench, run_context_sweep
     from .shapes import random_model_folder
@@ -68,6 +85,8 @@ def cmd_bench(args) -> int:
         return 2
     stored = args.dtype if args.dtype in ("f32", "bf16", "f16") else "bf16"  # q8/q4: quantized on load
     folder = args.model or random_model_folder(args.shape, stored)
+    if args.parallel:
+        return bench_parallel(folder, args)
     vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
                        n_gen=args.gen, reps=args.reps, vs=vs)
@@ -130,6 +149,8 @@ def main(argv=None) -> int:
     b.add_argument("--plot", metavar="FILE.png", help="also plot decode tok/s against context length")
     b.add_argument("--contexts", default="128,256,512,1024,2048,4096",
                    help="context lengths for --plot (default: %(default)s)")
+    b.add_argument("--parallel", metavar="N,N,...",
+                   help="aggregate decode tok/s of N streams decoding together, e.g. 1,2,4,8")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
