@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
 
 def run(args, sampling: dict) -> int:
     from .chat_template import ChatTemplate
+    from .cli import ProgressLine
     from .conversation import Conversation
     from .demo import demo_model_path
     from .generation import make_sampler
@@ -48,7 +49,8 @@ def run(args, sampling: dict) -> int:
     path = args.model or demo_model_path()
     status(f"loading {path} ...")
     t0 = time.perf_counter()
-    model = load(path, dtype=args.dtype, n_threads=args.threads)
+    model = load(path, dtype=args.dtype, n_threads=args.threads,
+                 progress=ProgressLine(f"quantizing to {args.dtype}"))
     conv = Conversation(model, ChatTemplate.for_model(model, args.template), make_sampler(model, sampling),
                         n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens)
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "

@@ -7,6 +7,22 @@ import sys
 import time
 
 DTYPES = ["f32", "bf16", "f16", "q8", "q4"]
+PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than this
+
+
+class ProgressLine:
+    """A progress(done, total) callback for load() and quantize(): one self-overwriting
+    line on stderr, for jobs large enough to take a while."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < PROGRESS_MIN_BYTES:
+            return
+        end = "\n" if done >= total else ""
+        print(f"\rhearthlm: {self.what}: {100 * done // total:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)",
+              end=end, file=sys.stderr, flush=True)
 
 
 def cmd_info(args) -> int:
@@ -17,7 +33,8 @@ def cmd_info(args) -> int:
 
 def cmd_generate(args) -> int:
     from .model import load
-    model = load(args.model, dtype=args.dtype, n_threads=args.threads)
+    model = load(args.model, dtype=args.dtype, n_threads=args.threads,
+                 progress=ProgressLine(f"quantizing to {args.dtype}"))
     stream = model.generate(args.prompt, max_new_tokens=args.max_tokens, stop=args.stop or (), stream=True,
                             **sampling_options(args))
     for piece in stream:
@@ -83,9 +100,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .quant import quantize
+    from .quant_writer import quantize
     t0 = time.perf_counter()
-    dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads)
+    dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads,
+                   progress=ProgressLine(f"quantizing to {args.dtype}"))
     print(f"{dst}: {args.dtype} weights written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

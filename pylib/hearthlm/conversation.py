@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .chat_template import ChatTemplate
-from .errors import InvalidInputError
+from .errors import FileWriteError, InvalidInputError
 from .generation import Generation, TextStream
 from .sampling import Sampler
 
@@ -84,15 +84,18 @@ class Conversation:
         self.last = None
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"messages": self.messages}, f, ensure_ascii=False, indent=1)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"messages": self.messages}, f, ensure_ascii=False, indent=1)
+        except OSError as e:
+            raise FileWriteError(f"{path}: cannot save the conversation: {e.strerror}") from None
 
     def load(self, path: str) -> None:
         """Replace the messages with those saved in `path` (the cache catches up lazily)."""
         try:
             with open(path, encoding="utf-8") as f:
                 messages = json.load(f).get("messages")
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, RecursionError) as e:
             raise InvalidInputError(f"{path}: cannot read a saved conversation: {e}") from None
         if not isinstance(messages, list) or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -110,7 +110,8 @@ class Model:
 
 
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
-         n_threads: Optional[int] = None, head_dtype: Optional[str] = None) -> Model:
+         n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
+         progress: Optional[Callable[[int, int], None]] = None) -> Model:
     """Load a Hugging Face model folder.
 
     dtype: "f32", "bf16", "f16", or quantized "q8" / "q4", for the weights the kernels
@@ -121,6 +122,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     head_dtype: when quantizing on load, the format of the embedding table and LM
     head ("q8" or "q4"; default q8).
     n_threads: OpenMP threads for the kernels; default = physical cores.
+    progress: when quantizing on load, called as progress(done, total) with the
+    source bytes quantized so far (the CLI draws a progress line with it).
     """
     t0 = time.perf_counter()
     folder = os.fspath(path)
@@ -147,9 +150,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
         raise InvalidInputError(
             f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
-    reader = WeightReader(files, dtype, head, n_threads)
+    reader = WeightReader(files, dtype, head, n_threads, progress)
     transformer = Transformer(args, reader, n_threads)
-    reader.progress.finish()
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
     eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation
