@@ -6,25 +6,8 @@ import json
 import sys
 import time
 
-DTYPES = ["f32", "bf16", "f16", "q8", "q4"]
-PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than this
-
-
-class ProgressLine:
-    """A progress(done, total) callback for load() and quantize(): one self-overwriting
-    line on stderr, for jobs large enough to take a while."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __call__(self, done: int, total: int) -> None:
-        if total < PROGRESS_MIN_BYTES:
-            return
-        end = "\n" if done >= total else ""
-        print(f"\rhearthlm: {self.what}: {100 * done // total:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)",
-              end=end, file=sys.stderr, flush=True)
-
-
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_sampling_options, in_flags,
+                       load_for_text, positive_int, sampling_options, thread_count, utf8_text)
 def cmd_info(args) -> int:
     from .cpu import cpu_info
     print(json.dumps(cpu_info(), indent=2))
@@ -32,11 +15,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .model import load
-    model = load(args.model, dtype=args.dtype, n_threads=args.threads,
-                 progress=ProgressLine(f"quantizing to {args.dtype}"))
-    stream = model.generate(args.prompt, max_new_tokens=args.max_tokens, stop=args.stop or (), stream=True,
-                            **sampling_options(args))
+    model = load_for_text(args)
+    stream = model.generate(utf8_text(args.prompt, "--prompt"), max_new_tokens=args.max_tokens,
+                            stop=args.stop or (), stream=True, truncate=args.truncate, **sampling_options(args))
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)
@@ -51,30 +32,6 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .chat_cli import run
     return run(args, sampling_options(args))
-
-
-SAMPLING_FLAGS = (  # (flag, SamplerConfig field, type, help)
-    ("--temperature", "temperature", float, "0 = greedy"),
-    ("--top-k", "top_k", int, "0 = off"),
-    ("--top-p", "top_p", float, "1 = off"),
-    ("--min-p", "min_p", float, "0 = off"),
-    ("--repeat-penalty", "repeat_penalty", float, "1 = off"),
-    ("--repeat-last-n", "repeat_last_n", int, "tokens the penalties look back over"),
-    ("--presence-penalty", "presence_penalty", float, "0 = off"),
-    ("--frequency-penalty", "frequency_penalty", float, "0 = off"),
-    ("--seed", "seed", int, "same seed, same output"),
-)
-
-
-def add_sampling_options(p) -> None:
-    g = p.add_argument_group("sampling (default: the model's generation_config.json, then "
-                             "temperature 0.8, top-k 40, top-p 0.95, min-p 0.05)")
-    for flag, dest, type_, help_ in SAMPLING_FLAGS:
-        g.add_argument(flag, dest=dest, type=type_, help=help_)
-
-
-def sampling_options(args) -> dict:
-    return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
 
 
 def cmd_bench(args) -> int:
@@ -108,29 +65,38 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     from . import chat_cli
-    from .errors import HearthlmError
     from .shapes import SHAPES
 
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="hearthlm", description="Fast CPU inference for Llama-family LLMs")
+    p.add_argument("--version", action="version", version=f"hearthlm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="CPU features and the kernel path in use")
     info.set_defaults(func=cmd_info)
 
-    chat = sub.add_parser("chat", help="chat in the terminal (default model: the bundled demo)")
+    chat = sub.add_parser("chat", help="chat in the terminal (default model: the bundled demo)",
+                          description="Chat with a model in the terminal (default: the bundled demo model).",
+                          epilog=f"{chat_cli.HELP}\n\n{chat_cli.PIPED}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     chat_cli.add_arguments(chat)
     add_sampling_options(chat)
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
-    gen.add_argument("model", help="Hugging Face model folder")
-    gen.add_argument("-p", "--prompt", required=True)
-    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
+    gen.add_argument("-p", "--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-tokens", type=positive_int, default=64,
+                     help="most tokens to generate (default: %(default)s)")
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
-    gen.add_argument("--dtype", choices=DTYPES)
-    gen.add_argument("--threads", type=int)
+    gen.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
+    gen.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    gen.add_argument("--truncate", choices=["left"],
+                     help="a prompt longer than the model's context: drop its oldest tokens "
+                          "(default: refuse it)")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: text, finish_reason, token counts, timings")
     add_sampling_options(gen)
@@ -140,31 +106,37 @@ def main(argv=None) -> int:
     b.add_argument("model", nargs="?", help="model folder (or use --shape)")
     b.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape, no download")
     b.add_argument("--dtype", choices=DTYPES, help="q8/q4 with --shape: bf16 weights quantized on load")
-    b.add_argument("--threads", type=int)
-    b.add_argument("--prompt", type=int, default=512, help="prompt tokens (pp)")
-    b.add_argument("--gen", type=int, default=128, help="generated tokens (tg)")
-    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    b.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (pp; default: %(default)s)")
+    b.add_argument("--gen", type=positive_int, default=128, help="generated tokens (tg; default: %(default)s)")
+    b.add_argument("--reps", type=positive_int, default=3, help="measured runs per engine (default: %(default)s)")
     b.add_argument("--vs", help="comma-separated engines to run side by side: torch, llama.cpp")
     b.add_argument("--plot", metavar="FILE.png", help="also plot decode tok/s against context length")
     b.add_argument("--contexts", default="128,256,512,1024,2048,4096",
                    help="context lengths for --plot (default: %(default)s)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("quantize", help="write a q8/q4 copy of a model folder (loads zero-copy)")
     q.add_argument("src", help="Hugging Face model folder")
     q.add_argument("dst", help="new folder (must not exist or be empty)")
-    q.add_argument("--dtype", choices=["q8", "q4"], default="q4")
+    q.add_argument("--dtype", choices=["q8", "q4"], default="q4",
+                   help="weight format: q8 (8.5 bits/weight) or q4 (4.5); default: %(default)s")
     q.add_argument("--head-dtype", choices=["q8", "q4"],
                    help="embedding table and LM head (default q8)")
-    q.add_argument("--threads", type=int)
+    q.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     q.set_defaults(func=cmd_quantize)
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv=None) -> int:
+    from .errors import HearthlmError
+
+    args = parser().parse_args(argv)
     try:
         return args.func(args)
     except HearthlmError as e:
-        print(f"hearthlm: error: {e}", file=sys.stderr)
+        print(f"hearthlm: error: {in_flags(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

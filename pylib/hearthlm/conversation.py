@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .chat_template import ChatTemplate
-from .errors import FileWriteError, InvalidInputError
+from .errors import ContextOverflowError, FileWriteError, InvalidInputError
 from .generation import Generation, TextStream
 from .sampling import Sampler
 
@@ -44,6 +44,7 @@ class Conversation:
         conversation when the stream ends."""
         messages = self.messages + [{"role": "user", "content": text}]
         ids = self.template.encode(self.model.tokenizer, messages)
+        self._check_turn_fits(ids)
 
         def finish(result: Generation):
             self.messages = messages + [{"role": "assistant", "content": result.text}]
@@ -52,6 +53,17 @@ class Conversation:
 
         return TextStream(self.model, self.session, lambda: self._catch_up(ids), ids, self.sampler,
                           self.max_new_tokens, self.stop, on_finish=finish)
+
+    def _check_turn_fits(self, ids: list[int]) -> None:
+        """Older turns may shift out of the context; the new message itself must fit
+        (otherwise its beginning would be dropped before the model reads its end)."""
+        before = (self.template.encode(self.model.tokenizer, self.messages, add_generation_prompt=False)
+                  if self.messages else [])
+        turn, ring = len(ids) - len(os.path.commonprefix([before, ids])), self.session.n_ctx - self.session.cache.n_keep
+        if turn > ring:
+            raise ContextOverflowError(
+                f"n_ctx: this message needs {turn} tokens, but a context of {self.session.n_ctx} tokens holds at "
+                f"most {ring} beside its first {self.session.cache.n_keep}; use a larger n_ctx or a shorter message")
 
     def _catch_up(self, ids: list[int]) -> tuple[np.ndarray, int]:
         """Make the session hold the conversation `ids`; -> (last logits, tokens fed)."""

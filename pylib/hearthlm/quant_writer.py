@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Callable, Optional
 
-from .errors import FileWriteError, InvalidInputError, ModelFormatError
+from .errors import FileWriteError, InvalidInputError
 from .quant import (FORMAT_NAME, FORMAT_VERSION, HEAD_TENSORS, QUANT_DTYPES, QUANTIZER_SOURCES,
                     head_dtype_for, packed_shape, quantize_tensor, read_quant_metadata)
 from .safetensors_io import CheckpointFiles, write_safetensors
@@ -40,14 +40,13 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
     q8). `dst` must not exist or be an empty folder. progress(done, total), if given,
     is called with the source bytes quantized so far. Returns dst."""
     from .cpu import physical_cores
+    from .model import model_folder
     from .models import model_args, read_config
 
     if dtype not in QUANT_DTYPES:
         raise InvalidInputError(f"dtype: expected one of {', '.join(QUANT_DTYPES)}, got {dtype!r}")
     head = head_dtype_for(dtype, head_dtype)
-    src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
-    if not os.path.isdir(src):
-        raise ModelFormatError(f"{src}: not a directory (expected a Hugging Face model folder)")
+    src, dst = model_folder(src), os.path.abspath(os.fspath(dst))
     check_destination(dst)
     model_args(read_config(src), os.path.join(src, "config.json"))  # an architecture we can run
     files = CheckpointFiles(src)
