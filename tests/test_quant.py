@@ -308,20 +308,22 @@ def test_quantized_models_stay_close_to_transformers_f32(model_dir, variant):
     those errors are independent and average out over each dot product, so logits move
     by well under 1 % and KL(f32 || q8) stays ~1e-4 on these models (measured max
     2.4e-4): the bound 1e-3 leaves 4x margin, and top-1 must agree at >= 90 % even though
-    random tiny models have nearly flat outputs. q4 (16 levels) is far coarser: only
-    sanity-checked here; the numbers are printed (pytest -s)."""
+    random tiny models have nearly flat outputs. q4 (16 levels) is far coarser: it must
+    stay below KL 0.1 (measured 4e-3..3.6e-2), and a q8 embedding table and LM head
+    must beat a q4 one on every model (measured 15-45 % lower KL; quant.HEAD_TENSORS)."""
     import tiny_models
     folder = model_dir(variant)
     vocab = hearthlm.load(folder).vocab_size
     ids = np.random.default_rng(1).integers(0, vocab, 64).tolist()
     ref = tiny_models.reference_logits(folder, ids)
-    stats = {}
+    kl, q8 = {}, None
     for dtype, head in [("q8", "q8"), ("q4", "q8"), ("q4", "q4")]:
         ours = hearthlm.load(folder, dtype=dtype, head_dtype=head).logits(ids)
-        stats[f"{dtype}/{head}"] = (mean_kl(ref, ours), float(np.mean(ours.argmax(-1) == ref.argmax(-1))))
-    print(variant, {k: f"KL {kl:.2e} top-1 {t:.3f}" for k, (kl, t) in stats.items()})
-    assert stats["q8/q8"][0] <= 1e-3 and stats["q8/q8"][1] >= 0.9
-    assert stats["q8/q8"][0] < stats["q4/q8"][0] < 0.1
+        kl[f"{dtype}/{head}"] = mean_kl(ref, ours)
+        q8 = ours if dtype == "q8" else q8
+    top1 = float(np.mean(q8.argmax(-1) == ref.argmax(-1)))
+    assert kl["q8/q8"] <= 1e-3 and top1 >= 0.9, (kl, top1)
+    assert kl["q8/q8"] < kl["q4/q8"] < kl["q4/q4"] < 0.1, kl
 
 
 def test_prequantized_folder_loads_in_place_with_identical_logits(model_dir, tmp_path):

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import _kernels
+from .bench_peers import PEERS, EngineRuns, PeerUnavailableError
 from .errors import InvalidInputError
 from .model import Model, load
 
@@ -35,13 +36,6 @@ def weight_bytes_per_token(model: Model) -> int:
                 for lin in (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj,
                             layer.gate_proj, layer.up_proj, layer.down_proj))
     return total + t.lm_head.weight.nbytes
-
-
-@dataclass
-class EngineRuns:
-    prefill_s: list = field(default_factory=list)
-    decode_token_s: list = field(default_factory=list)  # every decode step of every rep
-    decode_s: list = field(default_factory=list)        # whole decode phase per rep
 
 
 @dataclass
@@ -91,7 +85,6 @@ class HearthlmRunner:
 
 
 def make_runners(model: Model, folder: str, n_ctx: int, vs) -> list:
-    from .bench_peers import PEERS, PeerUnavailableError
     runners = [HearthlmRunner(model, n_ctx)]
     for name in vs:
         if name not in PEERS:

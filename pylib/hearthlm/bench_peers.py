@@ -4,12 +4,20 @@ extras (`pip install hearthlm[bench]`), imported only when asked for."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bench import EngineRuns
 from .errors import HearthlmError
 from .gguf_export import export_gguf
+
+
+@dataclass
+class EngineRuns:
+    """Timings of one engine (hearthlm or a peer), filled by its runner's run()."""
+    prefill_s: list = field(default_factory=list)
+    decode_token_s: list = field(default_factory=list)  # every decode step of every rep
+    decode_s: list = field(default_factory=list)        # whole decode phase per rep
 
 
 class PeerUnavailableError(HearthlmError, RuntimeError):

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, generation
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -63,11 +63,10 @@ class Model:
         """Logits at every position of a fresh sequence: float32 [len(token_ids), vocab].
         More tokens than the context: ContextOverflowError, or with truncate="left" the
         logits of the last max_position_embeddings tokens (fewer rows)."""
-        from .generation import fit_context
         ids = self.check_ids(token_ids)
         if len(ids) == 0:
             raise InvalidInputError("token_ids: empty sequence")
-        ids = fit_context(ids, self.args.max_position_embeddings, truncate, "token_ids")[0]
+        ids = generation.fit_context(ids, self.args.max_position_embeddings, truncate, "token_ids")[0]
         return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
 
     def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
@@ -91,8 +90,8 @@ class Model:
         A prompt longer than the context raises ContextOverflowError; truncate="left"
         drops its oldest tokens instead (leaving room for max_new_tokens, at most half
         the context) and the Generation's truncated_tokens says how many."""
-        from .generation import generate
-        return generate(self, prompt, max_new_tokens, stop, stream, return_result, truncate, **sampling)
+        return generation.generate(self, prompt, max_new_tokens, stop, stream, return_result, truncate,
+                                   **sampling)
 
     def chat(self, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
              stream: bool = False, return_result: bool = False, template: Optional[str] = None,
@@ -101,8 +100,7 @@ class Model:
         "Hi"}]), rendered by the model's chat template or `template` (a built-in name
         such as "chatml", or a .jinja file). Options and results as generate();
         truncate="left" drops the oldest tokens of the rendered conversation."""
-        from .generation import chat
-        return chat(self, messages, max_new_tokens, stop, stream, return_result, template, truncate,
+        return generation.chat(self, messages, max_new_tokens, stop, stream, return_result, template, truncate,
                     **sampling)
 
     def generate_ids(self, prompt: Union[str, Sequence[int]], max_new_tokens: int) -> list[int]:
