@@ -11,6 +11,7 @@ from .demo import demo_model_path
 from .errors import (ContextOverflowError, FileWriteError, HearthlmError, InvalidInputError,
                      ModelFormatError, SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
+from .perplexity import perplexity
 from .quant_writer import quantize
 from .session import Session
 
@@ -21,5 +22,5 @@ apply_isa_from_environment()
 __all__ = [
     "ContextOverflowError", "FileWriteError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
     "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info",
-    "demo_model_path", "load", "quantize", "select_isa",
+    "demo_model_path", "load", "perplexity", "quantize", "select_isa",
 ]

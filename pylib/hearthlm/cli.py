@@ -56,6 +56,36 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    from .errors import InvalidInputError
+    from .model import load
+    from .perplexity import perplexity
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"{args.file}: cannot read the text: {getattr(e, 'strerror', None) or e}") from None
+    model = load_for_text(args)
+    base = None
+    if args.kl_base:
+        base = load(args.kl_base, n_threads=args.threads)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rhearthlm: perplexity: chunk {done}/{total}", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+    result = perplexity(model, text, n_ctx=args.ctx, base=base, max_chunks=args.chunks, progress=progress)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    print(f"perplexity {result.perplexity:.4f} +/- {result.uncertainty:.5f} over {result.tokens} tokens "
+          f"({result.chunks} chunks of {result.n_ctx})")
+    if base is not None:
+        print(f"base perplexity {result.base_perplexity:.4f}; KL divergence {result.kl_divergence:.6f} "
+              f"+/- {result.kl_divergence_uncertainty:.6f} nats/token; same top token {100 * result.same_top_token:.2f} %")
+    return 0
+
+
 def cmd_quantize(args) -> int:
     from .quant_writer import quantize
     t0 = time.perf_counter()
@@ -116,6 +146,20 @@ def parser() -> argparse.ArgumentParser:
                    help="context lengths for --plot (default: %(default)s)")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=cmd_bench)
+
+    ppl = sub.add_parser("perplexity", help="perplexity on a text file (llama.cpp's method), KL to a base model")
+    ppl.add_argument("model", help="Hugging Face model folder")
+    ppl.add_argument("file", help="UTF-8 text file, e.g. wikitext-2's wiki.test.raw")
+    ppl.add_argument("--ctx", type=positive_int, default=512,
+                     help="tokens per chunk; the second half of each is scored (default: %(default)s)")
+    ppl.add_argument("--chunks", type=positive_int, help="score at most this many chunks (default: all)")
+    ppl.add_argument("--kl-base", metavar="BASE_MODEL",
+                     help="also score a base model (e.g. the unquantized folder): KL divergence, same top token")
+    ppl.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
+    ppl.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    ppl.add_argument("--json", action="store_true",
+                     help='print one JSON object: {"perplexity": ..., "tokens": ..., ...}')
+    ppl.set_defaults(func=cmd_perplexity)
 
     q = sub.add_parser("quantize", help="write a q8/q4 copy of a model folder (loads zero-copy)")
     q.add_argument("src", help="Hugging Face model folder")

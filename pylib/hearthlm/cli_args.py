@@ -63,7 +63,8 @@ def thread_count(text: str) -> int:
 # are mapped wherever they appear; plain words only before ':' or '=' (as in "dtype: ...").
 FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max-tokens",
             "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
-            "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt"}
+            "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
+            "base": "--kl-base"}
 
 
 def in_flags(message: str) -> str:
