@@ -126,3 +126,21 @@ def test_chat_prompt_past_the_context_and_bad_bytes_are_one_line_each(chat_model
     assert r.returncode == 0 and b"Traceback" not in r.stderr
     assert b"error: input line 1: not valid UTF-8 (byte 0xe9 at character 3)" in r.stderr
     assert r.stdout.count(b"\n") == 1  # the second line was answered
+
+
+def test_bench_options_are_checked_before_it_runs(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path / "cache"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    assert cli.main(["bench", "--shape", "tiny", "--plot", str(tmp_path / "p.png")]) == 1
+    assert "--plot needs matplotlib (not installed): pip install 'hearthlm[bench]'" in capsys.readouterr().err
+    assert cli.main(["bench", "--shape", "tiny", "--vs", "torch,nope"]) == 1
+    assert "--vs: unknown engine nope (known: torch, llama.cpp)" in capsys.readouterr().err
+    assert cli.main(["bench", "--shape", "tiny", "--plot", str(tmp_path / "no" / "p.png")]) == 1
+    assert "no folder" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # refused before building the shape
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--shape", "tiny", "--contexts", "128,x"])
+    assert "argument --contexts: expected comma-separated positive integers" in capsys.readouterr().err

@@ -88,7 +88,7 @@ def make_runners(model: Model, folder: str, n_ctx: int, vs) -> list:
     runners = [HearthlmRunner(model, n_ctx)]
     for name in vs:
         if name not in PEERS:
-            raise PeerUnavailableError(f"--vs: unknown engine '{name}' (known: {', '.join(PEERS)})")
+            raise PeerUnavailableError(f"vs: unknown engine '{name}' (known: {', '.join(PEERS)})")
         runners.append(PEERS[name](folder, model.dtype, model.n_threads, n_ctx))
     return runners
 
@@ -167,7 +167,7 @@ def plot_sweep(sweep: dict, path: str) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise InvalidInputError("--plot needs matplotlib (pip install 'hearthlm[bench]')") from None
+        raise InvalidInputError("plot_sweep needs matplotlib (pip install 'hearthlm[bench]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

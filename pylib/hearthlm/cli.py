@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
 
@@ -34,20 +36,45 @@ def cmd_chat(args) -> int:
     return run(args, sampling_options(args))
 
 
+def check_bench_options(vs: list, plot) -> None:
+    """What --vs and --plot need, checked before minutes of benchmarking."""
+    from .bench_peers import PEERS
+    from .errors import InvalidInputError
+    unknown = [v for v in vs if v not in PEERS]
+    if unknown:
+        raise InvalidInputError(f"--vs: unknown engine {', '.join(unknown)} (known: {', '.join(PEERS)})")
+    if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
+        raise InvalidInputError(f"--plot {plot}: no folder {os.path.dirname(os.path.abspath(plot))} to write it in")
+    needs = [(f"--vs {v}", PEERS[v].requires) for v in vs] + ([("--plot", ("matplotlib",))] if plot else [])
+    for what, modules in needs:
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InvalidInputError(f"{what} needs {' and '.join(missing)} (not installed): "
+                                    f"pip install 'hearthlm[bench]'")
+
+
+def context_list(text: str) -> list:
+    """argparse type for --contexts: comma-separated positive integers."""
+    try:
+        return [positive_int(c) for c in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+
+
 def cmd_bench(args) -> int:
     from .bench import format_report, plot_sweep, run_bench, run_context_sweep
     from .shapes import random_model_folder
     if (args.model is None) == (args.shape is None):
         print("hearthlm bench: give a MODEL folder or --shape NAME", file=sys.stderr)
         return 2
+    vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
+    check_bench_options(vs, args.plot)
     stored = args.dtype if args.dtype in ("f32", "bf16", "f16") else "bf16"  # q8/q4: quantized on load
     folder = args.model or random_model_folder(args.shape, stored)
-    vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
                        n_gen=args.gen, reps=args.reps, vs=vs)
     if args.plot:
-        contexts = [int(c) for c in args.contexts.split(",")]
-        report["context_sweep"] = run_context_sweep(folder, contexts, dtype=args.dtype,
+        report["context_sweep"] = run_context_sweep(folder, args.contexts, dtype=args.dtype,
                                                     n_threads=args.threads, vs=vs)
         plot_sweep(report["context_sweep"], args.plot)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -142,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=positive_int, default=3, help="measured runs per engine (default: %(default)s)")
     b.add_argument("--vs", help="comma-separated engines to run side by side: torch, llama.cpp")
     b.add_argument("--plot", metavar="FILE.png", help="also plot decode tok/s against context length")
-    b.add_argument("--contexts", default="128,256,512,1024,2048,4096",
+    b.add_argument("--contexts", type=context_list, default="128,256,512,1024,2048,4096",
                    help="context lengths for --plot (default: %(default)s)")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=cmd_bench)

@@ -64,7 +64,7 @@ def thread_count(text: str) -> int:
 FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max-tokens",
             "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
             "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
-            "base": "--kl-base"}
+            "base": "--kl-base", "vs": "--vs"}
 
 
 def in_flags(message: str) -> str:
