@@ -109,7 +109,8 @@ def cmd_perplexity(args) -> int:
           f"({result.chunks} chunks of {result.n_ctx})")
     if base is not None:
         print(f"base perplexity {result.base_perplexity:.4f}; KL divergence {result.kl_divergence:.6f} "
-              f"+/- {result.kl_divergence_uncertainty:.6f} nats/token; same top token {100 * result.same_top_token:.2f} %")
+              f"+/- {result.kl_divergence_uncertainty:.6f} nats/token; "
+              f"same top token {100 * result.same_top_token:.2f} %")
     return 0
 
 

@@ -81,9 +81,10 @@ def perplexity(model, text: str, n_ctx: int = 512, base=None, max_chunks: Option
     """Perplexity of `model` on `text` (see the module docstring). base: another Model
     with the same vocabulary for KL divergence and top-token agreement. max_chunks:
     score at most this many chunks. progress(done, total) is called after each chunk."""
-    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not MIN_CTX <= n_ctx <= model.args.max_position_embeddings:
-        raise InvalidInputError(f"n_ctx: expected an integer in [{MIN_CTX}, {model.args.max_position_embeddings}] "
-                                f"(the model's context), got {n_ctx!r}")
+    context = model.args.max_position_embeddings
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not MIN_CTX <= n_ctx <= context:
+        raise InvalidInputError(f"n_ctx: expected an integer in [{MIN_CTX}, {context}] (the model's context), "
+                                f"got {n_ctx!r}")
     if base is not None and base.vocab_size != model.vocab_size:
         raise InvalidInputError(f"base: its vocabulary has {base.vocab_size} tokens, the model's {model.vocab_size}; "
                                 f"KL divergence needs the same tokens")
