@@ -144,3 +144,8 @@ def test_bench_options_are_checked_before_it_runs(tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         cli.main(["bench", "--shape", "tiny", "--contexts", "128,x"])
     assert "argument --contexts: expected comma-separated positive integers" in capsys.readouterr().err
+
+
+def test_context_larger_than_the_model_names_the_flag(chat_model_dir, capsys):
+    assert cli.main(["chat", chat_model_dir("bpe"), "--ctx", "300"]) == 1
+    assert "hearthlm: error: --ctx 300 exceeds the model's context of 256 tokens" in capsys.readouterr().err

@@ -95,3 +95,12 @@ def test_cli_json(folder, tmp_path, capsys):
     text.write_text("short", encoding="utf-8")
     assert cli.main(["perplexity", folder, str(text), "--ctx", "8"]) == 1
     assert "needs at least 16 (two chunks)" in capsys.readouterr().err
+
+
+def test_row_blocks_do_not_change_the_result(folder, monkeypatch):
+    from hearthlm import perplexity_eval as ppl
+    model = hearthlm.load(folder)
+    whole = ppl.perplexity(model, TEXT, n_ctx=N_CTX, base=model)
+    monkeypatch.setattr(ppl, "ROWS", 4)  # 15 scored positions per chunk: blocks of 4, 4, 4, 3
+    blocks = ppl.perplexity(model, TEXT, n_ctx=N_CTX, base=model)
+    assert blocks.perplexity == pytest.approx(whole.perplexity, rel=1e-12) and blocks.tokens == whole.tokens

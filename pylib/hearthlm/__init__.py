@@ -11,7 +11,7 @@ from .demo import demo_model_path
 from .errors import (ContextOverflowError, FileWriteError, HearthlmError, InvalidInputError,
                      ModelFormatError, SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
-from .perplexity import perplexity
+from .perplexity_eval import perplexity
 from .quant_writer import quantize
 from .session import Session
 

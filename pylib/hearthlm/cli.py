@@ -86,7 +86,7 @@ def cmd_bench(args) -> int:
 def cmd_perplexity(args) -> int:
     from .errors import InvalidInputError
     from .model import load
-    from .perplexity import perplexity
+    from .perplexity_eval import perplexity
     try:
         with open(args.file, encoding="utf-8") as f:
             text = f.read()

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import InvalidInputError
 
 MIN_CTX = 4  # a chunk must score at least one token from its second half
+ROWS = 64    # scored positions turned into float64 log-probabilities at a time
 
 
 @dataclass
@@ -112,17 +113,19 @@ def perplexity(model, text: str, n_ctx: int = 512, base=None, max_chunks: Option
         chunk = ids[c * n_ctx:(c + 1) * n_ctx].copy()
         if add_bos:
             chunk[0] = bos
-        targets = chunk[first + 1:]
-        logp = []
+        logits = []
         for s in sessions:
             s.reset()
-            logp.append(log_softmax(s.feed(chunk, all_logits=True)[first:-1]))
-        rows = np.arange(len(targets))
-        nll.add(-logp[0][rows, targets])
-        if base is not None:
-            base_nll.add(-logp[1][rows, targets])
-            kl.add((np.exp(logp[1]) * (logp[1] - logp[0])).sum(axis=-1))
-            same += int((logp[0].argmax(-1) == logp[1].argmax(-1)).sum())
+            logits.append(s.feed(chunk, all_logits=True)[first:-1])
+        for r in range(0, len(logits[0]), ROWS):  # float64 rows a block at a time (vocabularies are large)
+            targets = chunk[first + 1 + r:first + 1 + r + ROWS]
+            logp = [log_softmax(x[r:r + ROWS]) for x in logits]
+            picked = np.arange(len(targets))
+            nll.add(-logp[0][picked, targets])
+            if base is not None:
+                base_nll.add(-logp[1][picked, targets])
+                kl.add((np.exp(logp[1]) * (logp[1] - logp[0])).sum(axis=-1))
+                same += int((logp[0].argmax(-1) == logp[1].argmax(-1)).sum())
         running.append(math.exp(nll.mean))
         if progress is not None:
             progress(c + 1, n_chunks)
