@@ -57,8 +57,12 @@ class Conversation:
     def _check_turn_fits(self, ids: list[int]) -> None:
         """Older turns may shift out of the context; the new message itself must fit
         (otherwise its beginning would be dropped before the model reads its end)."""
-        before = (self.template.encode(self.model.tokenizer, self.messages, add_generation_prompt=False)
-                  if self.messages else [])
+        before = []  # what was there before this turn: nothing on the first one
+        if any(m["role"] == "assistant" for m in self.messages):
+            try:
+                before = self.template.encode(self.model.tokenizer, self.messages, add_generation_prompt=False)
+            except InvalidInputError:  # a template that renders only conversations ending with a user
+                pass
         turn, ring = len(ids) - len(os.path.commonprefix([before, ids])), self.session.n_ctx - self.session.cache.n_keep
         if turn > ring:
             raise ContextOverflowError(
