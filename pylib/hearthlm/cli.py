@@ -1,4 +1,4 @@
-"""The `hearthlm` command: chat, generate, bench, quantize, info."""
+"""The `hearthlm` command: chat, generate, serve, bench, quantize, info."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,11 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.command import run
+    return run(args)
+
+
 def main(argv=None) -> int:
     from . import chat_cli
     from .errors import HearthlmError
@@ -141,6 +146,11 @@ def main(argv=None) -> int:
                    help="embedding table and LM head (default q8)")
     q.add_argument("--threads", type=int)
     q.set_defaults(func=cmd_quantize)
+
+    from .serve import command as serve_command
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (default model: the bundled demo)")
+    serve_command.add_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
 
     args = p.parse_args(argv)
     try:
