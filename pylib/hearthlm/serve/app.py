@@ -235,7 +235,7 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     job = Job(prompt, max_tokens, sampler, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-              stop=req.stop, top_logprobs=req.top_logprobs, context=context)
+              stop=req.stop, top_logprobs=req.top_logprobs, context=context, ignore_eos=req.ignore_eos)
     try:
         s.scheduler.submit(job)
     except Overloaded as e:

@@ -52,6 +52,7 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     top_logprobs: Optional[int] = None  # None: no logprobs
+    ignore_eos: bool = False            # vLLM's and llama.cpp's extension: run to max_tokens
 
 
 # -- field checks --------------------------------------------------------------------
@@ -98,7 +99,9 @@ def _bool(body, name) -> bool:
 
 
 def _unsupported(body, name, allowed=(None,)):
-    if body.get(name) not in allowed and body.get(name) != [] and body.get(name) != {}:
+    """A field this server does not implement may only be absent, empty or `allowed`."""
+    value = body.get(name)
+    if value not in allowed and value not in ([], {}):
         raise invalid(name, "is not supported by this server", "unsupported_parameter")
 
 
@@ -147,7 +150,7 @@ def _common(body: dict, kind: str) -> Request:
     if seed is not None:
         sampling["seed"] = seed % 2**64
     return Request(kind=kind, model=model, sampling=sampling, stop=stop, stream=stream,
-                   include_usage=include_usage)
+                   include_usage=include_usage, ignore_eos=_bool(body, "ignore_eos"))
 
 
 def parse_chat(body) -> Request:

@@ -80,6 +80,7 @@ class Job:
     stop: Sequence[str] = ()
     top_logprobs: Optional[int] = None    # None: no log-probabilities; k: the token's and the top k
     context: Sequence[int] = ()           # ids the detokenizer continues (e.g. the prompt's tail)
+    ignore_eos: bool = False              # run to max_tokens (benchmarks)
     cancelled: bool = False
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -279,7 +280,7 @@ class Scheduler:
         """Sample the slot's next token, emit its text; -> tokens generated (0 or 1)."""
         job = slot.job
         token = job.sampler.sample(logits)
-        if token in self._eos:
+        if token in self._eos and not job.ignore_eos:
             self._finish(slot, "eos")
             return 0
         job.sampler.accept(token)
