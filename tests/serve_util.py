@@ -1,8 +1,11 @@
-"""A hearthlm.serve app run by uvicorn on 127.0.0.1, on a free port, in a background thread."""
+"""A hearthlm.serve app run by uvicorn on 127.0.0.1 on a free port: in a background
+thread (serve), or as `hearthlm serve` in a child process (serve_process)."""
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -69,3 +72,33 @@ def slow_steps(scheduler, seconds: float, batches: list | None = None):
 
     scheduler._forward_step = slowed
     return lambda: vars(scheduler).pop("_forward_step", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, env=None, timeout: float = 120.0):
+    """`hearthlm serve ARGS --port P` in a child process; -> (url, process) once /health is 200."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hearthlm", "serve", *args, "--port", str(port),
+                             "--log-level", "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, "hearthlm serve exited"
+            assert time.monotonic() < end, "hearthlm serve did not become ready"
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)

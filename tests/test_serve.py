@@ -1,5 +1,6 @@
 """hearthlm serve: the real `openai` client and raw HTTP against uvicorn on 127.0.0.1."""
 import concurrent.futures
+import gc
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from hearthlm.demo import demo_model_path
 from hearthlm.serve import create_app
 from hearthlm.serve.scheduler import Finished, Job, Scheduler
 from hearthlm.generation import make_sampler
-from serve_util import serve, slow_steps
+from serve_util import free_port, serve, serve_process, slow_steps
 
 QUESTIONS = ["What is 12 plus 7?", "What is 3 times 4?", "What is 20 minus 5?", "What is 9 plus 9?",
              "What is 6 times 7?", "What is 15 minus 8?", "What is 2 plus 2?", "What is 8 times 3?"]
@@ -175,6 +176,18 @@ def test_eight_concurrent_clients_are_batched(demo, client, server):
         restore()
     assert replies == expected
     assert max(batches) == 4  # all four slots ran in one step; the other requests queued
+
+
+def test_no_job_outlives_its_request(client, server):
+    def ask(i):
+        r = client.chat.completions.create(model=NAME, messages=user(QUESTIONS[i]), max_tokens=8, stream=i % 2 == 0)
+        return list(r) if i % 2 == 0 else r
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(ask, range(len(QUESTIONS))))
+    assert server.wait_idle(2.0)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, Job)] == []
 
 
 def test_follow_up_turn_reuses_the_cached_prefix(demo, client):
@@ -426,28 +439,11 @@ def test_scheduler_runs_jobs_together_like_generate(demo):
 
 
 def test_serve_command(tmp_path):
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HEARTHLM_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "hearthlm", "serve", "--port", str(port), "--parallel", "2",
-                             "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            time.sleep(0.05)
+    with serve_process("--parallel", "2", env={**os.environ, "HEARTHLM_API_KEY": KEY}) as (url, _):
+        assert httpx.get(url + "/v1/models").status_code == 401
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         r = c.chat.completions.create(model="hearthlm-demo", messages=user("What is 12 plus 7?"), max_tokens=8)
         assert r.model == "hearthlm-demo" and r.choices[0].message.content
-    finally:
-        proc.terminate()
-        proc.wait(30)
     bad = subprocess.run([sys.executable, "-m", "hearthlm", "serve", str(tmp_path / "missing"), "--port",
-                          str(port)], capture_output=True, text=True, timeout=60)
+                          str(free_port())], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "hearthlm: error:" in bad.stderr and "not a directory" in bad.stderr

@@ -205,15 +205,9 @@ class Scheduler:
     # -- the worker thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._queue and self.busy_slots == 0:
-                    self._cond.wait()
-                if self._closed:
-                    break
-                admitted = self._take_jobs()
-            for job in admitted:
-                self._admit(job)
+        # Each step is a call, so no finished job stays referenced by a local here.
+        while self._wait_for_work():
+            self._admit_queued()
             self._step()
         gone = Unavailable("the server is shutting down")
         for slot in self.slots:
@@ -222,16 +216,25 @@ class Scheduler:
         while self._queue:
             self._emit(self._queue.popleft(), Failed(gone))
 
-    def _take_jobs(self) -> list[Job]:
-        free = sum(s.job is None for s in self.slots)
-        taken = []
-        while self._queue and len(taken) < free:
-            job = self._queue.popleft()
+    def _wait_for_work(self) -> bool:
+        """Sleep until a job is queued or a slot is busy; False once closed."""
+        with self._cond:
+            while not self._closed and not self._queue and self.busy_slots == 0:
+                self._cond.wait()
+            return not self._closed
+
+    def _admit_queued(self) -> None:
+        with self._cond:
+            free = sum(s.job is None for s in self.slots)
+            taken = []
+            while self._queue and len(taken) < free:
+                taken.append(self._queue.popleft())
+        for job in taken:
             if job.cancelled:
+                self.stats.finished["cancelled"] += 1
                 self._emit(job, Finished("cancelled", len(job.prompt_ids), 0, 0))
             else:
-                taken.append(job)
-        return taken
+                self._admit(job)
 
     def _admit(self, job: Job) -> None:
         """Put a job in the free slot sharing the longest prefix with its prompt."""
