@@ -140,8 +140,8 @@ class Scheduler:
     def __init__(self, model, parallel: int, n_ctx: Optional[int] = None, max_queue: Optional[int] = None,
                  kv_dtype: str = "f32", prefill_chunk: int = PREFILL_CHUNK):
         """parallel: slots (sequences decoded together); n_ctx: tokens per slot (default:
-        the model's context, at most 4096); max_queue: jobs waiting for a slot before
-        submit() refuses (default 4 x parallel)."""
+        the model's context, at most 4096); max_queue: jobs waiting while every slot is
+        busy before submit() refuses (default 4 x parallel)."""
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
             raise InvalidInputError(f"parallel: expected a positive integer, got {parallel!r}")
         if max_queue is None:
@@ -175,7 +175,8 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise Unavailable("the server is shutting down")
-            if len(self._queue) >= self.max_queue:
+            free = sum(s.job is None for s in self.slots)  # queued jobs go there at the next step
+            if len(self._queue) >= self.max_queue + free:
                 raise Overloaded(f"all {len(self.slots)} slots are busy and {len(self._queue)} "
                                  "requests are waiting")
             self._queue.append(job)
