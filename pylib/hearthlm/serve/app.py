@@ -137,18 +137,22 @@ def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[in
     for a slot before 429 (default 4 x parallel); api_key: required as
     `Authorization: Bearer KEY` (all but /health); max_tokens: the most a request may
     ask for (default n_ctx); template: a chat template instead of the model's own."""
-    load: Callable = model if callable(model) else (lambda: model)
+    loaded = not callable(model)
+    load: Callable = (lambda: model) if loaded else model
     state = State(load, dict(model_name=model_name, parallel=parallel, n_ctx=n_ctx, max_queue=max_queue,
                              max_tokens=max_tokens, kv_dtype=kv_dtype, template=template), on_load_error)
     metrics = Metrics(lambda: state.scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        loading = asyncio.get_running_loop().run_in_executor(None, state.start)
+        if loaded:  # only the slots to make: ready before the first request
+            state.start()
+        loading = None if loaded else asyncio.get_running_loop().run_in_executor(None, state.start)
         try:
             yield
         finally:
-            await loading
+            if loading is not None:
+                await loading
             await run_in_threadpool(state.close)
 
     async def chat_completions(request):
