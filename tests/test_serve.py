@@ -325,6 +325,26 @@ def test_malformed_requests_get_400(server, path, body, param):
     assert server.wait_idle(2.0)
 
 
+ODD_VALUES = [None, True, "x", -1, 0, 0.5, 1e308, 10**30, [], {}, [1], {"a": 1}, float("nan")]
+FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+          "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "stop", "n", "stream",
+          "stream_options", "logprobs", "top_logprobs", "user", "ignore_eos", "tools", "tool_choice",
+          "response_format", "logit_bias"]
+
+
+@pytest.mark.parametrize("path, base, extra", [
+    (CHAT, {"messages": user("hi"), "max_tokens": 2}, ["messages"]),
+    (COMPLETIONS, {"prompt": "hi", "max_tokens": 2}, ["prompt", "echo", "suffix", "best_of"])])
+def test_no_field_value_gives_a_500(server, path, base, extra):
+    with httpx.Client(timeout=30) as c:
+        for field in FIELDS + extra:
+            for value in ODD_VALUES:
+                r = c.post(server.url + path, content=json.dumps({**base, field: value}))
+                assert r.status_code in (200, 400), (field, value, r.text)
+                assert r.status_code == 200 or set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert server.wait_idle(2.0)
+
+
 def test_the_openai_client_sees_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=NAME, messages=user("hi"), n=2)

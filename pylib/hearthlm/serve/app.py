@@ -233,6 +233,8 @@ def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[in
 async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> Response:
     t0 = time.perf_counter()
     s = state.ready()
+    if req.stop and s.model.tokenizer is None:
+        raise P.invalid("stop", "stop strings need a tokenizer, and this model has none")
     prompt, context = await run_in_threadpool(s.prompt_ids, req)
     max_tokens = s.reply_tokens(req, len(prompt))
     sampler = make_sampler(s.model, req.sampling)

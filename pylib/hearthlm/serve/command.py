@@ -10,6 +10,7 @@ import sys
 from ..cli import DTYPES
 
 API_KEY_ENV = "HEARTHLM_API_KEY"
+GRACE_SECONDS = 10  # on Ctrl-C / SIGTERM, streams still open after this are cut
 
 
 def _positive(text: str) -> int:
@@ -72,7 +73,8 @@ def run(args) -> int:
                      parallel=args.parallel, n_ctx=args.ctx, max_queue=args.queue, api_key=args.api_key,
                      max_body_bytes=args.max_body, max_tokens=args.max_tokens, kv_dtype=args.kv_dtype,
                      template=args.template, on_load_error=load_failed)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=GRACE_SECONDS))
     print(f"hearthlm serve: loading {path}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     server.run()
     return 1 if failures else 0

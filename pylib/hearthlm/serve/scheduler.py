@@ -183,10 +183,17 @@ class Scheduler:
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """Stop a job (queued or running); its slot is free before the next step."""
+        """Stop a job: a queued one leaves the queue now, a running one frees its slot
+        before the next step."""
         with self._cond:
             job.cancelled = True
-            self._cond.notify()
+            try:
+                self._queue.remove(job)
+            except ValueError:  # running, finished, or taken by the worker this moment
+                self._cond.notify()
+                return
+            self.stats.finished["cancelled"] += 1
+        self._emit(job, Finished("cancelled", len(job.prompt_ids), 0, 0))
 
     @property
     def queue_depth(self) -> int:
