@@ -187,7 +187,7 @@ def test_no_job_outlives_its_request(client, server):
         assert all(pool.map(ask, range(len(QUESTIONS))))
     assert server.wait_idle(2.0)
     gc.collect()
-    assert [o for o in gc.get_objects() if isinstance(o, Job)] == []
+    assert [o for o in gc.get_objects() if type(o) is Job] == []
 
 
 def test_follow_up_turn_reuses_the_cached_prefix(demo, client):
@@ -256,6 +256,26 @@ def test_overload_is_refused_with_retry_after(endless):
         assert endless.wait_idle(2.0)  # the queued request left the queue when its client closed
     finally:
         restore()
+
+
+@pytest.mark.parametrize("method", ["_forward_step", "_sample"])
+def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, method):
+    def broken(*args):
+        raise RuntimeError("injected failure")
+
+    setattr(server.scheduler, method, broken)
+    try:
+        r = httpx.post(server.url + CHAT, json={"messages": user("hi"), "max_tokens": 4}, timeout=30)
+        assert r.status_code == 500 and "injected failure" in r.json()["error"]["message"]
+        body = {"messages": user("hi"), "max_tokens": 4, "stream": True}
+        with httpx.stream("POST", server.url + CHAT, json=body, timeout=30) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert "injected failure" in json.loads(lines[-2][6:])["error"]["message"] and lines[-1] == "data: [DONE]"
+    finally:
+        vars(server.scheduler).pop(method)
+    assert server.wait_idle(2.0)
+    r = httpx.post(server.url + CHAT, json={"messages": user("What is 1 plus 1?"), "max_tokens": 4}, timeout=30)
+    assert r.status_code == 200
 
 
 # -- malformed requests ------------------------------------------------------------

@@ -215,8 +215,14 @@ class Scheduler:
     def _run(self) -> None:
         # Each step is a call, so no finished job stays referenced by a local here.
         while self._wait_for_work():
-            self._admit_queued()
-            self._step()
+            try:
+                self._admit_queued()
+                self._step()
+            except Exception as e:  # noqa: BLE001  a bug: fail the running jobs rather than hang them
+                for slot in self.slots:
+                    if slot.job is not None:
+                        slot.session.reset()
+                        self._end(slot, Failed(e))
         gone = Unavailable("the server is shutting down")
         for slot in self.slots:
             if slot.job is not None:
@@ -241,8 +247,12 @@ class Scheduler:
             if job.cancelled:
                 self.stats.finished["cancelled"] += 1
                 self._emit(job, Finished("cancelled", len(job.prompt_ids), 0, 0))
-            else:
+                continue
+            try:
                 self._admit(job)
+            except Exception as e:  # noqa: BLE001  e.g. a sampler that cannot start: this job fails
+                self.stats.finished["error"] += 1
+                self._emit(job, Failed(e))
 
     def _admit(self, job: Job) -> None:
         """Put a job in the free slot sharing the longest prefix with its prompt."""
