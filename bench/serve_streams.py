@@ -7,7 +7,9 @@ For each N: `hearthlm serve --parallel N` in a child process (loopback), one war
 round, then N clients at once, each streaming /v1/completions with --tokens tokens
 (ignore_eos, greedy) after a --prompt-token prompt. Aggregate tok/s = all streams'
 tokens / wall time of the round; per-stream decode tok/s = (tokens - 1) / (last token -
-first token) of each stream, median; TTFT median. Medians over --reps rounds.
+first token) of each stream, median; TTFT median. Medians over --reps rounds. A model
+without a tokenizer streams no text, so there each request asks logprobs=0 (one chunk
+per token, plus a log-softmax over the vocabulary per token).
 """
 import argparse
 import concurrent.futures
@@ -22,10 +24,14 @@ import httpx
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from serve_util import serve_process  # noqa: E402
 
+from hearthlm.demo import demo_model_path  # noqa: E402
 
-def one_stream(url: str, prompt: list, tokens: int) -> dict:
+
+def one_stream(url: str, prompt: list, tokens: int, per_token: bool) -> dict:
     body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
+    if per_token:  # without a tokenizer there is no text: logprobs make a chunk per token
+        body["logprobs"] = 0
     t0 = time.perf_counter()
     times, usage = [], None
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
@@ -43,10 +49,10 @@ def one_stream(url: str, prompt: list, tokens: int) -> dict:
             "decode_tps": (n - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0}
 
 
-def run_round(url: str, streams: int, prompt: list, tokens: int) -> dict:
+def run_round(url: str, streams: int, prompt: list, tokens: int, per_token: bool) -> dict:
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
-        results = list(pool.map(lambda _: one_stream(url, prompt, tokens), range(streams)))
+        results = list(pool.map(lambda _: one_stream(url, prompt, tokens, per_token), range(streams)))
     wall = time.perf_counter() - t0
     return {"aggregate_tps": sum(r["tokens"] for r in results) / wall,
             "stream_decode_tps": statistics.median(r["decode_tps"] for r in results),
@@ -72,12 +78,13 @@ def main():
     common = ([folder] if folder else []) + (["--dtype", args.dtype] if args.dtype else []) + \
         (["--threads", str(args.threads)] if args.threads else [])
     prompt = [(7 * i) % 200 + 10 for i in range(args.prompt_tokens)]
+    per_token = not os.path.exists(os.path.join(folder or demo_model_path(), "tokenizer.json"))
     rows = []
     for n in [int(s) for s in args.streams.split(",")]:
         ctx = str(args.prompt_tokens + args.tokens + 8)
         with serve_process(*common, "--parallel", str(n), "--ctx", ctx, "--queue", "0", timeout=1200) as (url, _):
-            run_round(url, n, prompt, args.tokens)  # warm-up
-            rounds = [run_round(url, n, prompt, args.tokens) for _ in range(args.reps)]
+            run_round(url, n, prompt, args.tokens, per_token)  # warm-up
+            rounds = [run_round(url, n, prompt, args.tokens, per_token) for _ in range(args.reps)]
         rows.append({"streams": n, **{k: statistics.median(r[k] for r in rounds) for k in rounds[0]}})
     if args.json:
         print(json.dumps(rows, indent=2))
