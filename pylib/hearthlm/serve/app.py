@@ -191,7 +191,7 @@ def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[in
         else:
             content = body.get("content")
             if not isinstance(content, str):
-                raise P.invalid("content", f"expected a string, got {P._shown(content)}", "invalid_type")
+                raise P.invalid("content", f"expected a string, got {P.shown(content)}", "invalid_type")
             add_special = body.get("add_special", True)
             if not isinstance(add_special, bool):
                 raise P.invalid("add_special", "expected a boolean", "invalid_type")
@@ -202,8 +202,8 @@ def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[in
         s = state.ready()
         body = await _read_json(request, max_body_bytes)
         tokens = body.get("tokens") if isinstance(body, dict) else None
-        if not isinstance(tokens, list) or not all(P._is_int(t) for t in tokens):
-            raise P.invalid("tokens", f"expected a list of token ids, got {P._shown(tokens)}", "invalid_type")
+        if not isinstance(tokens, list) or not all(P.is_int(t) for t in tokens):
+            raise P.invalid("tokens", f"expected a list of token ids, got {P.shown(tokens)}", "invalid_type")
         ids = s.model.check_ids(tokens, "tokens")
         return JSONResponse({"content": s.model.require_tokenizer().decode(ids.tolist())})
 

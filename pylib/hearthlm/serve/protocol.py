@@ -62,16 +62,16 @@ def _get(body: dict, name: str, check, expected: str):
     if value is None:
         return None
     if not check(value):
-        raise invalid(name, f"expected {expected}, got {_shown(value)}", "invalid_type")
+        raise invalid(name, f"expected {expected}, got {shown(value)}", "invalid_type")
     return value
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -87,7 +87,7 @@ def _number(body, name, lo, hi):
 
 
 def _int(body, name, lo, hi=None):
-    value = _get(body, name, _is_int, "an integer")
+    value = _get(body, name, is_int, "an integer")
     if value is not None and (value < lo or (hi is not None and value > hi)):
         bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise invalid(name, f"expected an integer {bound}, got {value!r}")
@@ -127,7 +127,7 @@ def _common(body: dict, kind: str) -> Request:
     elif isinstance(stop, str):
         stop = [stop]
     elif not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise invalid("stop", f"expected a string or a list of strings, got {_shown(stop)}", "invalid_type")
+        raise invalid("stop", f"expected a string or a list of strings, got {shown(stop)}", "invalid_type")
     if len(stop) > MAX_STOP:
         raise invalid("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}")
 
@@ -146,7 +146,7 @@ def _common(body: dict, kind: str) -> Request:
                                                 "a number > 0"))):
         if value is not None:
             sampling[ours] = value
-    seed = _get(body, "seed", _is_int, "an integer")
+    seed = _get(body, "seed", is_int, "an integer")
     if seed is not None:
         sampling["seed"] = seed % 2**64
     return Request(kind=kind, model=model, sampling=sampling, stop=stop, stream=stream,
@@ -181,10 +181,10 @@ def parse_chat(body) -> Request:
 def _message(m, i: int) -> dict:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise invalid(where, f"expected an object with role and content, got {_shown(m)}", "invalid_type")
+        raise invalid(where, f"expected an object with role and content, got {shown(m)}", "invalid_type")
     role = m.get("role")
     if role not in ROLES:
-        raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {_shown(role)}")
+        raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {shown(role)}")
     content = m.get("content")
     if content is None and role == "assistant":
         content = ""
@@ -197,11 +197,11 @@ def _message(m, i: int) -> dict:
             parts.append(part["text"])
         content = "".join(parts)
     elif not isinstance(content, str):
-        raise invalid(f"{where}.content", f"expected a string or a list of text parts, got {_shown(content)}",
+        raise invalid(f"{where}.content", f"expected a string or a list of text parts, got {shown(content)}",
                       "invalid_type")
     name = m.get("name")
     if name is not None and not isinstance(name, str):
-        raise invalid(f"{where}.name", f"expected a string, got {_shown(name)}", "invalid_type")
+        raise invalid(f"{where}.name", f"expected a string, got {shown(name)}", "invalid_type")
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
@@ -220,7 +220,7 @@ def parse_completion(body) -> Request:
     if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         raise invalid("prompt", "one prompt per request (a batch of several is not supported)",
                       "unsupported_value")
-    ok = isinstance(prompt, str) or (isinstance(prompt, list) and all(_is_int(t) for t in prompt))
+    ok = isinstance(prompt, str) or (isinstance(prompt, list) and all(is_int(t) for t in prompt))
     if not ok or not prompt:
         raise invalid("prompt", "expected a non-empty string or list of token ids" if prompt is not None
                       else "is required", "invalid_type" if prompt is not None else "missing_required_parameter")

@@ -88,8 +88,8 @@ class Job:
 
 
 class Slot:
-    def __init__(self, index: int, session):
-        self.index, self.session = index, session
+    def __init__(self, session):
+        self.session = session
         self.job: Optional[Job] = None
         self.pending: list[int] = []   # tokens to feed at the next steps
         self.last_used = 0
@@ -149,7 +149,7 @@ class Scheduler:
         if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
             raise InvalidInputError(f"max_queue: expected an integer >= 0, got {max_queue!r}")
         self.model = model
-        self.slots = [Slot(i, model.session(n_ctx=n_ctx, kv_dtype=kv_dtype)) for i in range(parallel)]
+        self.slots = [Slot(model.session(n_ctx=n_ctx, kv_dtype=kv_dtype)) for _ in range(parallel)]
         self.n_ctx = self.slots[0].session.n_ctx
         self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
         self.stats = Stats()
