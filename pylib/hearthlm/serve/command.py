@@ -38,7 +38,8 @@ def add_arguments(p) -> None:
                    "(default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, help="convert or quantize the weights on load")
     p.add_argument("--kv-dtype", choices=["f32", "f16", "bf16", "q8"], default="f32", help="KV cache storage")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="kernel threads (default: physical cores - 1, at least 1: "
+                                               "the HTTP side keeps a core)")
     p.add_argument("--template", help="chat template: a built-in name or a .jinja file (default: the model's)")
     p.add_argument("--model-name", help="the model id clients send and /v1/models lists "
                                         "(default: the folder's name)")
@@ -54,6 +55,7 @@ def run(args) -> int:
         print(f"hearthlm serve needs the serve extra: pip install \"hearthlm[serve]\" (missing {e.name})",
               file=sys.stderr)
         return 1
+    from ..cpu import physical_cores
     from ..demo import demo_model_path
     from ..model import load
 
@@ -69,7 +71,8 @@ def run(args) -> int:
         print(f"hearthlm: error: {e}", file=sys.stderr)
         server.should_exit = True
 
-    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=args.threads), model_name=name,
+    threads = args.threads or max(1, physical_cores() - 1)
+    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=threads), model_name=name,
                      parallel=args.parallel, n_ctx=args.ctx, max_queue=args.queue, api_key=args.api_key,
                      max_body_bytes=args.max_body, max_tokens=args.max_tokens, kv_dtype=args.kv_dtype,
                      template=args.template, on_load_error=load_failed)
