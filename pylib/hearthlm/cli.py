@@ -1,4 +1,4 @@
-"""The `hearthlm` command: chat, generate, bench, quantize, info."""
+"""The `hearthlm` command: chat, generate, serve, bench, quantize, info."""
 from __future__ import annotations
 
 import argparse
@@ -134,6 +134,11 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.command import run
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     from . import chat_cli
     from .shapes import SHAPES
@@ -211,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
                    help="embedding table and LM head (default q8)")
     q.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     q.set_defaults(func=cmd_quantize)
+
+    from .serve import command as serve_command
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (default model: the bundled demo)")
+    serve_command.add_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -95,6 +95,27 @@ class StopStrings:
         return out
 
 
+class ReplyText:
+    """Token ids of a reply -> its final text pieces: streaming detokenization, then
+    stop strings (text that could begin one is held back)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), context: Sequence[int] = ()):
+        self.decoder = StreamDecoder(tokenizer, context) if tokenizer is not None else None
+        self.stops = StopStrings(stop)
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """-> (text that is final, whether a stop string was reached)."""
+        return self.stops.push(self.decoder.add(token)) if self.decoder else ("", False)
+
+    def flush(self) -> tuple[str, bool]:
+        """At the end of a reply that did not stop at a stop string: the text held back
+        -> (text, whether it completes a stop string)."""
+        if self.decoder is None:
+            return "", False
+        out, stopped = self.stops.push(self.decoder.flush())
+        return (out, True) if stopped else (out + self.stops.flush(), False)
+
+
 class TextStream:
     """An iterator over the text pieces of one generation. Once it is exhausted,
     `.result` holds the Generation. cancel() (safe from a signal handler) ends it after
@@ -140,14 +161,12 @@ class TextStream:
         return self.result
 
     def _run(self) -> Iterator[str]:
-        tokenizer = self.model.tokenizer
         eos = set(self.model.eos_token_ids)
         t0 = time.perf_counter()
         logits, n_fed = self._prefill()
         t_prefill = time.perf_counter()
         self.sampler.start(self.prompt_ids)
-        decoder = StreamDecoder(tokenizer, self._context) if tokenizer is not None else None
-        stops = StopStrings(self._stop)
+        reply = ReplyText(self.model.tokenizer, self._stop, self._context)
         tokens, pieces, reason, steps = [], [], "cancelled", 0
         t_first, paused, unfed = None, 0.0, False
         try:
@@ -163,7 +182,7 @@ class TextStream:
                     break
                 tokens.append(token)
                 self.sampler.accept(token)
-                out, stopped = stops.push(decoder.add(token)) if decoder else ("", False)
+                out, stopped = reply.add(token)
                 if out:
                     pieces.append(out)
                     unfed, t_pause = True, time.perf_counter()
@@ -177,12 +196,10 @@ class TextStream:
                 if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
                     reason = "length"
                     break
-            if reason != "stop" and decoder:  # the text held back so far is final now
-                out, stopped = stops.push(decoder.flush())
+            if reason != "stop":  # the text held back so far is final now
+                out, stopped = reply.flush()
                 if stopped:
                     reason = "stop"
-                else:
-                    out += stops.flush()
                 if out:
                     pieces.append(out)
                     yield out
