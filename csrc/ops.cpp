@@ -356,6 +356,121 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   }
 }
 
+}  // namespace team
+
+namespace {
+
+// The regions of team::moe's scratch, each 64-byte aligned; base null: offsets only.
+struct MoeScratch {
+  BlockQ8Act* xq;   // [T * top_k, q_blocks(max(H, I))] quantized rows of one matmul
+  float* logits;    // [T, n_experts]
+  float* weight;    // [T, top_k]: each token's chosen experts' weights
+  int32_t* expert;  // [T, top_k]: ... and the experts
+  int32_t* row;     // [T, top_k]: ... and their rows in the grouped order
+  int32_t* token;   // [T * top_k]: the token of each grouped row
+  int64_t* first;   // [n_experts + 1]: expert e's grouped rows are [first[e], first[e + 1])
+  float* xg;        // [T * top_k, H]: the grouped rows of x, then the experts' outputs
+  float* gate;      // [T * top_k, I]
+  float* up;        // [T * top_k, I]
+  int64_t bytes = 0;
+
+  MoeScratch(char* base, int64_t T, int64_t E, int64_t k, int64_t H, int64_t I) {
+    const int64_t R = T * k;
+    xq = take<BlockQ8Act>(base, R * q_blocks(std::max(H, I)));
+    logits = take<float>(base, T * E);
+    weight = take<float>(base, R);
+    expert = take<int32_t>(base, R);
+    row = take<int32_t>(base, R);
+    token = take<int32_t>(base, R);
+    first = take<int64_t>(base, E + 1);
+    xg = take<float>(base, R * H);
+    gate = take<float>(base, R * I);
+    up = take<float>(base, R * I);
+  }
+
+  template <typename V>
+  V* take(char* base, int64_t n) {
+    V* p = base ? reinterpret_cast<V*>(base + bytes) : nullptr;
+    bytes += ceil_div(n * int64_t(sizeof(V)), 64) * 64;
+    return p;
+  }
+};
+
+// p = softmax(logits[E]); the top_k experts by p (the first of equals first), with
+// weights p, or p / Σ p over the chosen when norm_topk.
+void route(const float* logits, int64_t E, int64_t top_k, bool norm_topk, int32_t* expert, float* weight) {
+  float top = logits[0];
+  for (int64_t e = 1; e < E; ++e) top = std::max(top, logits[e]);
+  float sum = 0.0f;
+  for (int64_t e = 0; e < E; ++e) sum += expf(logits[e] - top);
+  float chosen = 0.0f;
+  for (int64_t j = 0; j < top_k; ++j) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < E; ++e) {
+      if (std::find(expert, expert + j, int32_t(e)) != expert + j) continue;
+      if (best < 0 || logits[e] > logits[best]) best = e;
+    }
+    expert[j] = int32_t(best);
+    weight[j] = expf(logits[best] - top) / sum;
+    chosen += weight[j];
+  }
+  if (norm_topk)
+    for (int64_t j = 0; j < top_k; ++j) weight[j] /= chosen;
+}
+
+}  // namespace
+
+int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t hidden, int64_t inter) {
+  return MoeScratch(nullptr, T, n_experts, top_k, hidden, inter).bytes;
+}
+
+namespace team {
+
+void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt, const void* router,
+         const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk, int64_t T, int64_t H,
+         int64_t I, void* scratch) {
+  const int64_t E = n_experts, k = top_k, R = T * k;
+  const MoeScratch s(static_cast<char*>(scratch), T, E, k, H, I);
+  const MatmulJob logits{s.logits, router, nullptr, E};
+  matmul_group(kt, router_wt, &logits, 1, x, T, H, s.xq);
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t) route(s.logits + t * E, E, k, norm_topk, s.expert + t * k, s.weight + t * k);
+#pragma omp single
+  {  // counting sort of the (token, choice) pairs by expert
+    std::fill(s.first, s.first + E + 1, int64_t(0));
+    for (int64_t c = 0; c < R; ++c) ++s.first[s.expert[c] + 1];
+    for (int64_t e = 0; e < E; ++e) s.first[e + 1] += s.first[e];
+    for (int64_t c = 0; c < R; ++c) {
+      const int64_t r = s.first[s.expert[c]]++;
+      s.row[c] = int32_t(r);
+      s.token[r] = int32_t(c / k);
+    }
+    for (int64_t e = E; e > 0; --e) s.first[e] = s.first[e - 1];  // back to each expert's first row
+    s.first[0] = 0;
+  }
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < R; ++r) std::memcpy(s.xg + r * H, x + int64_t(s.token[r]) * H, size_t(H) * sizeof(float));
+  for (int64_t e = 0; e < E; ++e) {  // the same loop on every thread: the counts are shared
+    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0;
+    if (n == 0) continue;
+    const MatmulJob jobs[2] = {{s.gate + r0 * I, experts[e].gate, nullptr, I}, {s.up + r0 * I, experts[e].up, nullptr, I}};
+    matmul_group(kt, experts[e].wt, jobs, 2, s.xg + r0 * H, n, H, s.xq);
+  }
+  glu(kt, Activation::silu, s.gate, s.gate, s.up, R * I);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0;
+    if (n == 0) continue;
+    const MatmulJob down{s.xg + r0 * H, experts[e].down, nullptr, H};
+    matmul_group(kt, experts[e].wt, &down, 1, s.gate + r0 * I, n, I, s.xq);
+  }
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {  // each token gathers its experts' outputs: no write races
+    float* o = out + t * H;
+    std::fill(o, o + H, 0.0f);
+    for (int64_t j = 0; j < k; ++j) kt.add(o, o, s.xg + int64_t(s.row[t * k + j]) * H, s.weight[t * k + j], H);
+  }
+}
+
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
               int64_t T, int64_t head_dim, const int64_t* slots) {
   const int64_t n_kv_heads = k_dst.n_kv_heads;
