@@ -162,6 +162,12 @@ def _read_file_metadata(f: SafetensorsFile) -> tuple[str, dict]:
 
 # ---- writing a quantized model folder -------------------------------------------------------
 
+def file_metadata(dtype: str, recorded: dict) -> dict:
+    """The safetensors `__metadata__` of a quantized file; recorded: {name: [format, N, K]}."""
+    return {"format": "pt", "hearthlm.format": FORMAT_NAME, "hearthlm.format_version": str(FORMAT_VERSION),
+            "hearthlm.dtype": dtype, "hearthlm.tensors": json.dumps(recorded, separators=(",", ":"))}
+
+
 def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
              n_threads: Optional[int] = None) -> str:
     """Write a copy of the model folder `src` to `dst` with every matrix quantized to
@@ -209,9 +215,7 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
             return out
         return make
 
-    metadata = {"format": "pt", "hearthlm.format": FORMAT_NAME,
-                "hearthlm.format_version": str(FORMAT_VERSION), "hearthlm.dtype": dtype,
-                "hearthlm.tensors": json.dumps(recorded, separators=(",", ":"))}
+    metadata = file_metadata(dtype, recorded)
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
