@@ -13,7 +13,8 @@ import numpy as np
 from .cpu import physical_cores
 from .errors import InvalidInputError
 from .models import family, model_args
-from .quant import DEFAULT_HEAD_DTYPE, HEAD_TENSORS, QUANT_DTYPES, file_metadata, packed_shape, quantize_tensor
+from .quant import DEFAULT_HEAD_DTYPE, HEAD_TENSORS, QUANT_DTYPES, packed_shape, quantize_tensor
+from .quant_writer import file_metadata
 from .safetensors_io import write_safetensors
 from .weights import f32_to_bf16_bits
 
