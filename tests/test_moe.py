@@ -147,3 +147,25 @@ def test_layer_choice_and_bench_shape():
     assert all(a.moe_layers) and a.sliding_windows == (0,) * 4
     dense = model_args(qwen3_moe_config(num_experts=0), "config.json")
     assert dense.moe_layers == (False,) * 4
+
+
+def test_quantized_folder_loads_in_place_with_identical_logits(model_dir, tmp_path):
+    """`hearthlm quantize` writes every expert (and the router) quantized; the folder
+    loads zero-copy and gives the logits of quantizing on load."""
+    src = model_dir("qwen3-moe")
+    dst = hearthlm.quantize(src, tmp_path / "q4", "q4")
+    stored, on_load = hearthlm.load(dst), hearthlm.load(src, dtype="q4")
+    assert stored.load_stats["converted_bytes"] == 0
+    assert stored.transformer.weights.linear("model.layers.0.mlp.experts.7.down_proj").wtype == "q4"
+    ids = list(range(1, 40))
+    np.testing.assert_array_equal(stored.logits(ids), on_load.logits(ids))
+
+
+def test_random_shape_written_quantized(tmp_path, monkeypatch):
+    """q8/q4 shape folders are quantized as generated and load in place."""
+    from hearthlm import shapes
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
+    model = hearthlm.load(shapes.random_model_folder("tiny", "q4"))
+    assert model.dtype == "q4" and model.load_stats["converted_bytes"] == 0
+    assert model.transformer.lm_head.wtype == "q8"
+    assert np.isfinite(model.logits([1, 2, 3])).all()
