@@ -369,6 +369,7 @@ struct MoeScratch {
   int32_t* row;     // [T, top_k]: ... and their rows in the grouped order
   int32_t* token;   // [T * top_k]: the token of each grouped row
   int64_t* first;   // [n_experts + 1]: expert e's grouped rows are [first[e], first[e + 1])
+  int64_t* tasks;   // [n_experts + 1]: expert e's matmul tasks start at tasks[e]
   float* xg;        // [T * top_k, H]: the grouped rows of x, then the experts' outputs
   float* gate;      // [T * top_k, I]
   float* up;        // [T * top_k, I]
@@ -383,6 +384,7 @@ struct MoeScratch {
     row = take<int32_t>(base, R);
     token = take<int32_t>(base, R);
     first = take<int64_t>(base, E + 1);
+    tasks = take<int64_t>(base, E + 1);
     xg = take<float>(base, R * H);
     gate = take<float>(base, R * I);
     up = take<float>(base, R * I);
@@ -418,6 +420,33 @@ void route(const float* logits, int64_t E, int64_t top_k, bool norm_topk, int32_
     for (int64_t j = 0; j < top_k; ++j) weight[j] /= chosen;
 }
 
+// Tiles of an expert's n rows against `mats` matrices of N rows: (matrix, row block of
+// kGemmBlockN, token block of up to kGemmMaxBlockM).
+int64_t expert_tiles(int64_t n, int64_t mats, int64_t N) {
+  return n == 0 ? 0 : mats * ceil_div(N, kGemmBlockN) * ceil_div(n, kGemmMaxBlockM);
+}
+
+// Every expert's matmuls as one task list (one barrier, not one per expert): y_m rows
+// [first[e], first[e+1]) = x rows · expert e's matrix m ᵀ, for the mats matrices of
+// N rows, K columns that which(e, m) gives. xq: the quantized rows of x.
+template <typename Which>
+void expert_matmuls(const KernelTable& kt, WeightType wt, const MoeScratch& s, int64_t E, int64_t mats,
+                    float* const* y, const float* x, int64_t N, int64_t K, Which which) {
+  const int64_t row_blocks = ceil_div(N, kGemmBlockN), nb = q_blocks(K);
+  const int64_t n_tasks = s.tasks[E];
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t c = 0; c < n_tasks; ++c) {
+    const int64_t e = std::upper_bound(s.tasks, s.tasks + E + 1, c) - s.tasks - 1;
+    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0, tile = c - s.tasks[e];
+    const int64_t blocks_m = ceil_div(n, kGemmMaxBlockM), block_m = ceil_div(n, blocks_m);
+    const int64_t m = tile / (row_blocks * blocks_m), bn = tile / blocks_m % row_blocks, bm = tile % blocks_m;
+    const MatmulJob job{y[m] + r0 * N, which(e, m), nullptr, N};
+    const int64_t n0 = bn * kGemmBlockN, m0 = bm * block_m;
+    matmul_tile(kt, wt, job, x + r0 * K, quantized(wt) ? s.xq + r0 * nb : nullptr, K, m0, std::min(m0 + block_m, n),
+                n0, std::min(n0 + kGemmBlockN, N));
+  }
+}
+
 }  // namespace
 
 int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t hidden, int64_t inter) {
@@ -427,8 +456,8 @@ int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t h
 namespace team {
 
 void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt, const void* router,
-         const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk, int64_t T, int64_t H,
-         int64_t I, void* scratch) {
+         WeightType wt, const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk, int64_t T,
+         int64_t H, int64_t I, void* scratch) {
   const int64_t E = n_experts, k = top_k, R = T * k;
   const MoeScratch s(static_cast<char*>(scratch), T, E, k, H, I);
   const MatmulJob logits{s.logits, router, nullptr, E};
@@ -448,21 +477,33 @@ void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt
     for (int64_t e = E; e > 0; --e) s.first[e] = s.first[e - 1];  // back to each expert's first row
     s.first[0] = 0;
   }
+  // The grouped rows of x (quantized ones straight from x), then gate and up of every
+  // expert: their tiles share a row count, so one prefix of tiles serves both phases.
+  const bool q = quantized(wt);
+  const int64_t nbh = q_blocks(H), nbi = q_blocks(I);
 #pragma omp for schedule(static)
-  for (int64_t r = 0; r < R; ++r) std::memcpy(s.xg + r * H, x + int64_t(s.token[r]) * H, size_t(H) * sizeof(float));
-  for (int64_t e = 0; e < E; ++e) {  // the same loop on every thread: the counts are shared
-    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0;
-    if (n == 0) continue;
-    const MatmulJob jobs[2] = {{s.gate + r0 * I, experts[e].gate, nullptr, I}, {s.up + r0 * I, experts[e].up, nullptr, I}};
-    matmul_group(kt, experts[e].wt, jobs, 2, s.xg + r0 * H, n, H, s.xq);
+  for (int64_t r = 0; r < R; ++r) {
+    const float* src = x + int64_t(s.token[r]) * H;
+    if (q) kt.quantize_act(s.xq + r * nbh, src, H);
+    else std::memcpy(s.xg + r * H, src, size_t(H) * sizeof(float));
   }
+#pragma omp single
+  {
+    s.tasks[0] = 0;
+    for (int64_t e = 0; e < E; ++e) s.tasks[e + 1] = s.tasks[e] + expert_tiles(s.first[e + 1] - s.first[e], 2, I);
+  }
+  float* const gate_up[2] = {s.gate, s.up};
+  expert_matmuls(kt, wt, s, E, 2, gate_up, s.xg, I, H,
+                 [&](int64_t e, int64_t m) { return m == 0 ? experts[e].gate : experts[e].up; });
   glu(kt, Activation::silu, s.gate, s.gate, s.up, R * I);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0;
-    if (n == 0) continue;
-    const MatmulJob down{s.xg + r0 * H, experts[e].down, nullptr, H};
-    matmul_group(kt, experts[e].wt, &down, 1, s.gate + r0 * I, n, I, s.xq);
+  if (q) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) kt.quantize_act(s.xq + r * nbi, s.gate + r * I, I);
   }
+#pragma omp single
+  for (int64_t e = 0; e < E; ++e) s.tasks[e + 1] = s.tasks[e] + expert_tiles(s.first[e + 1] - s.first[e], 1, H);
+  float* const down[1] = {s.xg};
+  expert_matmuls(kt, wt, s, E, 1, down, s.gate, H, I, [&](int64_t e, int64_t) { return experts[e].down; });
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < T; ++t) {  // each token gathers its experts' outputs: no write races
     float* o = out + t * H;

@@ -83,9 +83,8 @@ void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
 int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim);
 
 // One expert of a mixture-of-experts feed-forward: down(silu(x · gateᵀ) * (x · upᵀ));
-// gate, up [I, H] and down [H, I], all of one weight type, no biases.
+// gate, up [I, H] and down [H, I], no biases.
 struct Expert {
-  WeightType wt;
   const void *gate, *up, *down;
 };
 // Bytes of the scratch team::moe needs for T tokens.
@@ -126,11 +125,12 @@ void glu(const KernelTable& kt, Activation act, float* out, const float* gate, c
 // out[T, H] = Σ over the top_k experts e of each token of p_e · expert_e(x), where p =
 // softmax(x · routerᵀ) over the n_experts (renormalized over the chosen ones when
 // norm_topk). Tokens are grouped by expert: each expert multiplies only the rows routed
-// to it, so one token reads only its top_k experts' weights. scratch:
+// to it, so one token reads only its top_k experts' weights; all experts' tiles form
+// one task list. Every expert's matrices are of type expert_wt. scratch:
 // moe_scratch_bytes(T, ...) bytes shared by the team.
 void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt, const void* router,
-         const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk, int64_t T, int64_t H,
-         int64_t I, void* scratch);
+         WeightType expert_wt, const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk,
+         int64_t T, int64_t H, int64_t I, void* scratch);
 
 }  // namespace team
 

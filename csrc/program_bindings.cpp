@@ -288,9 +288,11 @@ class LayerProgram {
       expect(t.size() == 3, name + ": expected (gate, up, down)");
       const Linear gate = linear(t[0], name + ".gate", op.inter, H), up = linear(t[1], name + ".up", op.inter, H);
       const Linear down = linear(t[2], name + ".down", H, op.inter);
-      expect(gate.wt == up.wt && up.wt == down.wt, name + ": gate, up and down must share one weight type");
+      if (e == 0) op.expert_wt = gate.wt;
+      expect(gate.wt == op.expert_wt && up.wt == op.expert_wt && down.wt == op.expert_wt,
+             name + ": every expert's gate, up and down must share one weight type");
       expect(!gate.bias && !up.bias && !down.bias, name + ": biases are not supported");
-      op.experts.push_back(Expert{gate.wt, gate.w, up.w, down.w});
+      op.experts.push_back(Expert{gate.w, up.w, down.w});
     }
     work_per_token_ += E * H + op.top_k * 3 * op.inter * H;
   }

@@ -93,8 +93,10 @@ def test_moe_op_checked_when_built():
     with pytest.raises(ValueError, match=r"ops\[0\] \(moe\): buffer 'z' has width 38, expected 37"):
         build(out="z")
     mixed = (lin(I, H), Linear(np.zeros((I, H), np.uint16), "bf16"), lin(H, I))
-    with pytest.raises(ValueError, match=r"experts\[0\]: gate, up and down must share one weight type"):
+    with pytest.raises(ValueError, match=r"experts\[0\]: every expert's gate, up and down must share one weight"):
         build(experts=[mixed] * 3)
+    with pytest.raises(ValueError, match=r"experts\[2\]: every expert's gate, up and down must share one weight"):
+        build(experts=[expert, expert, tuple(Linear(np.zeros(l.weight.shape, np.uint16), "bf16") for l in expert)])
 
 
 def test_program_and_bytes_per_token(model_dir):
