@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .. import _kernels as K
 from ..errors import UnsupportedModelError
 
 
@@ -146,8 +147,8 @@ def check_heads(config: dict, where: str) -> tuple[int, int, int]:
     head_dim = optional_int(config, "head_dim", hidden // heads, where)
     if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0 or head_dim % 2:
         raise UnsupportedModelError(f"{where}: head_dim must be a positive even integer, got {head_dim!r}")
-    if head_dim > 256:
-        raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported 256")
+    if head_dim > K.limits["max_head_dim"]:
+        raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported {K.limits['max_head_dim']}")
     return heads, kv_heads, head_dim
 
 
