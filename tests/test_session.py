@@ -33,7 +33,7 @@ def test_chunked_feeding_matches_full_logits(model_dir, variant):
         assert s.tokens == ids
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "stablelm", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "stablelm", "qwen2", "qwen3-moe"])
 def test_context_shift_matches_independent_reference(model_dir, variant):
     """n_ctx=24, n_keep=4, n_discard=6: 60 tokens one at a time shift the context
     several times. Design: kept tokens keep the K/V computed when they were first
@@ -193,7 +193,7 @@ KV_BOUNDS = {"f16": 2e-3, "bf16": 2e-2, "q8": 3e-2}
 
 
 @pytest.mark.parametrize("kv_dtype", sorted(KV_BOUNDS))
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm", "qwen3-moe"])
 def test_kv_dtype_error_is_bounded(model_dir, variant, kv_dtype):
     model = hearthlm.load(model_dir(variant))
     ids = ids_for(model, 60)

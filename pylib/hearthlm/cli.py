@@ -78,8 +78,7 @@ def cmd_bench(args) -> int:
         return 2
     vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     check_bench_options(vs, args.plot)
-    stored = args.dtype if args.dtype in ("f32", "bf16", "f16") else "bf16"  # q8/q4: quantized on load
-    folder = args.model or random_model_folder(args.shape, stored)
+    folder = args.model or random_model_folder(args.shape, args.dtype or "bf16")
     if args.parallel:
         return bench_parallel(folder, args)
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
@@ -179,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")
     b.add_argument("model", nargs="?", help="model folder (or use --shape)")
     b.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape, no download")
-    b.add_argument("--dtype", choices=DTYPES, help="q8/q4 with --shape: bf16 weights quantized on load")
+    b.add_argument("--dtype", choices=DTYPES,
+                   help="with --shape: the dtype the random weights are written in (q8/q4: quantized as generated)")
     b.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     b.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (pp; default: %(default)s)")
     b.add_argument("--gen", type=positive_int, default=128, help="generated tokens (tg; default: %(default)s)")

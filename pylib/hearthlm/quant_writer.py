@@ -28,6 +28,12 @@ LICENSE_PREFIXES = ("LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
 Progress = Callable[[int, int], None]  # (source bytes quantized so far, total)
 
 
+def file_metadata(dtype: str, recorded: dict) -> dict:
+    """The safetensors `__metadata__` of a quantized file; recorded: {name: [format, N, K]}."""
+    return {"format": "pt", "hearthlm.format": FORMAT_NAME, "hearthlm.format_version": str(FORMAT_VERSION),
+            "hearthlm.dtype": dtype, "hearthlm.tensors": json.dumps(recorded, separators=(",", ":"))}
+
+
 def copied_files(src: str) -> list[str]:
     return sorted(e for e in os.listdir(src) if os.path.isfile(os.path.join(src, e)) and
                   (e in COPIED_FILES or e.upper().startswith(LICENSE_PREFIXES)))
@@ -80,9 +86,7 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
             return out
         return make
 
-    metadata = {"format": "pt", "hearthlm.format": FORMAT_NAME,
-                "hearthlm.format_version": str(FORMAT_VERSION), "hearthlm.dtype": dtype,
-                "hearthlm.tensors": json.dumps(recorded, separators=(",", ":"))}
+    metadata = file_metadata(dtype, recorded)
     if progress is not None:
         progress(0, total)
 
