@@ -11,6 +11,11 @@ model.eos_token_ids: finish_reason "eos"), after max_new_tokens ("length"), at a
 string ("stop"; the text ends just before it, and text that might be the start of a
 stop string is held back until it cannot be), or when cancelled ("cancelled").
 
+Constraints (hearthlm.constraints: json_schema=, response_format=, regex=, grammar=)
+restrict every token to what the grammar allows; a reply whose constraint is complete
+ends with "eos" ("length" means it was cut short and may not parse). logprobs=True,
+top_logprobs=k fill Generation.logprobs (hearthlm.logprobs says on which distribution).
+
 The session holds the prompt and every generated token when a stream ends (the last
 token is fed even though its logits go unused), so a conversation can continue from it.
 """
@@ -22,7 +27,9 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from . import logprobs as lp
 from .chat_template import ChatTemplate
+from .constraints import CONSTRAINT_OPTIONS, Constraint
 from .detokenizer import StreamDecoder
 from .errors import InvalidInputError
 from .sampling import Sampler, SamplerConfig
@@ -43,6 +50,7 @@ class Generation:
     decode_seconds: float        # from the first token to the end, minus time spent by the reader
     decode_steps: int            # tokens fed one at a time
     seed: int
+    logprobs: Optional[list] = None  # with logprobs=True: one record per token_ids entry
 
     @property
     def completion_tokens(self) -> int:
@@ -97,9 +105,12 @@ class TextStream:
     def __init__(self, model, session, prefill: Callable[[], tuple[np.ndarray, int]],
                  prompt_ids: Sequence[int], sampler: Sampler, max_new_tokens: Optional[int],
                  stop: Sequence[str] = (), context: Sequence[int] = (),
-                 on_finish: Optional[Callable[[Generation], None]] = None):
+                 on_finish: Optional[Callable[[Generation], None]] = None,
+                 constraint: Optional[Constraint] = None, top_logprobs: Optional[int] = None):
         """prefill() feeds the prompt (or what the session lacks of it) and returns
-        (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel."""
+        (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel.
+        constraint: restricts the tokens (advanced here; rewind it with the session).
+        top_logprobs: None, or record logprobs with that many alternatives."""
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
             raise InvalidInputError(f"max_new_tokens: expected a positive integer or None, got {max_new_tokens!r}")
         if isinstance(stop, str):
@@ -112,6 +123,7 @@ class TextStream:
         self.result: Optional[Generation] = None
         self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
         self._cancelled = False
+        self.constraint, self.top_logprobs = constraint, top_logprobs
         self._pieces = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -143,13 +155,15 @@ class TextStream:
         decoder = StreamDecoder(tokenizer, self._context) if tokenizer is not None else None
         stops = StopStrings(self._stop)
         tokens, pieces, reason, steps = [], [], "cancelled", 0
+        logprobs = [] if self.top_logprobs is not None else None
+        constraint = self.constraint
         t_first, paused, unfed = None, 0.0, False
         try:
             while True:
                 if self._cancelled:
                     reason = "cancelled"
                     break
-                token = self.sampler.sample(logits)
+                token = self.sampler.sample(logits, constraint.next_mask() if constraint else None)
                 if t_first is None:
                     t_first = time.perf_counter()
                 if token in eos:
@@ -157,6 +171,10 @@ class TextStream:
                     break
                 tokens.append(token)
                 self.sampler.accept(token)
+                if constraint:
+                    constraint.accept(token)
+                if logprobs is not None:
+                    logprobs.append(lp.entry(self.sampler, tokenizer, token, self.top_logprobs))
                 out, stopped = stops.push(decoder.add(token)) if decoder else ("", False)
                 if out:
                     pieces.append(out)
@@ -167,6 +185,9 @@ class TextStream:
                 unfed, steps = False, steps + 1
                 if stopped:
                     reason = "stop"
+                    break
+                if constraint and constraint.done:  # only end-of-sequence is allowed now
+                    reason = "eos"
                     break
                 if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
                     reason = "length"
@@ -184,6 +205,10 @@ class TextStream:
             reason = "cancelled"  # the reader closed the stream early
             if unfed:  # closed while yielding: the session never got this token
                 tokens.pop()
+                if constraint:
+                    constraint.rewind(1)
+                if logprobs:
+                    logprobs.pop()
             raise
         finally:
             t_end = time.perf_counter()
@@ -193,7 +218,7 @@ class TextStream:
                 prefill_seconds=t_prefill - t0,
                 time_to_first_token=(t_first or t_end) - t0,
                 decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=steps,
-                seed=self.sampler.seed)
+                seed=self.sampler.seed, logprobs=logprobs)
             if self._on_finish is not None:
                 self._on_finish(self.result)
 
@@ -229,12 +254,15 @@ def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Seque
 
 
 def _one_shot(model, ids: np.ndarray, max_new_tokens, stop, stream, return_result, sampling, context):
+    top_logprobs = lp.top_count(sampling.pop("logprobs", False), sampling.pop("top_logprobs", None))
+    constraint = Constraint.from_options(model, **{k: sampling.pop(k) for k in CONSTRAINT_OPTIONS if k in sampling})
     sampler = make_sampler(model, sampling)
     # room for the prompt and every new token (default size when unbounded)
     n_ctx = None if max_new_tokens is None else min(model.args.max_position_embeddings, len(ids) + max_new_tokens)
     session = model.session(n_ctx=n_ctx)
     text_stream = TextStream(model, session, lambda: (session.feed(ids), len(ids)), ids.tolist(), sampler,
-                             max_new_tokens, stop, context=list(context))
+                             max_new_tokens, stop, context=list(context), constraint=constraint,
+                             top_logprobs=top_logprobs)
     if stream:
         return text_stream
     result = text_stream.finish()
