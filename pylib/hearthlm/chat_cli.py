@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
 
 def run(args, sampling: dict) -> int:
     from .chat_template import ChatTemplate
+    from .cli import constraint_options
     from .conversation import Conversation
     from .demo import demo_model_path
     from .generation import make_sampler
@@ -50,7 +51,8 @@ def run(args, sampling: dict) -> int:
     t0 = time.perf_counter()
     model = load(path, dtype=args.dtype, n_threads=args.threads)
     conv = Conversation(model, ChatTemplate.for_model(model, args.template), make_sampler(model, sampling),
-                        n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens)
+                        n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens,
+                        constraint=constraint_options(args, model))
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()

@@ -19,7 +19,7 @@ def cmd_generate(args) -> int:
     from .model import load
     model = load(args.model, dtype=args.dtype, n_threads=args.threads)
     stream = model.generate(args.prompt, max_new_tokens=args.max_tokens, stop=args.stop or (), stream=True,
-                            **sampling_options(args))
+                            **sampling_options(args), **constraint_options(args, model))
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)
@@ -58,6 +58,39 @@ def add_sampling_options(p) -> None:
 
 def sampling_options(args) -> dict:
     return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
+
+
+CONSTRAINT_FLAGS = (  # (flag, generate() option, help)
+    ("--json-schema", "json_schema", "the output is JSON valid against the JSON schema in FILE"),
+    ("--grammar", "grammar", "the output follows the Lark or llama.cpp GBNF grammar in FILE"),
+)
+
+
+def add_constraint_options(p) -> None:
+    g = p.add_argument_group('constrained output (pip install "hearthlm[structured]")')
+    for flag, dest, help_ in CONSTRAINT_FLAGS:
+        g.add_argument(flag, dest=dest, metavar="FILE", help=help_)
+
+
+def constraint_options(args, model) -> dict:
+    """generate() options from the constraint flags' files, checked now so that an
+    error names the flag and the file."""
+    from .constraints import Constraint
+    from .errors import InvalidInputError
+    options = {}
+    for flag, dest, _ in CONSTRAINT_FLAGS:
+        path = getattr(args, dest)
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                options[dest] = f.read()
+            Constraint.from_options(model, **{dest: options[dest]})
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"{flag} {path}: cannot read: {e}") from None
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{flag} {path}: {e}") from None
+    return options
 
 
 def cmd_bench(args) -> int:
@@ -104,6 +137,7 @@ def main(argv=None) -> int:
     chat = sub.add_parser("chat", help="chat in the terminal (default model: the bundled demo)")
     chat_cli.add_arguments(chat)
     add_sampling_options(chat)
+    add_constraint_options(chat)
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
@@ -116,6 +150,7 @@ def main(argv=None) -> int:
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: text, finish_reason, token counts, timings")
     add_sampling_options(gen)
+    add_constraint_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")
