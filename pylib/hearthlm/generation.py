@@ -33,6 +33,7 @@ from .constraints import CONSTRAINT_OPTIONS, Constraint
 from .detokenizer import StreamDecoder
 from .errors import InvalidInputError
 from .sampling import Sampler, SamplerConfig
+from .tool_calls import ToolCalling
 
 PROMPT_CONTEXT = 8  # prompt tokens the detokenizer sees, so a continuation joins the prompt right
 SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplerConfig))
@@ -51,6 +52,7 @@ class Generation:
     decode_steps: int            # tokens fed one at a time
     seed: int
     logprobs: Optional[list] = None  # with logprobs=True: one record per token_ids entry
+    tool_calls: Optional[list] = None  # chat with tools: OpenAI-form calls parsed from the reply
 
     @property
     def completion_tokens(self) -> int:
@@ -245,17 +247,34 @@ def generate(model, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[
 
 
 def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
-         stream: bool = False, return_result: bool = False, template: Optional[str] = None, **sampling):
+         stream: bool = False, return_result: bool = False, template: Optional[str] = None,
+         tools: Optional[list] = None, tool_choice=None, **sampling):
     """The assistant's reply to OpenAI-style `messages`, rendered by the model's chat
-    template (or `template`: a built-in name or a .jinja file)."""
-    ids = ChatTemplate.for_model(model, template).encode(model.tokenizer, messages)
-    return _one_shot(model, model.check_ids(ids, "rendered chat"), max_new_tokens, stop, stream,
-                     return_result, sampling, context=())
+    template (or `template`: a built-in name or a .jinja file). With `tools`, the
+    result's tool_calls (hearthlm.tool_calls)."""
+    chat_template = ChatTemplate.for_model(model, template)
+    calling = None
+    if tools is not None or tool_choice is not None:
+        calling = ToolCalling(model, chat_template.source, tools, tool_choice)
+        if stream:
+            raise InvalidInputError("stream: replies with tools are not streamed yet; use stream=False")
+    ids = chat_template.encode(model.tokenizer, messages, tools=tools)
+    result = _one_shot(model, model.check_ids(ids, "rendered chat"), max_new_tokens, stop, stream,
+                       True if calling else return_result, sampling, context=(),
+                       constraint=calling.constraint() if calling else None)
+    if calling is None:
+        return result
+    calling.apply(result)
+    return result if return_result else result.text
 
 
-def _one_shot(model, ids: np.ndarray, max_new_tokens, stop, stream, return_result, sampling, context):
+def _one_shot(model, ids: np.ndarray, max_new_tokens, stop, stream, return_result, sampling, context,
+              constraint=None):
     top_logprobs = lp.top_count(sampling.pop("logprobs", False), sampling.pop("top_logprobs", None))
-    constraint = Constraint.from_options(model, **{k: sampling.pop(k) for k in CONSTRAINT_OPTIONS if k in sampling})
+    options = {k: sampling.pop(k) for k in CONSTRAINT_OPTIONS if k in sampling}
+    if constraint is not None and any(v is not None for v in options.values()):
+        raise InvalidInputError(f"{', '.join(options)}: not with tools (their calls are constrained already)")
+    constraint = constraint or Constraint.from_options(model, **options)
     sampler = make_sampler(model, sampling)
     # room for the prompt and every new token (default size when unbounded)
     n_ctx = None if max_new_tokens is None else min(model.args.max_position_embeddings, len(ids) + max_new_tokens)
