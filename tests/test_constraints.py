@@ -224,3 +224,26 @@ def test_closing_a_stream_early_keeps_the_constraint_in_step(model):
     next(stream)
     stream.close()
     assert constraint.n_accepted == stream.result.completion_tokens == len(session.tokens) - len(prompt)
+
+
+def test_cli_flags(tmp_path, capsys):
+    from hearthlm.cli import main
+
+    schema = {"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["answer"], "additionalProperties": False}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    (tmp_path / "yes_no.gbnf").write_text('root ::= "yes" | "no"')
+    (tmp_path / "bad.json").write_text('{"type": "integer", "minimum": 3, "maximum": 1}')
+    demo = demo_model_path()
+    for seed in (1, 2):
+        assert main(["generate", demo, "-p", "What is 2 plus 3?", "--json-schema", str(tmp_path / "schema.json"),
+                     "--temperature", "0.9", "--seed", str(seed)]) == 0
+        jsonschema.validate(json.loads(capsys.readouterr().out), schema)
+    assert main(["generate", demo, "-p", "Is 2 plus 2 four?", "--grammar", str(tmp_path / "yes_no.gbnf"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] in ("yes", "no")
+    for flag, path, message in (("--json-schema", tmp_path / "bad.json", "Unsatisfiable"),
+                                ("--grammar", tmp_path / "missing.lark", "cannot read")):
+        assert main(["generate", demo, "-p", "hi", flag, str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"hearthlm: error: {flag} {path}: " in err and message in err
