@@ -82,7 +82,9 @@ class Model:
         end); with return_result=True a generation.Generation (text, finish_reason,
         token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
-        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig."""
+        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig;
+        also json_schema / response_format / regex / grammar (hearthlm.constraints) and
+        logprobs / top_logprobs (hearthlm.logprobs)."""
         from .generation import generate
         return generate(self, prompt, max_new_tokens, stop, stream, return_result, **sampling)
 
@@ -91,7 +93,8 @@ class Model:
              **sampling):
         """The assistant's reply to OpenAI-style messages ([{"role": "user", "content":
         "Hi"}]), rendered by the model's chat template or `template` (a built-in name
-        such as "chatml", or a .jinja file). Options and results as generate()."""
+        such as "chatml", or a .jinja file). Options and results as generate(); also
+        tools / tool_choice (hearthlm.tool_calls: the result's tool_calls)."""
         from .generation import chat
         return chat(self, messages, max_new_tokens, stop, stream, return_result, template, **sampling)
 

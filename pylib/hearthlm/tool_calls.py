@@ -200,7 +200,6 @@ class Triggered:
 
     def accept(self, token: int) -> None:
         if self.n_accepted == 0 and token == self.trigger:
-            self.grammar.next_mask()
             self.active = True
         if self.active:
             self.grammar.accept(token)
