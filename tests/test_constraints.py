@@ -128,6 +128,7 @@ def test_streamed_pieces_join_to_the_constrained_text(model):
     (dict(json_schema={"type": "wibble"}), "json_schema: Invalid type"),
     (dict(json_schema="{not json"), "json_schema: not valid JSON"),
     (dict(json_schema=[1, 2]), "json_schema: expected a JSON schema object"),
+    (dict(json_schema=True), "json_schema: expected a JSON schema object"),
     (dict(response_format={"type": "json_schema"}), "response_format: .*schema"),
     (dict(response_format={"type": "xml"}), "response_format: type must be"),
     (dict(response_format="json"), "response_format: expected"),
@@ -140,6 +141,12 @@ def test_streamed_pieces_join_to_the_constrained_text(model):
 def test_bad_constraints_fail_before_generation(model, options, message):
     with pytest.raises(InvalidInputError, match=message):
         model.generate("hello", max_new_tokens=5, **options)
+
+
+def test_a_model_without_a_tokenizer_is_refused(model_dir):
+    bare = hearthlm.load(model_dir("llama-mha"))
+    with pytest.raises(InvalidInputError, match="constraints need the model's tokenizer.json"):
+        bare.generate([1, 2, 3], regex="[a-z]+", max_new_tokens=3)
 
 
 def test_mask_is_applied_before_every_other_step():

@@ -56,7 +56,10 @@ def ll_tokenizer(model):
     tok = _TOKENIZERS.get(model)
     if tok is None:
         llg = _llguidance()
-        path = model.require_tokenizer().path
+        if model.tokenizer is None:
+            raise InvalidInputError(f"{', '.join(CONSTRAINT_OPTIONS)}: constraints need the model's tokenizer.json, "
+                                    f"and {model.path} has none")
+        path = model.tokenizer.path
         with open(path, encoding="utf-8") as f:
             text = f.read()
         eos = model.eos_token_ids
@@ -107,10 +110,13 @@ class Constraint:
                     value = json.loads(value)
                 except ValueError as e:
                     raise InvalidInputError(f"{argument}: not valid JSON: {e}") from None
-            if not isinstance(value, (dict, bool)):
+            if not isinstance(value, dict):
                 raise InvalidInputError(f"{argument}: expected a JSON schema object, got {type(value).__name__}")
-            return cls(model, llg.LLMatcher.grammar_from_json_schema(json.dumps(value), defaults=JSON_LAYOUT),
-                       argument)
+            try:
+                grammar = llg.LLMatcher.grammar_from_json_schema(json.dumps(value), defaults=JSON_LAYOUT)
+            except ValueError as e:
+                raise InvalidInputError(f"{argument}: {e}") from None
+            return cls(model, grammar, argument)
         if not isinstance(value, str):
             raise InvalidInputError(f"{argument}: expected a string, got {type(value).__name__}")
         if argument == "regex":
