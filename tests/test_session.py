@@ -1,5 +1,6 @@
 """Sessions: incremental feeding, ring-buffer context shift, rewind/sync, save/load,
 threads."""
+import os
 import threading
 
 import numpy as np
@@ -180,8 +181,8 @@ def test_bad_session_arguments(model_dir):
     with pytest.raises(hearthlm.ContextOverflowError, match="context of 256"):
         model.logits(list(range(100)) * 3)
     from hearthlm.kv_cache import KVCache
-    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache needs .* bytes"):
-        KVCache(model.args, 2 ** 40)
+    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache of 1 sequence\(s\) needs .* bytes"):
+        KVCache.alone(model.args, 2 ** 40)
 
 
 # Max |logit error| / max |logit| against an f32 cache, 60 tokens, measured on the tiny
@@ -208,7 +209,7 @@ def test_kv_memory_per_token_tinyllama_shape():
     from hearthlm.shapes import config_for
 
     args = model_args(config_for("tinyllama-1.1b"), "tinyllama")
-    per_token = {kv: (KVCache(args, 256, 4, kv).memory_bytes - 256 * 4) / 256
+    per_token = {kv: (KVCache.alone(args, 256, 4, kv).memory_bytes - 256 * 4) / 256
                  for kv in ("f32", "f16", "bf16", "q8")}
     assert per_token["f32"] == 2 * 22 * 4 * 64 * 4  # K and V, layers, kv heads, head_dim, bytes
     assert per_token["f16"] == per_token["bf16"] == per_token["f32"] / 2
@@ -230,3 +231,21 @@ def test_kv_dtype_shift_and_save(model_dir, tmp_path, kv_dtype):
     t = model.load_session(str(tmp_path / "s"))
     assert t.cache.kv_dtype == kv_dtype
     np.testing.assert_array_equal(t.feed([5]), s.feed([5]))
+
+
+def test_save_and_load_failures_name_the_path(model_dir, tmp_path):
+    model = hearthlm.load(model_dir("llama-mha"))
+    s = model.session(n_ctx=16)
+    s.feed([1, 2, 3])
+    missing = tmp_path / "no" / "such" / "dir" / "x.hls"
+    with pytest.raises(hearthlm.FileWriteError, match=f"{missing}: cannot save the session"):
+        s.save(str(missing))
+    with pytest.raises(hearthlm.FileWriteError, match=f"{tmp_path}: cannot save the session"):
+        s.save(str(tmp_path))
+    assert not os.listdir(tmp_path) and not [f for f in os.listdir(tmp_path.parent) if ".tmp-" in f]
+    magic = hearthlm.session.SESSION_MAGIC
+    for name, header in [("list.hls", b"[1, 2, 3]"), ("deep.hls", b"[" * 100000 + b"]" * 100000)]:
+        path = tmp_path / name
+        path.write_bytes(magic + len(header).to_bytes(8, "little") + header)
+        with pytest.raises(hearthlm.ModelFormatError, match=f"{path}: .*session header"):
+            model.load_session(str(path))

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
+from .errors import (ContextOverflowError, FileWriteError, InvalidInputError, ModelFormatError,
+                     SessionBusyError)
 from .kv_cache import KVCache
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
@@ -46,7 +47,7 @@ class Session:
                 "(max_position_embeddings in config.json)")
         if n_keep is None:
             n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
-        self.cache = KVCache(args, n_ctx, n_keep, kv_dtype)
+        self.cache = KVCache.alone(args, n_ctx, n_keep, kv_dtype)
         ring = self.cache.ring_size
         if n_discard is None:
             n_discard = max(1, ring // 2)
@@ -75,8 +76,7 @@ class Session:
     def memory_bytes(self) -> int:
         """Bytes of the KV cache and this session's scratch buffers."""
         b = self.buf
-        return self.cache.memory_bytes + sum(a.nbytes for a in vars(b).values()
-                                             if isinstance(a, np.ndarray)) + self.last_logits.nbytes
+        return self.cache.memory_bytes + sum(a.nbytes for a in b.arrays) + self.last_logits.nbytes
 
     def _exclusive(self):
         if not self._lock.acquire(blocking=False):
@@ -116,8 +116,7 @@ class Session:
             return
         drop = min(max(overflow, self.n_discard), cache.length - cache.n_keep)
         t = self.model.transformer
-        rope_cos, rope_sin = t.ensure_rope(cache.capacity)  # one consistent pair (threads)
-        cache.shift(drop, rope_cos, rope_sin, self.model.args.rotary_dim, t.n_threads)
+        cache.shift(drop, t.shift_rotations(drop, cache.capacity), t.n_threads)
         del self._tokens[cache.n_keep:cache.n_keep + drop]
 
     def rewind(self, n: int) -> None:
@@ -157,7 +156,7 @@ class Session:
         """Write the session (tokens and their cached K/V) to `path`."""
         with self._exclusive():
             cache = self.cache
-            order = cache.order()
+            order = cache.first + cache.order()  # pool slots
             header = {
                 "version": SESSION_VERSION,
                 "model": self.model.fingerprint,
@@ -179,6 +178,8 @@ class Session:
                         for part in cache.arrays:
                             f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
                 os.replace(tmp, path)
+            except OSError as e:
+                raise FileWriteError(f"{path}: cannot save the session: {e.strerror}") from None
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -197,9 +198,12 @@ class Session:
                 raise ModelFormatError(f"{path}: session header of {size} bytes is implausible")
             try:
                 header = json.loads(f.read(size))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise ModelFormatError(f"{path}: bad session header: {e}") from None
-            if not isinstance(header, dict) or header.get("version") != SESSION_VERSION:
+            if not isinstance(header, dict):
+                raise ModelFormatError(f"{path}: session header must be a JSON object, "
+                                       f"got {type(header).__name__}")
+            if header.get("version") != SESSION_VERSION:
                 raise ModelFormatError(f"{path}: session format version {header.get('version')!r} "
                                        f"is not {SESSION_VERSION}")
             if header.get("model") != model.fingerprint or header.get("dtype") != model.dtype:
@@ -222,13 +226,14 @@ class Session:
             # Same slots as when saved, so attention sums in the same order: exact round trip.
             s.cache.tail, s.cache.length = tail, n
             order = s.cache.order()
+            pool_slots = s.cache.first + order
             for layer in range(layers):
                 for part in s.cache.arrays:
                     per = heads * n * part.shape[3] * part.itemsize
                     data = f.read(per)
                     if len(data) != per:
                         raise ModelFormatError(f"{path}: truncated session file")
-                    part[layer][:, order] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
+                    part[layer][:, pool_slots] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
             s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
             s._tokens = tokens
             return s

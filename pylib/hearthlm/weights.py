@@ -5,13 +5,12 @@ bytes converted are counted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .errors import ModelFormatError
-from .quant import (HEAD_TENSORS, QUANT_DTYPES, Progress, QuantTensor, quantize_tensor,
-                    read_quant_metadata)
+from .quant import HEAD_TENSORS, QUANT_DTYPES, QuantTensor, quantize_tensor, read_quant_metadata
 from .safetensors_io import CheckpointFiles
 
 # Kernel weight types and how each is held in numpy.
@@ -27,6 +26,15 @@ class Linear:
     weight: np.ndarray
     wtype: str               # "f32" | "bf16" | "f16" | "q8" | "q4"
     bias: Optional[np.ndarray] = None  # float32 [out_features]
+
+
+@dataclass
+class Norm:
+    """RMSNorm (bias None) or LayerNorm. weight, bias: [dim] or per group [groups, dim]
+    float32."""
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    eps: float
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -45,10 +53,11 @@ class WeightReader:
 
     wtype: the kernels' weight type. For q8/q4, float matrices are quantized as they
     are read (the embedding table and LM head to head_wtype), and the matrices of a
-    quantized checkpoint are used in place in whatever format each was stored."""
+    quantized checkpoint are used in place in whatever format each was stored.
+    progress(done, total), if given, is called with the source bytes quantized so far."""
 
     def __init__(self, files: CheckpointFiles, wtype: str, head_wtype: Optional[str] = None,
-                 n_threads: int = 1):
+                 n_threads: int = 1, progress: Optional[Callable[[int, int], None]] = None):
         self.files = files
         self.wtype = wtype
         self.head_wtype = head_wtype or wtype
@@ -56,11 +65,12 @@ class WeightReader:
         self.stored_quant, self.quantized = read_quant_metadata(files)
         self.converted_bytes = 0
         self.mapped_bytes = 0
-        to_quantize = 0
+        self.to_quantize, self.quantized_bytes, self.progress = 0, 0, progress
         if wtype in QUANT_DTYPES:
-            to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
-                              if n not in self.quantized and len(files.info(n).shape) == 2)
-        self.progress = Progress(f"quantizing to {wtype}", to_quantize)
+            self.to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
+                                   if n not in self.quantized and len(files.info(n).shape) == 2)
+        if progress is not None and self.to_quantize:
+            progress(0, self.to_quantize)
 
     def wtype_for(self, name: str) -> str:
         if name in self.quantized:
@@ -111,7 +121,9 @@ class WeightReader:
         if wtype in QUANT_DTYPES:
             out = quantize_tensor(raw, stored, wtype, self.n_threads, self.files.path_of(name), name)
             self.converted_bytes += out.nbytes
-            self.progress.advance(raw.nbytes)
+            self.quantized_bytes += raw.nbytes
+            if self.progress is not None:
+                self.progress(self.quantized_bytes, self.to_quantize)
             return out
         if IN_PLACE.get(stored) == wtype:
             self.mapped_bytes += raw.nbytes
@@ -140,3 +152,25 @@ class WeightReader:
         weight = self.tensor(f"{prefix}.weight", (out_features, in_features))
         b = self.vector(f"{prefix}.bias", (out_features,)) if bias else None
         return Linear(weight, self.wtype_for(f"{prefix}.weight"), b)
+
+
+class Weights:
+    """A family's declared tensors (name -> shape), read once through a WeightReader:
+    matrices in the kernels' weight type, vectors (norms, biases) as float32."""
+
+    def __init__(self, reader: WeightReader, specs: dict):
+        self.reader = reader
+        self.specs = specs
+        self.tensors = {name: reader.tensor(name, shape) if len(shape) == 2 else reader.vector(name, shape)
+                        for name, shape in specs.items()}
+
+    def linear(self, prefix: str) -> Linear:
+        name = f"{prefix}.weight"
+        return Linear(self.tensors[name], self.reader.wtype_for(name), self.tensors.get(f"{prefix}.bias"))
+
+    def norm(self, prefix: str, eps: float, offset: float = 0.0) -> Norm:
+        """offset: added to the weight once (Gemma's RMSNorm scales by 1 + weight)."""
+        weight = self.tensors[f"{prefix}.weight"]
+        if offset:
+            weight = (weight + np.float32(offset)).astype(np.float32)
+        return Norm(weight, self.tensors.get(f"{prefix}.bias"), eps)
