@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, in_flags, load_for_text, positive_int, thread_count,
-                       utf8_text)
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, constraint_options, in_flags, load_for_text,
+                       positive_int, thread_count, utf8_text)
 from .errors import HearthlmError
 
 PROMPT = ">>> "
@@ -45,7 +45,6 @@ def add_arguments(p) -> None:
 
 def run(args, sampling: dict) -> int:
     from .chat_template import ChatTemplate
-    from .cli import constraint_options
     from .conversation import Conversation
     from .demo import demo_model_path
     from .generation import make_sampler

@@ -8,7 +8,8 @@ import os
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_sampling_options, in_flags,
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_constraint_options,
+                       add_sampling_options, constraint_options, in_flags,
                        load_for_text, positive_int, sampling_options, thread_count, utf8_text)
 def cmd_info(args) -> int:
     from .cpu import cpu_info
@@ -69,39 +70,6 @@ def bench_parallel(folder: str, args) -> int:
     report = run_parallel(model, args.parallel, reps=args.reps)
     print(json.dumps(report, indent=2) if args.json else format_parallel(report))
     return 0
-
-
-CONSTRAINT_FLAGS = (  # (flag, generate() option, help)
-    ("--json-schema", "json_schema", "the output is JSON valid against the JSON schema in FILE"),
-    ("--grammar", "grammar", "the output follows the Lark or llama.cpp GBNF grammar in FILE"),
-)
-
-
-def add_constraint_options(p) -> None:
-    g = p.add_argument_group('constrained output (pip install "hearthlm[structured]")')
-    for flag, dest, help_ in CONSTRAINT_FLAGS:
-        g.add_argument(flag, dest=dest, metavar="FILE", help=help_)
-
-
-def constraint_options(args, model) -> dict:
-    """generate() options from the constraint flags' files, checked now so that an
-    error names the flag and the file."""
-    from .constraints import Constraint
-    from .errors import InvalidInputError
-    options = {}
-    for flag, dest, _ in CONSTRAINT_FLAGS:
-        path = getattr(args, dest)
-        if path is None:
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                options[dest] = f.read()
-            Constraint.from_options(model, **{dest: options[dest]})
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidInputError(f"{flag} {path}: cannot read: {e}") from None
-        except InvalidInputError as e:
-            raise InvalidInputError(f"{flag} {path}: {e}") from None
-    return options
 
 
 def cmd_bench(args) -> int:
