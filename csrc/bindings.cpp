@@ -32,6 +32,24 @@ using namespace hearthlm::checks;
 
 namespace {
 
+const float* sampler_logits(const Sampler& s, const py::array& logits) {
+  const float* lp = in_f32(logits, "logits", 1);
+  expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
+                                           " values, got " + shape_str(logits));
+  return lp;
+}
+
+const uint32_t* sampler_mask(const Sampler& s, const py::object& mask) {
+  if (mask.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(mask)) throw py::type_error("mask: expected None or a uint32 array");
+  py::array a = mask.cast<py::array>();  // a view: mask keeps the data alive
+  check_layout(a, "mask", 'u', 4, 1);
+  const int64_t words = (s.vocab() + 31) / 32;
+  expect(a.shape(0) == words, "mask: expected " + std::to_string(words) + " uint32 words, got " +
+                                  shape_str(a));
+  return static_cast<const uint32_t*>(a.data());
+}
+
 // Sampler(vocab, seed, temperature, top_k, ...): holds the RNG state and the penalty
 // window; parameters are validated by hearthlm.sampling.
 void bind_sampler(py::module_& m) {
@@ -47,26 +65,47 @@ void bind_sampler(py::module_& m) {
            py::arg("vocab"), py::arg("seed"), py::arg("temperature"), py::arg("top_k"),
            py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
            py::arg("presence_penalty"), py::arg("frequency_penalty"))
-      .def("sample", [](Sampler& s, py::array logits) {
-        const float* lp = in_f32(logits, "logits", 1);
-        expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
-                                                 " values, got " + shape_str(logits));
-        py::gil_scoped_release release;
-        return s.sample(lp);
-      }, py::arg("logits"), "The next token id; logits[vocab] float32 is not modified.")
-      .def("distribution", [](Sampler& s, py::array logits) {
-        const float* lp = in_f32(logits, "logits", 1);
-        expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
-                                                 " values, got " + shape_str(logits));
+      .def("sample", [](Sampler& s, py::array logits, py::object mask) {
+        const float* lp = sampler_logits(s, logits);
+        const uint32_t* mp = sampler_mask(s, mask);
+        int32_t token;
+        {
+          py::gil_scoped_release release;
+          token = s.sample(lp, mp);
+        }
+        expect(token >= 0, "mask: allows no token");
+        return token;
+      }, py::arg("logits"), py::arg("mask") = py::none(),
+         "The next token id; logits[vocab] float32 is not modified. mask: None or uint32 "
+         "[ceil(vocab / 32)] bits of the allowed tokens.")
+      .def("distribution", [](Sampler& s, py::array logits, py::object mask) {
+        const float* lp = sampler_logits(s, logits);
+        const uint32_t* mp = sampler_mask(s, mask);
         py::array_t<int32_t> ids(s.vocab());
         py::array_t<float> probs(s.vocab());
         int64_t n;
         {
           py::gil_scoped_release release;
-          n = s.distribution(lp, ids.mutable_data(), probs.mutable_data());
+          n = s.distribution(lp, mp, ids.mutable_data(), probs.mutable_data());
         }
         return py::make_tuple(ids[py::slice(0, n, 1)], probs[py::slice(0, n, 1)]);
-      }, py::arg("logits"), "(ids, probs): the filtered, normalised distribution sample() draws from.")
+      }, py::arg("logits"), py::arg("mask") = py::none(),
+         "(ids, probs): the filtered, normalised distribution sample() draws from.")
+      .def("sampled_logprobs", [](Sampler& s, py::array ids, py::array logprobs) {
+        check_layout(ids, "ids", 'i', 4, 1);
+        float* lp = out_f32(logprobs, "logprobs", 1);
+        expect(ids.shape(0) == logprobs.shape(0) && ids.writeable(),
+               "ids, logprobs: expected two writeable arrays of the same length");
+        float chosen;
+        int64_t n;
+        {
+          py::gil_scoped_release release;
+          n = s.sampled_logprobs(ids.shape(0), &chosen, static_cast<int32_t*>(ids.mutable_data()), lp);
+        }
+        return py::make_tuple(chosen, n);
+      }, py::arg("ids"), py::arg("logprobs"),
+         "After sample(): (the chosen token's logprob, n); the n <= len(ids) most likely "
+         "tokens of the distribution it was drawn from go to ids / logprobs.")
       .def("accept", [](Sampler& s, py::array ids) {
         const int32_t* ip = in_i32(ids, "ids");
         for (py::ssize_t i = 0; i < ids.shape(0); ++i)

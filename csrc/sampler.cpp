@@ -1,3 +1,5 @@
+// A token mask (grammar constraints) comes first: masked-out logits become -inf, so
+// penalties keep them there and every filter drops them.
 // Order of the filters follows transformers: penalties, temperature, top-k, top-p, min-p.
 // min-p is applied before top-p's sort, which gives the same set: both keep a
 // most-likely-first prefix, min-p's threshold is relative to the top token (which
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace hearthlm {
 
@@ -40,6 +43,20 @@ int64_t prefix_reaching(const Candidate* c, int64_t n, double need) {
   for (int64_t i = 0; i < n; ++i)
     if ((cum += c[i].logit) >= need) return i + 1;
   return n;
+}
+
+// out[i] = in[i] where the mask allows token i, else -inf.
+void masked_copy(float* out, const float* in, const uint32_t* mask, int64_t n) {
+  for (int64_t b = 0; b < n; b += 32) {
+    const uint32_t bits = mask[b / 32];
+    const int64_t e = std::min<int64_t>(b + 32, n);
+    if (bits == 0xFFFFFFFFu) {
+      std::copy(in + b, in + e, out + b);
+    } else {
+      for (int64_t j = b; j < e; ++j)
+        out[j] = (bits >> (j - b)) & 1u ? in[j] : -INFINITY;
+    }
+  }
 }
 
 int64_t argmax(const float* x, int64_t n) {
@@ -87,11 +104,16 @@ void Sampler::accept(const int32_t* ids, int64_t n) {
 
 void Sampler::clear_history() { history_len_ = history_head_ = 0; }
 
-const float* Sampler::penalised(const float* logits) {
-  const bool active = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f ||
-                      p_.frequency_penalty != 0.0f;
-  if (!active || history_len_ == 0) return logits;
-  std::copy(logits, logits + vocab_, work_.begin());
+const float* Sampler::prepared(const float* logits, const uint32_t* mask) {
+  const bool active = (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f ||
+                       p_.frequency_penalty != 0.0f) && history_len_ > 0;
+  if (mask != nullptr)
+    masked_copy(work_.data(), logits, mask, vocab_);
+  else if (active)
+    std::copy(logits, logits + vocab_, work_.begin());
+  else
+    return logits;
+  if (!active) return work_.data();
   for (int64_t i = 0; i < history_len_; ++i) counts_[history_[i]]++;
   for (int64_t i = 0; i < history_len_; ++i) {
     const int32_t t = history_[i];
@@ -126,12 +148,14 @@ int64_t Sampler::top_k_candidates(const float* l, int64_t k) {
   return k;
 }
 
-int64_t Sampler::filter(const float* logits, double* total) {
-  const float* l = penalised(logits);
+int64_t Sampler::filter(const float* logits, const uint32_t* mask, double* total) {
+  const float* l = prepared(logits, mask);
   Candidate* c = cand_.data();
+  *total = 1.0;
   if (p_.temperature <= 0.0f) {
-    c[0] = {1.0f, static_cast<int32_t>(argmax(l, vocab_))};
-    *total = 1.0;
+    const int64_t best = argmax(l, vocab_);
+    if (l[best] == -INFINITY) return 0;  // the mask allows nothing
+    c[0] = {1.0f, static_cast<int32_t>(best)};
     return 1;
   }
   int64_t n = vocab_;
@@ -144,6 +168,7 @@ int64_t Sampler::filter(const float* logits, double* total) {
   float max_logit = c[0].logit;
   if (!sorted)
     for (int64_t i = 1; i < n; ++i) max_logit = std::max(max_logit, c[i].logit);
+  if (max_logit == -INFINITY) return 0;  // the mask allows nothing
 
   // Probabilities relative to the most likely token (which gets 1).
   const float inv_t = 1.0f / p_.temperature;
@@ -152,10 +177,11 @@ int64_t Sampler::filter(const float* logits, double* total) {
     c[i].logit = std::exp((c[i].logit - max_logit) * inv_t);
     mass += c[i].logit;
   }
-  if (p_.min_p > 0.0f) {
+  if (p_.min_p > 0.0f || mask != nullptr) {  // masked-out tokens have probability 0
+    const float keep = std::max(p_.min_p, std::numeric_limits<float>::denorm_min());
     int64_t m = 0;
     for (int64_t i = 0; i < n; ++i)
-      if (c[i].logit >= p_.min_p) c[m++] = c[i];
+      if (c[i].logit >= keep) c[m++] = c[i];
     n = m;
   }
   if (p_.top_p < 1.0f) {
@@ -190,19 +216,34 @@ int64_t Sampler::top_p_candidates(int64_t n, double need) {
   return prefix_reaching(c, m, need);
 }
 
-int32_t Sampler::sample(const float* logits) {
+int32_t Sampler::sample(const float* logits, const uint32_t* mask) {
   double total = 0.0;
-  const int64_t n = filter(logits, &total);
+  const int64_t n = filter(logits, mask, &total);
+  last_n_ = n;
+  last_total_ = total;
+  if (n == 0) return -1;
   const double r = static_cast<double>(next_u64() >> 11) * 0x1.0p-53 * total;
   double cum = 0.0;
-  for (int64_t i = 0; i < n; ++i)
-    if ((cum += cand_[i].logit) > r) return cand_[i].id;
-  return cand_[n - 1].id;  // r rounded up to the total
+  int64_t i = 0;
+  while (i < n - 1 && (cum += cand_[i].logit) <= r) ++i;  // the last one if r rounded up to the total
+  last_chosen_ = cand_[i].logit;
+  return cand_[i].id;
 }
 
-int64_t Sampler::distribution(const float* logits, int32_t* ids, float* probs) {
+int64_t Sampler::sampled_logprobs(int64_t k, float* chosen, int32_t* ids, float* logprobs) {
+  *chosen = static_cast<float>(std::log(last_chosen_ / last_total_));
+  k = std::min(k, last_n_);
+  std::partial_sort(cand_.begin(), cand_.begin() + k, cand_.begin() + last_n_, more_likely);
+  for (int64_t i = 0; i < k; ++i) {
+    ids[i] = cand_[i].id;
+    logprobs[i] = static_cast<float>(std::log(cand_[i].logit / last_total_));
+  }
+  return k;
+}
+
+int64_t Sampler::distribution(const float* logits, const uint32_t* mask, int32_t* ids, float* probs) {
   double total = 0.0;
-  const int64_t n = filter(logits, &total);
+  const int64_t n = filter(logits, mask, &total);
   for (int64_t i = 0; i < n; ++i) {
     ids[i] = cand_[i].id;
     probs[i] = static_cast<float>(cand_[i].logit / total);

@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, in_flags, load_for_text, positive_int, thread_count,
-                       utf8_text)
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, constraint_options, in_flags, load_for_text,
+                       positive_int, thread_count, utf8_text)
 from .errors import HearthlmError
 
 PROMPT = ">>> "
@@ -55,7 +55,8 @@ def run(args, sampling: dict) -> int:
     if args.system is not None:
         utf8_text(args.system, "--system")
     conv = Conversation(model, ChatTemplate.for_model(model, args.template), make_sampler(model, sampling),
-                        n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens)
+                        n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens,
+                        constraint=constraint_options(args, model))
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()

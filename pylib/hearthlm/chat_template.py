@@ -4,7 +4,10 @@ The template is the model's own Jinja `chat_template` (tokenizer_config.json, or
 chat_template.jinja file next to it), rendered the way transformers'
 apply_chat_template renders it: a sandboxed environment with trim_blocks,
 lstrip_blocks and loop controls, `raise_exception`, `tojson`, `strftime_now`, the
-special tokens (`bos_token`, `eos_token`, ...) and `add_generation_prompt`.
+special tokens (`bos_token`, `eos_token`, ...), `add_generation_prompt` and, when
+given, `tools` (OpenAI-format tool definitions). An assistant message's tool calls in
+OpenAI's form carry their arguments as JSON text; templates index them as objects, so
+they are parsed first.
 A model without one can borrow a built-in (BUILTIN_TEMPLATES) or a .jinja file.
 """
 from __future__ import annotations
@@ -87,9 +90,10 @@ class ChatTemplate:
         except jinja2.TemplateError as e:
             raise InvalidInputError(f"messages: rejected by the chat template ({self.origin}): {e}") from None
 
-    def encode(self, tokenizer: Tokenizer, messages: list, add_generation_prompt: bool = True) -> list[int]:
+    def encode(self, tokenizer: Tokenizer, messages: list, add_generation_prompt: bool = True,
+               tools: Optional[list] = None) -> list[int]:
         """Rendered and tokenized. A template that writes BOS itself gets no second one."""
-        text = self.render(messages, add_generation_prompt)
+        text = self.render(messages, add_generation_prompt, **({"tools": tools} if tools is not None else {}))
         bos = tokenizer.bos_token
         return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
 
@@ -137,6 +141,15 @@ def _plain_messages(messages) -> list:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidInputError(f"messages[{i}]: expected a dict with a 'role' string, got {m!r}")
     try:
-        return json.loads(json.dumps(list(messages)))
+        plain = json.loads(json.dumps(list(messages)))
     except (TypeError, ValueError) as e:
         raise InvalidInputError(f"messages: not plain JSON data ({e})") from None
+    for i, m in enumerate(plain):
+        for j, call in enumerate(m.get("tool_calls") or []):
+            f = call.get("function") if isinstance(call, dict) else None
+            if isinstance(f, dict) and isinstance(f.get("arguments"), str):
+                try:
+                    f["arguments"] = json.loads(f["arguments"])
+                except ValueError as e:
+                    raise InvalidInputError(f"messages[{i}].tool_calls[{j}].function.arguments: not JSON ({e})") from None
+    return plain

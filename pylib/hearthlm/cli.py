@@ -8,7 +8,8 @@ import os
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_sampling_options, in_flags,
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_constraint_options,
+                       add_sampling_options, constraint_options, in_flags,
                        load_for_text, positive_int, sampling_options, thread_count, utf8_text)
 def cmd_info(args) -> int:
     from .cpu import cpu_info
@@ -19,7 +20,8 @@ def cmd_info(args) -> int:
 def cmd_generate(args) -> int:
     model = load_for_text(args)
     stream = model.generate(utf8_text(args.prompt, "--prompt"), max_new_tokens=args.max_tokens,
-                            stop=args.stop or (), stream=True, truncate=args.truncate, **sampling_options(args))
+                            stop=args.stop or (), stream=True, truncate=args.truncate, **sampling_options(args),
+                            **constraint_options(args, model))
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)
@@ -157,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     chat_cli.add_arguments(chat)
     add_sampling_options(chat)
+    add_constraint_options(chat)
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
@@ -173,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: text, finish_reason, token counts, timings")
     add_sampling_options(gen)
+    add_constraint_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")

@@ -1,6 +1,6 @@
 """What the command line's commands share: argument types and help texts, the sampling
-flags, a progress line for load() and quantize(), and library errors spoken in flags
-(the API names parameters, the CLI names the flags that set them)."""
+and constraint flags, a progress line for load() and quantize(), and library errors
+spoken in flags (the API names parameters, the CLI names the flags that set them)."""
 from __future__ import annotations
 
 import argparse
@@ -130,3 +130,36 @@ def utf8_text(text: str, what: str) -> str:
         raise InvalidInputError(f"{what}: not valid UTF-8 (byte {ord(text[e.start]) - 0xDC00:#04x} at character "
                                 f"{e.start}); hearthlm reads text as UTF-8") from None
     return text
+
+
+CONSTRAINT_FLAGS = (  # (flag, generate() option, help)
+    ("--json-schema", "json_schema", "the output is JSON valid against the JSON schema in FILE"),
+    ("--grammar", "grammar", "the output follows the Lark or llama.cpp GBNF grammar in FILE"),
+)
+
+
+def add_constraint_options(p) -> None:
+    g = p.add_argument_group('constrained output (pip install "hearthlm[structured]")')
+    for flag, dest, help_ in CONSTRAINT_FLAGS:
+        g.add_argument(flag, dest=dest, metavar="FILE", help=help_)
+
+
+def constraint_options(args, model) -> dict:
+    """generate() options from the constraint flags' files, checked now so that an
+    error names the flag and the file."""
+    from .constraints import Constraint
+    from .errors import InvalidInputError
+    options = {}
+    for flag, dest, _ in CONSTRAINT_FLAGS:
+        path = getattr(args, dest)
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                options[dest] = f.read()
+            Constraint.from_options(model, **{dest: options[dest]})
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"{flag} {path}: cannot read: {e}") from None
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{flag} {path}: {e}") from None
+    return options

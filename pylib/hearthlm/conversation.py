@@ -11,7 +11,9 @@ dropped middle tokens, the cache no longer holds a prefix of the conversation; t
 only the tokens after the common prefix with what was fed so far are fed (the new
 turn), on top of what the cache kept — so a chat can run past n_ctx indefinitely.
 
-A cancelled reply stays in the conversation with the text produced so far.
+A cancelled reply stays in the conversation with the text produced so far. With
+`constraint` options (json_schema=, grammar=, ...: hearthlm.constraints) every reply
+follows them, each from the start.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .chat_template import ChatTemplate
+from .constraints import Constraint
 from .errors import ContextOverflowError, FileWriteError, InvalidInputError
 from .generation import Generation, TextStream
 from .sampling import Sampler
@@ -30,8 +33,10 @@ from .sampling import Sampler
 class Conversation:
     def __init__(self, model, template: ChatTemplate, sampler: Sampler, n_ctx: Optional[int] = None,
                  system: Optional[str] = None, max_new_tokens: Optional[int] = None,
-                 stop: Sequence[str] = ()):
+                 stop: Sequence[str] = (), constraint: Optional[dict] = None):
         self.model, self.template, self.sampler = model, template, sampler
+        self.constraint = dict(constraint or {})
+        Constraint.from_options(model, **self.constraint)  # a bad one fails now, not at the first turn
         self.session = model.session(n_ctx=n_ctx)
         self.max_new_tokens, self.stop = max_new_tokens, list(stop)
         self.messages: list[dict] = []
@@ -52,7 +57,8 @@ class Conversation:
             self.last = result
 
         return TextStream(self.model, self.session, lambda: self._catch_up(ids), ids, self.sampler,
-                          self.max_new_tokens, self.stop, on_finish=finish)
+                          self.max_new_tokens, self.stop, on_finish=finish,
+                          constraint=Constraint.from_options(self.model, **self.constraint))
 
     def _check_turn_fits(self, ids: list[int]) -> None:
         """Older turns may shift out of the context; the new message itself must fit

@@ -16,6 +16,11 @@ A prompt longer than the context raises ContextOverflowError, unless truncate="l
 A reply that runs past the context shifts it (Session: the oldest tokens after the
 first few are dropped).
 
+Constraints (hearthlm.constraints: json_schema=, response_format=, regex=, grammar=)
+restrict every token to what the grammar allows; a reply whose constraint is complete
+ends with "eos" ("length" means it was cut short and may not parse). logprobs=True,
+top_logprobs=k fill Generation.logprobs (hearthlm.logprobs says on which distribution).
+
 The session holds the prompt and every generated token when a stream ends (the last
 token is fed even though its logits go unused), so a conversation can continue from it.
 """
@@ -27,10 +32,13 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from . import logprobs as lp
 from .chat_template import ChatTemplate
+from .constraints import CONSTRAINT_OPTIONS, Constraint
 from .detokenizer import StreamDecoder
 from .errors import ContextOverflowError, InvalidInputError
 from .sampling import Sampler, SamplerConfig
+from .tool_calls import ToolCalling
 
 PROMPT_CONTEXT = 8  # prompt tokens the detokenizer sees, so a continuation joins the prompt right
 SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplerConfig))
@@ -49,6 +57,8 @@ class Generation:
     decode_steps: int            # tokens fed one at a time
     seed: int
     truncated_tokens: int = 0    # oldest prompt tokens dropped (truncate="left") to fit the context
+    logprobs: Optional[list] = None  # with logprobs=True: one record per token_ids entry
+    tool_calls: Optional[list] = None  # chat with tools: OpenAI-form calls parsed from the reply
 
     @property
     def completion_tokens(self) -> int:
@@ -124,10 +134,13 @@ class TextStream:
     def __init__(self, model, session, prefill: Callable[[], tuple[np.ndarray, int]],
                  prompt_ids: Sequence[int], sampler: Sampler, max_new_tokens: Optional[int],
                  stop: Sequence[str] = (), context: Sequence[int] = (),
-                 on_finish: Optional[Callable[[Generation], None]] = None, truncated: int = 0):
+                 on_finish: Optional[Callable[[Generation], None]] = None, truncated: int = 0,
+                 constraint: Optional[Constraint] = None, top_logprobs: Optional[int] = None):
         """prefill() feeds the prompt (or what the session lacks of it) and returns
         (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel.
-        truncated: prompt tokens dropped before this, for the result."""
+        truncated: prompt tokens dropped before this, for the result.
+        constraint: restricts the tokens (advanced here; rewind it with the session).
+        top_logprobs: None, or record logprobs with that many alternatives."""
         check_max_new_tokens(max_new_tokens)
         if isinstance(stop, str):
             stop = [stop]
@@ -139,6 +152,7 @@ class TextStream:
         self.result: Optional[Generation] = None
         self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
         self._cancelled, self._truncated = False, truncated
+        self.constraint, self.top_logprobs = constraint, top_logprobs
         self._pieces = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -168,13 +182,15 @@ class TextStream:
         self.sampler.start(self.prompt_ids)
         reply = ReplyText(self.model.tokenizer, self._stop, self._context)
         tokens, pieces, reason, steps = [], [], "cancelled", 0
+        logprobs = [] if self.top_logprobs is not None else None
+        constraint = self.constraint
         t_first, paused, unfed = None, 0.0, False
         try:
             while True:
                 if self._cancelled:
                     reason = "cancelled"
                     break
-                token = self.sampler.sample(logits)
+                token = self.sampler.sample(logits, constraint.next_mask() if constraint else None)
                 if t_first is None:
                     t_first = time.perf_counter()
                 if token in eos:
@@ -182,6 +198,10 @@ class TextStream:
                     break
                 tokens.append(token)
                 self.sampler.accept(token)
+                if constraint:
+                    constraint.accept(token)
+                if logprobs is not None:
+                    logprobs.append(lp.entry(self.sampler, self.model.tokenizer, token, self.top_logprobs))
                 out, stopped = reply.add(token)
                 if out:
                     pieces.append(out)
@@ -192,6 +212,9 @@ class TextStream:
                 unfed, steps = False, steps + 1
                 if stopped:
                     reason = "stop"
+                    break
+                if constraint and constraint.done:  # only end-of-sequence is allowed now
+                    reason = "eos"
                     break
                 if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
                     reason = "length"
@@ -207,6 +230,10 @@ class TextStream:
             reason = "cancelled"  # the reader closed the stream early
             if unfed:  # closed while yielding: the session never got this token
                 tokens.pop()
+                if constraint:
+                    constraint.rewind(1)
+                if logprobs:
+                    logprobs.pop()
             raise
         finally:
             t_end = time.perf_counter()
@@ -216,7 +243,7 @@ class TextStream:
                 prefill_seconds=t_prefill - t0,
                 time_to_first_token=(t_first or t_end) - t0,
                 decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=steps,
-                seed=self.sampler.seed, truncated_tokens=self._truncated)
+                seed=self.sampler.seed, truncated_tokens=self._truncated, logprobs=logprobs)
             if self._on_finish is not None:
                 self._on_finish(self.result)
 
@@ -268,17 +295,34 @@ def generate(model, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[
 
 def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
          stream: bool = False, return_result: bool = False, template: Optional[str] = None,
-         truncate: Optional[str] = None, **sampling):
+         truncate: Optional[str] = None, tools: Optional[list] = None, tool_choice=None, **sampling):
     """The assistant's reply to OpenAI-style `messages`, rendered by the model's chat
-    template (or `template`: a built-in name or a .jinja file)."""
-    ids = ChatTemplate.for_model(model, template).encode(model.tokenizer, messages)
-    return _one_shot(model, model.check_ids(ids, "rendered chat"), "messages", max_new_tokens, stop, stream,
-                     return_result, truncate, sampling, context=())
+    template (or `template`: a built-in name or a .jinja file). With `tools`, the
+    result's tool_calls (hearthlm.tool_calls)."""
+    chat_template = ChatTemplate.for_model(model, template)
+    calling = None
+    if tools is not None or tool_choice is not None:
+        calling = ToolCalling(model, chat_template.source, tools, tool_choice)
+        if stream:
+            raise InvalidInputError("stream: replies with tools are not streamed yet; use stream=False")
+    ids = chat_template.encode(model.tokenizer, messages, tools=tools)
+    result = _one_shot(model, model.check_ids(ids, "rendered chat"), "messages", max_new_tokens, stop, stream,
+                       True if calling else return_result, truncate, sampling, context=(),
+                       constraint=calling.constraint() if calling else None)
+    if calling is None:
+        return result
+    calling.apply(result)
+    return result if return_result else result.text
 
 
 def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, stream, return_result, truncate,
-              sampling, context):
+              sampling, context, constraint=None):
     check_max_new_tokens(max_new_tokens)
+    top_logprobs = lp.top_count(sampling.pop("logprobs", False), sampling.pop("top_logprobs", None))
+    options = {k: sampling.pop(k) for k in CONSTRAINT_OPTIONS if k in sampling}
+    if constraint is not None and any(v is not None for v in options.values()):
+        raise InvalidInputError(f"{', '.join(options)}: not with tools (their calls are constrained already)")
+    constraint = constraint or Constraint.from_options(model, **options)
     sampler = make_sampler(model, sampling)
     limit = model.args.max_position_embeddings
     # truncated, the prompt leaves room for the reply: max_new_tokens, at most half the context
@@ -287,7 +331,8 @@ def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, strea
     n_ctx = None if max_new_tokens is None else min(limit, len(ids) + max_new_tokens)
     session = model.session(n_ctx=n_ctx)
     text_stream = TextStream(model, session, lambda: (session.feed(ids), len(ids)), ids.tolist(), sampler,
-                             max_new_tokens, stop, context=list(context), truncated=dropped)
+                             max_new_tokens, stop, context=list(context), truncated=dropped,
+                             constraint=constraint, top_logprobs=top_logprobs)
     if stream:
         return text_stream
     result = text_stream.finish()

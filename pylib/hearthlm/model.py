@@ -86,7 +86,9 @@ class Model:
         end); with return_result=True a generation.Generation (text, finish_reason,
         token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
-        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig.
+        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig;
+        also json_schema / response_format / regex / grammar (hearthlm.constraints) and
+        logprobs / top_logprobs (hearthlm.logprobs).
         A prompt longer than the context raises ContextOverflowError; truncate="left"
         drops its oldest tokens instead (leaving room for max_new_tokens, at most half
         the context) and the Generation's truncated_tokens says how many."""
@@ -98,7 +100,8 @@ class Model:
              truncate: Optional[str] = None, **sampling):
         """The assistant's reply to OpenAI-style messages ([{"role": "user", "content":
         "Hi"}]), rendered by the model's chat template or `template` (a built-in name
-        such as "chatml", or a .jinja file). Options and results as generate();
+        such as "chatml", or a .jinja file). Options and results as generate(); also
+        tools / tool_choice (hearthlm.tool_calls: the result's tool_calls);
         truncate="left" drops the oldest tokens of the rendered conversation."""
         return generation.chat(self, messages, max_new_tokens, stop, stream, return_result, template, truncate,
                     **sampling)

@@ -5,8 +5,12 @@ holding the RNG and the penalty window).
     sampler.start(prompt_ids)            # penalty window := the prompt's last tokens
     token = sampler.sample(logits)       # logits: float32 [vocab]
     sampler.accept(token)
+    token = sampler.sample(logits, mask) # mask: uint32 [ceil(vocab / 32)] bits of allowed tokens
+    chosen, top = sampler.logprobs(5)    # after sample(): log-probabilities it drew from
 
-Per token, over the whole vocabulary and in transformers' order: repetition penalty
+Per token, over the whole vocabulary: first the token mask when there is one (a grammar
+constraint, hearthlm.constraints: disallowed logits become -inf before anything else,
+so penalties and filters see only allowed tokens); then in transformers' order: repetition penalty
 (divide positive logits, multiply negative ones), presence and frequency penalties
 (OpenAI: logit -= presence * (count > 0) + frequency * count), all three over the last
 `repeat_last_n` tokens; temperature (0 = greedy argmax); top-k; top-p; min-p (relative
@@ -98,9 +102,21 @@ class Sampler:
     def accept(self, token: int) -> None:
         self._native.accept(np.array([token], np.int32))
 
-    def sample(self, logits: np.ndarray) -> int:
-        return self._native.sample(logits)
+    def sample(self, logits: np.ndarray, mask: Optional[np.ndarray] = None) -> int:
+        """The next token. mask: None or uint32 [ceil(vocab / 32)], bit i % 32 of word
+        i // 32 set iff token i is allowed (llguidance's bitmask layout)."""
+        return self._native.sample(logits, mask)
 
-    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(self, logits: np.ndarray, mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, probs) that sample() would draw from for these logits."""
-        return self._native.distribution(logits)
+        return self._native.distribution(logits, mask)
+
+    def logprobs(self, k: int) -> tuple[float, list[tuple[int, float]]]:
+        """After sample(): (the chosen token's natural-log probability, the k most
+        likely [(id, logprob)], most likely first) under the distribution it was drawn
+        from: masked, penalised, divided by the temperature, filtered by top-k / top-p
+        / min-p, renormalised. Fewer than k when fewer tokens survive the filters;
+        greedy (temperature 0) draws from one token: logprob 0.0."""
+        ids, lps = np.empty(k, np.int32), np.empty(k, np.float32)
+        chosen, n = self._native.sampled_logprobs(ids, lps)
+        return chosen, list(zip(ids[:n].tolist(), lps[:n].tolist()))
