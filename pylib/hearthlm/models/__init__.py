@@ -8,13 +8,14 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, stablelm
+from . import llama, phi3, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,
+    "Phi3ForCausalLM": phi3,
     "StableLmForCausalLM": stablelm,
 }
 
