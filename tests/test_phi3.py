@@ -204,3 +204,12 @@ def test_bad_phi3_configs_are_refused_by_name(model_dir, tmp_path, edit, field):
         json.dump(config, f)
     with pytest.raises(hearthlm.UnsupportedModelError, match=field):
         hearthlm.load(folder)
+
+
+@pytest.mark.parametrize("legacy", ["su", "yarn"])
+def test_legacy_rope_types_read_as_longrope(model_dir, legacy):
+    """Phi3Config renames "su" and "yarn" to "longrope"; the older form keeps them."""
+    config = tiny_models.hub_form(read_config(model_dir("phi3-longrope")))
+    expected = model_args(config, "config").rope
+    config["rope_scaling"] = {**config["rope_scaling"], "type": legacy}
+    assert model_args(config, "config").rope == expected

@@ -20,8 +20,10 @@ def with_defaults(config: dict) -> dict:
               **config}
     for key in ("rope_parameters", "rope_scaling"):
         rope = config.get(key)
-        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("su", "yarn"):
-            config[key] = {**{k: v for k, v in rope.items() if k != "type"}, "rope_type": "longrope"}
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) is not None:
+            kind = rope.get("rope_type", rope.get("type"))
+            config[key] = {**{k: v for k, v in rope.items() if k != "type"},
+                           "rope_type": "longrope" if kind in ("su", "yarn") else kind}
     return config
 
 
