@@ -57,22 +57,24 @@ def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
     starts = np.cumsum([0, *sizes[:-1]])
     if wtype not in QUANT_DTYPES:
         return [weight[a:a + n] for a, n in zip(starts, sizes)]
-    groups, blocks, nbytes = weight.shape
-    scales = weight[..., :16].reshape(groups, blocks, 8, 2).transpose(0, 2, 1, 3).reshape(groups * 8, blocks, 2)
+    blocks, nbytes = weight.shape[1:]
     chunks = (nbytes - 16) // 32  # qs[c*32 + r*4 + i]: per chunk c, 4 bytes of each row r
-    qs = weight[..., 16:].reshape(groups, blocks, chunks, 8, 4).transpose(0, 3, 1, 2, 4)
-    qs = qs.reshape(groups * 8, blocks, chunks, 4)
     pad_q = 0 if wtype == "q8" else 0x88  # q = 0 (q4 stores q + 8 in each nibble)
     out = []
     for a, n in zip(starts, sizes):
-        end = a + n
+        end, first, last = a + n, a // 8, (a + n + 7) // 8
+        part = weight[first:last]
         if a % 8 == 0 and (end % 8 == 0 or end == n_rows):
-            out.append(weight[a // 8:(end + 7) // 8])
+            out.append(part)
             continue
+        rows, lo = (last - first) * 8, a - first * 8  # unpack the groups holding these rows
+        scales = part[..., :16].reshape(-1, blocks, 8, 2).transpose(0, 2, 1, 3).reshape(rows, blocks, 2)
+        qs = part[..., 16:].reshape(-1, blocks, chunks, 8, 4).transpose(0, 3, 1, 2, 4)
+        qs = qs.reshape(rows, blocks, chunks, 4)
         g = (n + 7) // 8
         d = np.zeros((g * 8, blocks, 2), np.uint8)
         q = np.full((g * 8, blocks, chunks, 4), pad_q, np.uint8)
-        d[:n], q[:n] = scales[a:end], qs[a:end]
+        d[:n], q[:n] = scales[lo:lo + n], qs[lo:lo + n]
         d = d.reshape(g, 8, blocks, 2).transpose(0, 2, 1, 3).reshape(g, blocks, 16)
         q = q.reshape(g, 8, blocks, chunks, 4).transpose(0, 2, 3, 1, 4).reshape(g, blocks, nbytes - 16)
         out.append(np.ascontiguousarray(np.concatenate([d, q], axis=2)))
