@@ -50,6 +50,18 @@ VARIANTS = {
                                                    num_experts=5, num_experts_per_tok=3, norm_topk_prob=False,
                                                    decoder_sparse_step=2, attention_bias=True,
                                                    tie_word_embeddings=True, vocab_size=170)),
+    "phi3-window": ("Phi3ForCausalLM", dict(hidden_size=60, num_attention_heads=5, num_key_value_heads=1,
+                                            intermediate_size=84, vocab_size=233, sliding_window=7)),
+    # original_max_position_embeddings 64: the shared tests (<= 64 tokens in one call)
+    # stay in the short regime, as transformers picks one per call; test_phi3.py
+    # decodes past it
+    "phi3-longrope": ("Phi3ForCausalLM", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                              intermediate_size=100, vocab_size=241,
+                                              original_max_position_embeddings=64,
+                                              rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                               "partial_rotary_factor": 0.75,
+                                                               "short_factor": [1.0, 1.1, 1.3, 1.2, 1.6, 2.0],
+                                                               "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 11.0]})),
 }
 
 
@@ -57,7 +69,8 @@ def hub_form(config: dict) -> dict:
     """config.json as checkpoints on the Hub written before transformers 5 have it:
     `rope_theta` + `rope_scaling` (+ `partial_rotary_factor`) instead of
     `rope_parameters`; per layer type, the full-attention parameters and
-    `rope_local_base_freq` for the sliding layers; Qwen3-MoE's `num_experts`."""
+    `rope_local_base_freq` for the sliding layers; Qwen3-MoE's `num_experts`; longrope as
+    {"type": "longrope", factors} beside a top-level original_max_position_embeddings."""
     config = dict(config)
     params = config.pop("rope_parameters", None)
     if isinstance(params, dict):
@@ -68,7 +81,11 @@ def hub_form(config: dict) -> dict:
         config["rope_theta"] = params.pop("rope_theta")
         if "partial_rotary_factor" in params:
             config["partial_rotary_factor"] = params.pop("partial_rotary_factor")
-        config["rope_scaling"] = None if params.get("rope_type", "default") == "default" else params
+        default = params.get("rope_type", "default") == "default"
+        if params.get("rope_type") == "longrope":  # as Phi-3 / Phi-4-mini checkpoints have it
+            params = {("type" if k == "rope_type" else k): v for k, v in params.items()
+                      if k != "original_max_position_embeddings" or k not in config}
+        config["rope_scaling"] = None if default else params
     if "num_local_experts" in config and config.get("model_type") == "qwen3_moe":
         config["num_experts"] = config.pop("num_local_experts")
     return config

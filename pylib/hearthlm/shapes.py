@@ -43,6 +43,13 @@ SHAPES = {
     "qwen2.5-0.5b": dict(architecture="Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                          vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
+    "phi4-mini": dict(architecture="Phi3ForCausalLM", hidden_size=3072, num_hidden_layers=32,
+                      num_attention_heads=24, num_key_value_heads=8, intermediate_size=8192,
+                      vocab_size=200064, tie_word_embeddings=True, partial_rotary_factor=0.75,
+                      rope_theta=10000.0, original_max_position_embeddings=4096,
+                      max_position_embeddings=131072,
+                      rope_scaling={"type": "longrope", "short_factor": [1.0 + i / 94 for i in range(48)],
+                                    "long_factor": [1.0 + 31.0 * (i / 47) ** 2 for i in range(48)]}),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}

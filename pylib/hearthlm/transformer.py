@@ -12,7 +12,7 @@ from .errors import InvalidInputError
 from .kv_cache import KVCache
 from .models import ModelArgs, family
 from .models.program import Program
-from .rope import rope_tables
+from .rope import rope_tables, shift_rotation
 from .weights import WeightReader, Weights
 
 
@@ -76,16 +76,14 @@ class Transformer:
 
     def shift_rotations(self, n_drop: int, n_positions: int) -> list:
         """Per layer: (cos, sin, rotary_dim) of the rotation by -n_drop that moves its
-        cached keys n_drop positions down, or None for a layer without RoPE.
-        cos(-a) = cos(a), sin(-a) = -sin(a)."""
+        cached keys n_drop positions down, or None for a layer without RoPE."""
         tables = self.ensure_rope(n_positions)
         out = []
         for t in self.args.layer_rope:
             if t < 0:
                 out.append(None)
                 continue
-            cos, sin = tables[t]
-            out.append((cos[n_drop:n_drop + 1], -sin[n_drop:n_drop + 1], self.args.rope[t].rotary_dim))
+            out.append((*shift_rotation(self.args.rope[t], *tables[t], n_drop), self.args.rope[t].rotary_dim))
         return out
 
     # -- the forward pass -----------------------------------------------------------

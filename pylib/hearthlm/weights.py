@@ -48,6 +48,39 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
 
 
+def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
+    """A [N, K] matrix cut into consecutive row blocks of `sizes` rows, each in the
+    same format. Float blocks are views. q8/q4 superblocks hold 8 rows each: a block
+    starting on a multiple of 8 rows and ending on one (or at N) is a view, any other
+    is repacked row by row, which is exact since every row has its own scales."""
+    n_rows = sum(sizes)
+    starts = np.cumsum([0, *sizes[:-1]])
+    if wtype not in QUANT_DTYPES:
+        return [weight[a:a + n] for a, n in zip(starts, sizes)]
+    blocks, nbytes = weight.shape[1:]
+    chunks = (nbytes - 16) // 32  # qs[c*32 + r*4 + i]: per chunk c, 4 bytes of each row r
+    pad_q = 0 if wtype == "q8" else 0x88  # q = 0 (q4 stores q + 8 in each nibble)
+    out = []
+    for a, n in zip(starts, sizes):
+        end, first, last = a + n, a // 8, (a + n + 7) // 8
+        part = weight[first:last]
+        if a % 8 == 0 and (end % 8 == 0 or end == n_rows):
+            out.append(part)
+            continue
+        rows, lo = (last - first) * 8, a - first * 8  # unpack the groups holding these rows
+        scales = part[..., :16].reshape(-1, blocks, 8, 2).transpose(0, 2, 1, 3).reshape(rows, blocks, 2)
+        qs = part[..., 16:].reshape(-1, blocks, chunks, 8, 4).transpose(0, 3, 1, 2, 4)
+        qs = qs.reshape(rows, blocks, chunks, 4)
+        g = (n + 7) // 8
+        d = np.zeros((g * 8, blocks, 2), np.uint8)
+        q = np.full((g * 8, blocks, chunks, 4), pad_q, np.uint8)
+        d[:n], q[:n] = scales[lo:lo + n], qs[lo:lo + n]
+        d = d.reshape(g, 8, blocks, 2).transpose(0, 2, 1, 3).reshape(g, blocks, 16)
+        q = q.reshape(g, 8, blocks, chunks, 4).transpose(0, 2, 3, 1, 4).reshape(g, blocks, nbytes - 16)
+        out.append(np.ascontiguousarray(np.concatenate([d, q], axis=2)))
+    return out
+
+
 class WeightReader:
     """Reads named tensors from a checkpoint, checking shapes against config.json.
 
@@ -167,6 +200,14 @@ class Weights:
     def linear(self, prefix: str) -> Linear:
         name = f"{prefix}.weight"
         return Linear(self.tensors[name], self.reader.wtype_for(name), self.tensors.get(f"{prefix}.bias"))
+
+    def linear_rows(self, prefix: str, sizes) -> list:
+        """The linear `prefix` cut by output rows into one Linear per entry of `sizes`
+        (fused projections: Phi-3's qkv_proj, gate_up_proj)."""
+        whole = self.linear(prefix)
+        starts = np.cumsum([0, *sizes[:-1]])
+        return [Linear(weight, whole.wtype, None if whole.bias is None else whole.bias[a:a + n])
+                for weight, a, n in zip(split_rows(whole.weight, whole.wtype, list(sizes)), starts, sizes)]
 
     def norm(self, prefix: str, eps: float, offset: float = 0.0) -> Norm:
         """offset: added to the weight once (Gemma's RMSNorm scales by 1 + weight)."""

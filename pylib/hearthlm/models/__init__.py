@@ -8,7 +8,7 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, qwen3_moe, stablelm
+from . import llama, phi3, qwen3_moe, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
@@ -16,6 +16,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,
     "Qwen3MoeForCausalLM": qwen3_moe,
+    "Phi3ForCausalLM": phi3,
     "StableLmForCausalLM": stablelm,
 }
 

@@ -13,7 +13,7 @@ class RopeSpec:
     """One RoPE table: frequencies from theta and a scaling rule, over the leading
     rotary_dim dims of each head."""
     theta: float
-    scaling: dict             # {"rope_type": "default" | "linear" | "llama3", ...}
+    scaling: dict             # {"rope_type": "default" | "linear" | "llama3" | "longrope", ...}
     rotary_dim: int
 
 
@@ -100,10 +100,12 @@ def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
         partial = config.get("partial_rotary_factor", 1.0)
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     scaling["rope_type"] = rope_type
-    if rope_type not in ("default", "linear", "llama3"):
+    if rope_type not in ("default", "linear", "llama3", "longrope"):
         raise UnsupportedModelError(
             f"{where}: rope scaling type '{rope_type}' is not supported "
-            "(supported: default, linear, llama3)")
+            "(supported: default, linear, llama3, longrope)")
+    if rope_type == "longrope":
+        longrope_config(config, scaling, where)
     if rope_type in ("linear", "llama3"):
         factor = scaling.get("factor")
         if not is_number(factor) or factor <= 0:
@@ -119,6 +121,35 @@ def rope_config(config: dict, where: str) -> tuple[float, dict, float]:
     if not is_number(partial) or not 0 < partial <= 1:
         raise UnsupportedModelError(f"{where}: partial_rotary_factor must be in (0, 1], got {partial!r}")
     return float(theta), scaling, float(partial)
+
+
+def longrope_config(config: dict, scaling: dict, where: str) -> None:
+    """Completes `scaling` in place as transformers' _compute_longrope_parameters reads
+    it: a top-level original_max_position_embeddings wins over the rope dict's; factor
+    defaults to max_position_embeddings / original; attention_factor to
+    sqrt(1 + ln(factor) / ln(original)) (1 when factor <= 1)."""
+    for key in ("short_factor", "long_factor"):
+        factors = scaling.get(key)
+        if not isinstance(factors, list) or not factors or not all(is_number(f) and f > 0 for f in factors):
+            raise UnsupportedModelError(f"{where}: longrope rope scaling needs '{key}', a list of positive numbers")
+    original = config.get("original_max_position_embeddings",
+                          scaling.get("original_max_position_embeddings", config.get("max_position_embeddings")))
+    if not isinstance(original, int) or isinstance(original, bool) or not 1 < original <= MAX_INT:
+        raise UnsupportedModelError(
+            f"{where}: longrope rope scaling needs an integer 'original_max_position_embeddings' >= 2")
+    scaling["original_max_position_embeddings"] = original
+    factor = scaling.get("factor")
+    if factor is None:
+        factor = require(config, "max_position_embeddings", where) / original
+    if not is_number(factor) or factor <= 0:
+        raise UnsupportedModelError(f"{where}: longrope rope scaling 'factor' must be positive, got {factor!r}")
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if not is_number(attention) or attention <= 0:
+        raise UnsupportedModelError(
+            f"{where}: longrope rope scaling 'attention_factor' must be positive, got {attention!r}")
+    scaling["factor"], scaling["attention_factor"] = float(factor), float(attention)
 
 
 def check_activation(config: dict, where: str) -> None:
