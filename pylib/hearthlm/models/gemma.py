@@ -38,7 +38,6 @@ TEXT_PREFIX = {"Gemma3ForConditionalGeneration": "language_model."}  # as transf
 
 @dataclass(frozen=True)
 class Args(ModelArgs):
-    prefix: str = ""             # of every tensor name (the text model of a multimodal checkpoint)
     qk_norm: bool = False        # Gemma 3: (1 + w) RMSNorm of each q and k head
     attention_bias: bool = False
     attention_scale: float = 1.0
