@@ -42,7 +42,7 @@ VARIANTS = {
                                                                           "partial_rotary_factor": 0.5})),
     # 2 layers: sliding, full. Small caps so that both tanh soft-caps bend the values.
     "gemma2": ("Gemma2ForCausalLM", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=14,
-                                         intermediate_size=88, vocab_size=211, sliding_window=5,
+                                         intermediate_size=88, vocab_size=211, sliding_window=5, attention_bias=True,
                                          query_pre_attn_scalar=18, attn_logit_softcapping=2.5,
                                          final_logit_softcapping=4.0)),
     # 4 layers: sliding, sliding, full, sliding; linear rope scaling on the global layers.

@@ -34,6 +34,11 @@ SHAPES = {
     "qwen2.5-0.5b": dict(architecture="Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                          vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
+    "gemma3-1b": dict(architecture="Gemma3ForCausalLM", hidden_size=1152, num_hidden_layers=26,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=256, intermediate_size=6912,
+                      vocab_size=262144, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                      sliding_window=512, sliding_window_pattern=6, rope_theta=1000000.0,
+                      rope_local_base_freq=10000.0),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import ModelArgs, common_args, linear_spec, norm_spec, optional_float, optional_int, rope_spec
+from .base import ModelArgs, common_args, linear_spec, norm_spec, optional_float, optional_int, require, rope_spec
 from .program import Program
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
             f"{where}: hidden_activation '{act}' is not supported (only gelu_pytorch_tanh)")
     if config["use_bidirectional_attention"]:
         raise UnsupportedModelError(f"{where}: use_bidirectional_attention is not supported (causal only)")
-    # hidden_act: see above; Gemma 3's per-layer-type rope_parameters: gemma3_rope
+    # The shared fields without the ones read here instead: the activation above, and
+    # Gemma 3's two RoPE tables (gemma3_rope replaces the one common_args makes).
     plain = {k: v for k, v in config.items() if k != "hidden_act" and (kind == "gemma2" or "rope" not in k)}
     common = common_args(plain, where, default_context=config["max_position_embeddings"])
     n = common["num_hidden_layers"]
@@ -125,7 +126,7 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
                 "set it to null")
         common["rope"] = gemma3_rope(config, where, common["head_dim"])
         common["layer_rope"] = tuple(LOCAL if t == "sliding_attention" else GLOBAL for t in types)
-    if common["rope"][0].rotary_dim != common["head_dim"]:
+    if any(r.rotary_dim != common["head_dim"] for r in common["rope"]):
         raise UnsupportedModelError(f"{where}: partial rotary is not part of {architecture}")
     return Args(
         architecture=architecture,
@@ -134,19 +135,12 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
         prefix=TEXT_PREFIX.get(architecture, ""),
         qk_norm=kind == "gemma3",
         attention_bias=bool(config["attention_bias"]),
-        attention_scale=require_positive(config, "query_pre_attn_scalar", where) ** -0.5,
+        attention_scale=require(config, "query_pre_attn_scalar", where, kind=float) ** -0.5,
         attention_softcap=attention_softcap,
         # transformers multiplies by sqrt(hidden) cast to the weights' dtype: float32 here
         embed_scale=float(np.float32(math.sqrt(common["hidden_size"]))),
         **common,
     )
-
-
-def require_positive(config: dict, key: str, where: str) -> float:
-    value = optional_float(config, key, 0.0, where)
-    if value <= 0:
-        raise UnsupportedModelError(f"{where}: '{key}' must be a positive number, got {config.get(key)!r}")
-    return value
 
 
 def weights(a: Args) -> dict:
