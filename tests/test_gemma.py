@@ -174,3 +174,14 @@ def test_quantized_multimodal_folder_equals_quantizing_on_load(model_dir, tmp_pa
     stored = hearthlm.load(dst)
     assert stored.transformer.embed_tokens.wtype == stored.transformer.lm_head.wtype == "q8"
     np.testing.assert_array_equal(stored.logits(ids), hearthlm.load(src, dtype="q4").logits(ids))
+
+
+def test_head_dim_256_the_kernels_maximum(model_dir):
+    """Gemma's real head_dim is the attention kernels' largest (kMaxHeadDim)."""
+    import tiny_models
+    folder = model_dir("gemma3", head_dim=256)
+    model = hearthlm.load(folder)
+    ids = np.random.default_rng(1).integers(0, model.vocab_size, 23).tolist()
+    ref = tiny_models.reference_logits(folder, ids)
+    assert model.args.head_dim == 256
+    assert np.abs(model.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
