@@ -130,6 +130,7 @@ def edited(folder, **changes):
 
 @pytest.mark.parametrize("variant,changes,field", [
     ("gemma2", dict(hidden_activation="gelu"), "hidden_activation"),
+    ("gemma3", dict(model_type="gemma3"), "model_type"),
     ("gemma3", dict(hidden_activation="silu"), "hidden_activation"),
     ("gemma3", dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
     ("gemma3", dict(attn_logit_softcapping=50.0), "attn_logit_softcapping"),

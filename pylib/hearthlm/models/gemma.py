@@ -34,6 +34,9 @@ DEFAULTS = {
 }
 GLOBAL, LOCAL = 0, 1  # RoPE table of full-attention and sliding-window layers
 TEXT_PREFIX = {"Gemma3ForConditionalGeneration": "language_model."}  # as transformers 5 saves it
+# transformers' model_type of each architecture (not the architecture's stem, as elsewhere)
+MODEL_TYPES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
+               "Gemma3ForConditionalGeneration": "gemma3"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Args(ModelArgs):
 
 def text_config(config: dict, architecture: str, where: str) -> tuple[dict, str]:
     """The language model's config with transformers' defaults filled in, and its family."""
+    model_type = config.get("model_type")
+    if model_type is not None and model_type != MODEL_TYPES[architecture]:
+        raise UnsupportedModelError(
+            f"{where}: 'model_type' is {model_type!r}, but 'architectures' says {architecture} "
+            f"(model_type {MODEL_TYPES[architecture]!r}); correct whichever is wrong")
     if architecture == "Gemma2ForCausalLM":
         return {**DEFAULTS["gemma2"], **config}, "gemma2"
     if architecture == "Gemma3ForConditionalGeneration":
@@ -56,7 +64,8 @@ def text_config(config: dict, architecture: str, where: str) -> tuple[dict, str]
         log.warning("%s: Gemma 3 multimodal checkpoint: loading the text model only; the vision tower "
                     "and image inputs are ignored", where)
         tied = config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
-        return {**DEFAULTS["gemma3"], **text, "tie_word_embeddings": tied}, "gemma3"
+        return {**DEFAULTS["gemma3"], **text, "architectures": config["architectures"],
+                "tie_word_embeddings": tied}, "gemma3"
     return {**DEFAULTS["gemma3"], **config}, "gemma3"
 
 
@@ -108,9 +117,10 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
             f"{where}: hidden_activation '{act}' is not supported (only gelu_pytorch_tanh)")
     if config["use_bidirectional_attention"]:
         raise UnsupportedModelError(f"{where}: use_bidirectional_attention is not supported (causal only)")
-    # The shared fields without the ones read here instead: the activation above, and
-    # Gemma 3's two RoPE tables (gemma3_rope replaces the one common_args makes).
-    plain = {k: v for k, v in config.items() if k != "hidden_act" and (kind == "gemma2" or "rope" not in k)}
+    # The shared fields without the ones read here instead: model_type (text_config), the
+    # activation, and Gemma 3's two RoPE tables (gemma3_rope replaces the one common_args makes).
+    plain = {k: v for k, v in config.items()
+             if k not in ("model_type", "hidden_act") and (kind == "gemma2" or "rope" not in k)}
     common = common_args(plain, where, default_context=config["max_position_embeddings"])
     n = common["num_hidden_layers"]
     types = layer_types(config, kind, n, where)
