@@ -72,7 +72,7 @@ def text_config(config: dict, architecture: str, where: str) -> tuple[dict, str]
 def layer_types(config: dict, kind: str, n_layers: int, where: str) -> list:
     types = config.get("layer_types")
     if types is None:  # the older form: every pattern-th layer is global
-        pattern = 2 if kind == "gemma2" else optional_int(config, "sliding_window_pattern", 6, where)
+        pattern = 2 if kind == "gemma2" else require(config, "sliding_window_pattern", where)
         types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
     if (not isinstance(types, list) or len(types) != n_layers
             or not all(t in ("full_attention", "sliding_attention") for t in types)):
