@@ -54,7 +54,7 @@ def test_f32_checkpoint_converted_to_16_bit(model_dir, dtype, bound):
     assert max_rel_diff(model.logits(ids), tiny_models.reference_logits(folder, ids)) <= bound
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "mistral-window", "stablelm", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "mistral-window", "stablelm", "qwen2", "gemma2", "gemma3"])
 def test_greedy_generation_matches_transformers(model_dir, variant):
     folder = model_dir(variant)
     model = hearthlm.load(folder)

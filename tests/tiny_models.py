@@ -62,7 +62,30 @@ VARIANTS = {
                                                                "partial_rotary_factor": 0.75,
                                                                "short_factor": [1.0, 1.1, 1.3, 1.2, 1.6, 2.0],
                                                                "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 11.0]})),
+    # 2 layers: sliding, full. Small caps so that both tanh soft-caps bend the values.
+    "gemma2": ("Gemma2ForCausalLM", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=14,
+                                         intermediate_size=88, vocab_size=211, sliding_window=5, attention_bias=True,
+                                         query_pre_attn_scalar=18, attn_logit_softcapping=2.5,
+                                         final_logit_softcapping=4.0)),
+    # 4 layers: sliding, sliding, full, sliding; linear rope scaling on the global layers.
+    "gemma3": ("Gemma3ForCausalLM", dict(hidden_size=40, num_attention_heads=4, num_key_value_heads=1, head_dim=18,
+                                         intermediate_size=76, vocab_size=233, sliding_window=6,
+                                         sliding_window_pattern=3, num_hidden_layers=4, query_pre_attn_scalar=20,
+                                         rope_parameters={
+                                             "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                "rope_theta": 1e6},
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}})),
+    # The text model of a multimodal checkpoint (a tiny SigLIP vision tower, ignored);
+    # 3 layers, untied LM head.
+    "gemma3-multimodal": ("Gemma3ForConditionalGeneration",
+                          dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                               intermediate_size=60, vocab_size=190, sliding_window=4, sliding_window_pattern=2,
+                               num_hidden_layers=3, query_pre_attn_scalar=16, tie_word_embeddings=False)),
 }
+# Config classes not named after the architecture.
+CONFIG_CLASSES = {"Gemma3ForCausalLM": "Gemma3TextConfig"}
+TINY_VISION = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                   num_attention_heads=2, image_size=16, patch_size=8)
 
 
 def hub_form(config: dict) -> dict:
@@ -70,7 +93,8 @@ def hub_form(config: dict) -> dict:
     `rope_theta` + `rope_scaling` (+ `partial_rotary_factor`) instead of
     `rope_parameters`; per layer type, the full-attention parameters and
     `rope_local_base_freq` for the sliding layers; Qwen3-MoE's `num_experts`; longrope as
-    {"type": "longrope", factors} beside a top-level original_max_position_embeddings."""
+    {"type": "longrope", factors} beside a top-level original_max_position_embeddings;
+    Gemma's `layer_types` as the older `sliding_window_pattern` (Gemma 2: its fixed default)."""
     config = dict(config)
     params = config.pop("rope_parameters", None)
     if isinstance(params, dict):
@@ -88,11 +112,22 @@ def hub_form(config: dict) -> dict:
         config["rope_scaling"] = None if default else params
     if "num_local_experts" in config and config.get("model_type") == "qwen3_moe":
         config["num_experts"] = config.pop("num_local_experts")
+    if config.get("model_type") in ("gemma2", "gemma3_text"):  # layer_types -> the default / a pattern
+        types = config.pop("layer_types")
+        pattern = next(p for p in range(1, len(types) + 2)
+                       if types == ["sliding_attention" if (i + 1) % p else "full_attention"
+                                    for i in range(len(types))])
+        config.pop("_sliding_window_pattern", None)
+        if config["model_type"] == "gemma3_text":
+            config["sliding_window_pattern"] = pattern
+        assert config["model_type"] == "gemma3_text" or pattern == 2
+    if isinstance(config.get("text_config"), dict):
+        config["text_config"] = hub_form(config["text_config"])
     return config
 
 
-def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_layers: int = 2,
-          max_shard_size=None, config_form: str = "transformers", **overrides) -> str:
+def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, max_shard_size=None,
+          config_form: str = "transformers", **overrides) -> str:
     """Write variant `name` to `folder` (weights stored in `dtype`); returns folder.
     `overrides` replace config values of the variant (e.g. vocab_size). config_form:
     "transformers" (as transformers 5 saves it) or "hub" (hub_form)."""
@@ -100,10 +135,17 @@ def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_
     import transformers
 
     arch, kwargs = VARIANTS[name]
-    kwargs = {"max_position_embeddings": 256, **kwargs, **overrides}
-    cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
-    config = cfg_cls(num_hidden_layers=num_hidden_layers, initializer_range=0.1, bos_token_id=None,
-                     eos_token_id=None, pad_token_id=None, **kwargs)
+    kwargs = {"max_position_embeddings": 256, "num_hidden_layers": 2, **kwargs, **overrides}
+    if arch == "Gemma3ForConditionalGeneration":
+        text = transformers.Gemma3TextConfig(initializer_range=0.1, bos_token_id=None, eos_token_id=None,
+                                             pad_token_id=None, **kwargs)
+        v = text.vocab_size
+        config = transformers.Gemma3Config(text_config=text, vision_config=TINY_VISION, mm_tokens_per_image=4,
+                                           boi_token_index=v - 3, eoi_token_index=v - 2, image_token_index=v - 1,
+                                           initializer_range=0.1, tie_word_embeddings=text.tie_word_embeddings)
+    else:
+        cfg_cls = getattr(transformers, CONFIG_CLASSES.get(arch, arch.replace("ForCausalLM", "Config")))
+        config = cfg_cls(initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs)
     config.architectures = [arch]
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config).eval()

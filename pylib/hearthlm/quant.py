@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 # The embedding table and the LM head: the one matrix that scores every token. With a
 # q4 body they stay q8 by default: on the tiny test models that cuts KL(f32 || q4)
 # by 15-45 % (tests/test_quant.py) for ~6 % more bytes per token on TinyLlama.
-HEAD_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+HEAD_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")  # after any ModelArgs.prefix
 DEFAULT_HEAD_DTYPE = {"q8": "q8", "q4": "q8"}
 # safetensors dtype -> source type of the C++ quantizer (F64 goes through f32).
 QUANTIZER_SOURCES = {"F32": "f32", "BF16": "bf16", "F16": "f16", "F64": "f32"}

@@ -64,7 +64,7 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
     for name in files.where:
         info = files.info(name)
         if len(info.shape) == 2 and info.dtype in QUANTIZER_SOURCES:
-            fmt = head if name in HEAD_TENSORS else dtype
+            fmt = head if name.endswith(HEAD_TENSORS) else dtype
             recorded[name] = [fmt, *info.shape]
             total += info.end - info.begin
             plan.append((name, "U8", packed_shape(fmt, *info.shape), fmt, info))

@@ -50,6 +50,11 @@ SHAPES = {
                       max_position_embeddings=131072,
                       rope_scaling={"type": "longrope", "short_factor": [1.0 + i / 94 for i in range(48)],
                                     "long_factor": [1.0 + 31.0 * (i / 47) ** 2 for i in range(48)]}),
+    "gemma3-1b": dict(architecture="Gemma3ForCausalLM", model_type="gemma3_text", hidden_size=1152,
+                      num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1, head_dim=256, intermediate_size=6912,
+                      vocab_size=262144, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                      sliding_window=512, sliding_window_pattern=6, rope_theta=1000000.0,
+                      rope_local_base_freq=10000.0),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}

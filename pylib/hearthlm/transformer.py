@@ -48,8 +48,8 @@ class Transformer:
         fam = family(args)
         self.weights = Weights(reader, fam.weights(args))
         # [vocab, hidden]: rows gathered for the input, and the LM head when tied
-        self.embed_tokens = self.weights.linear("model.embed_tokens")
-        self.lm_head = self.embed_tokens if args.tie_word_embeddings else self.weights.linear("lm_head")
+        self.embed_tokens = self.weights.linear(f"{args.prefix}model.embed_tokens")
+        self.lm_head = self.embed_tokens if args.tie_word_embeddings else self.weights.linear(f"{args.prefix}lm_head")
         self.program = fam.program(args, self.weights)
         self.native = self.program.native(args.num_hidden_layers, args.num_key_value_heads, args.head_dim)
         # (cos, sin) [n_positions, rotary_dim/2] per table, replaced as one tuple and never

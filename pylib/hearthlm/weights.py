@@ -108,7 +108,7 @@ class WeightReader:
     def wtype_for(self, name: str) -> str:
         if name in self.quantized:
             return self.quantized[name].fmt
-        return self.head_wtype if name in HEAD_TENSORS else self.wtype
+        return self.head_wtype if name.endswith(HEAD_TENSORS) else self.wtype
 
     def _quantized(self, name: str, shape: tuple, q: QuantTensor) -> np.ndarray:
         if (q.rows, q.cols) != tuple(shape):

@@ -8,10 +8,13 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, phi3, qwen3_moe, stablelm
+from . import gemma, llama, phi3, qwen3_moe, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
+    "Gemma2ForCausalLM": gemma,
+    "Gemma3ForCausalLM": gemma,
+    "Gemma3ForConditionalGeneration": gemma,
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,

@@ -37,6 +37,7 @@ class ModelArgs:
     sliding_windows: tuple    # per layer: window in tokens, 0 = full attention
     logits_scale: float = 1.0    # logits *= logits_scale (Granite: 1 / logits_scaling)
     logits_softcap: float = 0.0  # logits = cap * tanh(logits / cap) when > 0 (Gemma 2)
+    prefix: str = ""             # of every tensor name: "language_model." for a multimodal checkpoint's text model
 
     @property
     def n_rep(self) -> int:
