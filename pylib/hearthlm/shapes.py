@@ -34,6 +34,9 @@ SHAPES = {
     "qwen2.5-0.5b": dict(architecture="Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                          vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
+    "qwen3-0.6b": dict(architecture="Qwen3ForCausalLM", hidden_size=1024, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                       vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}
