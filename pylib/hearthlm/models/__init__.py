@@ -8,7 +8,7 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, qwen3, stablelm
+from . import llama, qwen3, smollm3, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
@@ -16,6 +16,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,
     "Qwen3ForCausalLM": qwen3,
+    "SmolLM3ForCausalLM": smollm3,
     "StableLmForCausalLM": stablelm,
 }
 
