@@ -51,6 +51,10 @@ def test_smollm3_default_rope_base_is_transformers_one():
     ("qwen3", dict(layer_types=["full_attention", "chunked_attention"]), "layer_types"),
     ("qwen3", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
      "partial rotary"),
+    ("granite", dict(logits_scaling=0), "logits_scaling"),
+    ("granite", dict(residual_multiplier="0.2"), "residual_multiplier"),
+    ("granite", dict(attention_multiplier=-1.0), "attention_multiplier"),
+    ("granite", dict(embedding_multiplier=None, hidden_act="relu"), "hidden_act"),
 ])
 def test_unsupported_values_name_the_field(variant, changes, field):
     with pytest.raises(hearthlm.UnsupportedModelError, match=field):

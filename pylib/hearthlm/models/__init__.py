@@ -8,10 +8,11 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, qwen3, smollm3, stablelm
+from . import granite, llama, qwen3, smollm3, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
+    "GraniteForCausalLM": granite,
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,
