@@ -14,7 +14,8 @@ def config_of(variant: str, **changes) -> dict:
     """The variant's config.json as transformers writes it, with `changes` applied."""
     import transformers
     arch, kwargs = tiny_models.VARIANTS[variant]
-    config = getattr(transformers, arch.replace("ForCausalLM", "Config"))(num_hidden_layers=2, **kwargs).to_dict()
+    cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    config = cfg_cls(num_hidden_layers=2, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs).to_dict()
     config["architectures"] = [arch]
     for key, value in changes.items():
         if value is None:
@@ -55,6 +56,8 @@ def test_smollm3_default_rope_base_is_transformers_one():
     ("granite", dict(residual_multiplier="0.2"), "residual_multiplier"),
     ("granite", dict(attention_multiplier=-1.0), "attention_multiplier"),
     ("granite", dict(embedding_multiplier=None, hidden_act="relu"), "hidden_act"),
+    ("olmo2", dict(clip_qkv=8.0), "clip_qkv"),
+    ("olmo2", dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}), "yarn"),
 ])
 def test_unsupported_values_name_the_field(variant, changes, field):
     with pytest.raises(hearthlm.UnsupportedModelError, match=field):

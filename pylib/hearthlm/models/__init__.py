@@ -8,13 +8,14 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import granite, llama, qwen3, smollm3, stablelm
+from . import granite, llama, olmo2, qwen3, smollm3, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
     "GraniteForCausalLM": granite,
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
+    "Olmo2ForCausalLM": olmo2,
     "Qwen2ForCausalLM": llama,
     "Qwen3ForCausalLM": qwen3,
     "SmolLM3ForCausalLM": smollm3,
