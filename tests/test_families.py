@@ -91,3 +91,15 @@ def test_smollm3_context_shift_skips_nope_layers(model_dir):
         assert s.tokens == ref.tokens
         np.testing.assert_allclose(logits, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
     assert len(s.tokens) <= 24 and s.tokens[:4] == ids[:4]
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "smollm3-nope-window", "granite-bias", "olmo2-gqa-bias"])
+def test_quantized_folder_loads_like_quantizing_on_load(model_dir, tmp_path, variant):
+    """`hearthlm quantize` writes every tensor the family declares; the folder loads in
+    place and gives the logits of quantizing while loading."""
+    src = model_dir(variant)
+    dst = hearthlm.quantize(src, tmp_path / "q4", "q4")
+    ids = list(range(1, 30))
+    stored = hearthlm.load(dst)
+    assert stored.dtype == "q4" and stored.load_stats["converted_bytes"] == 0
+    np.testing.assert_array_equal(stored.logits(ids), hearthlm.load(src, dtype="q4").logits(ids))
