@@ -1,5 +1,6 @@
 """Sessions: incremental feeding, ring-buffer context shift, rewind/sync, save/load,
 threads."""
+import os
 import threading
 
 import numpy as np
@@ -231,3 +232,21 @@ def test_kv_dtype_shift_and_save(model_dir, tmp_path, kv_dtype):
     t = model.load_session(str(tmp_path / "s"))
     assert t.cache.kv_dtype == kv_dtype
     np.testing.assert_array_equal(t.feed([5]), s.feed([5]))
+
+
+def test_save_and_load_failures_name_the_path(model_dir, tmp_path):
+    model = hearthlm.load(model_dir("llama-mha"))
+    s = model.session(n_ctx=16)
+    s.feed([1, 2, 3])
+    missing = tmp_path / "no" / "such" / "dir" / "x.hls"
+    with pytest.raises(hearthlm.FileWriteError, match=f"{missing}: cannot save the session"):
+        s.save(str(missing))
+    with pytest.raises(hearthlm.FileWriteError, match=f"{tmp_path}: cannot save the session"):
+        s.save(str(tmp_path))
+    assert not os.listdir(tmp_path) and not [f for f in os.listdir(tmp_path.parent) if ".tmp-" in f]
+    magic = hearthlm.session.SESSION_MAGIC
+    for name, header in [("list.hls", b"[1, 2, 3]"), ("deep.hls", b"[" * 100000 + b"]" * 100000)]:
+        path = tmp_path / name
+        path.write_bytes(magic + len(header).to_bytes(8, "little") + header)
+        with pytest.raises(hearthlm.ModelFormatError, match=f"{path}: .*session header"):
+            model.load_session(str(path))

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
+from .errors import (ContextOverflowError, FileWriteError, InvalidInputError, ModelFormatError,
+                     SessionBusyError)
 from .kv_cache import KVCache
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
@@ -177,6 +178,8 @@ class Session:
                         for part in cache.arrays:
                             f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
                 os.replace(tmp, path)
+            except OSError as e:
+                raise FileWriteError(f"{path}: cannot save the session: {e.strerror}") from None
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -195,9 +198,12 @@ class Session:
                 raise ModelFormatError(f"{path}: session header of {size} bytes is implausible")
             try:
                 header = json.loads(f.read(size))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise ModelFormatError(f"{path}: bad session header: {e}") from None
-            if not isinstance(header, dict) or header.get("version") != SESSION_VERSION:
+            if not isinstance(header, dict):
+                raise ModelFormatError(f"{path}: session header must be a JSON object, "
+                                       f"got {type(header).__name__}")
+            if header.get("version") != SESSION_VERSION:
                 raise ModelFormatError(f"{path}: session format version {header.get('version')!r} "
                                        f"is not {SESSION_VERSION}")
             if header.get("model") != model.fingerprint or header.get("dtype") != model.dtype:
