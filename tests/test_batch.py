@@ -18,7 +18,9 @@ def greedy_alone(model, ids, n):
     return model.generate_ids(ids.tolist(), n)
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm-qk-parallel", "mistral-window", "qwen3-moe"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm-qk-parallel", "mistral-window",
+                                     "qwen3-moe", "qwen3-window-bias", "smollm3-nope-window", "granite",
+                                     "olmo2"])
 @pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
 def test_batched_greedy_equals_each_sequence_alone(model_dir, variant, kv_dtype):
     model = hearthlm.load(model_dir(variant))

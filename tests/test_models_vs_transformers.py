@@ -43,18 +43,21 @@ def test_bf16_checkpoint_matches_transformers_on_same_weights(model_dir, variant
 
 
 @pytest.mark.parametrize("dtype,bound", [("bf16", 2e-2), ("f16", 2e-3)])
-def test_f32_checkpoint_converted_to_16_bit(model_dir, dtype, bound):
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen3", "smollm3", "granite-bias", "olmo2"])
+def test_f32_checkpoint_converted_to_16_bit(model_dir, dtype, bound, variant):
     """Converting f32 weights to bf16 (8-bit mantissa, relative rounding 2^-9) or
     f16 (2^-12) moves the logits by about that relative amount per weight; errors
     partly cancel across the sums, so the bounds are a few times the unit rounding."""
-    folder = model_dir("llama-gqa-tied")
+    folder = model_dir(variant)
     model = hearthlm.load(folder, dtype=dtype)
     assert model.load_stats["converted_bytes"] > 0
     ids = prompt(model.vocab_size)
     assert max_rel_diff(model.logits(ids), tiny_models.reference_logits(folder, ids)) <= bound
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "mistral-window", "stablelm", "qwen2", "gemma2", "gemma3"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "mistral-window", "stablelm", "qwen2", "gemma2",
+                                     "gemma3", "qwen3-window-bias", "smollm3-nope-window", "granite",
+                                     "olmo2-gqa-bias"])
 def test_greedy_generation_matches_transformers(model_dir, variant):
     folder = model_dir(variant)
     model = hearthlm.load(folder)

@@ -194,7 +194,8 @@ KV_BOUNDS = {"f16": 2e-3, "bf16": 2e-2, "q8": 3e-2}
 
 @pytest.mark.parametrize("kv_dtype", sorted(KV_BOUNDS))
 @pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm", "qwen3-moe", "phi3-window",
-                                     "phi3-longrope", "gemma3"])
+                                     "phi3-longrope", "gemma3", "qwen3", "smollm3-nope-window", "granite",
+                                     "olmo2-gqa-bias"])
 def test_kv_dtype_error_is_bounded(model_dir, variant, kv_dtype):
     model = hearthlm.load(model_dir(variant))
     ids = ids_for(model, 60)

@@ -55,6 +55,9 @@ SHAPES = {
                       vocab_size=262144, tie_word_embeddings=True, query_pre_attn_scalar=256,
                       sliding_window=512, sliding_window_pattern=6, rope_theta=1000000.0,
                       rope_local_base_freq=10000.0),
+    "qwen3-0.6b": dict(architecture="Qwen3ForCausalLM", hidden_size=1024, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                       vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}

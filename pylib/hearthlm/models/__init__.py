@@ -8,18 +8,22 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import gemma, llama, phi3, qwen3_moe, stablelm
+from . import gemma, granite, llama, olmo2, phi3, qwen3, qwen3_moe, smollm3, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
     "Gemma2ForCausalLM": gemma,
     "Gemma3ForCausalLM": gemma,
     "Gemma3ForConditionalGeneration": gemma,
+    "GraniteForCausalLM": granite,
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
+    "Olmo2ForCausalLM": olmo2,
     "Qwen2ForCausalLM": llama,
-    "Qwen3MoeForCausalLM": qwen3_moe,
     "Phi3ForCausalLM": phi3,
+    "Qwen3ForCausalLM": qwen3,
+    "Qwen3MoeForCausalLM": qwen3_moe,
+    "SmolLM3ForCausalLM": smollm3,
     "StableLmForCausalLM": stablelm,
 }
 
