@@ -26,7 +26,7 @@ def _positive(text: str) -> int:
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     p.add_argument("--parallel", type=_positive,
@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--template", help="chat template: a built-in name or a .jinja file (default: the model's)")
     p.add_argument("--model-name", help="the model id clients send and /v1/models lists "
                                         "(default: the folder's name)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: %(default)s)")
 
 
 def run(args) -> int:
