@@ -230,6 +230,21 @@ def norm_spec(specs: dict, prefix: str, dim: int, bias: bool = False) -> None:
         specs[f"{prefix}.bias"] = (dim,)
 
 
+def mlp_spec(specs: dict, prefix: str, hidden: int, intermediate: int, bias: bool = False) -> None:
+    """A gated feed-forward: gate_proj and up_proj [intermediate, hidden], down_proj [hidden, intermediate]."""
+    linear_spec(specs, f"{prefix}.gate_proj", intermediate, hidden, bias)
+    linear_spec(specs, f"{prefix}.up_proj", intermediate, hidden, bias)
+    linear_spec(specs, f"{prefix}.down_proj", hidden, intermediate, bias)
+
+
+def gated_mlp(p, w, prefix: str, x: str, out: str = "h", activation: str = "silu") -> None:
+    """out = down_proj(activation(gate_proj(x)) * up_proj(x)) through the program's
+    gate and up buffers."""
+    p.matmul(x, gate=w.linear(f"{prefix}.gate_proj"), up=w.linear(f"{prefix}.up_proj"))
+    p.glu("gate", "gate", "up", activation)
+    p.matmul("gate", **{out: w.linear(f"{prefix}.down_proj")})
+
+
 def embedding_specs(args: ModelArgs) -> dict:
     """The token embeddings, and the LM head unless tied to them."""
     specs = {"model.embed_tokens.weight": (args.vocab_size, args.hidden_size)}

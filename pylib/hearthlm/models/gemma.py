@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import ModelArgs, common_args, linear_spec, norm_spec, optional_float, optional_int, require, rope_spec
+from .base import (ModelArgs, common_args, gated_mlp, linear_spec, mlp_spec, norm_spec, optional_float,
+                   optional_int, require, rope_spec)
 from .program import Program
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,7 @@ def weights(a: Args) -> dict:
             norm_spec(specs, f"{p}.self_attn.k_norm", a.head_dim)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)
         norm_spec(specs, f"{p}.pre_feedforward_layernorm", H)
-        linear_spec(specs, f"{p}.mlp.gate_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.up_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.down_proj", H, I)
+        mlp_spec(specs, f"{p}.mlp", H, I)
         norm_spec(specs, f"{p}.post_feedforward_layernorm", H)
     norm_spec(specs, f"{a.prefix}model.norm", H)
     return specs
@@ -209,9 +208,7 @@ def program(a: Args, w: Weights) -> Program:
         p.add("x", "h")
         # x = x + norm(down(gelu_tanh(gate(norm(x))) * up(norm(x))))
         p.norm("h", "x", norm(f"{L}.pre_feedforward_layernorm"))
-        p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-        p.glu("gate", "gate", "up", "gelu_tanh")
-        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        gated_mlp(p, w, f"{L}.mlp", "h", activation="gelu_tanh")
         p.norm("h", "h", norm(f"{L}.post_feedforward_layernorm"))
         p.add("x", "h")
     p.norm("h", "x", norm(f"{a.prefix}model.norm"))

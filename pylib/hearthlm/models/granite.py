@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..errors import UnsupportedModelError
 from ..weights import Weights
 from . import llama
-from .base import common_args, is_number, optional_float
+from .base import common_args, gated_mlp, is_number, optional_float
 from .program import Program
 
 weights = llama.weights  # the same tensors as Llama
@@ -68,9 +68,7 @@ def program(a: Args, w: Weights) -> Program:
         p.add("x", "h", r)
         # x = x + r * down(silu(gate(norm(x))) * up(norm(x)))
         p.norm("h", "x", w.norm(f"{L}.post_attention_layernorm", eps))
-        p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-        p.glu("gate", "gate", "up", "silu")
-        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        gated_mlp(p, w, f"{L}.mlp", "h")
         p.add("x", "h", r)
     p.norm("h", "x", w.norm("model.norm", eps))
     return p

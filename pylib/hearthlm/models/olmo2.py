@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import ModelArgs, common_args, embedding_specs, linear_spec, norm_spec, optional_float
+from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
+                   optional_float)
 from .program import Program
 
 
@@ -44,9 +45,7 @@ def weights(a: Args) -> dict:
         norm_spec(specs, f"{p}.self_attn.q_norm", q)
         norm_spec(specs, f"{p}.self_attn.k_norm", kv)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)
-        linear_spec(specs, f"{p}.mlp.gate_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.up_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.down_proj", H, I)
+        mlp_spec(specs, f"{p}.mlp", H, I)
         norm_spec(specs, f"{p}.post_feedforward_layernorm", H)
     norm_spec(specs, "model.norm", H)
     return specs
@@ -72,9 +71,7 @@ def program(a: Args, w: Weights) -> Program:
         p.norm("h", "h", w.norm(f"{L}.post_attention_layernorm", eps))
         p.add("x", "h")
         # x = x + norm(down(silu(gate(x)) * up(x)))
-        p.matmul("x", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-        p.glu("gate", "gate", "up", "silu")
-        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        gated_mlp(p, w, f"{L}.mlp", "x")
         p.norm("h", "h", w.norm(f"{L}.post_feedforward_layernorm", eps))
         p.add("x", "h")
     p.norm("h", "x", w.norm("model.norm", eps))

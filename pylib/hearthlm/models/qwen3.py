@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import ModelArgs, common_args, embedding_specs, linear_spec, norm_spec, optional_float
+from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
+                   optional_float)
 from .llama import sliding_windows
 from .program import Program
 
@@ -46,9 +47,7 @@ def weights(a: Args) -> dict:
         norm_spec(specs, f"{p}.self_attn.q_norm", a.head_dim)
         norm_spec(specs, f"{p}.self_attn.k_norm", a.head_dim)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)
-        linear_spec(specs, f"{p}.mlp.gate_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.up_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.down_proj", H, I)
+        mlp_spec(specs, f"{p}.mlp", H, I)
     norm_spec(specs, "model.norm", H)
     return specs
 
@@ -75,9 +74,7 @@ def program(a: Args, w: Weights) -> Program:
         p.add("x", "h")
         # x = x + down(silu(gate(norm(x))) * up(norm(x)))
         p.norm("h", "x", w.norm(f"{L}.post_attention_layernorm", eps))
-        p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-        p.glu("gate", "gate", "up", "silu")
-        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        gated_mlp(p, w, f"{L}.mlp", "h")
         p.add("x", "h")
     p.norm("h", "x", w.norm("model.norm", eps))
     return p

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import (ModelArgs, common_args, embedding_specs, linear_spec, norm_spec, optional_float,
-                   optional_int, require)
+from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
+                   optional_float, optional_int, require)
 from .program import Program
 
 
@@ -76,13 +76,9 @@ def weights(a: Args) -> dict:
         if a.moe_layers[i]:
             linear_spec(specs, f"{p}.mlp.gate", a.num_experts, H)
             for e in range(a.num_experts):
-                linear_spec(specs, f"{p}.mlp.experts.{e}.gate_proj", M, H)
-                linear_spec(specs, f"{p}.mlp.experts.{e}.up_proj", M, H)
-                linear_spec(specs, f"{p}.mlp.experts.{e}.down_proj", H, M)
+                mlp_spec(specs, f"{p}.mlp.experts.{e}", H, M)
         else:
-            linear_spec(specs, f"{p}.mlp.gate_proj", I, H)
-            linear_spec(specs, f"{p}.mlp.up_proj", I, H)
-            linear_spec(specs, f"{p}.mlp.down_proj", H, I)
+            mlp_spec(specs, f"{p}.mlp", H, I)
     norm_spec(specs, "model.norm", H)
     return specs
 
@@ -117,9 +113,7 @@ def program(a: Args, w: Weights) -> Program:
             p.moe("y", "h", w.linear(f"{L}.mlp.gate"), experts, a.moe_intermediate_size, a.top_k,
                   a.norm_topk_prob)
         else:
-            p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-            p.glu("gate", "gate", "up", "silu")
-            p.matmul("gate", y=w.linear(f"{L}.mlp.down_proj"))
+            gated_mlp(p, w, f"{L}.mlp", "h", out="y")
         p.add("x", "y")
     p.norm("h", "x", w.norm("model.norm", eps))
     return p

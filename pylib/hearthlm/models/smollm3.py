@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from ..weights import Weights
 from . import llama
-from .base import common_args, optional_float, optional_int
+from .base import common_args, gated_mlp, optional_float, optional_int
 from .program import Program
 
 Args = llama.Args
@@ -81,9 +81,7 @@ def program(a: Args, w: Weights) -> Program:
         p.add("x", "h")
         # x = x + down(silu(gate(norm(x))) * up(norm(x)))
         p.norm("h", "x", w.norm(f"{L}.post_attention_layernorm", eps))
-        p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
-        p.glu("gate", "gate", "up", "silu")
-        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        gated_mlp(p, w, f"{L}.mlp", "h")
         p.add("x", "h")
     p.norm("h", "x", w.norm("model.norm", eps))
     return p

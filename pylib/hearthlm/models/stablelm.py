@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..weights import Norm, Weights
-from .base import ModelArgs, common_args, embedding_specs, linear_spec, norm_spec, optional_float
+from .base import ModelArgs, common_args, embedding_specs, linear_spec, mlp_spec, norm_spec, optional_float
 from .program import Program
 
 
@@ -48,9 +48,7 @@ def weights(a: Args) -> dict:
                     norm_spec(specs, f"{p}.self_attn.{name}.norms.{h}", a.head_dim)
         if not a.parallel_residual:
             norm_spec(specs, f"{p}.post_attention_layernorm", H, bias=True)
-        linear_spec(specs, f"{p}.mlp.gate_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.up_proj", I, H)
-        linear_spec(specs, f"{p}.mlp.down_proj", H, I)
+        mlp_spec(specs, f"{p}.mlp", H, I)
     norm_spec(specs, "model.norm", H, bias=True)
     return specs
 
