@@ -45,6 +45,7 @@ cp "$out/build/"_kernels*.so "$out/pkg/hearthlm/"
 
 if [ -z "${SANITIZE_TESTS:-}" ]; then
   SANITIZE_TESTS="tests/test_kernels.py tests/test_kernel_edges.py tests/test_bad_input.py tests/test_models_vs_transformers.py"
+  SANITIZE_TESTS+=" tests/test_native_forward.py tests/test_batch.py tests/test_moe.py tests/test_constraints.py"
   SANITIZE_TESTS+=" $(ls tests/test_quant*.py tests/test_session*.py tests/test_threads*.py 2>/dev/null | tr "\n" " " || true)"
 fi
 echo "   tests: $SANITIZE_TESTS"
