@@ -15,6 +15,7 @@ import sys
 import time
 
 from .errors import HearthlmError
+from .formats import FORMATS
 
 PROMPT = ">>> "
 HELP = """commands:
@@ -29,7 +30,7 @@ HELP = """commands:
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
-    p.add_argument("--dtype", choices=["f32", "bf16", "f16", "q8", "q4"], help="convert or quantize the weights on load")
+    p.add_argument("--dtype", choices=list(FORMATS), help="convert or quantize the weights on load")
     p.add_argument("--threads", type=int)
     p.add_argument("--ctx", type=int, help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("--system", help="system message")

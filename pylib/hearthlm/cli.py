@@ -6,7 +6,9 @@ import json
 import sys
 import time
 
-DTYPES = ["f32", "bf16", "f16", "q8", "q4"]
+from .formats import FORMATS, QUANTIZED
+
+DTYPES = list(FORMATS)
 
 
 def cmd_info(args) -> int:
@@ -85,7 +87,8 @@ def cmd_bench(args) -> int:
 def cmd_quantize(args) -> int:
     from .quant import quantize
     t0 = time.perf_counter()
-    dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads)
+    dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads,
+                   calibration=args.calibration)
     print(f"{dst}: {args.dtype} weights written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -133,12 +136,15 @@ def main(argv=None) -> int:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    q = sub.add_parser("quantize", help="write a q8/q4 copy of a model folder (loads zero-copy)")
+    q = sub.add_parser("quantize", help="write a quantized copy of a model folder (loads zero-copy)")
     q.add_argument("src", help="Hugging Face model folder")
     q.add_argument("dst", help="new folder (must not exist or be empty)")
-    q.add_argument("--dtype", choices=["q8", "q4"], default="q4")
-    q.add_argument("--head-dtype", choices=["q8", "q4"],
-                   help="embedding table and LM head (default q8)")
+    q.add_argument("--dtype", choices=QUANTIZED, default="q4",
+                   help="q4k: llama.cpp's Q4_K_M mix; q4: the embedding table and LM head q8 (default %(default)s)")
+    q.add_argument("--head-dtype", choices=QUANTIZED,
+                   help="embedding table and LM head (default: the dtype's mix)")
+    q.add_argument("--calibration", metavar="FILE.txt",
+                   help="text to measure input importance on (K-quants; needs torch and transformers)")
     q.add_argument("--threads", type=int)
     q.set_defaults(func=cmd_quantize)
 
