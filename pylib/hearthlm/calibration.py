@@ -44,7 +44,7 @@ def importance_from_text(folder: str, path) -> dict:
     if not os.path.exists(os.path.join(folder, "tokenizer.json")):
         raise ModelFormatError(f"{folder}: no tokenizer.json, so the calibration text cannot be encoded")
     ids = Tokenizer(folder).encode(text)[:MAX_TOKENS]
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.eval()
     sums: dict = {}
 
