@@ -396,7 +396,7 @@ PYBIND11_MODULE(_kernels, m) {
     for (int64_t m = 0; m < M; ++m) kt.quantize_act(op + m * q_blocks(K), xp + m * K, K);
   }, py::arg("out"), py::arg("x"), py::arg("isa") = py::none(),
      "The int8 activation blocks the quantized matmuls use: per block of 32, "
-     "(float32 d, int16 sum[2] (of qs[0:16], qs[16:32]), int8 qs[32]).");
+     "(float32 d, float32 dsum = d * (sum[0] + sum[1]), int16 sum[2] (of qs[0:16], qs[16:32]), int8 qs[32]).");
 
   bind_sampler(m);
   bind_forward(m);

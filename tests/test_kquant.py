@@ -94,9 +94,10 @@ def activations(x):
     """The kernels' int8 activation blocks as float64 values d·q, zero-padded to 32."""
     M, K_ = x.shape
     nb = -(-K_ // 32)
-    blocks = np.empty((M, nb, 40), np.uint8)
+    act_type = np.dtype([("d", "<f4"), ("dsum", "<f4"), ("sum", "<i2", 2), ("qs", "i1", 32)])
+    blocks = np.empty((M, nb, act_type.itemsize), np.uint8)
     K.quantize_activations(blocks, x)
-    act = blocks.view(np.dtype([("d", "<f4"), ("sum", "<i2", 2), ("qs", "i1", 32)]))[..., 0]
+    act = blocks.view(act_type)[..., 0]
     return (act["d"][..., None].astype(np.float64) * act["qs"]).reshape(M, nb * 32)[:, :K_]
 
 

@@ -87,13 +87,14 @@ struct Q6KRow {
 
 // Activations, quantized on the fly per block of 32: d = amax / 127 (0 for an all-zero
 // block), qs = round-half-even(x * (1 / d)) in [-127, 127], sum[h] = Σ qs[16h .. 16h+15]
-// (for offsets and mins: q4's +8, q4k's m, q6k's -32 per 16).
+// (for offsets and mins: q4's +8, q6k's -32 per 16) and dsum = d · float(sum[0] + sum[1])
+// (q4k's mins; kept in memory so SIMD code broadcasts it with a load).
 struct BlockQ8Act {
-  float d;
+  float d, dsum;
   int16_t sum[2];
   int8_t qs[kQBlock];
 };
-static_assert(sizeof(BlockQ8Act) == 40, "activation block is 40 bytes");
+static_assert(sizeof(BlockQ8Act) == 44, "activation block is 44 bytes");
 
 static inline int64_t q_blocks(int64_t K) { return (K + kQBlock - 1) / kQBlock; }
 static inline int64_t q_groups(int64_t N) { return (N + kQRows - 1) / kQRows; }

@@ -59,6 +59,7 @@ struct Vec {
 // and _mm256_madd_epi16 (pairs summed in int32). Each 32-bit lane is one weight row;
 // a 4-byte activation group is broadcast to all lanes (quant.h's layout).
 struct QVec : F8Avx {
+  static constexpr int kKTileTokens = 4;
   struct W8 { __m256i g[8]; };   // k group g (4 k x 8 rows), signed q
   struct WU4 { __m256i g[8]; };  // k group g, unsigned nibbles
   struct W4 { WU4 u; };          // q4: nibbles q + 8
@@ -158,6 +159,7 @@ struct QVec : F8Avx {
     _mm256_storeu_si256((__m256i*)out->qs,
                         _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     out->d = d;
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

@@ -55,6 +55,7 @@ struct Vec {
 // together at the end. Weights enter as unsigned bytes q + offset (offset 128 for
 // q8, 8 for q4) and the result is corrected by offset·Σa.
 struct QVec : F8Avx {
+  static constexpr int kKTileTokens = 8;
   struct W8 { __m512i p[4]; };   // k groups (2p, 2p+1), as q + 128
   struct WU4 { __m512i p[4]; };  // k groups (2p, 2p+1), unsigned nibbles
   struct W4 { WU4 u; };          // q4: nibbles q + 8
@@ -125,6 +126,7 @@ struct QVec : F8Avx {
     out->d = d;
     out->sum[0] = int16_t(_mm512_reduce_add_epi32(q0));
     out->sum[1] = int16_t(_mm512_reduce_add_epi32(q1));
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

@@ -18,6 +18,7 @@ namespace dotprod {
 // as on x86, each 32-bit lane is one weight row (rows 0-3 in `lo`, 4-7 in `hi`) and a
 // 4-byte activation group is broadcast to all lanes. Signed x signed: no offsets.
 struct QVec {
+  static constexpr int kKTileTokens = 4;
   struct F8 { float32x4_t lo, hi; };
   struct I8 { int32x4_t lo, hi; };
   struct W8 { int8x16_t lo[8], hi[8]; };  // k group g, signed q
@@ -150,6 +151,7 @@ struct QVec {
     out->d = d;
     out->sum[0] = int16_t(vaddvq_s32(sum[0]));
     out->sum[1] = int16_t(vaddvq_s32(sum[1]));
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

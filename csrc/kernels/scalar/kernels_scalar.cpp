@@ -155,6 +155,7 @@ static void quantize_act(BlockQ8Act* xq, const float* x, int64_t K) {
     xq[b].d = d;
     xq[b].sum[0] = int16_t(sum[0]);
     xq[b].sum[1] = int16_t(sum[1]);
+    xq[b].dsum = d * float(sum[0] + sum[1]);
   }
 }
 
@@ -178,7 +179,7 @@ static void matmul_q(float* y, const BlockQ8Act* xq, const void* wv, const float
     }
 }
 
-// q4k, per 32-k block: acc += Σ q·a · (d·sc)·a.d, then acc -= (dmin·m)·(a.d·Σa).
+// q4k, per 32-k block: acc += Σ q·a · (d·sc)·a.d, then acc -= (dmin·m)·a.dsum.
 static void matmul_q4k(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
                        int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
   const BlockQ4Kx8* w = static_cast<const BlockQ4Kx8*>(wv);
@@ -195,7 +196,7 @@ static void matmul_q4k(float* y, const BlockQ8Act* xq, const void* wv, const flo
         for (int k = 0; k < kQBlock; ++k) isum += int(v.q[j * kQBlock + k]) * a.qs[k];
         const float dsc = f16_to_float(v.d) * float(v.sc[j]), dm = f16_to_float(v.dmin) * float(v.m[j]);
         acc = fmaf(float(isum), dsc * a.d, acc);
-        acc = fmaf(-dm, a.d * float(a.sum[0] + a.sum[1]), acc);
+        acc = fmaf(-dm, a.dsum, acc);
       }
       y[m * ldy + n] = bias ? acc + bias[n] : acc;
     }

@@ -1,0 +1,127 @@
+"""KL(f32 || quantized) side by side on the same weights: hearthlm's q4 / q4k (the
+Q4_K_M-like mix) / q6k, and, with --llama-cpp, llama.cpp's Q4_0 / Q4_K_M / Q6_K / Q8_0
+made by llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) from an
+f32 GGUF of the folder. Bytes per weight count the 2-D matrices only.
+
+    python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256] [--calibration FILE.txt]
+                              [--llama-cpp] [--text FILE.txt]
+
+Quantized copies go to a temporary folder ($KL_TMP if set). Token ids: the encoded
+--text if given (needs the folder's tokenizer), else random ids (seed 0). KL is the
+mean over positions of KL(softmax(f32) || softmax(quantized)), in nats; the reference
+is hearthlm's own f32 run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import numpy as np
+
+import hearthlm
+
+LLAMA_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}  # llama_ftype
+
+
+def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
+    def log_softmax(z):
+        z = z.astype(np.float64) - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lp, lq = log_softmax(ref), log_softmax(ours)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+def windows(ids: list, n_ctx: int) -> list:
+    return [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
+
+
+def hearthlm_logits(folder, ids, n_ctx, dtype=None) -> np.ndarray:
+    model = hearthlm.load(folder, dtype=dtype)
+    return np.concatenate([model.logits(w) for w in windows(ids, n_ctx)])
+
+
+def folder_bpw(folder: str) -> float:
+    from hearthlm.safetensors_io import CheckpointFiles
+    files = CheckpointFiles(folder)
+    meta = {}
+    for f in files.files.values():
+        meta.update(json.loads(f.metadata.get("hearthlm.tensors", "{}")))
+    nbytes = sum(files.info(n).end - files.info(n).begin for n in meta)
+    return 8 * nbytes / sum(rows * cols for _, rows, cols in meta.values())
+
+
+def gguf_bpw(path: str) -> float:
+    import gguf
+    reader = gguf.GGUFReader(path)
+    mats = [t for t in reader.tensors if len(t.shape) == 2]
+    return 8 * sum(int(t.n_bytes) for t in mats) / sum(int(t.n_elements) for t in mats)
+
+
+def llama_logits(path: str, ids: list, n_ctx: int) -> np.ndarray:
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=2,
+                n_threads_batch=2, verbose=False, use_extra_bufts=False)
+    out = []
+    for w in windows(ids, n_ctx):
+        llm.reset()
+        llm.eval(w)
+        out.append(np.array(llm.scores[:len(w)], np.float32))
+    del llm
+    return np.concatenate(out)
+
+
+def llama_quantize(src: str, dst: str, ftype: int) -> None:
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) != 0:
+        raise RuntimeError(f"llama_model_quantize failed for ftype {ftype}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder")
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--text", help="evaluate on this text instead of random ids")
+    p.add_argument("--calibration", help="also q4k / q6k with importance weights from this text")
+    p.add_argument("--llama-cpp", action="store_true")
+    a = p.parse_args()
+
+    f32 = hearthlm.load(a.folder, dtype="f32")
+    if a.text:
+        ids = f32.tokenizer.encode(open(a.text, encoding="utf-8").read())[:a.tokens]
+    else:
+        ids = np.random.default_rng(0).integers(0, f32.vocab_size, a.tokens).tolist()
+    del f32
+    ref = hearthlm_logits(a.folder, ids, a.ctx, "f32")
+    rows = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("KL_TMP")) as tmp:
+        runs = [(d, None) for d in ("q4", "q4k", "q6k")]
+        if a.calibration:
+            runs += [("q4k", a.calibration), ("q6k", a.calibration)]
+        for dtype, calib in runs:
+            dst = os.path.join(tmp, f"{dtype}{'-imatrix' if calib else ''}")
+            hearthlm.quantize(a.folder, dst, dtype, calibration=calib)
+            kl = mean_kl(ref, hearthlm_logits(dst, ids, a.ctx))
+            rows.append((f"hearthlm {dtype}{' + calibration' if calib else ''}", folder_bpw(dst), kl))
+            print(*rows[-1], flush=True)
+        if a.llama_cpp:
+            from hearthlm.gguf_export import export_gguf
+            src = export_gguf(a.folder, "f32")
+            for name, ftype in LLAMA_FTYPES.items():
+                dst = os.path.join(tmp, f"{name}.gguf")
+                llama_quantize(src, dst, ftype)
+                rows.append((f"llama.cpp {name}", gguf_bpw(dst), mean_kl(ref, llama_logits(dst, ids, a.ctx))))
+                print(*rows[-1], flush=True)
+                os.remove(dst)
+    print(f"\n{a.folder}: {len(ids)} tokens, windows of {a.ctx}\n")
+    print("| weights | bits per weight (matrices) | KL(f32 ‖ ·) |\n|---|---|---|")
+    for name, bpw, kl in rows:
+        print(f"| {name} | {bpw:.3f} | {kl:.3e} |")
+
+
+if __name__ == "__main__":
+    main()
