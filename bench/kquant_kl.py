@@ -4,7 +4,7 @@ made by llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) from
 f32 GGUF of the folder. Bytes per weight count the 2-D matrices only.
 
     python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256] [--calibration FILE.txt]
-                              [--llama-cpp] [--text FILE.txt]
+                              [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
 
 Quantized copies go to a temporary folder ($KL_TMP if set). Token ids: the encoded
 --text if given (needs the folder's tokenizer), else random ids (seed 0). KL is the
@@ -88,7 +88,10 @@ def main() -> None:
     p.add_argument("--text", help="evaluate on this text instead of random ids")
     p.add_argument("--calibration", help="also q4k / q6k with importance weights from this text")
     p.add_argument("--llama-cpp", action="store_true")
+    p.add_argument("--quantized", default="", help="reuse folders already written by hearthlm quantize: "
+                   "DTYPE=FOLDER,... (e.g. q4k=/tmp/tl-q4k)")
     a = p.parse_args()
+    reuse = dict(item.split("=", 1) for item in a.quantized.split(",") if item)
 
     f32 = hearthlm.load(a.folder, dtype="f32")
     if a.text:
@@ -103,8 +106,10 @@ def main() -> None:
         if a.calibration:
             runs += [("q4k", a.calibration), ("q6k", a.calibration)]
         for dtype, calib in runs:
-            dst = os.path.join(tmp, f"{dtype}{'-imatrix' if calib else ''}")
-            hearthlm.quantize(a.folder, dst, dtype, calibration=calib)
+            dst = reuse.get(dtype) if not calib else None
+            if dst is None:
+                dst = os.path.join(tmp, f"{dtype}{'-imatrix' if calib else ''}")
+                hearthlm.quantize(a.folder, dst, dtype, calibration=calib)
             kl = mean_kl(ref, hearthlm_logits(dst, ids, a.ctx))
             rows.append((f"hearthlm {dtype}{' + calibration' if calib else ''}", folder_bpw(dst), kl))
             print(*rows[-1], flush=True)

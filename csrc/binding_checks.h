@@ -89,6 +89,12 @@ inline const void* weight_data(const py::array& w, WeightType wt, const char* na
   return w.data();
 }
 
+inline Activation activation_arg(const std::string& name) {
+  if (name == "silu") return Activation::silu;
+  if (name == "gelu_tanh") return Activation::gelu_tanh;
+  throw py::value_error("activation: expected 'silu' or 'gelu_tanh', got '" + name + "'");
+}
+
 inline KVType kv_type(const std::string& name) {
   if (name == "f32") return kKVf32;
   if (name == "f16") return kKVf16;

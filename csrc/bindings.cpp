@@ -24,7 +24,7 @@
 namespace py = pybind11;
 
 namespace hearthlm {
-void bind_forward(py::module_& m);  // forward_bindings.cpp
+void bind_program(py::module_& m);  // program_bindings.cpp
 }
 
 using namespace hearthlm;
@@ -205,7 +205,8 @@ PYBIND11_MODULE(_kernels, m) {
 
   m.def("attention", [](py::array out, py::array q, py::array k, py::object k_scales, py::array v,
                         py::object v_scales, const std::string& kv_dtype, py::array kv_pos,
-                        py::array q_pos, int32_t window, float scale, int n_threads, py::object isa) {
+                        py::array q_pos, int32_t window, float scale, int n_threads, py::object isa,
+                        float softcap) {
     float* op = out_f32(out, "out", 3);
     const float* qp = in_f32(q, "q", 3);
     const int64_t T = q.shape(0), n_heads = q.shape(1), head_dim = q.shape(2);
@@ -223,10 +224,10 @@ PYBIND11_MODULE(_kernels, m) {
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
-    attention(kt, op, qp, kl, vl, kvp, qpp, T, n_heads, head_dim, window, scale, n_threads);
+    attention(kt, op, qp, kl, vl, kvp, qpp, T, n_heads, head_dim, window, scale, softcap, n_threads);
   }, py::arg("out"), py::arg("q"), py::arg("k"), py::arg("k_scales"), py::arg("v"), py::arg("v_scales"),
      py::arg("kv_dtype"), py::arg("kv_pos"), py::arg("q_pos"), py::arg("window"), py::arg("scale"),
-     py::arg("n_threads") = 1, py::arg("isa") = py::none());
+     py::arg("n_threads") = 1, py::arg("isa") = py::none(), py::arg("softcap") = 0.0f);
 
   m.def("kv_store", [](py::array cache, py::object scales, const std::string& kv_dtype, py::array src,
                        int64_t slot0) {
@@ -261,18 +262,21 @@ PYBIND11_MODULE(_kernels, m) {
   }, py::arg("cache"), py::arg("scales"), py::arg("kv_dtype"), py::arg("head_dim"), py::arg("cos"),
      py::arg("sin"), py::arg("which"), py::arg("rot_dim"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
 
-  m.def("swiglu", [](py::array out, py::array gate, py::array up, int n_threads, py::object isa) {
+  m.def("glu", [](py::array out, py::array gate, py::array up, int n_threads, py::object isa,
+                  const std::string& activation) {
     float* op = out_f32(out, "out", 2);
     const float* gp = in_f32(gate, "gate", 2);
     const float* up_ = in_f32(up, "up", 2);
     expect(gate.size() == out.size() && up.size() == out.size(), "gate/up/out: sizes differ");
+    const Activation act = activation_arg(activation);
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
-    swiglu(kt, op, gp, up_, out.size(), n_threads);
-  }, py::arg("out"), py::arg("gate"), py::arg("up"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+    glu(kt, act, op, gp, up_, out.size(), n_threads);
+  }, py::arg("out"), py::arg("gate"), py::arg("up"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+     py::arg("activation") = "silu", "out = activation(gate) * up; activation: 'silu' or 'gelu_tanh'.");
 
-  m.def("add", [](py::array out, py::array a, py::array b, int n_threads, py::object isa) {
+  m.def("add", [](py::array out, py::array a, py::array b, int n_threads, py::object isa, float b_scale) {
     float* op = out_f32(out, "out", 2);
     const float* ap = in_f32(a, "a", 2);
     const float* bp = in_f32(b, "b", 2);
@@ -280,8 +284,9 @@ PYBIND11_MODULE(_kernels, m) {
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
-    add(kt, op, ap, bp, out.size(), n_threads);
-  }, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("isa") = py::none());
+    add(kt, op, ap, bp, b_scale, out.size(), n_threads);
+  }, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+     py::arg("b_scale") = 1.0f, "out = a + b_scale * b.");
 
   m.def("embed", [](py::array out, py::array table_, py::array ids, const std::string& wtype, py::object isa) {
     const WeightType wt = weight_type(wtype);
@@ -399,5 +404,5 @@ PYBIND11_MODULE(_kernels, m) {
      "(float32 d, float32 dsum = d * (sum[0] + sum[1]), int16 sum[2] (of qs[0:16], qs[16:32]), int8 qs[32]).");
 
   bind_sampler(m);
-  bind_forward(m);
+  bind_program(m);
 }

@@ -108,18 +108,33 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
 }
 
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
-          int64_t M, int64_t n, float eps) {
-#pragma omp for schedule(static)
-  for (int64_t m = 0; m < M; ++m) norm_row(kt, out + m * n, x + m * n, w, b, n, eps);
-}
-
-void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, const float* w,
-              const float* b, int64_t M, int64_t n, float eps) {
+          int64_t M, int64_t n, float eps, int64_t w_period) {
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
-    kt.add(x + m * n, x + m * n, delta + m * n, n);
+    const int64_t wo = (m % w_period) * n;
+    norm_row(kt, out + m * n, x + m * n, w + wo, b ? b + wo : nullptr, n, eps);
+  }
+}
+
+void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, float delta_scale,
+              const float* w, const float* b, int64_t M, int64_t n, float eps) {
+#pragma omp for schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    kt.add(x + m * n, x + m * n, delta + m * n, delta_scale, n);
     norm_row(kt, out + m * n, x + m * n, w, b, n, eps);
   }
+}
+
+void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale, int64_t n) {
+  constexpr int64_t chunk = 4096;
+#pragma omp for schedule(static)
+  for (int64_t i0 = 0; i0 < n; i0 += chunk)
+    kt.add(out + i0, a + i0, b + i0, b_scale, i0 + chunk < n ? chunk : n - i0);
+}
+
+void scale(float* x, float s, int64_t n) {
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
@@ -131,11 +146,13 @@ void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
             sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
 }
 
-void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n) {
+void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
+         int64_t n) {
   constexpr int64_t chunk = 4096;
+  const auto kernel = act == Activation::silu ? kt.swiglu : kt.gelu_tanh_glu;
 #pragma omp for schedule(static)
   for (int64_t i0 = 0; i0 < n; i0 += chunk)
-    kt.swiglu(out + i0, gate + i0, up + i0, i0 + chunk < n ? chunk : n - i0);
+    kernel(out + i0, gate + i0, up + i0, i0 + chunk < n ? chunk : n - i0);
 }
 
 }  // namespace team
@@ -251,10 +268,12 @@ namespace team {
 
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float* partials) {
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
+               const SlotRange* ranges, float* partials) {
   // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads,
   // and (one token only) one range of the cache.
-  const int64_t n_kv_heads = k.n_kv_heads, n_slots = k.n_slots;
+  const int64_t n_kv_heads = k.n_kv_heads;
+  const int64_t n_slots = ranges ? ranges[0].count : k.n_slots;  // the one token's (chunked path)
   if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads, threads = team_size();
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
@@ -280,20 +299,23 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
     const int64_t h0 = kvh * n_rep + (head_task % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
     const int64_t offset = (t * n_heads + h0) * head_dim;
+    const int64_t first = ranges ? ranges[t].first : 0;
     if (n_chunks == 1) {
-      kernel(out + offset, q + offset, head_rows(k, kvh), head_rows(v, kvh), kv_pos, n_slots,
-             q_pos[t], window, scale, n_q, head_dim, nullptr);
+      const int64_t count = ranges ? ranges[t].count : k.n_slots;
+      kernel(out + offset, q + offset, rows_from(head_rows(k, kvh), k.type, first),
+             rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos[t], window, scale,
+             softcap, n_q, head_dim, nullptr);
       continue;
     }
-    const int64_t j0 = c * chunk, len = std::min(chunk, n_slots - j0);
+    const int64_t j0 = first + c * chunk, len = std::min(chunk, first + n_slots - j0);
     float* lse = part_lse + c * n_heads + h0;
     if (len <= 0) {  // past the end of the cache
       for (int64_t g = 0; g < n_q; ++g) lse[g] = -INFINITY;
       continue;
     }
     kernel(part_out + (c * n_heads + h0) * head_dim, q + offset, rows_from(head_rows(k, kvh), k.type, j0),
-           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos[0], window, scale, n_q,
-           head_dim, lse);
+           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos[0], window, scale, softcap,
+           n_q, head_dim, lse);
   }
   if (n_chunks == 1) return;
 #pragma omp for schedule(static)
@@ -315,14 +337,14 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
 }
 
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
-              int64_t T, int64_t head_dim, int64_t slot0) {
+              int64_t T, int64_t head_dim, const int64_t* slots) {
   const int64_t n_kv_heads = k_dst.n_kv_heads;
 #pragma omp for schedule(static)
   for (int64_t r = 0; r < 2 * T * n_kv_heads; ++r) {  // r = (k or v, token, kv head)
     const int64_t t = (r / n_kv_heads) % T, h = r % n_kv_heads;
     const KVLayer& dst = r < T * n_kv_heads ? k_dst : v_dst;
     const float* src = r < T * n_kv_heads ? k : v;
-    store_row(dst, h * dst.n_slots + slot0 + t, src + (t * n_kv_heads + h) * head_dim, head_dim);
+    store_row(dst, h * dst.n_slots + slots[t], src + (t * n_kv_heads + h) * head_dim, head_dim);
   }
 }
 
@@ -330,12 +352,14 @@ void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const 
 
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads) {
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
+               int n_threads) {
   static thread_local std::vector<float> scratch;  // the calling thread's, shared with the team
   scratch.resize(size_t(attention_partials_floats(n_heads, head_dim)));
   float* partials = scratch.data();
 #pragma omp parallel num_threads(n_threads) if (T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin)
-  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, partials);
+  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, softcap, nullptr,
+                  partials);
 }
 
 void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0) {
@@ -358,17 +382,16 @@ void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, co
   }
 }
 
-void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
-            int n_threads) {
+void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
+         int64_t n, int n_threads) {
 #pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
-  team::swiglu(kt, out, gate, up, n);
+  team::glu(kt, act, out, gate, up, n);
 }
 
-void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
-         int n_threads) {
-  constexpr int64_t chunk = 4096;
-#pragma omp parallel for num_threads(n_threads) if (n >= kElementwiseMin)
-  for (int64_t i0 = 0; i0 < n; i0 += chunk) kt.add(out + i0, a + i0, b + i0, i0 + chunk < n ? chunk : n - i0);
+void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale,
+         int64_t n, int n_threads) {
+#pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
+  team::add(kt, out, a, b, b_scale, n);
 }
 
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,

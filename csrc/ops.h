@@ -51,21 +51,30 @@ struct KVLayer {
   int64_t n_kv_heads, n_slots, row_stride;
 };
 
+// Slots [first, first + count) of a cache.
+struct SlotRange {
+  int64_t first, count;
+};
+
 // out, q: [T, n_heads, head_dim]; kv_pos[n_slots]: the position held by each slot
 // (-1 = empty); q_pos[T].
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale, int n_threads);
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
+               int n_threads);
 // Write src [T, n_kv_heads, head_dim] into slots [slot0, slot0 + T), converting.
 void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0);
 // Rotate the cached rows of slot s by table row which[s] (cos/sin [n, rot_dim/2]) in
 // place, through float32 for 16-bit and q8 storage; which[s] < 0 leaves slot s alone.
 void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, const float* sin,
                const int32_t* which, int64_t head_dim, int64_t rot_dim, int n_threads);
-void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n,
-            int n_threads);
-void add(const KernelTable& kt, float* out, const float* a, const float* b, int64_t n,
-         int n_threads);
+// The gated feed-forward's activation: out = act(gate) * up.
+enum class Activation { silu, gelu_tanh };
+void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
+         int64_t n, int n_threads);
+// out = a + b_scale * b
+void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale,
+         int64_t n, int n_threads);
 // out[T, dim] = table[ids[t], :] widened (or dequantized) to float32.
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim);
@@ -79,22 +88,32 @@ constexpr int kMaxJobs = 8;  // matrices per matmul_group
 // xq: [M, ceil(K/32)] activation blocks shared by the team, used when wt is quantized.
 void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
                   const float* x, int64_t M, int64_t K, BlockQ8Act* xq);
+// RMSNorm (b null) or LayerNorm of the rows of x[M, n]; row m uses the weights (and
+// bias) w[m % w_period] of w[w_period, n] (per-head weights: w_period = heads).
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
-          int64_t M, int64_t n, float eps);
-// x += delta, then out = norm(x), row by row (residual connection into the next norm).
-void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, const float* w,
-              const float* b, int64_t M, int64_t n, float eps);
+          int64_t M, int64_t n, float eps, int64_t w_period = 1);
+// x += delta_scale * delta, then out = norm(x), row by row (a residual connection
+// into the next norm).
+void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, float delta_scale,
+              const float* w, const float* b, int64_t M, int64_t n, float eps);
+// out = a + b_scale * b
+void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale, int64_t n);
+// x *= s
+void scale(float* x, float s, int64_t n);
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim);
 // partials: attention_partials_floats(n_heads, head_dim) floats shared by the team,
-// where one token's heads are split along the cache (see ops.cpp).
+// where one token's heads are split along the cache (see ops.cpp). ranges[T]: the
+// slots each token may attend (its own sequence's), or null for the whole cache.
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
-               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float* partials);
-// k and v rows of T tokens into slots [slot0, slot0 + T) of both caches.
+               int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
+               const SlotRange* ranges, float* partials);
+// k and v rows of T tokens [T, n_kv_heads, head_dim] into slots[t] of both caches.
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
-              int64_t T, int64_t head_dim, int64_t slot0);
-void swiglu(const KernelTable& kt, float* out, const float* gate, const float* up, int64_t n);
+              int64_t T, int64_t head_dim, const int64_t* slots);
+void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
+         int64_t n);
 
 }  // namespace team
 

@@ -113,15 +113,6 @@ def test_unsupported_config_values(copy_of, field, value):
         hearthlm.load(folder)
 
 
-def test_stablelm_parallel_residual_unsupported(copy_of):
-    folder = copy_of("stablelm")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["use_parallel_residual"] = True
-    (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(hearthlm.UnsupportedModelError, match="use_parallel_residual"):
-        hearthlm.load(folder)
-
-
 def test_missing_folder_and_files(tmp_path):
     with pytest.raises(hearthlm.ModelFormatError, match="not a directory"):
         hearthlm.load(tmp_path / "nope")

@@ -40,7 +40,7 @@ def test_attention_empty(isa, T, heads, kv, slots, hd):
 def test_elementwise_empty(isa):
     K.rmsnorm(z(2, 0), z(2, 0), z(0), 1e-6, 2, isa)
     K.layernorm(z(2, 0), z(2, 0), z(0), z(0), 1e-6, 2, isa)
-    K.swiglu(z(0, 3), z(0, 3), z(0, 3), 2, isa)
+    K.glu(z(0, 3), z(0, 3), z(0, 3), 2, isa)
     K.add(z(3, 0), z(3, 0), z(3, 0), 2, isa)
     K.rope(z(0, 2, 4), z(1, 2), z(1, 2), z(0, dtype=i32), 4, 2, isa)
     K.embed(z(0, 4), z(3, 4), z(0, dtype=i32), "f32", isa)

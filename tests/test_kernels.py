@@ -105,7 +105,7 @@ def test_rope(isa, head_dim, rot_dim):
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
 
 
-def attention_reference(q, k, v, kv_pos, q_pos, window, scale):
+def attention_reference(q, k, v, kv_pos, q_pos, window, scale, softcap=0.0):
     T, H, D = q.shape
     n_rep = H // k.shape[0]
     out = np.zeros((T, H, D))
@@ -116,6 +116,8 @@ def attention_reference(q, k, v, kv_pos, q_pos, window, scale):
             if window:
                 ok &= q_pos[t] - kv_pos < window
             s = kh[ok] @ q[t, h] * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             p = np.exp(s - s.max())
             out[t, h] = p @ vh[ok] / p.sum()
     return out
@@ -162,8 +164,8 @@ def test_kv_store_conversions(kv_dtype):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16", "bf16", "q8"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (12, 1, 64), (9, 3, 33)])
-@pytest.mark.parametrize("n_slots,window", [(5, 0), (150, 0), (150, 7)])
-def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window):
+@pytest.mark.parametrize("n_slots,window,softcap", [(5, 0, 0.0), (150, 0, 0.0), (150, 7, 0.0), (150, 0, 0.8)])
+def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window, softcap):
     T = 3
     q = rand(T, heads, head_dim)
     k, kscale, kvals = kv_cache_of(rand(kv_heads, n_slots, head_dim), kv_dtype)
@@ -172,8 +174,8 @@ def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window):
     q_pos = np.arange(n_slots - T, n_slots, dtype=np.int32)
     kv_pos[(rng.random(n_slots) < 0.2) & ~np.isin(kv_pos, q_pos)] = -1  # some empty slots
     out = np.full_like(q, np.nan)
-    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, 2, isa)
-    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3)
+    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, 2, isa, softcap=softcap)
+    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3, softcap)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -228,22 +230,32 @@ def test_kv_rotate(isa, kv_dtype):
 def test_elementwise(isa, n):
     g, u = rand(1, n) * 4, rand(1, n)
     out = np.empty_like(g)
-    K.swiglu(out, g, u, 2, isa)
+    K.glu(out, g, u, 2, isa)
     g64 = g.astype(np.float64)
     np.testing.assert_allclose(out, g64 / (1 + np.exp(-g64)) * u, rtol=1e-5, atol=1e-6)
+    K.glu(out, g, u, 2, isa, activation="gelu_tanh")
+    gelu = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64 ** 3)))
+    np.testing.assert_allclose(out, gelu * u, rtol=1e-5, atol=1e-6)
     K.add(out, g, u, 2, isa)
     np.testing.assert_array_equal(out, g + u)
+    K.add(out, g, u, 2, isa, b_scale=0.37)
+    np.testing.assert_allclose(out, g64 + 0.37 * u.astype(np.float64), rtol=1e-6, atol=1e-6)
 
 
-def test_swiglu_extremes():
+def test_glu_extremes():
     g = np.array([[-1e4, -100.0, -88.0, 0.0, 88.0, 100.0, 1e4, -3.0, 3.0]], np.float32)
     u = np.ones_like(g)
     for isa in ISAS:
         out = np.empty_like(g)
-        K.swiglu(out, g, u, 1, isa)
+        K.glu(out, g, u, 1, isa)
         assert np.all(np.isfinite(out))
+        g64 = g.astype(np.float64)
         with np.errstate(over="ignore"):
-            ref = g / (1 + np.exp(-g.astype(np.float64)))
+            ref = g64 / (1 + np.exp(-g64))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+        K.glu(out, g, u, 1, isa, activation="gelu_tanh")
+        assert np.all(np.isfinite(out))
+        ref = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64 ** 3)))
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 

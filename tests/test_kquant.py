@@ -247,7 +247,8 @@ def test_q4k_folder_is_memory_mapped_with_identical_logits(model_dir, tmp_path):
     stored, on_load = hearthlm.load(dst), hearthlm.load(src, dtype="q4k")
     assert stored.dtype == "q4k" and stored.load_stats["converted_bytes"] == 0
     t = stored.transformer
-    assert t.lm_head.wtype == "q6k" and t.layers[1].v_proj.wtype == "q6k" and t.layers[0].v_proj.wtype == "q4k"
+    v = [t.weights.linear(f"model.layers.{i}.self_attn.v_proj").wtype for i in (0, 1)]
+    assert t.lm_head.wtype == "q6k" and v == ["q4k", "q6k"]
     ids = list(range(1, 40))
     np.testing.assert_array_equal(stored.logits(ids), on_load.logits(ids))
 
@@ -280,3 +281,12 @@ def test_calibration_errors_name_the_problem(tmp_path, model_dir):
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(hearthlm.InvalidInputError, match="holds no text"):
         hearthlm.quantize(src, tmp_path / "c", "q4k", calibration=tmp_path / "empty.txt")
+
+
+def test_cli_quantize_names_bad_calibration(model_dir, tmp_path, capsys):
+    from hearthlm.cli import main
+    assert main(["quantize", model_dir("llama-mha"), str(tmp_path / "out"), "--dtype", "q4",
+                 "--calibration", str(tmp_path / "c.txt")]) == 1
+    assert "calibration: only the K-quant dtypes" in capsys.readouterr().err
+    assert main(["quantize", model_dir("llama-mha"), str(tmp_path / "out"), "--dtype", "q6k"]) == 0
+    assert hearthlm.load(tmp_path / "out").dtype == "q6k"

@@ -16,9 +16,11 @@ def max_rel_diff(ours, ref):
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
+@pytest.mark.parametrize("form", ["transformers", "hub"])
 @pytest.mark.parametrize("variant", sorted(tiny_models.VARIANTS))
-def test_f32_logits_match_transformers(model_dir, variant):
-    folder = model_dir(variant)
+def test_f32_logits_match_transformers(model_dir, variant, form):
+    """config.json as transformers 5 writes it, and in the older Hub form."""
+    folder = model_dir(variant, config_form=form)
     model = hearthlm.load(folder)
     assert model.dtype == "f32"
     ids = prompt(model.vocab_size)
@@ -60,6 +62,20 @@ def test_greedy_generation_matches_transformers(model_dir, variant):
     assert model.generate_ids(ids, 32) == tiny_models.reference_greedy(folder, ids, 32)
 
 
+@pytest.mark.parametrize("variant", sorted(tiny_models.VARIANTS))
+def test_session_prefill_then_decode_matches_transformers(model_dir, variant):
+    """A session prefills part of the prompt in one batch, then decodes the rest token
+    by token: every position's logits equal transformers' on the whole sequence."""
+    folder = model_dir(variant)
+    model = hearthlm.load(folder)
+    ids = prompt(model.vocab_size)
+    ref = tiny_models.reference_logits(folder, ids)
+    session = model.session(n_ctx=64)
+    got = [session.feed(ids[:9], all_logits=True)]
+    got += [session.feed([token]).copy()[None] for token in ids[9:]]
+    assert max_rel_diff(np.concatenate(got), ref) <= 1e-4
+
+
 def test_prefill_and_token_by_token_decode_agree(model_dir):
     folder = model_dir("llama-gqa-tied")
     model = hearthlm.load(folder)
@@ -67,7 +83,7 @@ def test_prefill_and_token_by_token_decode_agree(model_dir):
     full = model.logits(ids)
     from hearthlm.kv_cache import KVCache
 
-    cache, buf = KVCache(model.args, len(ids)), model.transformer.buffers(1)
+    cache, buf = KVCache.alone(model.args, len(ids)), model.transformer.buffers(1)
     out = np.empty((1, model.vocab_size), np.float32)
     for t, token in enumerate(ids):
         model.transformer.forward(np.array([token], np.int32), cache, buf, out)

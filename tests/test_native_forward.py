@@ -1,10 +1,16 @@
-"""K.LayerStack.forward, the native layer loop, refuses inconsistent buffers, caches and
-token placements with an error naming the argument, instead of reading or writing out
-of bounds."""
+"""K.LayerProgram: every op is checked against its buffers, weights and the cache when
+the program is built, and forward() refuses inconsistent buffers, caches and token
+placements with an error naming the argument, instead of reading or writing out of
+bounds."""
 import numpy as np
 import pytest
 
 import hearthlm
+from hearthlm import _kernels as K
+from hearthlm.models.program import Program
+from hearthlm.weights import Linear, Norm
+
+f32 = np.float32
 
 
 @pytest.fixture
@@ -14,59 +20,91 @@ def parts(model_dir):
     t = model.transformer
     buf, cache = session.buf, session.cache
     T = 3
-    rope_cos, rope_sin = t.ensure_rope(16)
-    args = dict(x=buf.x[:T], h=buf.h[:T], q=buf.q[:T], k=buf.k[:T], v=buf.v[:T], attn=buf.attn[:T],
-                gate=buf.gate[:T], up=buf.up[:T], scratch=buf.scratch, k_cache=cache.k, k_scales=None,
+    args = dict(buffers=buf.native, T=T, scratch=buf.scratch, k_cache=cache.k, k_scales=None,
                 v_cache=cache.v, v_scales=None, kv_dtype="f32", slot_pos=cache.slot_pos,
-                positions=np.arange(T, dtype=np.int32), cos=rope_cos, sin=rope_sin,
-                segments=np.array([[0, 0, T]], np.int64), n_threads=2)
-    return t.stack, args
+                positions=np.arange(T, dtype=np.int32), tables=t.ensure_rope(16),
+                slots=np.arange(T, dtype=np.int64), ranges=np.array([[0, 16]] * T, np.int64), n_threads=2)
+    return t.native, args, buf
 
 
 def test_valid_call_runs(parts):
-    stack, args = parts
-    stack.forward(**args)
-    assert np.isfinite(args["h"]).all()
+    program, args, buf = parts
+    buf.output[:] = np.nan
+    program.forward(**args)
+    assert np.isfinite(buf.output[:3]).all()
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(segments=np.array([[0, 0, 2]], np.int64)), "segments: cover 2 tokens, expected 3"),
-    (dict(segments=np.array([[0, 15, 3]], np.int64)), "segments: row 0"),
-    (dict(segments=np.array([[1, 0, 3]], np.int64)), "segments: row 0"),
+    (dict(slots=np.arange(2, dtype=np.int64)), "slots/ranges: expected 3 slots"),
+    (dict(slots=np.array([0, 1, 16], np.int64)), "slots: token 2's slot 16 is outside its range"),
+    (dict(ranges=np.array([[0, 16], [0, 16], [8, 9]], np.int64)), r"ranges: token 2's range \(8, 9\) is outside"),
+    (dict(ranges=np.array([[0, 16], [0, 16], [3, 4]], np.int64)), "slots: token 2's slot 2 is outside its range"),
     (dict(positions=np.array([0, 1, 99], np.int32)), "positions: position 99"),
     (dict(positions=np.array([0, 1], np.int32)), "positions: expected 3"),
     (dict(scratch=np.zeros(8, np.uint8)), "scratch: expected a writable buffer"),
     (dict(kv_dtype="q8"), "k_cache"),
     (dict(n_threads=0), "n_threads"),
+    (dict(T=0), "T: at least one token"),
+    (dict(tables=()), r"tables: expected 1 \(cos, sin\) pairs"),
 ])
 def test_bad_arguments_are_named(parts, change, message):
-    stack, args = parts
+    program, args, _ = parts
     with pytest.raises((ValueError, TypeError), match=message):
-        stack.forward(**{**args, **change})
+        program.forward(**{**args, **change})
 
 
 def test_mismatched_buffers_are_named(parts):
-    stack, args = parts
-    args = dict(args, gate=args["gate"][:2])
-    with pytest.raises(ValueError, match=r"gate: expected \(3, "):
-        stack.forward(**args)
-    args = dict(args, gate=args["up"], k_cache=args["k_cache"][:1])
+    program, args, buf = parts
+    bufs = list(args["buffers"])
+    bufs[6] = bufs[6][:2]  # gate
+    with pytest.raises(ValueError, match=r"buffers\['gate'\]: expected at least \(3, "):
+        program.forward(**dict(args, buffers=bufs))
+    with pytest.raises(ValueError, match="buffers: expected 8 arrays"):
+        program.forward(**dict(args, buffers=bufs[:7]))
     with pytest.raises(ValueError, match="k_cache: expected 2 layers"):
-        stack.forward(**args)
+        program.forward(**dict(args, k_cache=args["k_cache"][:1]))
 
 
-def test_weights_checked_when_built():
-    from hearthlm import _kernels as K
-    f32 = np.float32
-    layer = {"attn_norm": (np.ones(4, f32), None), "mlp_norm": (np.ones(4, f32), None), "window": 0,
-             **{name: (np.zeros((4, 4), f32), None, "f32") for name in ("q", "o", "gate", "up", "down")},
-             "k": (np.zeros((2, 4), f32), None, "f32"), "v": (np.zeros((2, 4), f32), None, "f32")}
-    shape = dict(hidden=4, n_heads=2, n_kv_heads=1, head_dim=2, rotary_dim=2, intermediate=4,
-                 norm_eps=1e-5, attn_scale=0.7, final_norm=(np.ones(4, f32), None))
-    K.LayerStack(**shape, layers=[layer])
-    with pytest.raises(ValueError, match=r"layers\[1\]\.k\.weight: expected \(2, 4\)"):
-        K.LayerStack(**shape, layers=[layer, dict(layer, k=(np.zeros((4, 4), f32), None, "f32"))])
-    with pytest.raises(ValueError, match=r"layers\[0\]\.up\.bias: expected 4 elements"):
-        K.LayerStack(**shape, layers=[dict(layer, up=(np.zeros((4, 4), f32), np.zeros(3, f32), "f32"))])
-    with pytest.raises(ValueError, match="n_heads must be a multiple of n_kv_heads"):
-        K.LayerStack(**dict(shape, n_kv_heads=3), layers=[layer])
+def tiny_program(**changes) -> Program:
+    """One layer over widths 4 (hidden), 4 (two heads of 2), 2 (one kv head)."""
+    lin = lambda n, k: Linear(np.zeros((n, k), f32), "f32")
+    norm = Norm(np.ones(4, f32), None, 1e-5)
+    p = Program(dict(x=4, h=4, q=4, k=2, v=2, attn=4), input="x", output="h")
+    p.norm("h", "x", norm)
+    p.matmul("h", q=changes.get("q", lin(4, 4)), k=lin(2, 4), v=lin(2, 4))
+    p.rope("q", 2, 2, 2)
+    p.rope("k", 1, 2, 2)
+    p.kv_store("k", "v", layer=changes.get("layer", 0))
+    p.attention("attn", "q", layer=0, heads=changes.get("heads", 2), scale=0.7)
+    p.matmul("attn", h=lin(4, 4))
+    p.add("x", "h")
+    p.norm("h", "x", changes.get("final", norm))
+    return p
+
+
+def test_program_checked_when_built():
+    program = tiny_program().native(1, 1, 2)
+    assert program.n_ops == 8  # the last add and norm are fused
+    with pytest.raises(ValueError, match=r"ops\[1\] \(matmul\)\.linears\[0\]\.weight: expected \(4, 4\)"):
+        tiny_program(q=Linear(np.zeros((2, 4), f32), "f32")).native(1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[1\] \(matmul\)\.linears\[0\]\.bias: expected 4 elements"):
+        tiny_program(q=Linear(np.zeros((4, 4), f32), "f32", np.zeros(3, f32))).native(1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[4\] \(kv_store\): cache layer 3 outside \[0, 1\)"):
+        tiny_program(layer=3).native(1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[5\] \(attention\): buffer 'q' has width 4, expected 6"):
+        tiny_program(heads=3).native(1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[8\] \(norm\): weight must be \[1 or 1, 4\], got \(2, 4\)"):
+        tiny_program(final=Norm(np.ones(8, f32), None, 1e-5)).native(1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[0\] \(norm\).in: no buffer named 'y'"):
+        K.LayerProgram([("x", 4)], [{"op": "norm", "out": "x", "in": "y"}], 1, 1, 2)
+    with pytest.raises(ValueError, match=r"ops\[0\] \(swirl\): unknown op"):
+        K.LayerProgram([("x", 4)], [{"op": "swirl"}], 1, 1, 2)
+
+
+def test_program_prints_the_network(model_dir):
+    text = str(hearthlm.load(model_dir("llama-gqa-tied")).transformer.program)
+    assert text.splitlines()[:5] == [
+        "buffers: x[64], h[64], q[64], k[16], v[16], attn[64], gate[132], up[132]",
+        "h = rmsnorm(x)", "q, k, v = h · Wᵀ (f32)", "rope(q, rotary_dim=8, table=0)",
+        "rope(k, rotary_dim=8, table=0)"]
+    assert text.splitlines()[-1] == "h = rmsnorm(x)"

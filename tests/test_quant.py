@@ -335,7 +335,7 @@ def test_prequantized_folder_loads_in_place_with_identical_logits(model_dir, tmp
     stored = hearthlm.load(dst)
     assert stored.dtype == "q4" and stored.load_stats["converted_bytes"] == 0
     assert stored.load_stats["mapped_bytes"] > 0
-    assert stored.transformer.lm_head.wtype == "q8" and stored.transformer.layers[0].q_proj.wtype == "q4"
+    assert stored.transformer.lm_head.wtype == "q8" and stored.transformer.weights.linear("model.layers.0.self_attn.q_proj").wtype == "q4"
     np.testing.assert_array_equal(stored.logits(ids), on_load.logits(ids))
     with pytest.raises(hearthlm.InvalidInputError, match="holds q4"):
         hearthlm.load(dst, dtype="q8")

@@ -180,8 +180,8 @@ def test_bad_session_arguments(model_dir):
     with pytest.raises(hearthlm.ContextOverflowError, match="context of 256"):
         model.logits(list(range(100)) * 3)
     from hearthlm.kv_cache import KVCache
-    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache needs .* bytes"):
-        KVCache(model.args, 2 ** 40)
+    with pytest.raises(hearthlm.InvalidInputError, match=r"KV cache of 1 sequence\(s\) needs .* bytes"):
+        KVCache.alone(model.args, 2 ** 40)
 
 
 # Max |logit error| / max |logit| against an f32 cache, 60 tokens, measured on the tiny
@@ -208,7 +208,7 @@ def test_kv_memory_per_token_tinyllama_shape():
     from hearthlm.shapes import config_for
 
     args = model_args(config_for("tinyllama-1.1b"), "tinyllama")
-    per_token = {kv: (KVCache(args, 256, 4, kv).memory_bytes - 256 * 4) / 256
+    per_token = {kv: (KVCache.alone(args, 256, 4, kv).memory_bytes - 256 * 4) / 256
                  for kv in ("f32", "f16", "bf16", "q8")}
     assert per_token["f32"] == 2 * 22 * 4 * 64 * 4  # K and V, layers, kv heads, head_dim, bytes
     assert per_token["f16"] == per_token["bf16"] == per_token["f32"] / 2

@@ -2,6 +2,7 @@
 and saved as safetensors folders (f32 and bf16). Sizes are deliberately awkward."""
 from __future__ import annotations
 
+import json
 import os
 
 VARIANTS = {
@@ -34,13 +35,38 @@ VARIANTS = {
                                              intermediate_size=100, vocab_size=190, use_qkv_bias=True,
                                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                               "partial_rotary_factor": 0.25})),
+    "stablelm-qk-parallel": ("StableLmForCausalLM", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                                         intermediate_size=72, vocab_size=170, qk_layernorm=True,
+                                                         use_parallel_residual=True,
+                                                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                          "partial_rotary_factor": 0.5})),
 }
 
 
+def hub_form(config: dict) -> dict:
+    """config.json as checkpoints on the Hub written before transformers 5 have it:
+    `rope_theta` + `rope_scaling` (+ `partial_rotary_factor`) instead of
+    `rope_parameters`; per layer type, the full-attention parameters and
+    `rope_local_base_freq` for the sliding layers."""
+    config = dict(config)
+    params = config.pop("rope_parameters", None)
+    if isinstance(params, dict):
+        if "full_attention" in params:
+            config["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+            params = params["full_attention"]
+        params = dict(params)
+        config["rope_theta"] = params.pop("rope_theta")
+        if "partial_rotary_factor" in params:
+            config["partial_rotary_factor"] = params.pop("partial_rotary_factor")
+        config["rope_scaling"] = None if params.get("rope_type", "default") == "default" else params
+    return config
+
+
 def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_layers: int = 2,
-          max_shard_size=None, **overrides) -> str:
+          max_shard_size=None, config_form: str = "transformers", **overrides) -> str:
     """Write variant `name` to `folder` (weights stored in `dtype`); returns folder.
-    `overrides` replace config values of the variant (e.g. vocab_size)."""
+    `overrides` replace config values of the variant (e.g. vocab_size). config_form:
+    "transformers" (as transformers 5 saves it) or "hub" (hub_form)."""
     import torch
     import transformers
 
@@ -61,6 +87,12 @@ def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_
     os.makedirs(folder, exist_ok=True)
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, safe_serialization=True, **save_kwargs)
+    if config_form == "hub":
+        path = os.path.join(folder, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        with open(path, "w") as f:
+            json.dump(hub_form(config), f, indent=2)
     return folder
 
 

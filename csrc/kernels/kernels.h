@@ -54,17 +54,21 @@ struct KernelTable {
   // q, out: [n_q, head_dim]; k, v: that kv head's rows.
   // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
   // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
+  // score_j = scale * q·k_j, then softcap * tanh(score_j / softcap) when softcap > 0
+  // (Gemma 2's logit soft-capping).
   // lse (optional, [n_q]): log Σ_j exp(score_j) over the visible slots, -inf if none
   // (out is then 0), so results over disjoint slot ranges can be merged.
   void (*attention[kKVTypes])(float* out, const float* q, KVRows k, KVRows v,
                               const int32_t* kv_pos, int64_t n_slots, int32_t q_pos,
-                              int32_t window, float scale, int64_t n_q, int64_t head_dim,
-                              float* lse);
+                              int32_t window, float scale, float softcap, int64_t n_q,
+                              int64_t head_dim, float* lse);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
-  // out = a + b
-  void (*add)(float* out, const float* a, const float* b, int64_t n);
+  // out = gelu_tanh(gate) * up, gelu_tanh(g) = g/2 (1 + tanh(√(2/π) (g + 0.044715 g³)))
+  void (*gelu_tanh_glu)(float* out, const float* gate, const float* up, int64_t n);
+  // out = a + b_scale * b
+  void (*add)(float* out, const float* a, const float* b, float b_scale, int64_t n);
   // Widen 16-bit floats to float32.
   void (*bf16_to_f32)(float* out, const uint16_t* in, int64_t n);
   void (*f16_to_f32)(float* out, const uint16_t* in, int64_t n);

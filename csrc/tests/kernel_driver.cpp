@@ -251,14 +251,15 @@ KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64
 const char* const kKVNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};
 
 void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
-  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; };
+  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; float softcap; };
   const C cases[] = {
-      {1, 1, 1, 0, 0, false},     {1, 8, 3, 0, 0, false},   {7, 22, 2, 6, 0, false},
-      {63, 64, 4, 62, 0, false},  {64, 64, 8, 63, 0, false}, {65, 17, 1, 64, 0, false},
-      {130, 40, 5, 129, 0, true}, {130, 40, 5, 70, 0, false},  // later slots are in the future
-      {100, 32, 2, 99, 5, false}, {200, 256, 8, 199, 64, true},
-      {50, 16, 3, -1, 0, false},  // q_pos before every slot: nothing visible, output zeros
-      {3, 8, 1, 2, 1, false},
+      {1, 1, 1, 0, 0, false, 0},     {1, 8, 3, 0, 0, false, 0},   {7, 22, 2, 6, 0, false, 0},
+      {63, 64, 4, 62, 0, false, 0},  {64, 64, 8, 63, 0, false, 0}, {65, 17, 1, 64, 0, false, 0},
+      {130, 40, 5, 129, 0, true, 0}, {130, 40, 5, 70, 0, false, 0},  // later slots are in the future
+      {100, 32, 2, 99, 5, false, 0}, {200, 256, 8, 199, 64, true, 0},
+      {50, 16, 3, -1, 0, false, 0},  // q_pos before every slot: nothing visible, output zeros
+      {3, 8, 1, 2, 1, false, 0},
+      {130, 40, 5, 129, 0, true, 0.5f}, {67, 22, 3, 66, 9, false, 2.0f},  // soft-capped scores
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
@@ -273,9 +274,9 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
       std::vector<float> lse(size_t(c.n_q), -7.0f), lse_ref(lse);
       ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
-                          scale, c.n_q, c.head_dim, lse_ref.data());
+                          scale, c.softcap, c.n_q, c.head_dim, lse_ref.data());
       t.attention[type](out.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window, scale,
-                        c.n_q, c.head_dim, lse.data());
+                        c.softcap, c.n_q, c.head_dim, lse.data());
       std::string d =
           compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
       for (int64_t g = 0; d.empty() && g < c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
@@ -285,23 +286,33 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
               std::to_string(lse_ref[size_t(g)]);
       r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
                              sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
-                                    {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes}}), d);
+                                    {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes},
+                                    {"softcap", int64_t(c.softcap * 10)}}), d);
     }
   }
 }
 
-void check_swiglu(const KernelTable& t, const KernelTable& ref, Report& r) {
+void check_glu(const char* name, void (*KernelTable::*entry)(float*, const float*, const float*, int64_t),
+               const KernelTable& t, const KernelTable& ref, Report& r) {
   Rng rng;
   for (int64_t n : kSizes) {
     std::vector<float> gate = rng.vec(n, 12.0f);
     if (n > 3) gate[0] = -100.0f, gate[1] = 100.0f, gate[2] = 0.0f;  // saturation and zero
     const std::vector<float> up = rng.vec(n, 2.0f);
     std::vector<float> out(static_cast<size_t>(n)), out_ref(static_cast<size_t>(n));
-    ref.swiglu(out_ref.data(), gate.data(), up.data(), n);
-    t.swiglu(out.data(), gate.data(), up.data(), n);
+    (ref.*entry)(out_ref.data(), gate.data(), up.data(), n);
+    (t.*entry)(out.data(), gate.data(), up.data(), n);
     const std::string d = compare(out.data(), out_ref.data(), rel_tol(out_ref, 1e-5, 1e-6), n);
-    r.check(d.empty(), std::string("swiglu[") + t.isa + "] " + sizes({{"n", n}}), d);
+    r.check(d.empty(), std::string(name) + "[" + t.isa + "] " + sizes({{"n", n}}), d);
   }
+}
+
+void check_swiglu(const KernelTable& t, const KernelTable& ref, Report& r) {
+  check_glu("swiglu", &KernelTable::swiglu, t, ref, r);
+}
+
+void check_gelu_tanh_glu(const KernelTable& t, const KernelTable& ref, Report& r) {
+  check_glu("gelu_tanh_glu", &KernelTable::gelu_tanh_glu, t, ref, r);
 }
 
 void check_add(const KernelTable& t, const KernelTable& ref, Report& r) {
@@ -309,10 +320,13 @@ void check_add(const KernelTable& t, const KernelTable& ref, Report& r) {
   for (int64_t n : kSizes) {
     const std::vector<float> a = rng.vec(n), b = rng.vec(n);
     std::vector<float> out(static_cast<size_t>(n)), out_ref(static_cast<size_t>(n));
-    ref.add(out_ref.data(), a.data(), b.data(), n);
-    t.add(out.data(), a.data(), b.data(), n);
-    const std::string d = compare(out.data(), out_ref.data(), std::vector<double>(size_t(n), 0.0), n);
-    r.check(d.empty(), std::string("add[") + t.isa + "] " + sizes({{"n", n}}), d);
+    for (float s : {1.0f, 0.22f}) {  // b_scale 1 is exact (a fused multiply-add by 1 rounds once)
+      ref.add(out_ref.data(), a.data(), b.data(), s, n);
+      t.add(out.data(), a.data(), b.data(), s, n);
+      const std::string d = compare(out.data(), out_ref.data(), s == 1.0f ? std::vector<double>(size_t(n), 0.0)
+                                                                          : rel_tol(out_ref, 1e-6, 1e-7), n);
+      r.check(d.empty(), std::string("add[") + t.isa + "] " + sizes({{"n", n}, {"b_scale_x100", int64_t(s * 100)}}), d);
+    }
   }
 }
 
@@ -392,7 +406,8 @@ const Check kChecks[] = {
     {"matmul_f16", check_matmul_f16, 1},   {"rmsnorm", check_rmsnorm, 1},
     {"layernorm", check_layernorm, 1},     {"rope", check_rope, 1},
     {"attention[kKVTypes]", check_attention, kKVTypes},
-    {"swiglu", check_swiglu, 1},           {"add", check_add, 1},
+    {"swiglu", check_swiglu, 1},           {"gelu_tanh_glu", check_gelu_tanh_glu, 1},
+    {"add", check_add, 1},
     {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
     {"quantize_act + matmul_q[kQuantFormats]", check_matmul_q, 1 + kQuantFormats},
 };

@@ -30,11 +30,7 @@ def rss_bytes() -> int:
 def weight_bytes_per_token(model: Model) -> int:
     """Bytes of weights one decode step reads: every matrix once (the embedding
     gather reads one row, counted only when the LM head is a separate matrix)."""
-    t = model.transformer
-    total = sum(lin.weight.nbytes for layer in t.layers
-                for lin in (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj,
-                            layer.gate_proj, layer.up_proj, layer.down_proj))
-    return total + t.lm_head.weight.nbytes
+    return model.transformer.matrix_bytes()
 
 
 @dataclass

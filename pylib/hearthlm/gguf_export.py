@@ -49,7 +49,7 @@ def export_gguf(folder: str, dtype: str) -> str:
         return out
     config = read_config(folder)
     args = model_args(config, folder)
-    if args.architecture != "LlamaForCausalLM" or args.rope_scaling["rope_type"] != "default":
+    if args.architecture != "LlamaForCausalLM" or args.rope[0].scaling["rope_type"] != "default":
         raise UnsupportedModelError(f"{folder}: GGUF export supports plain Llama models only")
     qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
     tmp = out + f".tmp-{os.getpid()}"
@@ -63,7 +63,7 @@ def export_gguf(folder: str, dtype: str) -> str:
     w.add_head_count(args.num_attention_heads)
     w.add_head_count_kv(args.num_key_value_heads)
     w.add_layer_norm_rms_eps(args.norm_eps)
-    w.add_rope_freq_base(args.rope_theta)
+    w.add_rope_freq_base(args.rope[0].theta)
     w.add_file_type({"f32": 0, "f16": 1, "bf16": 32, "q8": 7, "q4": 2}[dtype])
     n_bytes = 256
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(n_bytes)]

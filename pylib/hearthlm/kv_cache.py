@@ -30,19 +30,24 @@ KV_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.i
 Q8_BLOCK = 32
 
 
-class KVCache:
-    def __init__(self, args: ModelArgs, capacity: int, n_keep: int = 0, kv_dtype: str = "f32"):
-        if not isinstance(capacity, int) or capacity < 1:
-            raise InvalidInputError(f"n_ctx: expected a positive integer, got {capacity!r}")
-        if not isinstance(n_keep, int) or not 0 <= n_keep < capacity:
-            raise InvalidInputError(f"n_keep: expected an integer in [0, n_ctx={capacity}), got {n_keep!r}")
+class KVPool:
+    """The K/V storage of one or more sequences: one allocation per model made up
+    front, never per token. Sequence i of a pool of n_seqs sequences owns the slots
+    [i * n_ctx, (i + 1) * n_ctx) (a KVCache over that region)."""
+
+    def __init__(self, args: ModelArgs, n_ctx: int, n_seqs: int = 1, kv_dtype: str = "f32"):
+        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1:
+            raise InvalidInputError(f"n_ctx: expected a positive integer, got {n_ctx!r}")
+        if not isinstance(n_seqs, int) or isinstance(n_seqs, bool) or n_seqs < 1:
+            raise InvalidInputError(f"n_seqs: expected a positive integer, got {n_seqs!r}")
         if kv_dtype not in KV_DTYPES:
             raise InvalidInputError(f"kv_dtype: expected one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
         self.kv_dtype = kv_dtype
         self.head_dim = args.head_dim
+        self.n_ctx, self.n_seqs = n_ctx, n_seqs
         q8 = kv_dtype == "q8"
         row = -(-args.head_dim // Q8_BLOCK) * Q8_BLOCK if q8 else args.head_dim
-        shape = (args.num_hidden_layers, args.num_key_value_heads, capacity, row)
+        shape = (args.num_hidden_layers, args.num_key_value_heads, n_ctx * n_seqs, row)
         scale_shape = shape[:3] + (row // Q8_BLOCK,)
         itemsize = np.dtype(KV_DTYPES[kv_dtype]).itemsize
         needed = 2 * int(np.prod(shape)) * itemsize + (2 * int(np.prod(scale_shape)) * 4 if q8 else 0)
@@ -53,13 +58,9 @@ class KVCache:
             self.v_scales = np.zeros(scale_shape, np.float32) if q8 else None
         except MemoryError:
             raise InvalidInputError(
-                f"n_ctx={capacity}: the KV cache needs {needed / 2**30:.2f} GiB "
+                f"n_ctx={n_ctx}: the KV cache of {n_seqs} sequence(s) needs {needed / 2**30:.2f} GiB "
                 f"({needed} bytes), which cannot be allocated") from None
-        self.capacity = capacity
-        self.n_keep = n_keep
-        self.slot_pos = np.full(capacity, -1, dtype=np.int32)
-        self.length = 0  # tokens held
-        self.tail = 0    # ring index (0-based within the ring) of the oldest middle token
+        self.slot_pos = np.full(n_ctx * n_seqs, -1, dtype=np.int32)
 
     @property
     def arrays(self) -> list:
@@ -75,6 +76,48 @@ class KVCache:
         ks = self.k_scales[i] if self.k_scales is not None else None
         vs = self.v_scales[i] if self.v_scales is not None else None
         return self.k[i], ks, self.v[i], vs
+
+    def sequence(self, i: int, n_keep: int = 0) -> "KVCache":
+        """The cache of sequence i (its region of the pool)."""
+        if not isinstance(i, int) or not 0 <= i < self.n_seqs:
+            raise InvalidInputError(f"sequence: expected an index in [0, {self.n_seqs}), got {i!r}")
+        return KVCache(self, i * self.n_ctx, n_keep)
+
+
+class KVCache:
+    """One sequence's slots [first, first + capacity) of a KVPool. Slot numbers below
+    are local to the region (slot_pos is a view of the pool's)."""
+
+    def __init__(self, pool: KVPool, first: int, n_keep: int = 0):
+        capacity = pool.n_ctx
+        if not isinstance(n_keep, int) or not 0 <= n_keep < capacity:
+            raise InvalidInputError(f"n_keep: expected an integer in [0, n_ctx={capacity}), got {n_keep!r}")
+        self.pool = pool
+        self.kv_dtype, self.head_dim = pool.kv_dtype, pool.head_dim
+        self.k, self.v, self.k_scales, self.v_scales = pool.k, pool.v, pool.k_scales, pool.v_scales
+        self.first = first
+        self.capacity = capacity
+        self.n_keep = n_keep
+        self.slot_pos = pool.slot_pos[first:first + capacity]
+        self.length = 0  # tokens held
+        self.tail = 0    # ring index (0-based within the ring) of the oldest middle token
+        self.reset()
+
+    @classmethod
+    def alone(cls, args: ModelArgs, capacity: int, n_keep: int = 0, kv_dtype: str = "f32") -> "KVCache":
+        """A cache with a pool of its own."""
+        return KVPool(args, capacity, 1, kv_dtype).sequence(0, n_keep)
+
+    @property
+    def arrays(self) -> list:
+        return self.pool.arrays
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.pool.memory_bytes // self.pool.n_seqs
+
+    def layer(self, i: int) -> tuple:
+        return self.pool.layer(i)
 
     @property
     def ring_size(self) -> int:
@@ -109,18 +152,18 @@ class KVCache:
             i += n
         return out
 
-    def reserve(self, n_tokens: int) -> list:
-        """Slots for the next n_tokens (the caller made room), as segments()."""
+    def reserve(self, n_tokens: int, slots: np.ndarray) -> None:
+        """Slots for the next n_tokens (the caller made room), written to slots[:n_tokens]
+        as pool slot numbers."""
         if self.length + n_tokens > self.capacity:
             raise InvalidInputError(
                 f"{self.length + n_tokens} tokens exceed the cache of {self.capacity}; shift first")
         start = self.length
         self.length += n_tokens
-        segs = self.segments(start, n_tokens)
-        for offset, slots in segs:
-            self.slot_pos[slots] = np.arange(start + offset, start + offset + slots.stop - slots.start,
-                                             dtype=np.int32)
-        return segs
+        for offset, run in self.segments(start, n_tokens):
+            n = run.stop - run.start
+            self.slot_pos[run] = np.arange(start + offset, start + offset + n, dtype=np.int32)
+            slots[offset:offset + n] = np.arange(self.first + run.start, self.first + run.stop)
 
     def truncate(self, length: int) -> None:
         """Keep only the first `length` tokens (rewind)."""
@@ -130,11 +173,11 @@ class KVCache:
         if self.length <= self.n_keep:
             self.tail = 0
 
-    def shift(self, n_drop: int, rope_cos: np.ndarray, rope_sin: np.ndarray,
-              rotary_dim: int, n_threads: int) -> None:
+    def shift(self, n_drop: int, rotations: list, n_threads: int) -> None:
         """Drop the n_drop oldest tokens after the sinks; later tokens move down by
         n_drop positions and their cached keys are rotated back by n_drop.
-        rope_cos/rope_sin: [n_positions, rotary_dim/2] tables (need n_drop < n_positions)."""
+        rotations: per layer (cos, sin, rotary_dim) of that rotation ([1, rotary_dim/2]
+        tables), or None for a layer without RoPE (Transformer.shift_rotations)."""
         n_middle = self.length - self.n_keep
         if not 0 < n_drop <= n_middle:
             raise InvalidInputError(f"shift: cannot drop {n_drop} of {n_middle} middle tokens")
@@ -145,10 +188,12 @@ class KVCache:
         for offset, slots in self.segments(self.n_keep, self.length - self.n_keep):
             first = self.n_keep + offset
             self.slot_pos[slots] = np.arange(first, first + slots.stop - slots.start, dtype=np.int32)
-        # Rotation by -n_drop: cos(-a) = cos(a), sin(-a) = -sin(a); sinks and empty
-        # slots stay as they are.
-        cos, sin = rope_cos[n_drop:n_drop + 1], -rope_sin[n_drop:n_drop + 1]
-        which = np.where(self.slot_pos >= self.n_keep, 0, -1).astype(np.int32)
-        for layer in range(self.k.shape[0]):
+        # sinks and empty slots stay as they are
+        which = np.full(self.pool.slot_pos.shape, -1, np.int32)
+        which[self.first:self.first + self.capacity] = np.where(self.slot_pos >= self.n_keep, 0, -1)
+        for layer, rotation in enumerate(rotations):
+            if rotation is None:
+                continue
+            cos, sin, rotary_dim = rotation
             kc, ks, _, _ = self.layer(layer)
             K.kv_rotate(kc, ks, self.kv_dtype, self.head_dim, cos, sin, which, rotary_dim, n_threads)

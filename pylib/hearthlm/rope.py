@@ -6,15 +6,15 @@ import math
 
 import numpy as np
 
-from .models import ModelArgs
+from .models.base import RopeSpec
 
 
-def inverse_frequencies(args: ModelArgs) -> np.ndarray:
+def inverse_frequencies(spec: RopeSpec) -> np.ndarray:
     """[rotary_dim/2] float32, as transformers builds them (float32 arithmetic)."""
-    dim = args.rotary_dim
+    dim = spec.rotary_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv = (np.float32(1.0) / np.power(np.float32(args.rope_theta), exponents)).astype(np.float32)
-    scaling = args.rope_scaling
+    inv = (np.float32(1.0) / np.power(np.float32(spec.theta), exponents)).astype(np.float32)
+    scaling = spec.scaling
     kind = scaling["rope_type"]
     if kind == "linear":
         inv = (inv / np.float32(scaling["factor"])).astype(np.float32)
@@ -32,8 +32,8 @@ def inverse_frequencies(args: ModelArgs) -> np.ndarray:
     return inv
 
 
-def rope_tables(args: ModelArgs, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(spec: RopeSpec, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin: [n_positions, rotary_dim/2] float32."""
     angles = np.outer(np.arange(n_positions, dtype=np.float64),
-                      inverse_frequencies(args).astype(np.float64))
+                      inverse_frequencies(spec).astype(np.float64))
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

@@ -46,7 +46,7 @@ class Session:
                 "(max_position_embeddings in config.json)")
         if n_keep is None:
             n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
-        self.cache = KVCache(args, n_ctx, n_keep, kv_dtype)
+        self.cache = KVCache.alone(args, n_ctx, n_keep, kv_dtype)
         ring = self.cache.ring_size
         if n_discard is None:
             n_discard = max(1, ring // 2)
@@ -75,8 +75,7 @@ class Session:
     def memory_bytes(self) -> int:
         """Bytes of the KV cache and this session's scratch buffers."""
         b = self.buf
-        return self.cache.memory_bytes + sum(a.nbytes for a in vars(b).values()
-                                             if isinstance(a, np.ndarray)) + self.last_logits.nbytes
+        return self.cache.memory_bytes + sum(a.nbytes for a in b.arrays) + self.last_logits.nbytes
 
     def _exclusive(self):
         if not self._lock.acquire(blocking=False):
@@ -116,8 +115,7 @@ class Session:
             return
         drop = min(max(overflow, self.n_discard), cache.length - cache.n_keep)
         t = self.model.transformer
-        rope_cos, rope_sin = t.ensure_rope(cache.capacity)  # one consistent pair (threads)
-        cache.shift(drop, rope_cos, rope_sin, self.model.args.rotary_dim, t.n_threads)
+        cache.shift(drop, t.shift_rotations(drop, cache.capacity), t.n_threads)
         del self._tokens[cache.n_keep:cache.n_keep + drop]
 
     def rewind(self, n: int) -> None:
@@ -157,7 +155,7 @@ class Session:
         """Write the session (tokens and their cached K/V) to `path`."""
         with self._exclusive():
             cache = self.cache
-            order = cache.order()
+            order = cache.first + cache.order()  # pool slots
             header = {
                 "version": SESSION_VERSION,
                 "model": self.model.fingerprint,
@@ -222,13 +220,14 @@ class Session:
             # Same slots as when saved, so attention sums in the same order: exact round trip.
             s.cache.tail, s.cache.length = tail, n
             order = s.cache.order()
+            pool_slots = s.cache.first + order
             for layer in range(layers):
                 for part in s.cache.arrays:
                     per = heads * n * part.shape[3] * part.itemsize
                     data = f.read(per)
                     if len(data) != per:
                         raise ModelFormatError(f"{path}: truncated session file")
-                    part[layer][:, order] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
+                    part[layer][:, pool_slots] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
             s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
             s._tokens = tokens
             return s

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .errors import InvalidInputError
+from .models import family, model_args
 from .safetensors_io import write_safetensors
 from .weights import f32_to_bf16_bits
 
@@ -52,33 +53,12 @@ def config_for(shape: str) -> dict:
             "torch_dtype": "float32", **s}
 
 
-def tensor_shapes(config: dict) -> list[tuple[str, tuple]]:
-    H, I, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    hd = H // config["num_attention_heads"]
-    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    qwen2 = config["architectures"][0] == "Qwen2ForCausalLM"
-    out = [("model.embed_tokens.weight", (V, H))]
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        out += [(f"{p}.input_layernorm.weight", (H,)),
-                (f"{p}.self_attn.q_proj.weight", (q, H)), (f"{p}.self_attn.k_proj.weight", (kv, H)),
-                (f"{p}.self_attn.v_proj.weight", (kv, H)), (f"{p}.self_attn.o_proj.weight", (H, q)),
-                (f"{p}.post_attention_layernorm.weight", (H,)),
-                (f"{p}.mlp.gate_proj.weight", (I, H)), (f"{p}.mlp.up_proj.weight", (I, H)),
-                (f"{p}.mlp.down_proj.weight", (H, I))]
-        if qwen2:
-            out += [(f"{p}.self_attn.{n}_proj.bias", (d,)) for n, d in (("q", q), ("k", kv), ("v", kv))]
-    out.append(("model.norm.weight", (H,)))
-    if not config["tie_word_embeddings"]:
-        out.append(("lm_head.weight", (V, H)))
-    return out
-
-
 def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
     """A folder holding a random-weight model of `shape`, stored in `dtype`."""
     if dtype not in STORAGE:
         raise InvalidInputError(f"dtype: random models are stored as {', '.join(STORAGE)}, not {dtype!r}")
     config = config_for(shape)
+    args = model_args(config, f"shape {shape}")
     folder = os.path.join(cache_dir(), "shapes", f"{shape}-{dtype}-seed{seed}")
     weights = os.path.join(folder, "model.safetensors")
     if os.path.exists(weights):
@@ -98,7 +78,7 @@ def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
         return make
 
     tensors = [(name, st_dtype if len(dims) == 2 else "F32", dims, producer(name, dims))
-               for name, dims in tensor_shapes(config)]
+               for name, dims in family(args).weights(args).items()]
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     write_safetensors(weights, tensors, {"format": "pt"})  # renamed into place last

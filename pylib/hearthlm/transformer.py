@@ -1,143 +1,92 @@
-"""The network, top to bottom: embed -> per layer [norm -> QKV -> RoPE -> attention
-over the KV cache -> output projection -> residual -> norm -> SwiGLU -> residual]
--> final norm -> logits. The layers run in one native call (csrc/forward.cpp, one
-parallel region for all of them, the GIL released); Python embeds, places the tokens
-in the cache and applies the LM head. Every buffer is allocated once (Buffers)."""
+"""The network around the layer program: embed -> the family's layer program (one
+native call, one parallel region for every layer, the GIL released) -> LM head ->
+logits. The family file (models/) declares the weights and writes the program; this
+module reads the weights, places the tokens in the cache and owns the RoPE tables.
+Every buffer is allocated once (Buffers)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
 from . import _kernels as K
+from .errors import InvalidInputError
 from .kv_cache import KVCache
-from .models import ModelArgs
+from .models import ModelArgs, family
+from .models.program import Program
 from .rope import rope_tables
-from .weights import Linear, WeightReader
-
-
-@dataclass
-class Norm:
-    weight: np.ndarray            # [dim] float32
-    bias: Optional[np.ndarray]    # [dim] float32 for LayerNorm, None for RMSNorm
-
-    def native(self) -> tuple:
-        return (self.weight, self.bias)
-
-
-def native_linear(lin: Linear) -> tuple:
-    return (lin.weight, lin.bias, lin.wtype)
-
-
-@dataclass
-class Layer:
-    attn_norm: Norm
-    q_proj: Linear   # [n_heads * head_dim, hidden]
-    k_proj: Linear   # [n_kv_heads * head_dim, hidden]
-    v_proj: Linear   # [n_kv_heads * head_dim, hidden]
-    o_proj: Linear   # [hidden, n_heads * head_dim]
-    mlp_norm: Norm
-    gate_proj: Linear  # [intermediate, hidden]
-    up_proj: Linear    # [intermediate, hidden]
-    down_proj: Linear  # [hidden, intermediate]
-    window: int        # sliding window in tokens, 0 = full attention
-
-    def native(self) -> dict:
-        """The layer as K.LayerStack takes it."""
-        linears = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj, "o": self.o_proj,
-                   "gate": self.gate_proj, "up": self.up_proj, "down": self.down_proj}
-        return {"attn_norm": self.attn_norm.native(), "mlp_norm": self.mlp_norm.native(),
-                "window": self.window, **{k: native_linear(v) for k, v in linears.items()}}
+from .weights import WeightReader, Weights
 
 
 class Buffers:
-    """Activations for up to `max_tokens` tokens per forward call, allocated once."""
+    """The program's activations for up to `max_tokens` tokens per forward call,
+    allocated once."""
 
-    def __init__(self, args: ModelArgs, max_tokens: int, scratch_bytes: int):
-        T, H = max_tokens, args.hidden_size
-        q_dim = args.num_attention_heads * args.head_dim
-        kv_dim = args.num_key_value_heads * args.head_dim
-        f32 = np.float32
+    def __init__(self, program: Program, max_tokens: int, scratch_bytes: int):
+        T = max_tokens
         self.max_tokens = T
-        self.x = np.zeros((T, H), f32)        # residual stream
-        self.h = np.zeros((T, H), f32)        # normed input / block output
-        self.q = np.zeros((T, q_dim), f32)
-        self.k = np.zeros((T, kv_dim), f32)
-        self.v = np.zeros((T, kv_dim), f32)
-        self.attn = np.zeros((T, q_dim), f32)
-        self.gate = np.zeros((T, args.intermediate_size), f32)
-        self.up = np.zeros((T, args.intermediate_size), f32)
+        self.rows = {name: np.zeros((T, width), np.float32) for name, width in program.buffers.items()}
+        self.native = list(self.rows.values())   # in declaration order, as forward() takes them
+        self.input, self.output = self.rows[program.input], self.rows[program.output]
         self.scratch = np.zeros(scratch_bytes, np.uint8)  # quantized activations, attention partials
         self.positions = np.zeros(T, np.int32)
         self.ids = np.zeros(T, np.int32)
         self.arange = np.arange(T, dtype=np.int32)
-        self.segments = np.zeros((3, 3), np.int64)  # KVCache.segments: at most three runs
+        self.slots = np.zeros(T, np.int64)        # each token's cache slot
+        self.ranges = np.zeros((T, 2), np.int64)  # the slots it attends: (first, count)
+        self.last = np.zeros(T, np.int64)         # forward_batch: each sequence's last token
+        self.last_rows = np.zeros((T, self.output.shape[1]), np.float32)  # ... and its hidden state
 
-    def segment_table(self, segments: list) -> np.ndarray:
-        """KVCache segments as [n, 3] int64 rows of (offset, first slot, count)."""
-        for row, (offset, slots) in zip(self.segments, segments):
-            row[:] = (offset, slots.start, slots.stop - slots.start)
-        return self.segments[:len(segments)]
+    @property
+    def arrays(self) -> list:
+        return [*self.native, self.scratch, self.positions, self.ids, self.arange, self.slots, self.ranges,
+                self.last, self.last_rows]
 
 
 class Transformer:
     def __init__(self, args: ModelArgs, reader: WeightReader, n_threads: int):
         self.args = args
         self.n_threads = n_threads
-        H, I, V = args.hidden_size, args.intermediate_size, args.vocab_size
-        q_dim = args.num_attention_heads * args.head_dim
-        kv_dim = args.num_key_value_heads * args.head_dim
+        fam = family(args)
+        self.weights = Weights(reader, fam.weights(args))
         # [vocab, hidden]: rows gathered for the input, and the LM head when tied
-        self.embed_tokens = reader.linear("model.embed_tokens", V, H, bias=False)
-        self.layers = []
-        for i in range(args.num_hidden_layers):
-            p = f"model.layers.{i}"
-            self.layers.append(Layer(
-                attn_norm=self._norm(reader, f"{p}.input_layernorm", H),
-                q_proj=reader.linear(f"{p}.self_attn.q_proj", q_dim, H, args.qkv_bias),
-                k_proj=reader.linear(f"{p}.self_attn.k_proj", kv_dim, H, args.qkv_bias),
-                v_proj=reader.linear(f"{p}.self_attn.v_proj", kv_dim, H, args.qkv_bias),
-                o_proj=reader.linear(f"{p}.self_attn.o_proj", H, q_dim, args.o_bias),
-                mlp_norm=self._norm(reader, f"{p}.post_attention_layernorm", H),
-                gate_proj=reader.linear(f"{p}.mlp.gate_proj", I, H, args.mlp_bias),
-                up_proj=reader.linear(f"{p}.mlp.up_proj", I, H, args.mlp_bias),
-                down_proj=reader.linear(f"{p}.mlp.down_proj", H, I, args.mlp_bias),
-                window=args.sliding_windows[i] if args.sliding_windows else 0,
-            ))
-        self.final_norm = self._norm(reader, "model.norm", H)
-        if args.tie_word_embeddings:
-            self.lm_head = self.embed_tokens
-        else:
-            self.lm_head = reader.linear("lm_head", V, H, bias=False)  # [vocab, hidden]
-        self.scale = float(args.head_dim) ** -0.5
-        self.stack = K.LayerStack(
-            hidden=H, n_heads=args.num_attention_heads, n_kv_heads=args.num_key_value_heads,
-            head_dim=args.head_dim, rotary_dim=args.rotary_dim, intermediate=I,
-            norm_eps=args.norm_eps, attn_scale=self.scale,
-            layers=[layer.native() for layer in self.layers], final_norm=self.final_norm.native())
-        # (cos, sin) [n_positions, rotary_dim/2], replaced as one pair and never edited in
-        # place, so forwards in other threads see an old or a new pair, never a mix.
-        empty = np.zeros((0, args.rotary_dim // 2), np.float32)
-        self.rope = (empty, empty)
-
-    def _norm(self, reader: WeightReader, prefix: str, dim: int) -> Norm:
-        weight = reader.vector(f"{prefix}.weight", (dim,))
-        bias = reader.vector(f"{prefix}.bias", (dim,)) if self.args.norm == "layer" else None
-        return Norm(weight, bias)
+        self.embed_tokens = self.weights.linear("model.embed_tokens")
+        self.lm_head = self.embed_tokens if args.tie_word_embeddings else self.weights.linear("lm_head")
+        self.program = fam.program(args, self.weights)
+        self.native = self.program.native(args.num_hidden_layers, args.num_key_value_heads, args.head_dim)
+        # (cos, sin) [n_positions, rotary_dim/2] per table, replaced as one tuple and never
+        # edited in place, so forwards in other threads see old or new tables, never a mix.
+        self.rope = tuple((np.zeros((0, r.rotary_dim // 2), np.float32),) * 2 for r in args.rope)
 
     def buffers(self, max_tokens: int) -> Buffers:
-        return Buffers(self.args, max_tokens, self.stack.scratch_bytes(max_tokens))
+        return Buffers(self.program, max_tokens, self.native.scratch_bytes(max_tokens))
 
-    def ensure_rope(self, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
-        """(cos, sin) tables covering positions [0, n_positions): use the pair returned,
+    def matrix_bytes(self) -> int:
+        """Bytes of every matrix the program multiplies by, and the LM head."""
+        return sum(lin[0].nbytes for op in self.program.ops if op["op"] == "matmul"
+                   for lin in op["linears"]) + self.lm_head.weight.nbytes
+
+    def ensure_rope(self, n_positions: int) -> tuple:
+        """RoPE tables covering positions [0, n_positions): use the tuple returned,
         as another thread may replace self.rope meanwhile."""
         tables = self.rope
-        if tables[0].shape[0] < n_positions:
-            tables = rope_tables(self.args, n_positions)
-            if self.rope[0].shape[0] < n_positions:
+        if tables and tables[0][0].shape[0] < n_positions:
+            tables = tuple(rope_tables(spec, n_positions) for spec in self.args.rope)
+            if self.rope[0][0].shape[0] < n_positions:
                 self.rope = tables
         return tables
+
+    def shift_rotations(self, n_drop: int, n_positions: int) -> list:
+        """Per layer: (cos, sin, rotary_dim) of the rotation by -n_drop that moves its
+        cached keys n_drop positions down, or None for a layer without RoPE.
+        cos(-a) = cos(a), sin(-a) = -sin(a)."""
+        tables = self.ensure_rope(n_positions)
+        out = []
+        for t in self.args.layer_rope:
+            if t < 0:
+                out.append(None)
+                continue
+            cos, sin = tables[t]
+            out.append((cos[n_drop:n_drop + 1], -sin[n_drop:n_drop + 1], self.args.rope[t].rotary_dim))
+        return out
 
     # -- the forward pass -----------------------------------------------------------
 
@@ -146,19 +95,49 @@ class Transformer:
         """Run len(ids) <= buf.max_tokens new tokens through the network, appending
         them to `cache`. logits_out: [T, vocab] for every position, or [1, vocab]
         for the last one only."""
-        T = len(ids)
-        x, h = buf.x[:T], buf.h[:T]                                   # [T, hidden]
-        ids32, positions = buf.ids[:T], buf.positions[:T]
-        ids32[:] = ids
-        K.embed(x, self.embed_tokens.weight, ids32, self.embed_tokens.wtype)
-        np.add(buf.arange[:T], cache.length, out=positions)  # token i of the cache has position i
-        rope_cos, rope_sin = self.ensure_rope(cache.length + T)
-        segments = cache.reserve(T)
-        # every layer: h = x + attention(norm(x)); x = h + SwiGLU(norm(h)); then h = norm(x)
-        self.stack.forward(x, h, buf.q[:T], buf.k[:T], buf.v[:T], buf.attn[:T], buf.gate[:T],
-                           buf.up[:T], buf.scratch, cache.k, cache.k_scales, cache.v, cache.v_scales,
-                           cache.kv_dtype, cache.slot_pos, positions, rope_cos, rope_sin,
-                           buf.segment_table(segments), self.n_threads)
-        rows = T if logits_out.shape[0] == T else 1
-        K.matmul(logits_out, h[T - rows:], self.lm_head.weight, self.lm_head.bias,
-                 self.lm_head.wtype, self.n_threads)
+        self.forward_batch(((ids, cache),), buf, logits_out, all_logits=logits_out.shape[0] == len(ids))
+
+    def forward_batch(self, items, buf: Buffers, logits_out: np.ndarray, all_logits: bool = False) -> None:
+        """Tokens of several sequences in one pass over the weights. items: (ids,
+        cache) pairs, every cache a region of one KVPool, at most buf.max_tokens tokens
+        in all; each sequence's tokens are appended to its cache and attend only it.
+        logits_out: [len(items), vocab], the logits after each sequence's last token;
+        with all_logits, [tokens, vocab] for every token in order."""
+        pool = items[0][1].pool
+        if any(cache.pool is not pool for _, cache in items):
+            raise InvalidInputError("items: the caches of one batch must share one KVPool")
+        total = sum(len(ids) for ids, _ in items)
+        if total > buf.max_tokens or min(len(ids) for ids, _ in items) < 1:
+            raise InvalidInputError(f"items: {total} tokens (at least one per sequence) exceed the "
+                                    f"{buf.max_tokens} of the buffers")
+        T = 0
+        for i, (ids, cache) in enumerate(items):
+            n = len(ids)
+            buf.ids[T:T + n] = ids
+            np.add(buf.arange[:n], cache.length, out=buf.positions[T:T + n])  # token i of a cache: position i
+            cache.reserve(n, buf.slots[T:T + n])
+            buf.ranges[T:T + n] = (cache.first, cache.capacity)
+            T += n
+            buf.last[i] = T - 1
+        positions = buf.positions[:T]
+        K.embed(buf.input[:T], self.embed_tokens.weight, buf.ids[:T], self.embed_tokens.wtype)
+        tables = self.ensure_rope(int(positions.max()) + 1)
+        self.native.forward(buf.native, T, buf.scratch, pool.k, pool.k_scales, pool.v, pool.v_scales,
+                            pool.kv_dtype, pool.slot_pos, positions, tables, buf.slots, buf.ranges,
+                            self.n_threads)
+        if all_logits:
+            hidden, rows = buf.output[:T], T
+        else:
+            rows = len(items)
+            hidden = buf.output[T - 1:T] if rows == 1 else np.take(buf.output, buf.last[:rows], axis=0,
+                                                                   out=buf.last_rows[:rows])
+        logits = logits_out[:rows]
+        K.matmul(logits, hidden, self.lm_head.weight, self.lm_head.bias, self.lm_head.wtype, self.n_threads)
+        a = self.args
+        if a.logits_scale != 1.0:
+            np.multiply(logits, np.float32(a.logits_scale), out=logits)
+        if a.logits_softcap > 0.0:
+            cap = np.float32(a.logits_softcap)
+            np.divide(logits, cap, out=logits)
+            np.tanh(logits, out=logits)
+            np.multiply(logits, cap, out=logits)

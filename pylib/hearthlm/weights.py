@@ -30,6 +30,15 @@ class Linear:
     bias: Optional[np.ndarray] = None  # float32 [out_features]
 
 
+@dataclass
+class Norm:
+    """RMSNorm (bias None) or LayerNorm. weight, bias: [dim] or per group [groups, dim]
+    float32."""
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    eps: float
+
+
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
@@ -146,3 +155,25 @@ class WeightReader:
         weight = self.tensor(f"{prefix}.weight", (out_features, in_features))
         b = self.vector(f"{prefix}.bias", (out_features,)) if bias else None
         return Linear(weight, self.wtype_for(f"{prefix}.weight"), b)
+
+
+class Weights:
+    """A family's declared tensors (name -> shape), read once through a WeightReader:
+    matrices in the kernels' weight type, vectors (norms, biases) as float32."""
+
+    def __init__(self, reader: WeightReader, specs: dict):
+        self.reader = reader
+        self.specs = specs
+        self.tensors = {name: reader.tensor(name, shape) if len(shape) == 2 else reader.vector(name, shape)
+                        for name, shape in specs.items()}
+
+    def linear(self, prefix: str) -> Linear:
+        name = f"{prefix}.weight"
+        return Linear(self.tensors[name], self.reader.wtype_for(name), self.tensors.get(f"{prefix}.bias"))
+
+    def norm(self, prefix: str, eps: float, offset: float = 0.0) -> Norm:
+        """offset: added to the weight once (Gemma's RMSNorm scales by 1 + weight)."""
+        weight = self.tensors[f"{prefix}.weight"]
+        if offset:
+            weight = (weight + np.float32(offset)).astype(np.float32)
+        return Norm(weight, self.tensors.get(f"{prefix}.bias"), eps)

@@ -90,8 +90,8 @@ struct ReadQ8 {
 
 template <class Read>
 static void attention(float* out, const float* q, KVRows k, KVRows v, const int32_t* kv_pos,
-                      int64_t n_slots, int32_t q_pos, int32_t window, float scale, int64_t n_q,
-                      int64_t head_dim, float* lse) {
+                      int64_t n_slots, int32_t q_pos, int32_t window, float scale, float softcap,
+                      int64_t n_q, int64_t head_dim, float* lse) {
   auto visible = [&](int64_t j) {
     const int32_t p = kv_pos[j];
     return p >= 0 && p <= q_pos && (window <= 0 || q_pos - p < window);
@@ -99,7 +99,8 @@ static void attention(float* out, const float* q, KVRows k, KVRows v, const int3
   auto score = [&](const float* qg, int64_t j) {
     float s = 0.0f;
     for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * Read::at(k, j, d);
-    return s * scale;
+    s *= scale;
+    return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
   };
   for (int64_t g = 0; g < n_q; ++g) {
     const float* qg = q + g * head_dim;
@@ -128,8 +129,15 @@ static void swiglu(float* out, const float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-static void add(float* out, const float* a, const float* b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+static void gelu_tanh_glu(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
+static void add(float* out, const float* a, const float* b, float b_scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b_scale * b[i];
 }
 
 static void bf16_to_f32(float* out, const uint16_t* in, int64_t n) {
@@ -239,6 +247,7 @@ const KernelTable* scalar_kernels() {
       {scalar::attention<scalar::ReadF32>, scalar::attention<scalar::ReadF16>,
        scalar::attention<scalar::ReadBF16>, scalar::attention<scalar::ReadQ8>},
       scalar::swiglu,
+      scalar::gelu_tanh_glu,
       scalar::add,
       scalar::bf16_to_f32,
       scalar::f16_to_f32,

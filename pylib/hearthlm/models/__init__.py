@@ -1,4 +1,7 @@
-"""Supported architectures: the `architectures` field of config.json -> its parser."""
+"""Supported architectures: the `architectures` field of config.json -> its family
+module. A family module has model_args(config, architecture, where) -> its ModelArgs,
+weights(args) -> {Hugging Face tensor name: shape}, and program(args, Weights) -> the
+layer Program (models/program.py)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +12,10 @@ from . import llama, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": llama.model_args,
-    "MistralForCausalLM": llama.model_args,
-    "Qwen2ForCausalLM": llama.model_args,
-    "StableLmForCausalLM": stablelm.model_args,
+    "LlamaForCausalLM": llama,
+    "MistralForCausalLM": llama,
+    "Qwen2ForCausalLM": llama,
+    "StableLmForCausalLM": stablelm,
 }
 
 
@@ -39,7 +42,12 @@ def model_args(config: dict, where: str) -> ModelArgs:
         raise UnsupportedModelError(
             f"{where}: architecture '{arch}' is not supported "
             f"(supported: {', '.join(sorted(ARCHITECTURES))})")
-    return ARCHITECTURES[arch](config, arch, where)
+    return ARCHITECTURES[arch].model_args(config, arch, where)
 
 
-__all__ = ["ARCHITECTURES", "ModelArgs", "model_args", "read_config"]
+def family(args: ModelArgs):
+    """The family module of parsed args."""
+    return ARCHITECTURES[args.architecture]
+
+
+__all__ = ["ARCHITECTURES", "ModelArgs", "family", "model_args", "read_config"]

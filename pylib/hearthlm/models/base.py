@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
+class RopeSpec:
+    """One RoPE table: frequencies from theta and a scaling rule, over the leading
+    rotary_dim dims of each head."""
+    theta: float
+    scaling: dict             # {"rope_type": "default" | "linear" | "llama3", ...}
+    rotary_dim: int
+
+
+@dataclass(frozen=True)
 class ModelArgs:
+    """What every family shares: the sizes, the KV cache's geometry and RoPE. A family
+    file subclasses it with its own fields (all with defaults)."""
     architecture: str
     vocab_size: int
     hidden_size: int
@@ -18,16 +29,13 @@ class ModelArgs:
     num_key_value_heads: int
     head_dim: int
     max_position_embeddings: int
-    norm: str                 # "rms" or "layer" (LayerNorm with bias)
-    norm_eps: float
-    qkv_bias: bool
-    o_bias: bool
-    mlp_bias: bool
     tie_word_embeddings: bool
-    rope_theta: float
-    rope_scaling: dict        # {"rope_type": "default" | "linear" | "llama3", ...}
-    rotary_dim: int           # leading dims of each head that rotate (partial rotary)
-    sliding_windows: tuple = field(default=())  # per layer: window in tokens, 0 = full
+    norm_eps: float
+    rope: tuple               # RopeSpec of each table
+    layer_rope: tuple         # per layer: the index of its RoPE table, -1 = no RoPE
+    sliding_windows: tuple    # per layer: window in tokens, 0 = full attention
+    logits_scale: float = 1.0    # logits *= logits_scale (Granite: 1 / logits_scaling)
+    logits_softcap: float = 0.0  # logits = cap * tanh(logits / cap) when > 0 (Gemma 2)
 
     @property
     def n_rep(self) -> int:
@@ -133,21 +141,54 @@ def check_heads(config: dict, where: str) -> tuple[int, int, int]:
     return heads, kv_heads, head_dim
 
 
+def rope_spec(config: dict, where: str, head_dim: int) -> RopeSpec:
+    """The model's one RoPE table (partial rotary: the leading dims of each head)."""
+    theta, scaling, partial = rope_config(config, where)
+    rotary_dim = int(head_dim * partial)
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise UnsupportedModelError(f"{where}: partial rotary gives {rotary_dim} dims; need an even number >= 2")
+    return RopeSpec(theta, scaling, rotary_dim)
+
+
 def common_args(config: dict, where: str, default_context: int) -> dict:
-    """The ModelArgs fields every architecture reads the same way, validated."""
+    """The ModelArgs fields every architecture reads the same way, validated: sizes,
+    and one RoPE table used by every layer."""
     check_activation(config, where)
     heads, kv_heads, head_dim = check_heads(config, where)
-    theta, scaling, _ = rope_config(config, where)
+    n_layers = require(config, "num_hidden_layers", where, maximum=MAX_LAYERS)
     return dict(
         vocab_size=require(config, "vocab_size", where),
         hidden_size=require(config, "hidden_size", where),
         intermediate_size=require(config, "intermediate_size", where),
-        num_hidden_layers=require(config, "num_hidden_layers", where, maximum=MAX_LAYERS),
+        num_hidden_layers=n_layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
         max_position_embeddings=optional_int(config, "max_position_embeddings", default_context, where),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        rope_theta=theta,
-        rope_scaling=scaling,
+        rope=(rope_spec(config, where, head_dim),),
+        layer_rope=(0,) * n_layers,
+        sliding_windows=(0,) * n_layers,
     )
+
+
+# -- weight declarations: Hugging Face tensor name -> shape -------------------------------
+
+def linear_spec(specs: dict, prefix: str, out_features: int, in_features: int, bias: bool = False) -> None:
+    specs[f"{prefix}.weight"] = (out_features, in_features)
+    if bias:
+        specs[f"{prefix}.bias"] = (out_features,)
+
+
+def norm_spec(specs: dict, prefix: str, dim: int, bias: bool = False) -> None:
+    specs[f"{prefix}.weight"] = (dim,)
+    if bias:
+        specs[f"{prefix}.bias"] = (dim,)
+
+
+def embedding_specs(args: ModelArgs) -> dict:
+    """The token embeddings, and the LM head unless tied to them."""
+    specs = {"model.embed_tokens.weight": (args.vocab_size, args.hidden_size)}
+    if not args.tie_word_embeddings:
+        specs["lm_head.weight"] = (args.vocab_size, args.hidden_size)
+    return specs

@@ -2,8 +2,20 @@
 config details (biases on q/k/v, sliding windows, rope scaling)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import UnsupportedModelError
-from .base import ModelArgs, common_args, optional_float, optional_int, rope_config
+from ..weights import Weights
+from .base import (ModelArgs, common_args, embedding_specs, linear_spec, norm_spec, optional_float,
+                   optional_int)
+from .program import Program
+
+
+@dataclass(frozen=True)
+class Args(ModelArgs):
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
 
 
 def sliding_windows(config: dict, architecture: str, n_layers: int, where: str) -> tuple:
@@ -24,20 +36,66 @@ def sliding_windows(config: dict, architecture: str, n_layers: int, where: str) 
     return tuple([0] * n_layers)
 
 
-def model_args(config: dict, architecture: str, where: str) -> ModelArgs:
+def model_args(config: dict, architecture: str, where: str) -> Args:
     common = common_args(config, where, default_context=2048)
-    if rope_config(config, where)[2] != 1.0:
+    if common["rope"][0].rotary_dim != common["head_dim"]:
         raise UnsupportedModelError(f"{where}: partial rotary is not part of {architecture}")
     qwen2 = architecture == "Qwen2ForCausalLM"
     attention_bias = bool(config.get("attention_bias", False))
-    return ModelArgs(
+    common["sliding_windows"] = sliding_windows(config, architecture, common["num_hidden_layers"], where)
+    return Args(
         architecture=architecture,
-        norm="rms",
         norm_eps=optional_float(config, "rms_norm_eps", 1e-6, where),
         qkv_bias=qwen2 or attention_bias,
         o_bias=attention_bias and not qwen2,
         mlp_bias=bool(config.get("mlp_bias", False)),
-        rotary_dim=common["head_dim"],
-        sliding_windows=sliding_windows(config, architecture, common["num_hidden_layers"], where),
         **common,
     )
+
+
+def weights(a: Args) -> dict:
+    H, I = a.hidden_size, a.intermediate_size
+    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+    specs = embedding_specs(a)
+    for i in range(a.num_hidden_layers):
+        p = f"model.layers.{i}"
+        norm_spec(specs, f"{p}.input_layernorm", H)
+        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, a.qkv_bias)
+        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, a.qkv_bias)
+        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, a.qkv_bias)
+        linear_spec(specs, f"{p}.self_attn.o_proj", H, q, a.o_bias)
+        norm_spec(specs, f"{p}.post_attention_layernorm", H)
+        linear_spec(specs, f"{p}.mlp.gate_proj", I, H, a.mlp_bias)
+        linear_spec(specs, f"{p}.mlp.up_proj", I, H, a.mlp_bias)
+        linear_spec(specs, f"{p}.mlp.down_proj", H, I, a.mlp_bias)
+    norm_spec(specs, "model.norm", H)
+    return specs
+
+
+def program(a: Args, w: Weights) -> Program:
+    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+    I, eps = a.intermediate_size, a.norm_eps
+    rope = a.rope[0]
+    p = Program(dict(x=a.hidden_size, h=a.hidden_size, q=q, k=kv, v=kv, attn=q, gate=I, up=I),
+                input="x", output="h")
+    for i in range(a.num_hidden_layers):
+        L = f"model.layers.{i}"
+        # h = x + attention(norm(x))
+        p.norm("h", "x", w.norm(f"{L}.input_layernorm", eps))
+        p.matmul("h", q=w.linear(f"{L}.self_attn.q_proj"), k=w.linear(f"{L}.self_attn.k_proj"),
+                 v=w.linear(f"{L}.self_attn.v_proj"))
+        p.rope("q", a.num_attention_heads, a.head_dim, rope.rotary_dim)
+        p.rope("k", a.num_key_value_heads, a.head_dim, rope.rotary_dim)
+        p.kv_store("k", "v", layer=i)
+        p.attention("attn", "q", layer=i, heads=a.num_attention_heads, scale=a.head_dim ** -0.5,
+                    window=a.sliding_windows[i])
+        p.matmul("attn", h=w.linear(f"{L}.self_attn.o_proj"))
+        p.add("x", "h")
+        # x = x + down(silu(gate(norm(x))) * up(norm(x)))
+        p.norm("h", "x", w.norm(f"{L}.post_attention_layernorm", eps))
+        p.matmul("h", gate=w.linear(f"{L}.mlp.gate_proj"), up=w.linear(f"{L}.mlp.up_proj"))
+        p.glu("gate", "gate", "up", "silu")
+        p.matmul("gate", h=w.linear(f"{L}.mlp.down_proj"))
+        p.add("x", "h")
+    p.norm("h", "x", w.norm("model.norm", eps))
+    return p
