@@ -94,6 +94,11 @@ PYBIND11_MODULE(_kernels, m) {
     return d;
   });
   m.attr("max_threads") = kMaxThreads;
+  py::dict limits;  // the kernels' limits and block sizes, stated once (here) for Python
+  limits["max_threads"] = kMaxThreads;
+  limits["max_head_dim"] = kMaxHeadDim;
+  limits["kv_q8_block"] = kQ8Block;
+  m.attr("limits") = limits;
   m.def("supported_isas", &supported_isas);
   m.def("compiled_isas", &compiled_isas);
   m.def("select_isa", [](const std::string& name) {

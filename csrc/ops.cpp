@@ -336,6 +336,162 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   }
 }
 
+}  // namespace team
+
+namespace {
+
+// The regions of team::moe's scratch, each 64-byte aligned; base null: offsets only.
+struct MoeScratch {
+  BlockQ8Act* xq;   // [T * top_k, q_blocks(max(H, I))] quantized rows of one matmul
+  float* logits;    // [T, n_experts]
+  float* weight;    // [T, top_k]: each token's chosen experts' weights
+  int32_t* expert;  // [T, top_k]: ... and the experts
+  int32_t* row;     // [T, top_k]: ... and their rows in the grouped order
+  int32_t* token;   // [T * top_k]: the token of each grouped row
+  int64_t* first;   // [n_experts + 1]: expert e's grouped rows are [first[e], first[e + 1])
+  int64_t* tasks;   // [n_experts + 1]: expert e's matmul tasks start at tasks[e]
+  float* xg;        // [T * top_k, H]: the grouped rows of x, then the experts' outputs
+  float* gate;      // [T * top_k, I]
+  float* up;        // [T * top_k, I]
+  int64_t bytes = 0;
+
+  MoeScratch(char* base, int64_t T, int64_t E, int64_t k, int64_t H, int64_t I) {
+    const int64_t R = T * k;
+    xq = take<BlockQ8Act>(base, R * q_blocks(std::max(H, I)));
+    logits = take<float>(base, T * E);
+    weight = take<float>(base, R);
+    expert = take<int32_t>(base, R);
+    row = take<int32_t>(base, R);
+    token = take<int32_t>(base, R);
+    first = take<int64_t>(base, E + 1);
+    tasks = take<int64_t>(base, E + 1);
+    xg = take<float>(base, R * H);
+    gate = take<float>(base, R * I);
+    up = take<float>(base, R * I);
+  }
+
+  template <typename V>
+  V* take(char* base, int64_t n) {
+    V* p = base ? reinterpret_cast<V*>(base + bytes) : nullptr;
+    bytes += ceil_div(n * int64_t(sizeof(V)), 64) * 64;
+    return p;
+  }
+};
+
+// p = softmax(logits[E]); the top_k experts by p (the first of equals first), with
+// weights p, or p / Σ p over the chosen when norm_topk.
+void route(const float* logits, int64_t E, int64_t top_k, bool norm_topk, int32_t* expert, float* weight) {
+  float top = logits[0];
+  for (int64_t e = 1; e < E; ++e) top = std::max(top, logits[e]);
+  float sum = 0.0f;
+  for (int64_t e = 0; e < E; ++e) sum += expf(logits[e] - top);
+  float chosen = 0.0f;
+  for (int64_t j = 0; j < top_k; ++j) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < E; ++e) {
+      if (std::find(expert, expert + j, int32_t(e)) != expert + j) continue;
+      if (best < 0 || logits[e] > logits[best]) best = e;
+    }
+    expert[j] = int32_t(best);
+    weight[j] = expf(logits[best] - top) / sum;
+    chosen += weight[j];
+  }
+  if (norm_topk)
+    for (int64_t j = 0; j < top_k; ++j) weight[j] /= chosen;
+}
+
+// Tiles of an expert's n rows against `mats` matrices of N rows: (matrix, row block of
+// kGemmBlockN, token block of up to kGemmMaxBlockM).
+int64_t expert_tiles(int64_t n, int64_t mats, int64_t N) {
+  return n == 0 ? 0 : mats * ceil_div(N, kGemmBlockN) * ceil_div(n, kGemmMaxBlockM);
+}
+
+// Every expert's matmuls as one task list (one barrier, not one per expert): y_m rows
+// [first[e], first[e+1]) = x rows · expert e's matrix m ᵀ, for the mats matrices of
+// N rows, K columns that which(e, m) gives. xq: the quantized rows of x.
+template <typename Which>
+void expert_matmuls(const KernelTable& kt, WeightType wt, const MoeScratch& s, int64_t E, int64_t mats,
+                    float* const* y, const float* x, int64_t N, int64_t K, Which which) {
+  const int64_t row_blocks = ceil_div(N, kGemmBlockN), nb = q_blocks(K);
+  const int64_t n_tasks = s.tasks[E];
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t c = 0; c < n_tasks; ++c) {
+    const int64_t e = std::upper_bound(s.tasks, s.tasks + E + 1, c) - s.tasks - 1;
+    const int64_t r0 = s.first[e], n = s.first[e + 1] - r0, tile = c - s.tasks[e];
+    const int64_t blocks_m = ceil_div(n, kGemmMaxBlockM), block_m = ceil_div(n, blocks_m);
+    const int64_t m = tile / (row_blocks * blocks_m), bn = tile / blocks_m % row_blocks, bm = tile % blocks_m;
+    const MatmulJob job{y[m] + r0 * N, which(e, m), nullptr, N};
+    const int64_t n0 = bn * kGemmBlockN, m0 = bm * block_m;
+    matmul_tile(kt, wt, job, x + r0 * K, quantized(wt) ? s.xq + r0 * nb : nullptr, K, m0, std::min(m0 + block_m, n),
+                n0, std::min(n0 + kGemmBlockN, N));
+  }
+}
+
+}  // namespace
+
+int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t hidden, int64_t inter) {
+  return MoeScratch(nullptr, T, n_experts, top_k, hidden, inter).bytes;
+}
+
+namespace team {
+
+void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt, const void* router,
+         WeightType wt, const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk, int64_t T,
+         int64_t H, int64_t I, void* scratch) {
+  const int64_t E = n_experts, k = top_k, R = T * k;
+  const MoeScratch s(static_cast<char*>(scratch), T, E, k, H, I);
+  const MatmulJob logits{s.logits, router, nullptr, E};
+  matmul_group(kt, router_wt, &logits, 1, x, T, H, s.xq);
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t) route(s.logits + t * E, E, k, norm_topk, s.expert + t * k, s.weight + t * k);
+#pragma omp single
+  {  // counting sort of the (token, choice) pairs by expert
+    std::fill(s.first, s.first + E + 1, int64_t(0));
+    for (int64_t c = 0; c < R; ++c) ++s.first[s.expert[c] + 1];
+    for (int64_t e = 0; e < E; ++e) s.first[e + 1] += s.first[e];
+    for (int64_t c = 0; c < R; ++c) {
+      const int64_t r = s.first[s.expert[c]]++;
+      s.row[c] = int32_t(r);
+      s.token[r] = int32_t(c / k);
+    }
+    for (int64_t e = E; e > 0; --e) s.first[e] = s.first[e - 1];  // back to each expert's first row
+    s.first[0] = 0;
+  }
+  // The grouped rows of x (quantized ones straight from x), then gate and up of every
+  // expert: their tiles share a row count, so one prefix of tiles serves both phases.
+  const bool q = quantized(wt);
+  const int64_t nbh = q_blocks(H), nbi = q_blocks(I);
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float* src = x + int64_t(s.token[r]) * H;
+    if (q) kt.quantize_act(s.xq + r * nbh, src, H);
+    else std::memcpy(s.xg + r * H, src, size_t(H) * sizeof(float));
+  }
+#pragma omp single
+  {
+    s.tasks[0] = 0;
+    for (int64_t e = 0; e < E; ++e) s.tasks[e + 1] = s.tasks[e] + expert_tiles(s.first[e + 1] - s.first[e], 2, I);
+  }
+  float* const gate_up[2] = {s.gate, s.up};
+  expert_matmuls(kt, wt, s, E, 2, gate_up, s.xg, I, H,
+                 [&](int64_t e, int64_t m) { return m == 0 ? experts[e].gate : experts[e].up; });
+  glu(kt, Activation::silu, s.gate, s.gate, s.up, R * I);
+  if (q) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) kt.quantize_act(s.xq + r * nbi, s.gate + r * I, I);
+  }
+#pragma omp single
+  for (int64_t e = 0; e < E; ++e) s.tasks[e + 1] = s.tasks[e] + expert_tiles(s.first[e + 1] - s.first[e], 1, H);
+  float* const down[1] = {s.xg};
+  expert_matmuls(kt, wt, s, E, 1, down, s.gate, H, I, [&](int64_t e, int64_t) { return experts[e].down; });
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {  // each token gathers its experts' outputs: no write races
+    float* o = out + t * H;
+    std::fill(o, o + H, 0.0f);
+    for (int64_t j = 0; j < k; ++j) kt.add(o, o, s.xg + int64_t(s.row[t * k + j]) * H, s.weight[t * k + j], H);
+  }
+}
+
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
               int64_t T, int64_t head_dim, const int64_t* slots) {
   const int64_t n_kv_heads = k_dst.n_kv_heads;

@@ -82,6 +82,14 @@ void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
 // Scratch floats team::attention needs to split one token's attention along the cache.
 int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim);
 
+// One expert of a mixture-of-experts feed-forward: down(silu(x · gateᵀ) * (x · upᵀ));
+// gate, up [I, H] and down [H, I], no biases.
+struct Expert {
+  const void *gate, *up, *down;
+};
+// Bytes of the scratch team::moe needs for T tokens.
+int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t hidden, int64_t inter);
+
 namespace team {
 
 constexpr int kMaxJobs = 8;  // matrices per matmul_group
@@ -114,6 +122,15 @@ void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const 
               int64_t T, int64_t head_dim, const int64_t* slots);
 void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
          int64_t n);
+// out[T, H] = Σ over the top_k experts e of each token of p_e · expert_e(x), where p =
+// softmax(x · routerᵀ) over the n_experts (renormalized over the chosen ones when
+// norm_topk). Tokens are grouped by expert: each expert multiplies only the rows routed
+// to it, so one token reads only its top_k experts' weights; all experts' tiles form
+// one task list. Every expert's matrices are of type expert_wt. scratch:
+// moe_scratch_bytes(T, ...) bytes shared by the team.
+void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt, const void* router,
+         WeightType expert_wt, const Expert* experts, int64_t n_experts, int64_t top_k, bool norm_topk,
+         int64_t T, int64_t H, int64_t I, void* scratch);
 
 }  // namespace team
 

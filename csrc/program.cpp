@@ -71,6 +71,10 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
     case OpKind::scale:
       team::scale(out, op.factor, T * widths[op.out]);
       break;
+    case OpKind::moe:
+      team::moe(kt, out, in, op.lin[0].wt, op.lin[0].w, op.expert_wt, op.experts.data(), int64_t(op.experts.size()),
+                op.top_k, op.norm_topk, T, widths[op.in], op.inter, s.moe_scratch);
+      break;
   }
 }
 

@@ -29,6 +29,7 @@ enum class OpKind {
   glu,        // out = act(in) * in2
   add,        // out += factor * in
   scale,      // out *= factor
+  moe,        // out = mixture of experts(in): router lin[0], the top_k of experts
 };
 
 struct Op {
@@ -51,6 +52,11 @@ struct Op {
   // glu, add, scale
   Activation act = Activation::silu;
   float factor = 1.0f;
+  // moe: experts of intermediate size `inter`
+  WeightType expert_wt = nullptr;  // set with the first expert
+  std::vector<Expert> experts;
+  int64_t top_k = 0, inter = 0;
+  bool norm_topk = false;
 };
 
 struct RopeTable {  // cos, sin [n_positions, half]
@@ -72,6 +78,7 @@ struct ProgramStep {
   const SlotRange* ranges;
   BlockQ8Act* xq;             // T * ceil(max K / 32) activation blocks
   float* attention_partials;  // attention_partials_floats of the widest attention op
+  void* moe_scratch;          // moe_scratch_bytes of the largest moe op
 };
 
 // work_per_token: multiply-adds of the program's matmuls for one token (below

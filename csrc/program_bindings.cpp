@@ -38,7 +38,7 @@ class LayerProgram {
     fuse_add_norms();
   }
 
-  int64_t scratch_bytes(int64_t T) const { return xq_bytes(T) + partial_floats_ * int64_t(sizeof(float)); }
+  int64_t scratch_bytes(int64_t T) const { return moe_offset(T) + moe_bytes(T); }
   size_t n_ops() const { return ops_.size(); }
 
   void forward(const py::sequence& buffers, int64_t T, py::array scratch, py::array k_cache, py::object k_scales,
@@ -116,7 +116,7 @@ class LayerProgram {
 
     const ProgramStep step{T, bufs.data(), pos, rope.data(), slot_pos_p, slot, range,
                            reinterpret_cast<BlockQ8Act*>(scratch_p),
-                           reinterpret_cast<float*>(scratch_p + xq_bytes(T))};
+                           reinterpret_cast<float*>(scratch_p + xq_bytes(T)), scratch_p + moe_offset(T)};
     const KernelTable& kt = active_kernels();
     py::gil_scoped_release release;
     run_program(kt, ops_, widths_, work_per_token_ / n_layers_, k0, v0, step, n_threads);
@@ -124,6 +124,16 @@ class LayerProgram {
 
  private:
   int64_t xq_bytes(int64_t T) const { return T * q_blocks(max_k_) * int64_t(sizeof(BlockQ8Act)); }
+  int64_t moe_offset(int64_t T) const {  // after the activation blocks and attention partials, 64-byte aligned
+    return (xq_bytes(T) + partial_floats_ * int64_t(sizeof(float)) + 63) / 64 * 64;
+  }
+  int64_t moe_bytes(int64_t T) const {
+    int64_t bytes = 0;
+    for (const Op& op : ops_)
+      if (op.kind == OpKind::moe)
+        bytes = std::max(bytes, moe_scratch_bytes(T, int64_t(op.experts.size()), op.top_k, width(op.in), op.inter));
+    return bytes;
+  }
 
   int buffer(const py::dict& d, const char* key, const std::string& where) {
     expect(d.contains(key), where + ": missing '" + key + "'");
@@ -245,10 +255,46 @@ class LayerProgram {
         expect_width(op.in, width(op.out), at);
       }
       op.factor = field(d, "factor", at).cast<float>();
+    } else if (kind == "moe") {
+      add_moe(d, op, at);
     } else {
       expect(false, at + ": unknown op '" + kind + "'");
     }
     ops_.push_back(op);
+  }
+
+  // Router [n_experts, H] and per expert (gate [I, H], up [I, H], down [H, I]) of one weight type.
+  void add_moe(const py::dict& d, Op& op, const std::string& at) {
+    op.kind = OpKind::moe;
+    op.out = buffer(d, "out", at);
+    op.in = buffer(d, "in", at);
+    expect(op.out != op.in, at + ": the output is also the input");
+    const int64_t H = width(op.in);
+    expect_width(op.out, H, at);
+    const py::list experts = field(d, "experts", at).cast<py::list>();
+    const int64_t E = int64_t(experts.size());
+    op.top_k = field(d, "top_k", at).cast<int64_t>();
+    op.inter = field(d, "intermediate", at).cast<int64_t>();
+    op.norm_topk = field(d, "norm_topk", at).cast<bool>();
+    expect(E >= 1 && E <= INT32_MAX && op.top_k >= 1 && op.top_k <= E,
+           at + ": top_k " + std::to_string(op.top_k) + " must be in [1, the " + std::to_string(E) + " experts]");
+    expect(op.inter >= 1, at + ": intermediate must be positive");
+    op.lin[0] = linear(field(d, "router", at), at + ".router", E, H);
+    op.n_lin = 1;
+    expect(op.lin[0].bias == nullptr, at + ".router: a bias is not supported");
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string name = at + ".experts[" + std::to_string(e) + "]";
+      const py::tuple t = experts[size_t(e)].cast<py::tuple>();
+      expect(t.size() == 3, name + ": expected (gate, up, down)");
+      const Linear gate = linear(t[0], name + ".gate", op.inter, H), up = linear(t[1], name + ".up", op.inter, H);
+      const Linear down = linear(t[2], name + ".down", H, op.inter);
+      if (e == 0) op.expert_wt = gate.wt;
+      expect(gate.wt == op.expert_wt && up.wt == op.expert_wt && down.wt == op.expert_wt,
+             name + ": every expert's gate, up and down must share one weight type");
+      expect(!gate.bias && !up.bias && !down.bias, name + ": biases are not supported");
+      op.experts.push_back(Expert{gate.w, up.w, down.w});
+    }
+    work_per_token_ += E * H + op.top_k * 3 * op.inter * H;
   }
 
   int64_t cache_layer(const py::dict& d, const std::string& at) const {

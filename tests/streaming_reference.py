@@ -45,6 +45,21 @@ class StreamingReference:
         out[:, h:self.rot] = x[:, h:self.rot] * cos + x[:, :h] * sin
         return out
 
+    def mlp(self, h, prefix):
+        g = self.linear(h, prefix + ".gate_proj")
+        return self.linear(g / (1 + np.exp(-g)) * self.linear(h, prefix + ".up_proj"), prefix + ".down_proj")
+
+    def moe(self, h, prefix):  # experts as transformers holds them: gate_up [E, 2I, H], down [E, H, I]
+        p = np.exp(self.linear(h, prefix + ".gate") - self.linear(h, prefix + ".gate").max())
+        p /= p.sum()
+        chosen = np.argsort(-p)[:self.c.num_experts_per_tok]
+        weights = p[chosen] / (p[chosen].sum() if self.c.norm_topk_prob else 1.0)
+        out = np.zeros_like(h)
+        for e, w in zip(chosen, weights):
+            g, u = np.split(self.p[prefix + ".experts.gate_up_proj"][e] @ h, 2)
+            out += w * (self.p[prefix + ".experts.down_proj"][e] @ (g / (1 + np.exp(-g)) * u))
+        return out
+
     def feed_batch(self, tokens):
         """Make room for the whole batch at once (one shift), then run its tokens."""
         overflow = len(self.tokens) + len(tokens) - self.n_ctx
@@ -70,6 +85,9 @@ class StreamingReference:
             q = self.linear(h, pre + ".self_attn.q_proj").reshape(self.n_heads, self.hd)
             k = self.linear(h, pre + ".self_attn.k_proj").reshape(self.n_kv, self.hd)
             v = self.linear(h, pre + ".self_attn.v_proj").reshape(self.n_kv, self.hd)
+            if pre + ".self_attn.q_norm.weight" in self.p:  # Qwen3: RMSNorm per head
+                q = np.stack([self.norm(qh, pre + ".self_attn.q_norm") for qh in q])
+                k = np.stack([self.norm(kh, pre + ".self_attn.k_norm") for kh in k])
             self.keys[i].append(k)
             self.values[i].append(v)
             q = self.rotate(q, pos)
@@ -82,8 +100,7 @@ class StreamingReference:
                 out[hh] = w @ V[:, hh // rep] / w.sum()
             x = x + self.linear(out.reshape(-1), pre + ".self_attn.o_proj")
             h = self.norm(x, pre + ".post_attention_layernorm")
-            g = self.linear(h, pre + ".mlp.gate_proj")
-            x = x + self.linear(g / (1 + np.exp(-g)) * self.linear(h, pre + ".mlp.up_proj"), pre + ".mlp.down_proj")
+            x = x + (self.moe(h, pre + ".mlp") if pre + ".mlp.gate.weight" in self.p else self.mlp(h, pre + ".mlp"))
         x = self.norm(x, "model.norm")
         head = self.p.get("lm_head.weight", self.p["model.embed_tokens.weight"])
         return head @ x

@@ -113,11 +113,41 @@ def test_unsupported_config_values(copy_of, field, value):
         hearthlm.load(folder)
 
 
-def test_missing_folder_and_files(tmp_path):
-    with pytest.raises(hearthlm.ModelFormatError, match="not a directory"):
+def test_missing_folder_and_files(tmp_path, monkeypatch):
+    with pytest.raises(hearthlm.ModelFormatError, match="nope: no such folder"):
         hearthlm.load(tmp_path / "nope")
     with pytest.raises(hearthlm.ModelFormatError, match="config.json"):
         hearthlm.load(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(hearthlm.ModelFormatError, match="model.safetensors: is a file; give the model's folder"):
+        hearthlm.load(tmp_path / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hearthlm.ModelFormatError, match="Qwen/Qwen3-0.6B: no such folder. If this is a "
+                                                        "Hugging Face repo id: hearthlm loads local folders"):
+        hearthlm.load("Qwen/Qwen3-0.6B")
+    with pytest.raises(hearthlm.ModelFormatError, match="no such folder"):
+        hearthlm.quantize(tmp_path / "nope", tmp_path / "q4")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model_type", "lama", r"'model_type' is 'lama', but 'architectures' says LlamaForCausalLM \(model_type 'llama'\)"),
+    ("num_key_value_heads", 0, r"'num_key_value_heads' must be an integer in \[1, \d+\], got 0"),
+    ("head_dim", 0, r"'head_dim' must be an integer in \[1, \d+\], got 0"),
+])
+def test_config_fields_are_named(copy_of, field, value, message):
+    folder = copy_of()
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[field] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(hearthlm.UnsupportedModelError, match=message):
+        hearthlm.load(folder)
+
+
+def test_text_that_is_not_unicode_is_named(model_dir, chat_model_dir):
+    model = hearthlm.load(chat_model_dir("bpe"))
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(hearthlm.InvalidInputError, match="text: not valid Unicode"):
+        model.generate(bad)
 
 
 def test_shard_index_with_bad_file_name(model_dir, tmp_path):

@@ -18,7 +18,7 @@ def greedy_alone(model, ids, n):
     return model.generate_ids(ids.tolist(), n)
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm-qk-parallel", "mistral-window"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm-qk-parallel", "mistral-window", "qwen3-moe"])
 @pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
 def test_batched_greedy_equals_each_sequence_alone(model_dir, variant, kv_dtype):
     model = hearthlm.load(model_dir(variant))
@@ -71,3 +71,27 @@ def test_batch_refuses_mixed_pools_and_overflow(model_dir):
     with pytest.raises(InvalidInputError, match="4 tokens .* exceed the 3 of the buffers"):
         t.forward_batch([(ids, c), (ids, d)], t.buffers(3), out)
     assert c.length == d.length == 0  # refused before anything changed
+
+
+def test_session_group_feeds_sessions_together(model_dir):
+    """Sessions of a SessionGroup fed in one forward (prefill of one beside decode of
+    another, then a context shift in one of them) behave as sessions fed alone."""
+    from hearthlm.session import SessionGroup
+    model = hearthlm.load(model_dir("llama-gqa-tied"))
+    group = SessionGroup(model, 3, n_ctx=24, n_keep=2)
+    a, b, c = group.sessions
+    alone = [model.session(n_ctx=24, n_keep=2) for _ in range(3)]
+    pa, pb, pc = prompts(model.vocab_size, [6, 11, 3])
+    rows = group.feed([(a, pa), (b, pb)])
+    np.testing.assert_allclose(rows, [alone[0].feed(pa), alone[1].feed(pb)], rtol=0, atol=1e-4)
+    for step in range(20):  # c joins later; a runs past its 24-token context and shifts
+        batch = [(a, [step % 50]), (c, pc if step == 0 else [step % 40])]
+        rows = group.feed(batch)
+        ref = [alone[0].feed([step % 50]), alone[2].feed(pc if step == 0 else [step % 40])]
+        np.testing.assert_allclose(rows, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    assert a.tokens == alone[0].tokens and c.tokens == alone[2].tokens and len(a.tokens) < 26
+    with pytest.raises(InvalidInputError, match="each session must be of this group and appear once"):
+        group.feed([(a, [1]), (a, [2])])
+    small = SessionGroup(model, 2, n_ctx=24, max_tokens=4)
+    with pytest.raises(InvalidInputError, match="6 token ids .* exceed the group's max_tokens=4"):
+        small.feed([(s, [1, 2, 3]) for s in small.sessions])

@@ -46,7 +46,7 @@ def test_terminal_session(chat_model_dir, tmp_path):
     c.expect_exact("conversation cleared")
     c.expect_exact(">>> ")
     c.sendline("/stats")
-    c.expect_exact("1 messages")  # the system message stays
+    c.expect_exact("; 1 message\r\n")  # the system message stays
     c.expect_exact(">>> ")
     c.sendline("/bogus")
     c.expect_exact("unknown command /bogus")
@@ -119,4 +119,15 @@ def test_generate_json(chat_model_dir, capsys):
     assert cli.main(["generate", folder, "-p", "hello", "--max-tokens", "5", "--seed", "3"]) == 0
     assert capsys.readouterr().out.endswith("\n")
     assert cli.main(["generate", folder, "-p", "hello", "--top-p", "2"]) == 1
-    assert "top_p" in capsys.readouterr().err
+    assert "--top-p" in capsys.readouterr().err
+
+
+def test_failing_commands_print_one_line_and_the_chat_goes_on(chat_model_dir, tmp_path):
+    lines = [f"/save {tmp_path / 'missing' / 'x.json'}", f"/save {tmp_path}", f"/load {tmp_path}",
+             "hello", f"/save {tmp_path / 'ok.json'}"]
+    r = run_piped([chat_model_dir("bpe"), "--max-tokens", "3", "--temperature", "0"], "\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and "Traceback" not in r.stderr
+    assert str(tmp_path / "missing" / "x.json") in errors[0] and str(tmp_path) in errors[1]
+    assert "saved 2 messages" in r.stdout  # the conversation survived: the message and its reply

@@ -12,7 +12,8 @@ import pytest
 
 import hearthlm
 
-DEMO = hearthlm.demo_model_path()
+# The source tree's copy: the wheel leaves out heldout.jsonl (test data).
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pylib", "hearthlm", "demo_model")
 CARD = os.path.join(DEMO, "README.md")
 # All 300 held-out questions (~3 s per dtype).
 with open(os.path.join(DEMO, "heldout.jsonl"), encoding="utf-8") as f:

@@ -1,7 +1,7 @@
 """The loader's contract, as fuzz/fuzz_loader.py checks it: any model folder either loads
 (and runs a token) or raises a hearthlm.HearthlmError subclass. Here: the seed corpus,
-the findings of earlier fuzzing runs (hand-written so they read as cases), saved inputs
-in fuzz/regressions/, and a short structure-aware fuzzing run in a subprocess."""
+the findings of earlier fuzzing runs (hand-written so they read as cases), and a short
+structure-aware fuzzing run in a subprocess."""
 import json
 import os
 import struct
@@ -126,7 +126,10 @@ def test_hostile_json_files(fname, text):
     surrogates and bad UTF-8."""
     files = seed("llama3-bf16-sharded")
     files[fname] = text.encode("utf-8", "surrogateescape") if text != "\xff" else b"\xff"
-    loads(files)  # either way, only a HearthlmError may come out
+    # A JSON object with one unknown key is a valid (empty) generation or tokenizer config;
+    # every other case must be refused with a HearthlmError.
+    valid = text.startswith("{") and fname in ("generation_config.json", "tokenizer_config.json")
+    assert loads(files) == valid
 
 
 def test_tokenizer_that_cannot_encode():
@@ -147,13 +150,6 @@ def test_too_many_threads_is_an_input_error(tmp_path):
     folder = fuzz_loader.write_folder(seed("llama-f32"))
     with pytest.raises(hearthlm.InvalidInputError, match="n_threads"):
         hearthlm.load(folder, n_threads=10 ** 6)
-
-
-def test_saved_regressions_replay():
-    folder = os.path.join(FUZZ, "regressions")
-    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with open(os.path.join(folder, f), "rb") as fh:
-            fuzz_loader.check_input(fh.read())
 
 
 def test_short_fuzzing_run(tmp_path):

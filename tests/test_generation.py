@@ -2,6 +2,7 @@
 non-streaming, conversations that reuse the cache and survive context shifts."""
 import os
 
+import numpy as np
 import pytest
 
 import hearthlm
@@ -136,3 +137,38 @@ def test_cancel_and_close_keep_the_session_consistent(model):
     assert stream.result.finish_reason == "cancelled" and conv.session.tokens == conv.fed
     conv.reset()
     assert conv.session.tokens == [] and conv.messages == []
+
+
+def test_prompt_longer_than_the_context_raises_unless_truncated(model):
+    n = model.args.max_position_embeddings
+    long_ids = [5 + i % 50 for i in range(n + 40)]
+    for call in (lambda **kw: model.generate(long_ids, max_new_tokens=8, **kw),
+                 lambda **kw: model.chat([{"role": "user", "content": "hi " * (n + 40)}], max_new_tokens=8, **kw),
+                 lambda **kw: model.logits(long_ids, **kw)):
+        with pytest.raises(hearthlm.ContextOverflowError, match=rf"tokens do not fit the context of {n} tokens"):
+            call()
+        with pytest.raises(hearthlm.InvalidInputError, match="truncate: expected None or 'left'"):
+            call(truncate="right")
+    g = model.generate(long_ids, max_new_tokens=8, truncate="left", return_result=True, **GREEDY)
+    assert g.truncated_tokens == len(long_ids) - (n - 8) and g.prompt_tokens == n - 8
+    assert g.token_ids == model.generate(long_ids[-(n - 8):], max_new_tokens=8, return_result=True, **GREEDY).token_ids
+    assert model.generate(long_ids[:20], max_new_tokens=8, return_result=True).truncated_tokens == 0
+    assert g.as_dict()["truncated_tokens"] == g.truncated_tokens
+    tail = model.logits(long_ids, truncate="left")
+    assert tail.shape == (n, model.vocab_size)
+    np.testing.assert_array_equal(tail, model.logits(long_ids[-n:]))
+
+
+def test_conversation_turn_longer_than_the_context_is_refused(model):
+    conv = Conversation(model, ChatTemplate.for_model(model), make_sampler(model, GREEDY), n_ctx=32,
+                        max_new_tokens=4)
+    with pytest.raises(hearthlm.ContextOverflowError, match=r"n_ctx: this message needs \d+ tokens"):
+        conv.ask("a much longer question than thirty-two tokens can hold, surely, it is " * 3)
+    assert conv.messages == []  # nothing half-answered joined the conversation
+    conv.ask("hi").finish()
+    with pytest.raises(hearthlm.ContextOverflowError, match="this message needs"):
+        conv.ask("a much longer question than thirty-two tokens can hold, surely, it is " * 3)
+    assert len(conv.messages) == 2
+    for _ in range(4):  # short turns run past the context as before (context shift)
+        conv.ask("hi").finish()
+    assert len(conv.messages) == 10 and conv.session.tokens != conv.fed

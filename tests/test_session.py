@@ -1,5 +1,6 @@
 """Sessions: incremental feeding, ring-buffer context shift, rewind/sync, save/load,
 threads."""
+import os
 import threading
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_chunked_feeding_matches_full_logits(model_dir, variant):
         assert s.tokens == ids
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "stablelm", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "stablelm", "qwen2", "qwen3-moe"])
 def test_context_shift_matches_independent_reference(model_dir, variant):
     """n_ctx=24, n_keep=4, n_discard=6: 60 tokens one at a time shift the context
     several times. Design: kept tokens keep the K/V computed when they were first
@@ -192,7 +193,7 @@ KV_BOUNDS = {"f16": 2e-3, "bf16": 2e-2, "q8": 3e-2}
 
 
 @pytest.mark.parametrize("kv_dtype", sorted(KV_BOUNDS))
-@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm"])
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "qwen2", "stablelm", "qwen3-moe"])
 def test_kv_dtype_error_is_bounded(model_dir, variant, kv_dtype):
     model = hearthlm.load(model_dir(variant))
     ids = ids_for(model, 60)
@@ -230,3 +231,21 @@ def test_kv_dtype_shift_and_save(model_dir, tmp_path, kv_dtype):
     t = model.load_session(str(tmp_path / "s"))
     assert t.cache.kv_dtype == kv_dtype
     np.testing.assert_array_equal(t.feed([5]), s.feed([5]))
+
+
+def test_save_and_load_failures_name_the_path(model_dir, tmp_path):
+    model = hearthlm.load(model_dir("llama-mha"))
+    s = model.session(n_ctx=16)
+    s.feed([1, 2, 3])
+    missing = tmp_path / "no" / "such" / "dir" / "x.hls"
+    with pytest.raises(hearthlm.FileWriteError, match=f"{missing}: cannot save the session"):
+        s.save(str(missing))
+    with pytest.raises(hearthlm.FileWriteError, match=f"{tmp_path}: cannot save the session"):
+        s.save(str(tmp_path))
+    assert not os.listdir(tmp_path) and not [f for f in os.listdir(tmp_path.parent) if ".tmp-" in f]
+    magic = hearthlm.session.SESSION_MAGIC
+    for name, header in [("list.hls", b"[1, 2, 3]"), ("deep.hls", b"[" * 100000 + b"]" * 100000)]:
+        path = tmp_path / name
+        path.write_bytes(magic + len(header).to_bytes(8, "little") + header)
+        with pytest.raises(hearthlm.ModelFormatError, match=f"{path}: .*session header"):
+            model.load_session(str(path))

@@ -40,6 +40,16 @@ VARIANTS = {
                                                          use_parallel_residual=True,
                                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                           "partial_rotary_factor": 0.5})),
+    # [moe, dense] layers; then [dense, moe] by decoder_sparse_step
+    "qwen3-moe": ("Qwen3MoeForCausalLM", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                              head_dim=14, intermediate_size=70, moe_intermediate_size=22,
+                                              num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                                              mlp_only_layers=[1], vocab_size=190)),
+    "qwen3-moe-top3": ("Qwen3MoeForCausalLM", dict(hidden_size=40, num_attention_heads=5, num_key_value_heads=1,
+                                                   head_dim=12, intermediate_size=52, moe_intermediate_size=18,
+                                                   num_experts=5, num_experts_per_tok=3, norm_topk_prob=False,
+                                                   decoder_sparse_step=2, attention_bias=True,
+                                                   tie_word_embeddings=True, vocab_size=170)),
 }
 
 
@@ -47,7 +57,7 @@ def hub_form(config: dict) -> dict:
     """config.json as checkpoints on the Hub written before transformers 5 have it:
     `rope_theta` + `rope_scaling` (+ `partial_rotary_factor`) instead of
     `rope_parameters`; per layer type, the full-attention parameters and
-    `rope_local_base_freq` for the sliding layers."""
+    `rope_local_base_freq` for the sliding layers; Qwen3-MoE's `num_experts`."""
     config = dict(config)
     params = config.pop("rope_parameters", None)
     if isinstance(params, dict):
@@ -59,6 +69,8 @@ def hub_form(config: dict) -> dict:
         if "partial_rotary_factor" in params:
             config["partial_rotary_factor"] = params.pop("partial_rotary_factor")
         config["rope_scaling"] = None if params.get("rope_type", "default") == "default" else params
+    if "num_local_experts" in config and config.get("model_type") == "qwen3_moe":
+        config["num_experts"] = config.pop("num_local_experts")
     return config
 
 
@@ -96,21 +108,31 @@ def build(name: str, folder: str, dtype: str = "f32", seed: int = 0, num_hidden_
     return folder
 
 
-def reference_logits(folder: str, ids):
-    """transformers' float32 logits at every position (weights upcast to f32)."""
+def reference_model(folder: str):
+    """transformers' model with weights upcast to f32; a mixture of experts through its
+    eager per-expert loop (the grouped-matmul path needs 16-byte aligned sizes)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with open(os.path.join(folder, "config.json")) as f:
+        moe = "moe" in json.load(f).get("model_type", "")
+    extra = {"experts_implementation": "eager"} if moe else {}
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra).eval()
+
+
+def reference_logits(folder: str, ids):
+    """transformers' float32 logits at every position (weights upcast to f32)."""
+    import torch
+
+    model = reference_model(folder)
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
 
 
 def reference_greedy(folder: str, ids, n: int) -> list:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = reference_model(folder)
     with torch.no_grad():
         out = model.generate(torch.tensor([list(ids)]), max_new_tokens=n, min_new_tokens=n,
                              do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -8,10 +8,11 @@
 """
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .demo import demo_model_path
-from .errors import (ContextOverflowError, HearthlmError, InvalidInputError, ModelFormatError,
-                     SessionBusyError, UnsupportedISAError, UnsupportedModelError)
+from .errors import (ContextOverflowError, FileWriteError, HearthlmError, InvalidInputError,
+                     ModelFormatError, SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
-from .quant import quantize
+from .perplexity_eval import perplexity
+from .quant_writer import quantize
 from .session import Session
 
 __version__ = "0.1.0"
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 apply_isa_from_environment()
 
 __all__ = [
-    "ContextOverflowError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
+    "ContextOverflowError", "FileWriteError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
     "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info",
-    "demo_model_path", "load", "quantize", "select_isa",
+    "demo_model_path", "load", "perplexity", "quantize", "select_isa",
 ]

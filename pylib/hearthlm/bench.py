@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import _kernels
+from .bench_peers import PEERS, EngineRuns, PeerUnavailableError
 from .errors import InvalidInputError
 from .model import Model, load
 
@@ -31,13 +32,6 @@ def weight_bytes_per_token(model: Model) -> int:
     """Bytes of weights one decode step reads: every matrix once (the embedding
     gather reads one row, counted only when the LM head is a separate matrix)."""
     return model.transformer.matrix_bytes()
-
-
-@dataclass
-class EngineRuns:
-    prefill_s: list = field(default_factory=list)
-    decode_token_s: list = field(default_factory=list)  # every decode step of every rep
-    decode_s: list = field(default_factory=list)        # whole decode phase per rep
 
 
 @dataclass
@@ -87,11 +81,10 @@ class HearthlmRunner:
 
 
 def make_runners(model: Model, folder: str, n_ctx: int, vs) -> list:
-    from .bench_peers import PEERS, PeerUnavailableError
     runners = [HearthlmRunner(model, n_ctx)]
     for name in vs:
         if name not in PEERS:
-            raise PeerUnavailableError(f"--vs: unknown engine '{name}' (known: {', '.join(PEERS)})")
+            raise PeerUnavailableError(f"vs: unknown engine '{name}' (known: {', '.join(PEERS)})")
         runners.append(PEERS[name](folder, model.dtype, model.n_threads, n_ctx))
     return runners
 
@@ -170,7 +163,7 @@ def plot_sweep(sweep: dict, path: str) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise InvalidInputError("--plot needs matplotlib (pip install 'hearthlm[bench]')") from None
+        raise InvalidInputError("plot_sweep needs matplotlib (pip install 'hearthlm[bench]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

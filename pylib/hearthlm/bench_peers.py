@@ -4,12 +4,20 @@ extras (`pip install hearthlm[bench]`), imported only when asked for."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bench import EngineRuns
 from .errors import HearthlmError
 from .gguf_export import export_gguf
+
+
+@dataclass
+class EngineRuns:
+    """Timings of one engine (hearthlm or a peer), filled by its runner's run()."""
+    prefill_s: list = field(default_factory=list)
+    decode_token_s: list = field(default_factory=list)  # every decode step of every rep
+    decode_s: list = field(default_factory=list)        # whole decode phase per rep
 
 
 class PeerUnavailableError(HearthlmError, RuntimeError):
@@ -19,13 +27,14 @@ class PeerUnavailableError(HearthlmError, RuntimeError):
 class TorchRunner:
     """transformers on the same folder, same dtype, same threads, greedy with a KV cache."""
     name = "torch"
+    requires = ("torch", "transformers")  # modules, checked by the CLI before a run
 
     def __init__(self, folder: str, dtype: str, n_threads: int, n_ctx: int):
         try:
             import torch
             from transformers import AutoModelForCausalLM
         except ImportError as e:
-            raise PeerUnavailableError(f"--vs torch needs torch and transformers: {e}") from None
+            raise PeerUnavailableError(f"vs: engine 'torch' needs torch and transformers: {e}") from None
 
         torch.set_num_threads(n_threads)
         self.torch = torch
@@ -58,12 +67,13 @@ class LlamaCppRunner:
     (q8 -> Q8_0, q4 -> Q4_0, 16-bit as is). Its extra buffer types (the AMX/repack
     path) are turned off: on some CPUs they crash at the tile-config instruction."""
     name = "llama.cpp"
+    requires = ("llama_cpp", "gguf")
 
     def __init__(self, folder: str, dtype: str, n_threads: int, n_ctx: int):
         try:
             from llama_cpp import Llama
         except ImportError as e:
-            raise PeerUnavailableError(f"--vs llama.cpp needs llama-cpp-python and gguf: {e}") from None
+            raise PeerUnavailableError(f"vs: engine 'llama.cpp' needs llama-cpp-python and gguf: {e}") from None
         kwargs = dict(model_path=export_gguf(folder, dtype), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                       n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
         try:

@@ -14,8 +14,9 @@ import signal
 import sys
 import time
 
+from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, in_flags, load_for_text, positive_int, thread_count,
+                       utf8_text)
 from .errors import HearthlmError
-from .formats import FORMATS
 
 PROMPT = ">>> "
 HELP = """commands:
@@ -26,15 +27,18 @@ HELP = """commands:
   /save FILE       write the conversation's messages as JSON
   /load FILE       continue a conversation saved with /save
   /quit            exit (or Ctrl-D); Ctrl-C stops a reply"""
+PIPED = """piped mode: with stdin not a terminal, each line is one message (or /command) and only
+the replies are printed, one line each; EOF ends the chat. Example:
+  echo "What is 12 plus 7?" | hearthlm chat"""
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
-    p.add_argument("--dtype", choices=list(FORMATS), help="convert or quantize the weights on load")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--ctx", type=int, help="context size in tokens (default: the model's, at most 4096)")
+    p.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
+    p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    p.add_argument("--ctx", type=positive_int, help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("--system", help="system message")
-    p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default: until end of turn)")
+    p.add_argument("--max-tokens", type=positive_int, help="longest reply in tokens (default: until end of turn)")
     p.add_argument("--template", help="chat template: a built-in name (chatml, llama3, llama2, mistral, "
                                       "zephyr, gemma) or a .jinja file; default: the model's own")
 
@@ -44,38 +48,43 @@ def run(args, sampling: dict) -> int:
     from .conversation import Conversation
     from .demo import demo_model_path
     from .generation import make_sampler
-    from .model import load
 
-    path = args.model or demo_model_path()
-    status(f"loading {path} ...")
+    status(f"loading {args.model or demo_model_path()} ...")
     t0 = time.perf_counter()
-    model = load(path, dtype=args.dtype, n_threads=args.threads)
+    model = load_for_text(args)
+    if args.system is not None:
+        utf8_text(args.system, "--system")
     conv = Conversation(model, ChatTemplate.for_model(model, args.template), make_sampler(model, sampling),
                         n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens)
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte: an error for its line, not a crash
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:
             pass
         status("type a message; /help for commands, Ctrl-C stops a reply, Ctrl-D or /quit exits")
+    number = 0
     while True:
         line = read_line(interactive)
         if line is None:
             break
+        number += 1
         line = line.strip()
         if not line:
             continue
         try:
+            utf8_text(line, f"input line {number}")
             if line.startswith("/"):
                 if not command(conv, line):
                     break
             else:
                 reply(conv, line)
         except HearthlmError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {in_flags(str(e))}", file=sys.stderr)
     return 0
 
 
@@ -133,14 +142,18 @@ def command(conv, line: str) -> bool:
         print(f"usage: {name} FILE")
     elif name == "/save":
         conv.save(arg)
-        print(f"saved {len(conv.messages)} messages to {arg}")
+        print(f"saved {plural(len(conv.messages), 'message')} to {arg}")
     elif name == "/load":
         conv.load(arg)
-        print(f"loaded {len(conv.messages)} messages from {arg}")
+        print(f"loaded {plural(len(conv.messages), 'message')} from {arg}")
     else:
         print(f"unknown command {name}; /help lists them")
     sys.stdout.flush()
     return True
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def stats(conv) -> str:
@@ -150,12 +163,13 @@ def stats(conv) -> str:
     if g is None:
         lines.append("last reply: none yet")
     else:
-        lines.append(f"last reply: {g.completion_tokens} tokens ({g.finish_reason}), "
-                     f"decode {g.decode_tokens_per_second:.1f} tok/s; prompt {g.prompt_tokens} tokens, "
+        lines.append(f"last reply: {plural(g.completion_tokens, 'token')} ({g.finish_reason}), "
+                     f"decode {g.decode_tokens_per_second:.1f} tok/s; prompt {plural(g.prompt_tokens, 'token')}, "
                      f"{g.prefilled_tokens} prefilled at {g.prefill_tokens_per_second:.1f} tok/s; "
                      f"first token after {g.time_to_first_token * 1000:.0f} ms")
     shifted = ", older turns partly dropped (context shift)" if s.tokens != conv.fed else ""
-    lines.append(f"context: {len(s.tokens)} / {s.n_ctx} tokens{shifted}; {len(conv.messages)} messages")
+    lines.append(f"context: {len(s.tokens)} / {plural(s.n_ctx, 'token')}{shifted}; "
+                 f"{plural(len(conv.messages), 'message')}")
     lines.append(f"memory: session {s.memory_bytes / mib:.1f} MiB, weights "
                  f"{model.load_stats['mapped_bytes'] / mib:.1f} MiB mapped + "
                  f"{model.load_stats['converted_bytes'] / mib:.1f} MiB converted, "

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .chat_template import ChatTemplate
-from .errors import InvalidInputError
+from .errors import ContextOverflowError, FileWriteError, InvalidInputError
 from .generation import Generation, TextStream
 from .sampling import Sampler
 
@@ -44,6 +44,7 @@ class Conversation:
         conversation when the stream ends."""
         messages = self.messages + [{"role": "user", "content": text}]
         ids = self.template.encode(self.model.tokenizer, messages)
+        self._check_turn_fits(ids)
 
         def finish(result: Generation):
             self.messages = messages + [{"role": "assistant", "content": result.text}]
@@ -52,6 +53,21 @@ class Conversation:
 
         return TextStream(self.model, self.session, lambda: self._catch_up(ids), ids, self.sampler,
                           self.max_new_tokens, self.stop, on_finish=finish)
+
+    def _check_turn_fits(self, ids: list[int]) -> None:
+        """Older turns may shift out of the context; the new message itself must fit
+        (otherwise its beginning would be dropped before the model reads its end)."""
+        before = []  # what was there before this turn: nothing on the first one
+        if any(m["role"] == "assistant" for m in self.messages):
+            try:
+                before = self.template.encode(self.model.tokenizer, self.messages, add_generation_prompt=False)
+            except InvalidInputError:  # a template that renders only conversations ending with a user
+                pass
+        turn, ring = len(ids) - len(os.path.commonprefix([before, ids])), self.session.n_ctx - self.session.cache.n_keep
+        if turn > ring:
+            raise ContextOverflowError(
+                f"n_ctx: this message needs {turn} tokens, but a context of {self.session.n_ctx} tokens holds at "
+                f"most {ring} beside its first {self.session.cache.n_keep}; use a larger n_ctx or a shorter message")
 
     def _catch_up(self, ids: list[int]) -> tuple[np.ndarray, int]:
         """Make the session hold the conversation `ids`; -> (last logits, tokens fed)."""
@@ -84,15 +100,18 @@ class Conversation:
         self.last = None
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"messages": self.messages}, f, ensure_ascii=False, indent=1)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"messages": self.messages}, f, ensure_ascii=False, indent=1)
+        except OSError as e:
+            raise FileWriteError(f"{path}: cannot save the conversation: {e.strerror}") from None
 
     def load(self, path: str) -> None:
         """Replace the messages with those saved in `path` (the cache catches up lazily)."""
         try:
             with open(path, encoding="utf-8") as f:
                 messages = json.load(f).get("messages")
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, RecursionError) as e:
             raise InvalidInputError(f"{path}: cannot read a saved conversation: {e}") from None
         if not isinstance(messages, list) or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)

@@ -21,6 +21,11 @@ class ContextOverflowError(InvalidInputError):
     """More tokens than the context window can hold."""
 
 
+class FileWriteError(HearthlmError, OSError):
+    """A file or folder cannot be written: missing directory, no permission, a directory
+    in the way, a busy mount point."""
+
+
 class UnsupportedISAError(HearthlmError, RuntimeError):
     """HEARTHLM_ISA asks for an instruction set this CPU or build lacks."""
 

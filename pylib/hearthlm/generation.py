@@ -11,6 +11,11 @@ model.eos_token_ids: finish_reason "eos"), after max_new_tokens ("length"), at a
 string ("stop"; the text ends just before it, and text that might be the start of a
 stop string is held back until it cannot be), or when cancelled ("cancelled").
 
+A prompt longer than the context raises ContextOverflowError, unless truncate="left"
+(see fit_context: the one rule, also for Model.logits and each turn of a Conversation).
+A reply that runs past the context shifts it (Session: the oldest tokens after the
+first few are dropped).
+
 The session holds the prompt and every generated token when a stream ends (the last
 token is fed even though its logits go unused), so a conversation can continue from it.
 """
@@ -24,7 +29,7 @@ import numpy as np
 
 from .chat_template import ChatTemplate
 from .detokenizer import StreamDecoder
-from .errors import InvalidInputError
+from .errors import ContextOverflowError, InvalidInputError
 from .sampling import Sampler, SamplerConfig
 
 PROMPT_CONTEXT = 8  # prompt tokens the detokenizer sees, so a continuation joins the prompt right
@@ -43,6 +48,7 @@ class Generation:
     decode_seconds: float        # from the first token to the end, minus time spent by the reader
     decode_steps: int            # tokens fed one at a time
     seed: int
+    truncated_tokens: int = 0    # oldest prompt tokens dropped (truncate="left") to fit the context
 
     @property
     def completion_tokens(self) -> int:
@@ -89,6 +95,27 @@ class StopStrings:
         return out
 
 
+class ReplyText:
+    """Token ids of a reply -> its final text pieces: streaming detokenization, then
+    stop strings (text that could begin one is held back)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), context: Sequence[int] = ()):
+        self.decoder = StreamDecoder(tokenizer, context) if tokenizer is not None else None
+        self.stops = StopStrings(stop)
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """-> (text that is final, whether a stop string was reached)."""
+        return self.stops.push(self.decoder.add(token)) if self.decoder else ("", False)
+
+    def flush(self) -> tuple[str, bool]:
+        """At the end of a reply that did not stop at a stop string: the text held back
+        -> (text, whether it completes a stop string)."""
+        if self.decoder is None:
+            return "", False
+        out, stopped = self.stops.push(self.decoder.flush())
+        return (out, True) if stopped else (out + self.stops.flush(), False)
+
+
 class TextStream:
     """An iterator over the text pieces of one generation. Once it is exhausted,
     `.result` holds the Generation. cancel() (safe from a signal handler) ends it after
@@ -97,11 +124,11 @@ class TextStream:
     def __init__(self, model, session, prefill: Callable[[], tuple[np.ndarray, int]],
                  prompt_ids: Sequence[int], sampler: Sampler, max_new_tokens: Optional[int],
                  stop: Sequence[str] = (), context: Sequence[int] = (),
-                 on_finish: Optional[Callable[[Generation], None]] = None):
+                 on_finish: Optional[Callable[[Generation], None]] = None, truncated: int = 0):
         """prefill() feeds the prompt (or what the session lacks of it) and returns
-        (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel."""
-        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-            raise InvalidInputError(f"max_new_tokens: expected a positive integer or None, got {max_new_tokens!r}")
+        (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel.
+        truncated: prompt tokens dropped before this, for the result."""
+        check_max_new_tokens(max_new_tokens)
         if isinstance(stop, str):
             stop = [stop]
         if stop and model.tokenizer is None:
@@ -111,7 +138,7 @@ class TextStream:
         self.max_new_tokens = max_new_tokens
         self.result: Optional[Generation] = None
         self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
-        self._cancelled = False
+        self._cancelled, self._truncated = False, truncated
         self._pieces = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -134,14 +161,12 @@ class TextStream:
         return self.result
 
     def _run(self) -> Iterator[str]:
-        tokenizer = self.model.tokenizer
         eos = set(self.model.eos_token_ids)
         t0 = time.perf_counter()
         logits, n_fed = self._prefill()
         t_prefill = time.perf_counter()
         self.sampler.start(self.prompt_ids)
-        decoder = StreamDecoder(tokenizer, self._context) if tokenizer is not None else None
-        stops = StopStrings(self._stop)
+        reply = ReplyText(self.model.tokenizer, self._stop, self._context)
         tokens, pieces, reason, steps = [], [], "cancelled", 0
         t_first, paused, unfed = None, 0.0, False
         try:
@@ -157,7 +182,7 @@ class TextStream:
                     break
                 tokens.append(token)
                 self.sampler.accept(token)
-                out, stopped = stops.push(decoder.add(token)) if decoder else ("", False)
+                out, stopped = reply.add(token)
                 if out:
                     pieces.append(out)
                     unfed, t_pause = True, time.perf_counter()
@@ -171,12 +196,10 @@ class TextStream:
                 if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
                     reason = "length"
                     break
-            if reason != "stop" and decoder:  # the text held back so far is final now
-                out, stopped = stops.push(decoder.flush())
+            if reason != "stop":  # the text held back so far is final now
+                out, stopped = reply.flush()
                 if stopped:
                     reason = "stop"
-                else:
-                    out += stops.flush()
                 if out:
                     pieces.append(out)
                     yield out
@@ -193,9 +216,32 @@ class TextStream:
                 prefill_seconds=t_prefill - t0,
                 time_to_first_token=(t_first or t_end) - t0,
                 decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=steps,
-                seed=self.sampler.seed)
+                seed=self.sampler.seed, truncated_tokens=self._truncated)
             if self._on_finish is not None:
                 self._on_finish(self.result)
+
+
+def check_max_new_tokens(max_new_tokens) -> None:
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool)
+                                       or max_new_tokens < 1):
+        raise InvalidInputError(f"max_new_tokens: expected a positive integer or None, got {max_new_tokens!r}")
+
+
+def fit_context(ids: np.ndarray, n_ctx: int, truncate: Optional[str], argument: str,
+                room: int = 0) -> tuple[np.ndarray, int]:
+    """The rule for input longer than the context (n_ctx tokens): ContextOverflowError
+    naming `argument`, unless truncate="left", which drops the oldest tokens so that
+    the rest leaves `room` (for new tokens) free. -> (ids, number dropped)."""
+    if truncate not in (None, "left"):
+        raise InvalidInputError(f"truncate: expected None or 'left', got {truncate!r}")
+    if len(ids) <= n_ctx:
+        return ids, 0
+    keep = n_ctx - room
+    if truncate is None:
+        raise ContextOverflowError(
+            f"{argument}: {len(ids)} tokens do not fit the context of {n_ctx} tokens; shorten it, "
+            f"or pass truncate=\"left\" to keep its last {keep} tokens")
+    return ids[len(ids) - keep:], len(ids) - keep
 
 
 def make_sampler(model, sampling: dict) -> Sampler:
@@ -208,33 +254,40 @@ def make_sampler(model, sampling: dict) -> Sampler:
 
 
 def generate(model, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[int] = 64,
-             stop: Sequence[str] = (), stream: bool = False, return_result: bool = False, **sampling):
+             stop: Sequence[str] = (), stream: bool = False, return_result: bool = False,
+             truncate: Optional[str] = None, **sampling):
     """Continue `prompt` (text or token ids). See the module docstring."""
     if isinstance(prompt, str):
         prompt = model.require_tokenizer().encode(prompt)
     ids = model.check_ids(prompt, "prompt")
     if len(ids) == 0:
         raise InvalidInputError("prompt: empty")
-    return _one_shot(model, ids, max_new_tokens, stop, stream, return_result, sampling,
+    return _one_shot(model, ids, "prompt", max_new_tokens, stop, stream, return_result, truncate, sampling,
                      context=ids[-PROMPT_CONTEXT:])
 
 
 def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
-         stream: bool = False, return_result: bool = False, template: Optional[str] = None, **sampling):
+         stream: bool = False, return_result: bool = False, template: Optional[str] = None,
+         truncate: Optional[str] = None, **sampling):
     """The assistant's reply to OpenAI-style `messages`, rendered by the model's chat
     template (or `template`: a built-in name or a .jinja file)."""
     ids = ChatTemplate.for_model(model, template).encode(model.tokenizer, messages)
-    return _one_shot(model, model.check_ids(ids, "rendered chat"), max_new_tokens, stop, stream,
-                     return_result, sampling, context=())
+    return _one_shot(model, model.check_ids(ids, "rendered chat"), "messages", max_new_tokens, stop, stream,
+                     return_result, truncate, sampling, context=())
 
 
-def _one_shot(model, ids: np.ndarray, max_new_tokens, stop, stream, return_result, sampling, context):
+def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, stream, return_result, truncate,
+              sampling, context):
+    check_max_new_tokens(max_new_tokens)
     sampler = make_sampler(model, sampling)
+    limit = model.args.max_position_embeddings
+    # truncated, the prompt leaves room for the reply: max_new_tokens, at most half the context
+    ids, dropped = fit_context(ids, limit, truncate, argument, room=min(max_new_tokens or limit, limit // 2))
     # room for the prompt and every new token (default size when unbounded)
-    n_ctx = None if max_new_tokens is None else min(model.args.max_position_embeddings, len(ids) + max_new_tokens)
+    n_ctx = None if max_new_tokens is None else min(limit, len(ids) + max_new_tokens)
     session = model.session(n_ctx=n_ctx)
     text_stream = TextStream(model, session, lambda: (session.feed(ids), len(ids)), ids.tolist(), sampler,
-                             max_new_tokens, stop, context=list(context))
+                             max_new_tokens, stop, context=list(context), truncated=dropped)
     if stream:
         return text_stream
     result = text_stream.finish()

@@ -27,7 +27,7 @@ from .errors import InvalidInputError
 from .models import ModelArgs
 
 KV_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8": np.int8}
-Q8_BLOCK = 32
+Q8_BLOCK = K.limits["kv_q8_block"]  # values per scale of a q8 cache row
 
 
 class KVPool:

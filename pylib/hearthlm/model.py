@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 import time
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, generation
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -58,11 +59,14 @@ class Model:
                 f"{argument}[{i}] = {int(ids[i])} is outside the vocabulary [0, {self.vocab_size})")
         return ids.astype(np.int32)
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits at every position of a fresh sequence: float32 [len(token_ids), vocab]."""
+    def logits(self, token_ids: Sequence[int], truncate: Optional[str] = None) -> np.ndarray:
+        """Logits at every position of a fresh sequence: float32 [len(token_ids), vocab].
+        More tokens than the context: ContextOverflowError, or with truncate="left" the
+        logits of the last max_position_embeddings tokens (fewer rows)."""
         ids = self.check_ids(token_ids)
         if len(ids) == 0:
             raise InvalidInputError("token_ids: empty sequence")
+        ids = generation.fit_context(ids, self.args.max_position_embeddings, truncate, "token_ids")[0]
         return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
 
     def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
@@ -76,24 +80,28 @@ class Model:
 
     def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: Optional[int] = 64,
                  stop: Sequence[str] = (), stream: bool = False, return_result: bool = False,
-                 **sampling):
+                 truncate: Optional[str] = None, **sampling):
         """Continue a prompt (text or token ids). Returns the text; with stream=True an
         iterator of text pieces (a generation.TextStream, whose .result is set at the
         end); with return_result=True a generation.Generation (text, finish_reason,
         token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
-        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig."""
-        from .generation import generate
-        return generate(self, prompt, max_new_tokens, stop, stream, return_result, **sampling)
+        defaults from generation_config.json, then hearthlm.sampling.SamplerConfig.
+        A prompt longer than the context raises ContextOverflowError; truncate="left"
+        drops its oldest tokens instead (leaving room for max_new_tokens, at most half
+        the context) and the Generation's truncated_tokens says how many."""
+        return generation.generate(self, prompt, max_new_tokens, stop, stream, return_result, truncate,
+                                   **sampling)
 
     def chat(self, messages: list, max_new_tokens: Optional[int] = 512, stop: Sequence[str] = (),
              stream: bool = False, return_result: bool = False, template: Optional[str] = None,
-             **sampling):
+             truncate: Optional[str] = None, **sampling):
         """The assistant's reply to OpenAI-style messages ([{"role": "user", "content":
         "Hi"}]), rendered by the model's chat template or `template` (a built-in name
-        such as "chatml", or a .jinja file). Options and results as generate()."""
-        from .generation import chat
-        return chat(self, messages, max_new_tokens, stop, stream, return_result, template, **sampling)
+        such as "chatml", or a .jinja file). Options and results as generate();
+        truncate="left" drops the oldest tokens of the rendered conversation."""
+        return generation.chat(self, messages, max_new_tokens, stop, stream, return_result, template, truncate,
+                    **sampling)
 
     def generate_ids(self, prompt: Union[str, Sequence[int]], max_new_tokens: int) -> list[int]:
         """Greedy token ids after the prompt, stopping at an end-of-sequence token."""
@@ -110,7 +118,8 @@ class Model:
 
 
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
-         n_threads: Optional[int] = None, head_dtype: Optional[str] = None) -> Model:
+         n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
+         progress: Optional[Callable[[int, int], None]] = None) -> Model:
     """Load a Hugging Face model folder.
 
     dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q6k" (the formats
@@ -122,11 +131,11 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     head_dtype: when quantizing on load, the format of the embedding table and LM
     head (a quantized format; default: the dtype's mix, q8 for q4).
     n_threads: OpenMP threads for the kernels; default = physical cores.
+    progress: when quantizing on load, called as progress(done, total) with the
+    source bytes quantized so far (the CLI draws a progress line with it).
     """
     t0 = time.perf_counter()
-    folder = os.fspath(path)
-    if not os.path.isdir(folder):
-        raise ModelFormatError(f"{folder}: not a directory (expected a Hugging Face model folder)")
+    folder = model_folder(path)
     config = read_config(folder)
     args = model_args(config, os.path.join(folder, "config.json"))
     files = CheckpointFiles(folder)
@@ -149,9 +158,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
         raise InvalidInputError(
             f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
-    reader = WeightReader(files, dtype, head, n_threads)
+    reader = WeightReader(files, dtype, head, n_threads, progress)
     transformer = Transformer(args, reader, n_threads)
-    reader.progress.finish()
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
     generation_config = read_json(os.path.join(folder, "generation_config.json"))
     eos_token_ids(generation_config, tokenizer, folder)  # malformed: an error now, not mid-generation
@@ -162,6 +170,24 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     }
     return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats,
                  fingerprint(folder, files, vars(args)))
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def model_folder(path) -> str:
+    """`path` if it is a folder; a missing path, a Hub repo id and a file each get their
+    own ModelFormatError."""
+    folder = os.fspath(path)
+    if os.path.isdir(folder):
+        return folder
+    if os.path.exists(folder):
+        raise ModelFormatError(f"{folder}: is a file; give the model's folder (the one with config.json)")
+    if REPO_ID.fullmatch(folder):
+        raise ModelFormatError(
+            f"{folder}: no such folder. If this is a Hugging Face repo id: hearthlm loads local folders, "
+            f"so download it first (huggingface-cli download {folder} --local-dir DIR) and give DIR")
+    raise ModelFormatError(f"{folder}: no such folder (expected a Hugging Face model folder)")
 
 
 def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:

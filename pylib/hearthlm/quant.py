@@ -12,16 +12,12 @@
       hearthlm.dtype           the dtype asked for ("q4", "q4k", ...)
       hearthlm.tensors         JSON {tensor name: [format, N, K]}
   Norm weights and biases are stored unchanged.
-* `quantize(src, dst, dtype)`: writes such a model folder (`hearthlm quantize`).
+* Folders of such files are written by hearthlm.quant_writer (`hearthlm quantize`).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +25,7 @@ import numpy as np
 
 from . import _kernels
 from .errors import InvalidInputError, ModelFormatError
-from .safetensors_io import CheckpointFiles, SafetensorsFile, write_safetensors
+from .safetensors_io import CheckpointFiles, SafetensorsFile
 
 from .formats import FORMATS, PLAIN, QUANTIZED as QUANT_DTYPES
 
@@ -40,9 +36,6 @@ HEAD_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 # safetensors dtype -> source type of the C++ quantizer (F64 goes through f32).
 QUANTIZER_SOURCES = {**{FORMATS[p].safetensors: p for p in PLAIN}, "F64": "f32"}
 K_QUANTS = ("q4k", "q6k")  # the formats whose quantizer uses importance weights
-PROGRESS_MIN_BYTES = 256 << 20  # show progress when quantizing more than this
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
-                        ".gguf", ".onnx")
 
 
 @dataclass(frozen=True)
@@ -118,24 +111,6 @@ def quantize_tensor(raw: np.ndarray, stored_dtype: str, fmt: str, n_threads: int
     return out
 
 
-class Progress:
-    """One self-overwriting line on stderr while quantizing a large model."""
-
-    def __init__(self, what: str, total_bytes: int):
-        self.what, self.total, self.done = what, total_bytes, 0
-        self.enabled = total_bytes >= PROGRESS_MIN_BYTES
-
-    def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self.enabled:
-            print(f"\rhearthlm: {self.what}: {100 * self.done // max(self.total, 1):3d}% "
-                  f"({self.done / 1e9:.2f} / {self.total / 1e9:.2f} GB)", end="", file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        if self.enabled and self.done:
-            print(file=sys.stderr, flush=True)
-
-
 # ---- quantized files ----------------------------------------------------------------------
 
 def read_quant_metadata(files: CheckpointFiles) -> tuple[Optional[str], dict]:
@@ -196,88 +171,3 @@ def _read_file_metadata(f: SafetensorsFile) -> tuple[str, dict]:
                 f"(row groups, k blocks, bytes), found {info.dtype} {list(info.shape)}")
         out[name] = QuantTensor(fmt, rows, cols)
     return dtype, out
-
-
-# ---- writing a quantized model folder -------------------------------------------------------
-
-def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
-             n_threads: Optional[int] = None, calibration=None) -> str:
-    """Write a copy of the model folder `src` to `dst` with every matrix quantized for
-    `dtype` (a quantized format; each matrix's format: tensor_format, `head_dtype` for
-    the embedding table and LM head if given). `calibration`: a UTF-8 text file; the
-    model is run on it (hearthlm.calibration) and the K-quant formats weight each input
-    column's squared error by its mean squared activation. config, tokenizer and
-    generation files are copied. `dst` must not exist or be empty; it is written under
-    a temporary name and renamed when complete. Returns dst."""
-    from .cpu import physical_cores
-    from .models import model_args, read_config
-
-    if dtype not in QUANT_DTYPES:
-        raise InvalidInputError(f"dtype: expected one of {', '.join(QUANT_DTYPES)}, got {dtype!r}")
-    check_head_dtype(head_dtype)
-    if calibration is not None and dtype not in K_QUANTS:
-        raise InvalidInputError(f"calibration: only the K-quant dtypes ({', '.join(K_QUANTS)}) use "
-                                f"importance weights, not {dtype}")
-    src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
-    if not os.path.isdir(src):
-        raise ModelFormatError(f"{src}: not a directory (expected a Hugging Face model folder)")
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise InvalidInputError(f"{dst}: already exists and is not an empty directory; refusing to overwrite")
-    model_args(read_config(src), os.path.join(src, "config.json"))  # an architecture we can run
-    files = CheckpointFiles(src)
-    if read_quant_metadata(files)[0] is not None:
-        raise InvalidInputError(f"{src}: already quantized")
-    n_threads = n_threads or physical_cores()
-    importance = {}
-    if calibration is not None:
-        from .calibration import importance_from_text
-        importance = importance_from_text(src, calibration)
-
-    plan, recorded, to_quantize = [], {}, 0
-    n_layers, tied = layer_count(files.where), "lm_head.weight" not in files
-    for name in files.where:
-        info = files.info(name)
-        if len(info.shape) == 2 and info.dtype in QUANTIZER_SOURCES:
-            fmt = tensor_format(name, dtype, head_dtype, n_layers, tied)
-            recorded[name] = [fmt, *info.shape]
-            to_quantize += info.end - info.begin
-            plan.append((name, "U8", packed_shape(fmt, *info.shape), fmt, info))
-        else:
-            plan.append((name, info.dtype, info.shape, None, info))
-    plan.sort(key=lambda p: p[3] is None)  # blocks first: their sizes keep 16-byte alignment
-    progress = Progress(f"quantizing to {dtype}", to_quantize)
-
-    def producer(name, fmt, info):
-        def make():
-            raw = files.array(name)
-            if fmt is None:
-                return raw
-            out = quantize_tensor(raw, info.dtype, fmt, n_threads, files.path_of(name), name,
-                                  importance.get(name) if fmt in K_QUANTS else None)
-            progress.advance(info.end - info.begin)
-            return out
-        return make
-
-    metadata = {"format": "pt", "hearthlm.format": FORMAT_NAME,
-                "hearthlm.format_version": str(FORMAT_VERSION), "hearthlm.dtype": dtype,
-                "hearthlm.tensors": json.dumps(recorded, separators=(",", ":"))}
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
-    try:
-        for entry in os.listdir(src):
-            path = os.path.join(src, entry)
-            if (os.path.isfile(path) and not entry.endswith(WEIGHT_FILE_SUFFIXES)
-                    and entry != "model.safetensors.index.json"):
-                shutil.copy2(path, os.path.join(tmp, entry))
-        write_safetensors(os.path.join(tmp, "model.safetensors"),
-                          [(name, st, shape, producer(name, fmt, info)) for name, st, shape, fmt, info in plan],
-                          metadata)
-        progress.finish()
-        if os.path.isdir(dst):
-            os.rmdir(dst)  # empty (checked above); fails rather than overwrite if it filled since
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst

@@ -85,7 +85,8 @@ class Sampler:
         self.config = config
         self.seed = config.seed if config.seed is not None else secrets.randbits(64)
         c = config
-        self._native = K.Sampler(vocab_size, self.seed, c.temperature, c.top_k, c.top_p, c.min_p,
+        top_k = min(c.top_k, vocab_size)  # the same set; keeps it within the native int
+        self._native = K.Sampler(vocab_size, self.seed, c.temperature, top_k, c.top_p, c.min_p,
                                  c.repeat_penalty, c.repeat_last_n, c.presence_penalty,
                                  c.frequency_penalty)
 

@@ -11,6 +11,7 @@ thread at a time: a second thread gets SessionBusyError instead of corrupted sta
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,34 +20,46 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, InvalidInputError, ModelFormatError, SessionBusyError
-from .kv_cache import KVCache
+from .errors import (ContextOverflowError, FileWriteError, InvalidInputError, ModelFormatError,
+                     SessionBusyError)
+from .kv_cache import KVCache, KVPool
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
 SESSION_VERSION = 1
 MAX_BATCH = 512  # tokens per forward call; longer inputs are fed in chunks
 
 
+def context_size(args, n_ctx: Optional[int], n_keep: Optional[int]) -> tuple:
+    """n_ctx and n_keep with their defaults; n_ctx beyond the model's context is refused."""
+    if n_ctx is None:
+        n_ctx = min(args.max_position_embeddings, 4096)
+    if isinstance(n_ctx, int) and n_ctx > args.max_position_embeddings:
+        raise ContextOverflowError(
+            f"n_ctx={n_ctx} exceeds the model's context of {args.max_position_embeddings} tokens "
+            "(max_position_embeddings in config.json)")
+    if n_keep is None:
+        n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
+    return n_ctx, n_keep
+
+
 class Session:
     def __init__(self, model, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_batch: int = MAX_BATCH):
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_batch: int = MAX_BATCH,
+                 cache: Optional[KVCache] = None):
         """n_ctx: tokens the cache holds (default: the model's context, at most 4096).
         n_keep: first tokens kept through context shifts (attention sinks / system
         prompt); default 4 (fewer only when n_ctx is tiny).
         n_discard: tokens dropped per shift (default: half of the n_ctx - n_keep ring).
         kv_dtype: cache storage, "f32" (default), "f16" / "bf16" (half the memory) or
-        "q8" (int8 blocks of 32 with a scale: about 0.28x f32)."""
+        "q8" (int8 blocks of 32 with a scale: about 0.28x f32).
+        cache: a sequence of a KVPool to use instead of a cache of its own (SessionGroup);
+        n_ctx, n_keep and kv_dtype are then its own."""
         self.model = model
         args = model.args
-        if n_ctx is None:
-            n_ctx = min(args.max_position_embeddings, 4096)
-        if isinstance(n_ctx, int) and n_ctx > args.max_position_embeddings:
-            raise ContextOverflowError(
-                f"n_ctx={n_ctx} exceeds the model's context of {args.max_position_embeddings} tokens "
-                "(max_position_embeddings in config.json)")
-        if n_keep is None:
-            n_keep = max(0, min(4, n_ctx - 1)) if isinstance(n_ctx, int) else 4
-        self.cache = KVCache.alone(args, n_ctx, n_keep, kv_dtype)
+        if cache is not None:
+            n_ctx, n_keep = cache.capacity, cache.n_keep
+        n_ctx, n_keep = context_size(args, n_ctx, n_keep)
+        self.cache = cache if cache is not None else KVCache.alone(args, n_ctx, n_keep, kv_dtype)
         ring = self.cache.ring_size
         if n_discard is None:
             n_discard = max(1, ring // 2)
@@ -177,6 +190,8 @@ class Session:
                         for part in cache.arrays:
                             f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
                 os.replace(tmp, path)
+            except OSError as e:
+                raise FileWriteError(f"{path}: cannot save the session: {e.strerror}") from None
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -195,9 +210,12 @@ class Session:
                 raise ModelFormatError(f"{path}: session header of {size} bytes is implausible")
             try:
                 header = json.loads(f.read(size))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise ModelFormatError(f"{path}: bad session header: {e}") from None
-            if not isinstance(header, dict) or header.get("version") != SESSION_VERSION:
+            if not isinstance(header, dict):
+                raise ModelFormatError(f"{path}: session header must be a JSON object, "
+                                       f"got {type(header).__name__}")
+            if header.get("version") != SESSION_VERSION:
                 raise ModelFormatError(f"{path}: session format version {header.get('version')!r} "
                                        f"is not {SESSION_VERSION}")
             if header.get("model") != model.fingerprint or header.get("dtype") != model.dtype:
@@ -231,6 +249,56 @@ class Session:
             s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
             s._tokens = tokens
             return s
+
+
+class SessionGroup:
+    """Sessions whose caches are the sequences of one KVPool, so that the new tokens
+    of several of them run in one forward: B sequences decoding together cost one
+    pass over the weights (Transformer.forward_batch). Each session also works alone."""
+
+    def __init__(self, model, n_sessions: int, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH):
+        """max_tokens: the most tokens one feed() runs, all sessions together."""
+        args = model.args
+        n_ctx, n_keep = context_size(args, n_ctx, n_keep)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise InvalidInputError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+        self.model = model
+        self.pool = KVPool(args, n_ctx, n_sessions, kv_dtype)
+        self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i, n_keep))
+                         for i in range(n_sessions)]
+        self.max_tokens = max_tokens
+        self.buf = model.transformer.buffers(max_tokens)
+        self.logits = np.zeros((n_sessions, args.vocab_size), np.float32)
+
+    def feed(self, batch) -> np.ndarray:
+        """batch: (session, token ids) pairs, each session of this group at most once,
+        at most max_tokens ids in all. Appends the ids to each session and runs them in
+        one forward; returns logits [len(batch), vocab], row i after batch[i]'s last id
+        (a view of the group's buffer, valid until the next feed)."""
+        if not batch or len(batch) > len(self.sessions):
+            raise InvalidInputError(f"batch: expected 1 to {len(self.sessions)} (session, ids) pairs")
+        if len({id(s) for s, _ in batch}) != len(batch) or any(s.cache.pool is not self.pool for s, _ in batch):
+            raise InvalidInputError("batch: each session must be of this group and appear once")
+        items = [(s, s.model.check_ids(ids, f"batch[{i}] ids")) for i, (s, ids) in enumerate(batch)]
+        total = sum(len(ids) for _, ids in items)
+        if total > self.max_tokens or min(len(ids) for _, ids in items) < 1:
+            raise InvalidInputError(f"batch: {total} token ids (at least one per session) exceed the group's "
+                                    f"max_tokens={self.max_tokens}")
+        with contextlib.ExitStack() as held:
+            for s, _ in items:
+                held.enter_context(s._exclusive())
+            for s, ids in items:
+                if len(ids) > s.cache.ring_size:
+                    raise InvalidInputError(f"batch: {len(ids)} ids exceed a session's ring of "
+                                            f"{s.cache.ring_size} tokens; feed them in parts")
+                s._make_room(len(ids))
+            logits = self.logits[:len(items)]
+            self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits)
+            for (s, ids), row in zip(items, logits):
+                s._tokens.extend(ids.tolist())
+                s.last_logits[0] = row
+        return logits
 
 
 class _Release:

@@ -10,8 +10,11 @@ import os
 
 import numpy as np
 
+from .cpu import physical_cores
 from .errors import InvalidInputError
 from .models import family, model_args
+from .quant import QUANT_DTYPES, layer_count, packed_shape, quantize_tensor, tensor_format
+from .quant_writer import file_metadata
 from .safetensors_io import write_safetensors
 from .weights import f32_to_bf16_bits
 
@@ -31,12 +34,19 @@ SHAPES = {
                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0,
                                       "original_max_position_embeddings": 8192}),
+    # Qwen3-30B-A3B's layers (128 experts, 8 per token), 4 of its 48: write it as q8/q4
+    "qwen3-30b-a3b": dict(architecture="Qwen3MoeForCausalLM", hidden_size=2048, num_hidden_layers=4,
+                          num_attention_heads=32, num_key_value_heads=4, head_dim=128, intermediate_size=6144,
+                          moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                          norm_topk_prob=True, vocab_size=151936, tie_word_embeddings=False,
+                          rope_theta=1000000.0),
     "qwen2.5-0.5b": dict(architecture="Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                          vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
 }
 
 STORAGE = {"f32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "f16": ("F16", np.float16)}
+# q8/q4: every matrix quantized as it is generated (never a float copy of the model on disk).
 
 
 def cache_dir() -> str:
@@ -54,9 +64,11 @@ def config_for(shape: str) -> dict:
 
 
 def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
-    """A folder holding a random-weight model of `shape`, stored in `dtype`."""
-    if dtype not in STORAGE:
-        raise InvalidInputError(f"dtype: random models are stored as {', '.join(STORAGE)}, not {dtype!r}")
+    """A folder holding a random-weight model of `shape`, stored in `dtype` (f32, bf16,
+    f16, or a quantized dtype as `hearthlm quantize` writes it)."""
+    if dtype not in STORAGE and dtype not in QUANT_DTYPES:
+        raise InvalidInputError(
+            f"dtype: random models are stored as {', '.join([*STORAGE, *QUANT_DTYPES])}, not {dtype!r}")
     config = config_for(shape)
     args = model_args(config, f"shape {shape}")
     folder = os.path.join(cache_dir(), "shapes", f"{shape}-{dtype}-seed{seed}")
@@ -65,21 +77,33 @@ def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
         return folder
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
-    st_dtype, _ = STORAGE[dtype]
+    specs = family(args).weights(args)
+    n_layers, tied = layer_count(specs), "lm_head.weight" not in specs
+    formats = {name: tensor_format(name, dtype, None, n_layers, tied)
+               for name, dims in specs.items() if len(dims) == 2 and dtype in QUANT_DTYPES}
 
     def producer(name, dims):
         def make():
             if len(dims) == 1:  # norms ~1, biases small; always stored as F32
                 return (1.0 if "norm" in name else 0.0) + 0.02 * rng.standard_normal(dims, dtype=np.float32)
             w = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
+            if name in formats:
+                return quantize_tensor(w, "F32", formats[name], physical_cores(), weights, name)
             if dtype == "bf16":
                 return f32_to_bf16_bits(w)
             return w.astype(STORAGE[dtype][1])
         return make
 
-    tensors = [(name, st_dtype if len(dims) == 2 else "F32", dims, producer(name, dims))
-               for name, dims in family(args).weights(args).items()]
+    def entry(name, dims):
+        if name in formats:
+            return (name, "U8", packed_shape(formats[name], *dims), producer(name, dims))
+        return (name, STORAGE[dtype][0] if len(dims) == 2 else "F32", dims, producer(name, dims))
+
+    # quantized blocks first: their sizes keep 16-byte alignment
+    tensors = sorted((entry(name, dims) for name, dims in specs.items()), key=lambda t: t[1] != "U8")
+    metadata = file_metadata(dtype, {name: [fmt, *specs[name]] for name, fmt in formats.items()}) \
+        if formats else {"format": "pt"}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    write_safetensors(weights, tensors, {"format": "pt"})  # renamed into place last
+    write_safetensors(weights, tensors, metadata)  # renamed into place last
     return folder

@@ -61,6 +61,10 @@ class Tokenizer:
         if not isinstance(text, str):
             raise InvalidInputError(f"text: expected a str, got {type(text).__name__}")
         try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates, e.g. undecodable bytes kept by surrogateescape
+            raise InvalidInputError(f"text: not valid Unicode (a lone surrogate at character {e.start})") from None
+        try:
             return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         except BaseException as e:  # e.g. a WordLevel vocabulary without its unk token
             if not _is_rust_error(e):

@@ -60,9 +60,9 @@ class Transformer:
         return Buffers(self.program, max_tokens, self.native.scratch_bytes(max_tokens))
 
     def matrix_bytes(self) -> int:
-        """Bytes of every matrix the program multiplies by, and the LM head."""
-        return sum(lin[0].nbytes for op in self.program.ops if op["op"] == "matmul"
-                   for lin in op["linears"]) + self.lm_head.weight.nbytes
+        """Bytes of the matrices one token multiplies by (a mixture of experts: only the
+        experts it is routed to), and the LM head."""
+        return self.program.bytes_per_token() + self.lm_head.weight.nbytes
 
     def ensure_rope(self, n_positions: int) -> tuple:
         """RoPE tables covering positions [0, n_positions): use the tuple returned,

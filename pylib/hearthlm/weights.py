@@ -5,14 +5,14 @@ bytes converted are counted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .errors import ModelFormatError
 from .formats import FORMATS, PLAIN
-from .quant import (QUANT_DTYPES, Progress, QuantTensor, layer_count, quantize_tensor,
-                    read_quant_metadata, tensor_format)
+from .quant import (QUANT_DTYPES, QuantTensor, layer_count, quantize_tensor, read_quant_metadata,
+                    tensor_format)
 from .safetensors_io import CheckpointFiles
 
 # Plain kernel weight types and how each is held in numpy.
@@ -56,10 +56,11 @@ class WeightReader:
     wtype: the kernels' weight type. For a quantized dtype, float matrices are quantized
     as they are read, each to quant.tensor_format's choice (head_wtype: the embedding
     table and LM head, if given), and the matrices of a quantized checkpoint are used in
-    place in whatever format each was stored."""
+    place in whatever format each was stored.
+    progress(done, total), if given, is called with the source bytes quantized so far."""
 
     def __init__(self, files: CheckpointFiles, wtype: str, head_wtype: Optional[str] = None,
-                 n_threads: int = 1):
+                 n_threads: int = 1, progress: Optional[Callable[[int, int], None]] = None):
         self.files = files
         self.wtype = wtype
         self.head_wtype = head_wtype
@@ -69,11 +70,12 @@ class WeightReader:
         self.stored_quant, self.quantized = read_quant_metadata(files)
         self.converted_bytes = 0
         self.mapped_bytes = 0
-        to_quantize = 0
+        self.to_quantize, self.quantized_bytes, self.progress = 0, 0, progress
         if wtype in QUANT_DTYPES:
-            to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
-                              if n not in self.quantized and len(files.info(n).shape) == 2)
-        self.progress = Progress(f"quantizing to {wtype}", to_quantize)
+            self.to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
+                                   if n not in self.quantized and len(files.info(n).shape) == 2)
+        if progress is not None and self.to_quantize:
+            progress(0, self.to_quantize)
 
     def wtype_for(self, name: str) -> str:
         if name in self.quantized:
@@ -126,7 +128,9 @@ class WeightReader:
         if wtype in QUANT_DTYPES:
             out = quantize_tensor(raw, stored, wtype, self.n_threads, self.files.path_of(name), name)
             self.converted_bytes += out.nbytes
-            self.progress.advance(raw.nbytes)
+            self.quantized_bytes += raw.nbytes
+            if self.progress is not None:
+                self.progress(self.quantized_bytes, self.to_quantize)
             return out
         if IN_PLACE.get(stored) == wtype:
             self.mapped_bytes += raw.nbytes

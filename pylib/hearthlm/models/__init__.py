@@ -8,13 +8,14 @@ import json
 import os
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import llama, stablelm
+from . import llama, qwen3_moe, stablelm
 from .base import ModelArgs
 
 ARCHITECTURES = {
     "LlamaForCausalLM": llama,
     "MistralForCausalLM": llama,
     "Qwen2ForCausalLM": llama,
+    "Qwen3MoeForCausalLM": qwen3_moe,
     "StableLmForCausalLM": stablelm,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .. import _kernels as K
 from ..errors import UnsupportedModelError
 
 
@@ -126,18 +127,28 @@ def check_activation(config: dict, where: str) -> None:
         raise UnsupportedModelError(f"{where}: hidden_act '{act}' is not supported (only silu / SwiGLU)")
 
 
+def check_model_type(config: dict, where: str) -> None:
+    """transformers names an architecture after its model_type: LlamaForCausalLM <-> "llama"."""
+    model_type, arch = config.get("model_type"), config["architectures"][0]
+    if model_type is not None and (not isinstance(model_type, str) or
+                                   model_type.replace("_", "") != arch[:-len("ForCausalLM")].lower()):
+        raise UnsupportedModelError(
+            f"{where}: 'model_type' is {model_type!r}, but 'architectures' says {arch} "
+            f"(model_type {arch[:-len('ForCausalLM')].lower()!r}); correct whichever is wrong")
+
+
 def check_heads(config: dict, where: str) -> tuple[int, int, int]:
     hidden = require(config, "hidden_size", where)
     heads = require(config, "num_attention_heads", where)
-    kv_heads = config.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or isinstance(kv_heads, bool) or kv_heads <= 0 or heads % kv_heads:
+    kv_heads = optional_int(config, "num_key_value_heads", heads, where)
+    if heads % kv_heads:
         raise UnsupportedModelError(
             f"{where}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
-    head_dim = config.get("head_dim") or hidden // heads
+    head_dim = optional_int(config, "head_dim", hidden // heads, where)
     if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0 or head_dim % 2:
         raise UnsupportedModelError(f"{where}: head_dim must be a positive even integer, got {head_dim!r}")
-    if head_dim > 256:
-        raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported 256")
+    if head_dim > K.limits["max_head_dim"]:
+        raise UnsupportedModelError(f"{where}: head_dim {head_dim} exceeds the supported {K.limits['max_head_dim']}")
     return heads, kv_heads, head_dim
 
 
@@ -153,6 +164,7 @@ def rope_spec(config: dict, where: str, head_dim: int) -> RopeSpec:
 def common_args(config: dict, where: str, default_context: int) -> dict:
     """The ModelArgs fields every architecture reads the same way, validated: sizes,
     and one RoPE table used by every layer."""
+    check_model_type(config, where)
     check_activation(config, where)
     heads, kv_heads, head_dim = check_heads(config, where)
     n_layers = require(config, "num_hidden_layers", where, maximum=MAX_LAYERS)

@@ -55,6 +55,26 @@ class Program:
     def scale(self, out: str, factor: float) -> None:
         self._op("scale", out=out, factor=float(factor))
 
+    def moe(self, out: str, x: str, router: Linear, experts: list, intermediate: int, top_k: int,
+            norm_topk: bool) -> None:
+        """out = Σ over each token's top_k experts of p_e · down_e(silu(gate_e(x)) * up_e(x)),
+        p = softmax(x · routerᵀ) (renormalized over the chosen when norm_topk); experts:
+        (gate, up, down) Linears of `intermediate` rows (gate, up) and columns (down)."""
+        self._op("moe", out=out, **{"in": x}, router=(router.weight, router.bias, router.wtype),
+                 experts=[tuple((lin.weight, lin.bias, lin.wtype) for lin in e) for e in experts],
+                 intermediate=int(intermediate), top_k=int(top_k), norm_topk=bool(norm_topk))
+
+    def bytes_per_token(self) -> int:
+        """Bytes of the matrices one token reads: every matmul's, and of a moe op its
+        router and top_k experts (all experts are the same size)."""
+        total = 0
+        for op in self.ops:
+            if op["op"] == "matmul":
+                total += sum(lin[0].nbytes for lin in op["linears"])
+            elif op["op"] == "moe":
+                total += op["router"][0].nbytes + op["top_k"] * sum(lin[0].nbytes for lin in op["experts"][0])
+        return total
+
     def native(self, n_layers: int, n_kv_heads: int, head_dim: int) -> "K.LayerProgram":
         return K.LayerProgram(list(self.buffers.items()), self.ops, n_layers, n_kv_heads, head_dim)
 
@@ -83,4 +103,9 @@ class Program:
         if kind == "add":
             factor = f"{op['factor']:.4g} * " if op["factor"] != 1.0 else ""
             return f"{op['out']} += {factor}{op['in']}"
+        if kind == "moe":
+            norm = ", renormalized" if op["norm_topk"] else ""
+            types = sorted({lin[2] for e in op["experts"] for lin in e})
+            return (f"{op['out']} = moe({op['in']}, top {op['top_k']} of {len(op['experts'])} experts{norm}) "
+                    f"({', '.join(types)})")
         return f"{op['out']} *= {op['factor']:.4g}"

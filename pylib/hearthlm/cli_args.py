@@ -1,0 +1,135 @@
+"""What the command line's commands share: argument types and help texts, the sampling
+flags, a progress line for load() and quantize(), and library errors spoken in flags
+(the API names parameters, the CLI names the flags that set them)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from .formats import FORMATS
+
+DTYPES = list(FORMATS)
+THREADS_HELP = "threads for the kernels (default: one per physical core; at most the CPUs available)"
+DTYPE_HELP = ("weight type the kernels read; others are converted or quantized on load "
+              "(default: the checkpoint's)")
+PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than this
+
+
+class ProgressLine:
+    """A progress(done, total) callback for load() and quantize(): one self-overwriting
+    line on stderr, for jobs large enough to take a while."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < PROGRESS_MIN_BYTES:
+            return
+        end = "\n" if done >= total else ""
+        print(f"\rhearthlm: {self.what}: {100 * done // total:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)",
+              end=end, file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """argparse type for --threads: refused above the CPUs this process may run on,
+    where every barrier of a forward pass would wait for a thread that is not running."""
+    value, cpus = positive_int(text), usable_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads, but this process may run on {cpus} CPUs; use at most {cpus} "
+            f"(default: one per physical core)")
+    return value
+
+
+# API parameter -> CLI flag, for library errors the CLI prints. Names with an underscore
+# are mapped wherever they appear; plain words only before ':' or '=' (as in "dtype: ...").
+FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max-tokens",
+            "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
+            "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
+            "base": "--kl-base", "vs": "--vs",
+            "calibration": "--calibration"}
+
+
+def in_flags(message: str) -> str:
+    """A library error message, with the API's parameter names replaced by the CLI's
+    flags: "n_ctx=300" -> "--ctx 300", 'truncate="left"' -> "--truncate left"."""
+    def flag(m):
+        name, colon, equals, value = m.groups()
+        if equals:
+            return f"{FLAG_FOR[name]} {value or ''}"
+        if colon or "_" in name:
+            return FLAG_FOR[name] + (colon or "")
+        return m.group(0)
+    names = "|".join(map(re.escape, FLAG_FOR))
+    return re.sub(rf"(?<![\w./-])({names})\b(?:(:)|(=)\s*(?:[\"']([^\"']*)[\"'])?)?", flag, message)
+
+
+SAMPLING_FLAGS = (  # (flag, SamplerConfig field, type, help)
+    ("--temperature", "temperature", float, "0 = greedy"),
+    ("--top-k", "top_k", int, "0 = off"),
+    ("--top-p", "top_p", float, "1 = off"),
+    ("--min-p", "min_p", float, "0 = off"),
+    ("--repeat-penalty", "repeat_penalty", float, "1 = off"),
+    ("--repeat-last-n", "repeat_last_n", int, "tokens the penalties look back over"),
+    ("--presence-penalty", "presence_penalty", float, "0 = off"),
+    ("--frequency-penalty", "frequency_penalty", float, "0 = off"),
+    ("--seed", "seed", int, "same seed, same output"),
+)
+FLAG_FOR.update({dest: flag for flag, dest, _, _ in SAMPLING_FLAGS})
+
+
+def add_sampling_options(p) -> None:
+    g = p.add_argument_group("sampling (default: the model's generation_config.json, then "
+                             "temperature 0.8, top-k 40, top-p 0.95, min-p 0.05)")
+    for flag, dest, type_, help_ in SAMPLING_FLAGS:
+        g.add_argument(flag, dest=dest, type=type_, help=help_)
+
+
+def sampling_options(args) -> dict:
+    return {dest: getattr(args, dest) for _, dest, _, _ in SAMPLING_FLAGS if getattr(args, dest) is not None}
+
+
+def load_for_text(args):
+    """args.model (default: the bundled demo) loaded for the text commands, which need
+    its tokenizer."""
+    from .demo import demo_model_path
+    from .errors import ModelFormatError
+    from .model import load
+    model = load(args.model or demo_model_path(), dtype=args.dtype, n_threads=args.threads,
+                 progress=ProgressLine(f"quantizing to {args.dtype}"))
+    if model.tokenizer is None:
+        raise ModelFormatError(f"{model.path}: no tokenizer.json, so the hearthlm command cannot turn text "
+                               f"into tokens (from Python, model.generate() takes token ids)")
+    return model
+
+
+def utf8_text(text: str, what: str) -> str:
+    """Text from the command line or a pipe, decoded with surrogateescape: refuse bytes
+    that were not UTF-8 instead of letting the tokenizer choke on them."""
+    from .errors import InvalidInputError
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(f"{what}: not valid UTF-8 (byte {ord(text[e.start]) - 0xDC00:#04x} at character "
+                                f"{e.start}); hearthlm reads text as UTF-8") from None
+    return text

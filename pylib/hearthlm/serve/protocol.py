@@ -1,0 +1,310 @@
+"""OpenAI's wire format: request bodies checked field by field, response and chunk
+objects, and error objects ({"error": {"message", "type", "param", "code"}}).
+
+Nothing here touches HTTP or the model: parse_*() turn a decoded JSON body into a
+Request (or raise APIError with the status and the offending parameter), and the
+builders turn scheduler events into the dicts OpenAI's API returns.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_STOP = 4          # OpenAI's limit on stop sequences
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 type: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, f"{param}: {message}", param=param, code=code)
+
+
+@dataclass
+class Request:
+    kind: str                          # "chat" or "completion"
+    model: Optional[str]
+    messages: Optional[list] = None    # chat: plain {"role", "content": str} dicts
+    prompt: object = None              # completion: a str or a list of token ids
+    max_tokens: Optional[int] = None   # None: until the context is full (chat)
+    sampling: dict = field(default_factory=dict)  # SamplerConfig fields
+    stop: list = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+    top_logprobs: Optional[int] = None  # None: no logprobs
+    ignore_eos: bool = False            # vLLM's and llama.cpp's extension: run to max_tokens
+
+
+# -- field checks --------------------------------------------------------------------
+
+def _get(body: dict, name: str, check, expected: str):
+    value = body.get(name)
+    if value is None:
+        return None
+    if not check(value):
+        raise invalid(name, f"expected {expected}, got {shown(value)}", "invalid_type")
+    return value
+
+
+def shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number(body, name, lo, hi):
+    value = _get(body, name, _is_number, "a number")
+    if value is not None and not lo <= value <= hi:
+        raise invalid(name, f"expected a number in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _int(body, name, lo, hi=None):
+    value = _get(body, name, is_int, "an integer")
+    if value is not None and (value < lo or (hi is not None and value > hi)):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise invalid(name, f"expected an integer {bound}, got {value!r}")
+    return value
+
+
+def _bool(body, name) -> bool:
+    return bool(_get(body, name, lambda v: isinstance(v, bool), "a boolean"))
+
+
+def _unsupported(body, name, allowed=(None,)):
+    """A field this server does not implement may only be absent, empty or `allowed`."""
+    value = body.get(name)
+    if value not in allowed and value not in ([], {}):
+        raise invalid(name, "is not supported by this server", "unsupported_parameter")
+
+
+def _common(body: dict, kind: str) -> Request:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_type")
+    model = _get(body, "model", lambda v: isinstance(v, str), "a string")
+    n = _int(body, "n", 1)
+    if n is not None and n != 1:
+        raise invalid("n", f"only n=1 is supported (one choice per request), got {n}", "unsupported_value")
+    _get(body, "user", lambda v: isinstance(v, str), "a string")
+    _unsupported(body, "logit_bias")
+    stream = _bool(body, "stream")
+    options = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options", "is only allowed when stream is true")
+        include_usage = bool(_get(options, "include_usage", lambda v: isinstance(v, bool), "a boolean"))
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    elif not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise invalid("stop", f"expected a string or a list of strings, got {shown(stop)}", "invalid_type")
+    if len(stop) > MAX_STOP:
+        raise invalid("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}")
+
+    sampling = {}
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    if top_p == 0:  # only the most likely token
+        temperature, top_p = 0.0, None
+    top_k = _int(body, "top_k", -1)
+    for ours, value in (("temperature", temperature), ("top_p", top_p),
+                        ("top_k", 0 if top_k == -1 else top_k),  # -1 = off, as in vLLM
+                        ("min_p", _number(body, "min_p", 0, 1)),
+                        ("presence_penalty", _number(body, "presence_penalty", -2, 2)),
+                        ("frequency_penalty", _number(body, "frequency_penalty", -2, 2)),
+                        ("repeat_penalty", _get(body, "repetition_penalty", lambda v: _is_number(v) and v > 0,
+                                                "a number > 0"))):
+        if value is not None:
+            sampling[ours] = value
+    seed = _get(body, "seed", is_int, "an integer")
+    if seed is not None:
+        sampling["seed"] = seed % 2**64
+    return Request(kind=kind, model=model, sampling=sampling, stop=stop, stream=stream,
+                   include_usage=include_usage, ignore_eos=_bool(body, "ignore_eos"))
+
+
+def parse_chat(body) -> Request:
+    """POST /v1/chat/completions."""
+    req = _common(body, "chat")
+    for name in ("tools", "functions", "audio"):
+        _unsupported(body, name)
+    _unsupported(body, "tool_choice", (None, "none"))
+    fmt = _get(body, "response_format", lambda v: isinstance(v, dict), "an object")
+    if fmt is not None and fmt.get("type") != "text":
+        raise invalid("response_format", f"type {fmt.get('type')!r} is not supported (only \"text\")",
+                      "unsupported_value")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages", "expected a non-empty list of messages" if messages is not None
+                      else "is required", "invalid_type" if messages is not None else "missing_required_parameter")
+    req.messages = [_message(m, i) for i, m in enumerate(messages)]
+    a = _int(body, "max_tokens", 1)
+    b = _int(body, "max_completion_tokens", 1)
+    req.max_tokens = b if b is not None else a
+    if _bool(body, "logprobs"):
+        req.top_logprobs = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS) or 0
+    elif body.get("top_logprobs") is not None:
+        raise invalid("top_logprobs", "needs logprobs: true")
+    return req
+
+
+def _message(m, i: int) -> dict:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise invalid(where, f"expected an object with role and content, got {shown(m)}", "invalid_type")
+    role = m.get("role")
+    if role not in ROLES:
+        raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {shown(role)}")
+    content = m.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    elif isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise invalid(f"{where}.content[{j}]", "only text parts ({\"type\": \"text\", \"text\": ...}) "
+                              "are supported", "unsupported_value")
+            parts.append(part["text"])
+        content = "".join(parts)
+    elif not isinstance(content, str):
+        raise invalid(f"{where}.content", f"expected a string or a list of text parts, got {shown(content)}",
+                      "invalid_type")
+    name = m.get("name")
+    if name is not None and not isinstance(name, str):
+        raise invalid(f"{where}.name", f"expected a string, got {shown(name)}", "invalid_type")
+    return {"role": "system" if role == "developer" else role, "content": content}
+
+
+def parse_completion(body) -> Request:
+    """POST /v1/completions."""
+    req = _common(body, "completion")
+    if _bool(body, "echo"):
+        raise invalid("echo", "is not supported by this server", "unsupported_parameter")
+    _unsupported(body, "suffix", (None, ""))
+    best_of = _int(body, "best_of", 1)
+    if best_of not in (None, 1):
+        raise invalid("best_of", "only best_of=1 is supported", "unsupported_value")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        raise invalid("prompt", "one prompt per request (a batch of several is not supported)",
+                      "unsupported_value")
+    ok = isinstance(prompt, str) or (isinstance(prompt, list) and all(is_int(t) for t in prompt))
+    if not ok or not prompt:
+        raise invalid("prompt", "expected a non-empty string or list of token ids" if prompt is not None
+                      else "is required", "invalid_type" if prompt is not None else "missing_required_parameter")
+    req.prompt = prompt
+    req.max_tokens = _int(body, "max_tokens", 1)
+    if req.max_tokens is None:
+        req.max_tokens = 16  # OpenAI's default for completions
+    logprobs = _int(body, "logprobs", 0, MAX_COMPLETION_LOGPROBS)
+    req.top_logprobs = logprobs
+    return req
+
+
+# -- responses -----------------------------------------------------------------------
+
+def new_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(finished) -> dict:
+    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": finished.cached_tokens}}
+
+
+def finish_reason(finished) -> str:
+    return FINISH_REASONS[finished.reason]
+
+
+def chat_logprobs(entries, token_text) -> dict:
+    def one(token, logprob):
+        text = token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                        for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries, token_text, offset: int) -> dict:
+    tokens = [token_text(e.token) for e in entries]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in entries],
+            "text_offset": offsets}
+
+
+def response(req: Request, rid: str, created: int, model: str, text: str, finished, logprobs) -> dict:
+    """The whole (non-streamed) response object."""
+    if req.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                  "logprobs": logprobs, "finish_reason": finish_reason(finished)}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(finished)}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+            "choices": [choice], "usage": usage(finished)}
+
+
+def chunk(req: Request, rid: str, created: int, model: str, text: Optional[str] = None, role: bool = False,
+          logprobs=None, finish: Optional[str] = None) -> dict:
+    """One streamed chunk with a choice (its delta / text, logprobs, finish_reason)."""
+    if req.kind == "chat":
+        delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+        obj = "text_completion"
+    out = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+           "choices": [choice]}
+    if req.include_usage:
+        out["usage"] = None
+    return out
+
+
+def usage_chunk(req: Request, rid: str, created: int, model: str, finished) -> dict:
+    """The last chunk when stream_options.include_usage: no choices, the usage."""
+    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+            "choices": [], "usage": usage(finished)}
