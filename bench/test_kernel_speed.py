@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hearthlm import _kernels as K
+from hearthlm.formats import FORMATS, QUANTIZED
 from hearthlm.weights import f32_to_bf16_bits
 
 rng = np.random.default_rng(0)
@@ -14,6 +15,10 @@ HIDDEN, INTER, HEAD_DIM, HEADS, KV_HEADS = 2048, 5632, 64, 32, 4
 
 def weights(n, k, wtype):
     w = rng.standard_normal((n, k), dtype=np.float32) * 0.02
+    if wtype in QUANTIZED:
+        out = np.empty(FORMATS[wtype].packed_shape(n, k), np.uint8)
+        K.quantize(out, w, "f32", wtype, 2)
+        return out
     return {"f32": w, "bf16": f32_to_bf16_bits(w), "f16": w.astype(np.float16)}[wtype]
 
 
@@ -22,7 +27,7 @@ def bandwidth(threads):
     return K.memory_read_bandwidth(1 << 30, threads, 3)
 
 
-@pytest.mark.parametrize("wtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "f16", *QUANTIZED])
 @pytest.mark.parametrize("n,k", [(INTER, HIDDEN), (HIDDEN, INTER)])
 def test_gemv(benchmark, threads, bandwidth, wtype, n, k):
     w, x, y = weights(n, k, wtype), rng.standard_normal((1, k), dtype=np.float32), np.empty((1, n), np.float32)
@@ -31,7 +36,7 @@ def test_gemv(benchmark, threads, bandwidth, wtype, n, k):
     benchmark.extra_info.update(gb_s=round(gbs, 1), pct_of_bandwidth=round(100 * gbs / bandwidth, 1))
 
 
-@pytest.mark.parametrize("wtype", ["f32", "bf16"])
+@pytest.mark.parametrize("wtype", ["f32", "bf16", *QUANTIZED])
 def test_gemm_prefill(benchmark, threads, wtype):
     m, n, k = 128, HIDDEN, HIDDEN
     w, x, y = weights(n, k, wtype), rng.standard_normal((m, k), dtype=np.float32), np.empty((m, n), np.float32)

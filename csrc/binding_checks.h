@@ -56,30 +56,34 @@ inline std::string shape_str(const py::array& a) {
   return s + ")";
 }
 
-inline WeightType weight_type(const std::string& name) {
-  if (name == "f32") return WeightType::f32;
-  if (name == "bf16") return WeightType::bf16;
-  if (name == "f16") return WeightType::f16;
-  if (name == "q8") return WeightType::q8;
-  if (name == "q4") return WeightType::q4;
-  throw py::value_error("wtype: expected 'f32', 'bf16', 'f16', 'q8' or 'q4', got '" + name + "'");
+inline std::string format_names(bool quantized_only) {
+  std::string names;
+  for (const WeightFormat& f : weight_formats())
+    if (!quantized_only || quantized(&f)) names += std::string(names.empty() ? "'" : ", '") + f.name + "'";
+  return names;
 }
 
+inline WeightType weight_type(const std::string& name, const char* what = "wtype") {
+  const WeightType wt = find_format(name);
+  if (!wt) throw py::value_error(std::string(what) + ": expected one of " + format_names(false) + ", got '" + name + "'");
+  return wt;
+}
 
-// Quantized weights of a logical [N, K] matrix: uint8 [ceil(N/8), ceil(K/32), superblock].
+// Quantized weights of a logical [N, K] matrix: uint8 [row groups, k blocks, block bytes].
 inline const void* quant_data(const py::array& w, WeightType wt, const char* name, int64_t N, int64_t K) {
   check_layout(w, name, 'u', 1, 3);
-  const int64_t bytes = wt == WeightType::q8 ? sizeof(BlockQ8x8) : sizeof(BlockQ4x8);
-  expect(w.shape(0) == q_groups(N) && w.shape(1) == q_blocks(K) && w.shape(2) == bytes,
-         std::string(name) + ": expected quantized shape (" + std::to_string(q_groups(N)) + ", " +
-             std::to_string(q_blocks(K)) + ", " + std::to_string(bytes) + ") for [" +
-             std::to_string(N) + ", " + std::to_string(K) + "] weights, got " + shape_str(w));
+  const int64_t groups = row_blocks(wt, N), blocks = col_blocks(wt, K), bytes = wt->block_bytes;
+  expect(w.shape(0) == groups && w.shape(1) == blocks && w.shape(2) == bytes,
+         std::string(name) + ": expected quantized shape (" + std::to_string(groups) + ", " +
+             std::to_string(blocks) + ", " + std::to_string(bytes) + ") for [" + std::to_string(N) + ", " +
+             std::to_string(K) + "] " + wt->name + " weights, got " + shape_str(w));
   return w.data();
 }
 
-// Weight storage: float32 for f32; any 2-byte dtype (uint16 / float16) for bf16 and f16.
+// Weight storage of a plain format: float32 for f32; any 2-byte dtype (uint16 /
+// float16) for bf16 and f16.
 inline const void* weight_data(const py::array& w, WeightType wt, const char* name, int ndim) {
-  if (wt == WeightType::f32) return in_f32(w, name, ndim);
+  if (wt->block_bytes == 4) return in_f32(w, name, ndim);
   if (w.itemsize() != 2) throw py::type_error(std::string(name) + ": 16-bit weights expected");
   check_layout(w, name, w.dtype().kind(), 2, ndim);
   return w.data();

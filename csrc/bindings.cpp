@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -13,7 +14,6 @@
 #include "cpu_features.h"
 #include "dispatch.h"
 #include "ops.h"
-#include "quantize.h"
 
 #include "sampler.h"
 
@@ -339,7 +339,7 @@ PYBIND11_MODULE(_kernels, m) {
     // A quantized table does not carry its width (out's) nor its exact row count: ids
     // are checked against the padded rows, which dequantize to zeros.
     const int64_t T = ids.shape(0);
-    const int64_t vocab = quantized(wt) ? table_.shape(0) * kQRows : table_.shape(0);
+    const int64_t vocab = quantized(wt) ? table_.shape(0) * wt->block_rows : table_.shape(0);
     const int64_t dim = quantized(wt) ? out.shape(1) : table_.shape(1);
     const void* tp = quantized(wt) ? quant_data(table_, wt, "table", vocab, dim) : weight_data(table_, wt, "table", 2);
     expect(out.shape(0) == T && out.shape(1) == dim, "out: expected (" + std::to_string(T) + ", " + std::to_string(dim) + "), got " + shape_str(out));
@@ -351,36 +351,85 @@ PYBIND11_MODULE(_kernels, m) {
     embed(kt, wt, op, tp, ip, T, dim);
   }, py::arg("out"), py::arg("table"), py::arg("ids"), py::arg("wtype"), py::arg("isa") = py::none());
 
+  m.def("formats", [] {
+    py::list out;
+    for (const WeightFormat& f : weight_formats()) {
+      py::dict d;
+      d["name"] = f.name;
+      d["block_rows"] = f.block_rows;
+      d["block_k"] = f.block_k;
+      d["block_bytes"] = f.block_bytes;
+      d["quantized"] = quantized(&f);
+      d["safetensors"] = f.safetensors;
+      d["numpy"] = f.numpy;
+      d["bits_per_weight"] = 8.0 * double(f.block_bytes) / double(f.block_rows * f.block_k);
+      d["gguf_type"] = f.gguf_type;
+      out.append(d);
+    }
+    return out;
+  }, "The weight formats the kernels read (csrc/formats.cpp): a matrix [N, K] is stored as "
+     "[ceil(N / block_rows), ceil(K / block_k)] blocks of block_bytes.");
+
   m.def("quantize", [](py::array out, py::array w, const std::string& src, const std::string& format,
-                       int n_threads) {
-    const WeightType st = weight_type(src), ft = weight_type(format);
-    expect(!quantized(st), "src: expected 'f32', 'bf16' or 'f16', got '" + src + "'");
-    expect(quantized(ft), "format: expected 'q8' or 'q4', got '" + format + "'");
+                       int n_threads, py::object importance) {
+    const WeightType st = weight_type(src, "src"), ft = weight_type(format, "format");
+    expect(!quantized(st), "src: expected a plain format ('f32', 'bf16' or 'f16'), got '" + src + "'");
+    expect(quantized(ft), "format: expected one of " + format_names(true) + ", got '" + format + "'");
     const void* wp = weight_data(w, st, "w", 2);
     const int64_t N = w.shape(0), K = w.shape(1);
     expect(N > 0 && K > 0, "w: empty matrix " + shape_str(w));
     const void* op = quant_data(out, ft, "out", N, K);
     if (!out.writeable()) throw py::value_error("out: array is read-only");
+    const float* ip = nullptr;
+    py::array imp;
+    if (!importance.is_none()) {
+      imp = importance.cast<py::array>();
+      ip = in_f32(imp, "importance", 1);
+      expect(imp.shape(0) == K, "importance: expected " + std::to_string(K) + " values (one per column of w), got " +
+                                    shape_str(imp));
+      for (int64_t k = 0; k < K; ++k)
+        expect(std::isfinite(ip[k]) && ip[k] >= 0.0f,
+               "importance: values must be finite and >= 0, got " + std::to_string(ip[k]) + " at " + std::to_string(k));
+    }
     threads_arg(n_threads);
     QuantizeStatus st_;
     {
       py::gil_scoped_release release;
-      st_ = quantize_weights(const_cast<void*>(op), ft, wp, st, N, K, n_threads);
+      st_ = ft->quantize(const_cast<void*>(op), wp, st, N, K, ip, n_threads);
     }
     return py::make_tuple(st_.non_finite, st_.scale_overflow);
   }, py::arg("out"), py::arg("w"), py::arg("src"), py::arg("format"), py::arg("n_threads") = 1,
-     "Quantize w [N, K] into out; returns (flat index of the first NaN/Inf, flat index of the "
-     "first weight whose block scale overflows fp16), each -1 if none.");
+     py::arg("importance") = py::none(),
+     "Quantize w [N, K] into out (importance [K]: weights of each column's squared error, used by "
+     "the K-quants); returns (flat index of the first NaN/Inf, flat index of the first weight whose "
+     "block scale overflows fp16), each -1 if none.");
 
   m.def("dequantize", [](py::array out, py::array w, const std::string& format) {
-    const WeightType ft = weight_type(format);
-    expect(quantized(ft), "format: expected 'q8' or 'q4', got '" + format + "'");
+    const WeightType ft = weight_type(format, "format");
+    expect(quantized(ft), "format: expected one of " + format_names(true) + ", got '" + format + "'");
     float* op = out_f32(out, "out", 2);
     const int64_t N = out.shape(0), K = out.shape(1);
     const void* wp = quant_data(w, ft, "w", N, K);
+    const KernelTable& kt = active_kernels();
     py::gil_scoped_release release;
-    for (int64_t n = 0; n < N; ++n) dequantize_row(op + n * K, wp, ft, n, K);
+    for (int64_t n = 0; n < N; ++n) ft->row_to_f32(kt, op + n * K, wp, n, K);
   }, py::arg("out"), py::arg("w"), py::arg("format"));
+
+  m.def("from_gguf", [](py::array out, py::array blocks, const std::string& format, int64_t N, int64_t K) {
+    const WeightType ft = weight_type(format, "format");
+    expect(quantized(ft) && ft->from_gguf, "format: expected one of " + format_names(true) + ", got '" + format + "'");
+    expect(N > 0 && K > 0, "N, K: must be positive");
+    check_layout(blocks, "blocks", 'u', 1, 1);
+    const int64_t want = N * ((K + ft->gguf_k - 1) / ft->gguf_k) * ft->gguf_bytes;
+    expect(blocks.shape(0) == want, "blocks: expected " + std::to_string(want) + " bytes of GGUF blocks for [" +
+                                        std::to_string(N) + ", " + std::to_string(K) + "], got " + shape_str(blocks));
+    const void* op = quant_data(out, ft, "out", N, K);
+    if (!out.writeable()) throw py::value_error("out: array is read-only");
+    py::gil_scoped_release release;
+    ft->from_gguf(const_cast<void*>(op), blocks.data(), N, K);
+  }, py::arg("out"), py::arg("blocks"), py::arg("format"), py::arg("N"), py::arg("K"),
+     "Convert a GGUF tensor [N, K] of the format's GGUF block type (Q8_0, Q4_0, Q4_K, Q6_K; "
+     "bytes, rows of blocks) exactly into the format's blocks.");
 
   m.def("quantize_activations", [](py::array out, py::array x, py::object isa) {
     const float* xp = in_f32(x, "x", 2);
@@ -396,7 +445,7 @@ PYBIND11_MODULE(_kernels, m) {
     for (int64_t m = 0; m < M; ++m) kt.quantize_act(op + m * q_blocks(K), xp + m * K, K);
   }, py::arg("out"), py::arg("x"), py::arg("isa") = py::none(),
      "The int8 activation blocks the quantized matmuls use: per block of 32, "
-     "(float32 d, int32 sum, int8 qs[32]).");
+     "(float32 d, float32 dsum = d * (sum[0] + sum[1]), int16 sum[2] (of qs[0:16], qs[16:32]), int8 qs[32]).");
 
   bind_sampler(m);
   bind_program(m);

@@ -10,8 +10,6 @@
 #include <omp.h>
 #endif
 
-#include "quantize.h"
-
 #include "kernels/convert.h"
 
 namespace hearthlm {
@@ -52,26 +50,8 @@ void norm_row(const KernelTable& kt, float* out, const float* x, const float* w,
 // y[m0:m1, n0:n1] of one job.
 void matmul_tile(const KernelTable& kt, WeightType wt, const MatmulJob& job, const float* x,
                  const BlockQ8Act* xq, int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  float* y = job.y + m0 * job.N;
-  const int64_t M = m1 - m0;
-  const BlockQ8Act* xq_m = xq ? xq + m0 * q_blocks(K) : nullptr;
-  switch (wt) {
-    case WeightType::f32:
-      kt.matmul_f32(y, x + m0 * K, static_cast<const float*>(job.w), job.bias, M, K, job.N, n0, n1);
-      break;
-    case WeightType::bf16:
-      kt.matmul_bf16(y, x + m0 * K, static_cast<const uint16_t*>(job.w), job.bias, M, K, job.N, n0, n1);
-      break;
-    case WeightType::f16:
-      kt.matmul_f16(y, x + m0 * K, static_cast<const uint16_t*>(job.w), job.bias, M, K, job.N, n0, n1);
-      break;
-    case WeightType::q8:
-      kt.matmul_q8(y, xq_m, static_cast<const BlockQ8x8*>(job.w), job.bias, M, K, job.N, n0, n1);
-      break;
-    case WeightType::q4:
-      kt.matmul_q4(y, xq_m, static_cast<const BlockQ4x8*>(job.w), job.bias, M, K, job.N, n0, n1);
-      break;
-  }
+  wt->matmul(kt, job.y + m0 * job.N, x + m0 * K, xq ? xq + m0 * q_blocks(K) : nullptr, job.w, job.bias,
+             m1 - m0, K, job.N, n0, n1);
 }
 
 // The tasks of a matmul_group: every matrix cut into (token block, row block) tiles,
@@ -572,24 +552,7 @@ void add(const KernelTable& kt, float* out, const float* a, const float* b, floa
 
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim) {
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t row = int64_t(ids[t]) * dim;
-    switch (wt) {
-      case WeightType::f32:
-        std::memcpy(out + t * dim, static_cast<const float*>(table) + row, dim * sizeof(float));
-        break;
-      case WeightType::bf16:
-        kt.bf16_to_f32(out + t * dim, static_cast<const uint16_t*>(table) + row, dim);
-        break;
-      case WeightType::f16:
-        kt.f16_to_f32(out + t * dim, static_cast<const uint16_t*>(table) + row, dim);
-        break;
-      case WeightType::q8:
-      case WeightType::q4:
-        dequantize_row(out + t * dim, table, wt, ids[t], dim);
-        break;
-    }
-  }
+  for (int64_t t = 0; t < T; ++t) wt->row_to_f32(kt, out + t * dim, table, ids[t], dim);
 }
 
 }  // namespace hearthlm

@@ -9,14 +9,14 @@
 #pragma once
 #include <cstdint>
 
+#include "formats.h"
 #include "kernels/kernels.h"
 
 namespace hearthlm {
 
-// f32/bf16/f16: w is [N, K] row-major. q8/q4: w is [ceil(N/8), ceil(K/32)] superblocks
-// (kernels/quant.h), and x is quantized to int8 blocks on the fly.
-enum class WeightType { f32, bf16, f16, q8, q4 };
-inline bool quantized(WeightType wt) { return wt == WeightType::q8 || wt == WeightType::q4; }
+// Weights w in format wt (formats.h): plain formats are [N, K] row-major; quantized
+// ones are blocks [ceil(N/8), k blocks] (kernels/quant.h), and x is quantized to int8
+// blocks on the fly.
 
 // y[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N])
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,

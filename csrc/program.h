@@ -53,7 +53,7 @@ struct Op {
   Activation act = Activation::silu;
   float factor = 1.0f;
   // moe: experts of intermediate size `inter`
-  WeightType expert_wt = WeightType::f32;
+  WeightType expert_wt = nullptr;  // set with the first expert
   std::vector<Expert> experts;
   int64_t top_k = 0, inter = 0;
   bool norm_topk = false;

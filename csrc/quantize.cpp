@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/convert.h"
 #include "kernels/quant.h"
@@ -10,21 +11,53 @@
 namespace hearthlm {
 namespace {
 
-float source_value(const void* w, WeightType src, int64_t i) {
-  switch (src) {
-    case WeightType::bf16: return bf16_to_float(static_cast<const uint16_t*>(w)[i]);
-    case WeightType::f16: return f16_to_float(static_cast<const uint16_t*>(w)[i]);
-    default: return static_cast<const float*>(w)[i];
+// Weights stored as f32, bf16 or f16.
+struct Source {
+  const void* w;
+  enum { f32, bf16, f16 } kind;
+  Source(const void* w_, WeightType src)
+      : w(w_), kind(src->block_bytes == 4 ? f32 : std::strcmp(src->name, "bf16") == 0 ? bf16 : f16) {}
+  float at(int64_t i) const {
+    if (kind == f32) return static_cast<const float*>(w)[i];
+    const uint16_t bits = static_cast<const uint16_t*>(w)[i];
+    return kind == bf16 ? bf16_to_float(bits) : f16_to_float(bits);
   }
-}
+};
 
 // Round half to even for |v| <= 2^22, without a libm call (the baseline x86-64 build
 // has no roundss): adding 1.5·2^23 leaves no fraction bits, in the default rounding mode.
 inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
+inline int nearest(float v) { return int(round_even(v)); }
 
-// One block of 32 values -> fp16 scale + integers, by the rules of quant.h (clamping
-// to the integer range before rounding is the same as after). Returns false if the
-// scale overflows fp16.
+// Row n's k in [k0, k0 + len) as floats, zero past K or N; non-finite values become 0
+// and the first one's flat index is kept in `bad`.
+void read_span(float* x, const Source& src, int64_t N, int64_t K, int64_t n, int64_t k0, int64_t len,
+               int64_t& bad) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t k = k0 + i;
+    float v = 0.0f;
+    if (n < N && k < K) {
+      v = src.at(n * K + k);
+      if (!isfinite(v)) {
+        bad = std::min(bad, n * K + k);
+        v = 0.0f;
+      }
+    }
+    x[i] = v;
+  }
+}
+
+QuantizeStatus status(int64_t bad, int64_t overflow) {
+  QuantizeStatus s;
+  if (bad != INT64_MAX) s.non_finite = bad;
+  if (overflow != INT64_MAX) s.scale_overflow = overflow;
+  return s;
+}
+
+// ---- q8 / q4: one fp16 scale per 32 weights, by quant.h's fixed rules ----------------
+
+// One block of 32 values -> fp16 scale + integers (clamping to the integer range
+// before rounding is the same as after). Returns false if the scale overflows fp16.
 bool quantize_block_q8(const float* x, uint16_t* d16, int8_t* q) {
   float amax = 0.0f;
   for (int k = 0; k < kQBlock; ++k) amax = std::max(amax, fabsf(x[k]));  // finite: no fmaxf call
@@ -45,22 +78,20 @@ bool quantize_block_q4(const float* x, uint16_t* d16, int8_t* q) {
 }
 
 void store(BlockQ8x8& b, int r, const int8_t* q) {
-  for (int k = 0; k < kQBlock; ++k) b.qs[(k >> 2) * 32 + r * 4 + (k & 3)] = q[k];
+  for (int k = 0; k < kQBlock; ++k) b.qs[byte_group_at(r, k)] = q[k];
 }
 
 void store(BlockQ4x8& b, int r, const int8_t* q) {
-  for (int k = 0; k < kQBlock; ++k) {
-    uint8_t& byte = b.qs[((k & 15) >> 2) * 32 + r * 4 + (k & 3)];
-    const uint8_t u = uint8_t(q[k] + 8);
-    byte = k < 16 ? uint8_t((byte & 0xF0) | u) : uint8_t((byte & 0x0F) | (u << 4));
-  }
+  for (int k = 0; k < kQBlock; ++k) set_nibble(b.qs, r, k, q[k] + 8);
 }
 
 template <class Block>
-QuantizeStatus quantize(Block* out, const void* w, WeightType src, int64_t N, int64_t K,
-                        int n_threads) {
+QuantizeStatus quantize_blocks(void* outv, const void* w, WeightType src, int64_t N, int64_t K,
+                               int n_threads) {
+  Block* out = static_cast<Block*>(outv);
   const int64_t nb = q_blocks(K), groups = q_groups(N);
   constexpr bool q4 = sizeof(Block) == sizeof(BlockQ4x8);
+  const Source source(w, src);
   int64_t bad = INT64_MAX, overflow = INT64_MAX;
 #pragma omp parallel for schedule(dynamic, 8) num_threads(n_threads) reduction(min : bad, overflow)
   for (int64_t g = 0; g < groups; ++g) {
@@ -68,12 +99,8 @@ QuantizeStatus quantize(Block* out, const void* w, WeightType src, int64_t N, in
       Block& blk = out[g * nb + b];
       for (int r = 0; r < kQRows; ++r) {
         const int64_t n = g * kQRows + r;
-        float x[kQBlock] = {};
-        for (int64_t k = b * kQBlock; k < std::min(K, (b + 1) * kQBlock) && n < N; ++k) {
-          const float v = source_value(w, src, n * K + k);
-          if (!isfinite(v)) bad = std::min(bad, n * K + k);
-          x[k - b * kQBlock] = isfinite(v) ? v : 0.0f;
-        }
+        float x[kQBlock];
+        read_span(x, source, N, K, n, b * kQBlock, kQBlock, bad);
         int8_t q[kQBlock];
         const bool ok = q4 ? quantize_block_q4(x, &blk.d[r], q) : quantize_block_q8(x, &blk.d[r], q);
         if (!ok) overflow = std::min(overflow, n * K + b * kQBlock);
@@ -81,15 +108,12 @@ QuantizeStatus quantize(Block* out, const void* w, WeightType src, int64_t N, in
       }
     }
   }
-  QuantizeStatus s;
-  if (bad != INT64_MAX) s.non_finite = bad;
-  if (overflow != INT64_MAX) s.scale_overflow = overflow;
-  return s;
+  return status(bad, overflow);
 }
 
 template <class Block>
-void dequantize(float* out, const Block* w, int64_t row, int64_t K) {
-  const Block* blocks = w + (row / kQRows) * q_blocks(K);
+void dequantize_blocks(float* out, const void* wv, int64_t row, int64_t K) {
+  const Block* blocks = static_cast<const Block*>(wv) + (row / kQRows) * q_blocks(K);
   const int r = int(row % kQRows);
   for (int64_t k = 0; k < K; ++k) {
     const Block& b = blocks[k / kQBlock];
@@ -97,20 +121,356 @@ void dequantize(float* out, const Block* w, int64_t row, int64_t K) {
   }
 }
 
-}  // namespace
+// ---- K-quants: searched scales ----------------------------------------------------------
 
-QuantizeStatus quantize_weights(void* out, WeightType format, const void* w, WeightType src,
-                                int64_t N, int64_t K, int n_threads) {
-  if (format == WeightType::q8)
-    return quantize(static_cast<BlockQ8x8*>(out), w, src, N, K, n_threads);
-  return quantize(static_cast<BlockQ4x8*>(out), w, src, N, K, n_threads);
+// Per-element weights of the squared error: with an importance vector (mean squared
+// activation of each input column), importance·sqrt(σ² + x²) with σ² = 2·mean(x²)
+// over the super-block; without, the magnitude heuristics of llama.cpp's quantizer
+// (q4k: rms + |x|, q6k: x²). All in float; zero weight everywhere means "uniform".
+void error_weights(float* wt, const float* x, const float* imp, int64_t n, bool squared) {
+  float sum_x2 = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum_x2 += x[i] * x[i];
+  const float sigma2 = 2.0f * sum_x2 / float(n), rms = sqrtf(sum_x2 / float(n));
+  for (int64_t i = 0; i < n; ++i)
+    wt[i] = imp ? imp[i] * sqrtf(sigma2 + x[i] * x[i]) : squared ? x[i] * x[i] : rms + fabsf(x[i]);
 }
 
-void dequantize_row(float* out, const void* w, WeightType format, int64_t row, int64_t K) {
-  if (format == WeightType::q8)
-    dequantize(out, static_cast<const BlockQ8x8*>(w), row, K);
-  else
-    dequantize(out, static_cast<const BlockQ4x8*>(w), row, K);
+// x[n] ≈ s·L - mn with L in [0, nmax], s >= 0, mn >= 0: tries a range of grid steps
+// around (max - min) / nmax, fits s and mn to each rounding by weighted least squares,
+// keeps the best. Returns the weighted squared error.
+float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out, float* mn_out) {
+  float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    sum_w += wt[i];
+    sum_x += wt[i] * x[i];
+  }
+  lo = std::min(lo, 0.0f);
+  if (hi == lo || sum_w <= 0.0f) {
+    *s_out = hi == lo ? 0.0f : (hi - lo) / float(nmax);
+    *mn_out = -lo;
+    return 0.0f;
+  }
+  float best_err = INFINITY, best_s = (hi - lo) / float(nmax), best_mn = -lo;
+  constexpr int kSteps = 24;
+  for (int is = 0; is <= kSteps; ++is) {
+    const float iscale = (float(nmax) - 1.0f + 2.5f * float(is) / float(kSteps)) / (hi - lo);
+    float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+    uint8_t L[kKBlock];
+    for (int i = 0; i < n; ++i) {
+      L[i] = uint8_t(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
+      sum_l += wt[i] * L[i];
+      sum_l2 += wt[i] * L[i] * L[i];
+      sum_xl += wt[i] * L[i] * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D <= 0.0f) continue;
+    float s = (sum_w * sum_xl - sum_x * sum_l) / D, off = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+    if (off > 0.0f) {  // mins only subtract: refit the scale alone
+      off = 0.0f;
+      s = sum_xl / sum_l2;
+    }
+    if (s < 0.0f) continue;
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float e = s * L[i] + off - x[i];
+      err += wt[i] * e * e;
+    }
+    if (err < best_err) {
+      best_err = err;
+      best_s = s;
+      best_mn = -off;
+    }
+  }
+  *s_out = best_s;
+  *mn_out = best_mn;
+  return best_err;
+}
+
+// x[n] ≈ s·L with L in [-nmax-1, nmax]: grid steps around max / -(nmax + 1) (the
+// largest magnitude maps to the negative end), fitted by weighted least squares.
+float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_out) {
+  float m = 0.0f;
+  for (int i = 0; i < n; ++i)
+    if (fabsf(x[i]) > fabsf(m)) m = x[i];
+  *s_out = 0.0f;
+  if (m == 0.0f) return 0.0f;
+  float best_err = INFINITY;
+  constexpr int kSteps = 18;
+  for (int is = -kSteps / 2; is <= kSteps / 2; ++is) {
+    const float iscale = -(float(nmax + 1) + 0.1f * float(is)) / m;
+    float sum_xl = 0.0f, sum_l2 = 0.0f;
+    int8_t L[kKBlock];
+    for (int i = 0; i < n; ++i) {
+      L[i] = int8_t(std::clamp(nearest(iscale * x[i]), -nmax - 1, nmax));
+      sum_xl += wt[i] * x[i] * L[i];
+      sum_l2 += wt[i] * L[i] * L[i];
+    }
+    if (sum_l2 <= 0.0f) continue;
+    const float s = sum_xl / sum_l2;
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float e = s * L[i] - x[i];
+      err += wt[i] * e * e;
+    }
+    if (err < best_err) {
+      best_err = err;
+      *s_out = s;
+    }
+  }
+  return best_err;
+}
+
+// Sub-block scales v[n] >= 0 -> fp16 d and integers q in [0, nmax] (or, signed, in
+// [-nmax-1, nmax]) minimising Σ sw·(v - d·q)² over a few grid steps, with d rounded to
+// fp16 before it is judged. Returns false if d overflows fp16.
+bool quantize_scales(const float* v, const float* sw, int n, int nmax, bool is_signed, uint16_t* d16,
+                     int* q) {
+  float m = 0.0f;
+  for (int i = 0; i < n; ++i)
+    if (fabsf(v[i]) > fabsf(m)) m = v[i];
+  if (m == 0.0f) {
+    *d16 = 0;
+    for (int i = 0; i < n; ++i) q[i] = 0;
+    return true;
+  }
+  const int top = is_signed ? nmax + 1 : nmax;  // signed: the largest maps to -(nmax + 1)
+  float best_err = INFINITY;
+  for (int is = 0; is <= 8; ++is) {
+    const float d = f16_to_float(float_to_f16((is_signed ? -m : m) / (float(top) - 0.25f * float(is))));
+    if (!isfinite(d)) return false;
+    if (d == 0.0f) continue;
+    int cand[2 * kKSubs];
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      cand[i] = std::clamp(nearest(v[i] / d), is_signed ? -nmax - 1 : 0, nmax);
+      const float e = v[i] - d * float(cand[i]);
+      err += (sw[i] + 1e-30f) * e * e;
+    }
+    if (err < best_err) {
+      best_err = err;
+      *d16 = float_to_f16(d);
+      for (int i = 0; i < n; ++i) q[i] = cand[i];
+    }
+  }
+  if (best_err == INFINITY) {  // the scales underflow fp16
+    *d16 = 0;
+    for (int i = 0; i < n; ++i) q[i] = 0;
+  }
+  return true;
+}
+
+// One row's super-block x[256] (zero-padded) -> q4k's integers.
+bool quantize_q4k_row(const float* x, const float* imp, Q4KRow& o) {
+  float wt[kKBlock], s[kKSubs], mn[kKSubs], sw[kKSubs];
+  error_weights(wt, x, imp, kKBlock, false);
+  for (int j = 0; j < kKSubs; ++j) {
+    fit_affine(x + j * kQBlock, wt + j * kQBlock, int(kQBlock), 15, &s[j], &mn[j]);
+    sw[j] = 0.0f;
+    for (int i = 0; i < kQBlock; ++i) sw[j] += wt[j * kQBlock + i];
+  }
+  int sc[kKSubs], m[kKSubs];
+  if (!quantize_scales(s, sw, kKSubs, 63, false, &o.d, sc) || !quantize_scales(mn, sw, kKSubs, 63, false, &o.dmin, m))
+    return false;
+  const float d = f16_to_float(o.d), dmin = f16_to_float(o.dmin);
+  for (int j = 0; j < kKSubs; ++j) {
+    o.sc[j] = uint8_t(sc[j]);
+    o.m[j] = uint8_t(m[j]);
+    const float ds = d * float(sc[j]), dm = dmin * float(m[j]);
+    for (int i = 0; i < kQBlock; ++i) {
+      const float v = x[j * kQBlock + i];
+      o.q[j * kQBlock + i] = uint8_t(ds > 0.0f ? std::clamp(nearest((v + dm) / ds), 0, 15) : 0);
+    }
+  }
+  return true;
+}
+
+bool quantize_q6k_row(const float* x, const float* imp, Q6KRow& o) {
+  float wt[kKBlock], s[2 * kKSubs], sw[2 * kKSubs];
+  error_weights(wt, x, imp, kKBlock, true);
+  for (int j = 0; j < 2 * kKSubs; ++j) {
+    float ww[16];
+    sw[j] = 0.0f;
+    for (int i = 0; i < 16; ++i) sw[j] += wt[j * 16 + i];
+    for (int i = 0; i < 16; ++i) ww[i] = sw[j] > 0.0f ? wt[j * 16 + i] : 1.0f;
+    fit_symmetric(x + j * 16, ww, 16, 31, &s[j]);
+  }
+  int sc[2 * kKSubs];
+  if (!quantize_scales(s, sw, 2 * kKSubs, 127, true, &o.d, sc)) return false;
+  const float d = f16_to_float(o.d);
+  for (int j = 0; j < 2 * kKSubs; ++j) {
+    o.sc[j] = int8_t(sc[j]);
+    const float ds = d * float(sc[j]);
+    for (int i = 0; i < 16; ++i)
+      o.q[j * 16 + i] = uint8_t(ds != 0.0f ? std::clamp(nearest(x[j * 16 + i] / ds), -32, 31) + 32 : 32);
+  }
+  return true;
+}
+
+template <class Block, class Row, bool (*quantize_row)(const float*, const float*, Row&)>
+QuantizeStatus quantize_k(void* outv, const void* w, WeightType src, int64_t N, int64_t K,
+                          const float* importance, int n_threads) {
+  Block* out = static_cast<Block*>(outv);
+  const int64_t ns = k_blocks(K), groups = q_groups(N);
+  const Source source(w, src);
+  int64_t bad = INT64_MAX, overflow = INT64_MAX;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) reduction(min : bad, overflow)
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t s = 0; s < ns; ++s) {
+      Block& blk = out[g * ns + s];
+      std::memset(&blk, 0, sizeof(Block));
+      float imp[kKBlock];
+      if (importance)
+        for (int64_t i = 0; i < kKBlock; ++i) imp[i] = s * kKBlock + i < K ? importance[s * kKBlock + i] : 0.0f;
+      for (int r = 0; r < kQRows; ++r) {
+        const int64_t n = g * kQRows + r;
+        float x[kKBlock];
+        read_span(x, source, N, K, n, s * kKBlock, kKBlock, bad);
+        Row row{};
+        if (n < N && !quantize_row(x, importance ? imp : nullptr, row)) {
+          overflow = std::min(overflow, n * K + s * kKBlock);
+          row = Row{};
+        }
+        pack_row(blk, r, row);
+      }
+    }
+  }
+  return status(bad, overflow);
+}
+
+}  // namespace
+
+QuantizeStatus quantize_q8(void* out, const void* w, WeightType src, int64_t N, int64_t K, const float*,
+                           int n_threads) {
+  return quantize_blocks<BlockQ8x8>(out, w, src, N, K, n_threads);
+}
+QuantizeStatus quantize_q4(void* out, const void* w, WeightType src, int64_t N, int64_t K, const float*,
+                           int n_threads) {
+  return quantize_blocks<BlockQ4x8>(out, w, src, N, K, n_threads);
+}
+QuantizeStatus quantize_q4k(void* out, const void* w, WeightType src, int64_t N, int64_t K,
+                            const float* importance, int n_threads) {
+  return quantize_k<BlockQ4Kx8, Q4KRow, quantize_q4k_row>(out, w, src, N, K, importance, n_threads);
+}
+QuantizeStatus quantize_q6k(void* out, const void* w, WeightType src, int64_t N, int64_t K,
+                            const float* importance, int n_threads) {
+  return quantize_k<BlockQ6Kx8, Q6KRow, quantize_q6k_row>(out, w, src, N, K, importance, n_threads);
+}
+
+void dequantize_row_q8(float* out, const void* w, int64_t row, int64_t K) {
+  dequantize_blocks<BlockQ8x8>(out, w, row, K);
+}
+void dequantize_row_q4(float* out, const void* w, int64_t row, int64_t K) {
+  dequantize_blocks<BlockQ4x8>(out, w, row, K);
+}
+
+void dequantize_row_q4k(float* out, const void* wv, int64_t row, int64_t K) {
+  const BlockQ4Kx8* blocks = static_cast<const BlockQ4Kx8*>(wv) + (row / kQRows) * k_blocks(K);
+  for (int64_t s = 0; s * kKBlock < K; ++s) {
+    const Q4KRow v = unpack_row(blocks[s], int(row % kQRows));
+    const float d = f16_to_float(v.d), dmin = f16_to_float(v.dmin);
+    for (int64_t k = s * kKBlock; k < std::min(K, (s + 1) * kKBlock); ++k) {
+      const int i = int(k - s * kKBlock), j = i / int(kQBlock);
+      const float ds = d * float(v.sc[j]), dm = dmin * float(v.m[j]);
+      out[k] = ds * float(v.q[i]) - dm;
+    }
+  }
+}
+
+void dequantize_row_q6k(float* out, const void* wv, int64_t row, int64_t K) {
+  const BlockQ6Kx8* blocks = static_cast<const BlockQ6Kx8*>(wv) + (row / kQRows) * k_blocks(K);
+  for (int64_t s = 0; s * kKBlock < K; ++s) {
+    const Q6KRow v = unpack_row(blocks[s], int(row % kQRows));
+    const float d = f16_to_float(v.d);
+    for (int64_t k = s * kKBlock; k < std::min(K, (s + 1) * kKBlock); ++k) {
+      const int i = int(k - s * kKBlock);
+      out[k] = d * float(v.sc[i / 16]) * float(int(v.q[i]) - 32);
+    }
+  }
+}
+
+// ---- GGUF blocks (ggml-common.h): rows of ceil(K / block) blocks -------------------------
+
+namespace {
+
+uint16_t half_at(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+template <class Block, class Unpack>
+void convert_rows(void* outv, const uint8_t* in, int64_t N, int64_t K, int64_t per_block_k,
+                  int64_t block_bytes, Unpack unpack) {
+  Block* out = static_cast<Block*>(outv);
+  const int64_t nb = (K + per_block_k - 1) / per_block_k, groups = q_groups(N);
+  std::memset(out, 0, size_t(groups * nb) * sizeof(Block));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < nb; ++b) unpack(out[(n / kQRows) * nb + b], int(n % kQRows), in + (n * nb + b) * block_bytes);
+}
+
+}  // namespace
+
+void from_gguf_q8(void* out, const void* blocks, int64_t N, int64_t K) {
+  convert_rows<BlockQ8x8>(out, static_cast<const uint8_t*>(blocks), N, K, kQBlock, 34,
+                          [](BlockQ8x8& b, int r, const uint8_t* p) {
+                            b.d[r] = half_at(p);
+                            store(b, r, reinterpret_cast<const int8_t*>(p + 2));
+                          });
+}
+
+void from_gguf_q4(void* out, const void* blocks, int64_t N, int64_t K) {
+  convert_rows<BlockQ4x8>(out, static_cast<const uint8_t*>(blocks), N, K, kQBlock, 18,
+                          [](BlockQ4x8& b, int r, const uint8_t* p) {
+                            b.d[r] = half_at(p);
+                            for (int k = 0; k < 16; ++k) {
+                              set_nibble(b.qs, r, k, p[2 + k] & 15);
+                              set_nibble(b.qs, r, k + 16, p[2 + k] >> 4);
+                            }
+                          });
+}
+
+// Q4_K: d, dmin, scales[12] (6-bit sc, m of 8 sub-blocks), qs[128]: sub-block 2p in the
+// low nibbles of qs[32p .. 32p+31], 2p+1 in their high nibbles.
+void from_gguf_q4k(void* out, const void* blocks, int64_t N, int64_t K) {
+  convert_rows<BlockQ4Kx8>(out, static_cast<const uint8_t*>(blocks), N, K, kKBlock, 144,
+                           [](BlockQ4Kx8& b, int r, const uint8_t* p) {
+                             Q4KRow v;
+                             v.d = half_at(p);
+                             v.dmin = half_at(p + 2);
+                             const uint8_t* s = p + 4;
+                             for (int j = 0; j < kKSubs; ++j) {
+                               v.sc[j] = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+                               v.m[j] = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+                             }
+                             const uint8_t* qs = p + 16;
+                             for (int i = 0; i < kKBlock; ++i) {
+                               const int j = i / 32, l = i % 32;
+                               const uint8_t byte = qs[32 * (j / 2) + l];
+                               v.q[i] = uint8_t(j % 2 ? byte >> 4 : byte & 15);
+                             }
+                             pack_row(b, r, v);
+                           });
+}
+
+// Q6_K: ql[128], qh[64], scales[16], d. Per half n of 128: k = 128n + 32t + l (t = 0..3)
+// takes ql[64n + l + 32(t & 1)]'s nibble (t >> 1) and qh[32n + l]'s bits 2t..2t+1.
+void from_gguf_q6k(void* out, const void* blocks, int64_t N, int64_t K) {
+  convert_rows<BlockQ6Kx8>(out, static_cast<const uint8_t*>(blocks), N, K, kKBlock, 210,
+                           [](BlockQ6Kx8& b, int r, const uint8_t* p) {
+                             Q6KRow v;
+                             const uint8_t *ql = p, *qh = p + 128;
+                             for (int s = 0; s < 2 * kKSubs; ++s) v.sc[s] = int8_t(p[192 + s]);
+                             v.d = half_at(p + 208);
+                             for (int i = 0; i < kKBlock; ++i) {
+                               const int n = i / 128, t = (i % 128) / 32, l = i % 32;
+                               const uint8_t lo = ql[64 * n + l + 32 * (t & 1)];
+                               const int low4 = t >> 1 ? lo >> 4 : lo & 15;
+                               v.q[i] = uint8_t(low4 | (((qh[32 * n + l] >> (2 * t)) & 3) << 4));
+                             }
+                             pack_row(b, r, v);
+                           });
 }
 
 }  // namespace hearthlm

@@ -73,7 +73,7 @@ def quantize(w, fmt, threads=1):
     return out
 
 
-ACT = np.dtype([("d", "<f4"), ("sum", "<i4"), ("qs", "i1", 32)])
+ACT = np.dtype([("d", "<f4"), ("dsum", "<f4"), ("sum", "<i2", 2), ("qs", "i1", 32)])
 
 
 def activations_ref(x):
@@ -188,13 +188,14 @@ def test_activation_quantization_is_exact(isa, K_):
     x[1] = 0                                      # all-zero rows: scale 0, never NaN
     x[2, : min(K_, 32)] = np.arange(min(K_, 32)) - 15.5  # ties at .5 round to even
     nb = cdiv(K_, 32)
-    out = np.empty((5, nb, 40), np.uint8)
+    out = np.empty((5, nb, ACT.itemsize), np.uint8)
     K.quantize_activations(out, x, isa)
     blocks = out.view(ACT)[..., 0]
     d, q = activations_ref(x)
     np.testing.assert_array_equal(blocks["d"], d)
     np.testing.assert_array_equal(blocks["qs"], q)
-    np.testing.assert_array_equal(blocks["sum"], q.sum(-1))
+    np.testing.assert_array_equal(blocks["sum"], q.reshape(*q.shape[:-1], 2, 16).sum(-1))
+    np.testing.assert_array_equal(blocks["dsum"], d * q.sum(-1).astype(np.float32))
     assert np.all(blocks["d"][1] == 0)
 
 

@@ -73,7 +73,7 @@ compile() {  # source, extra flags, object
   objects+=("$obj")
 }
 
-for src in "$root"/csrc/cpu_features.cpp "$root"/csrc/dispatch.cpp "$root"/csrc/ops.cpp "$root"/csrc/quantize.cpp \
+for src in "$root"/csrc/cpu_features.cpp "$root"/csrc/dispatch.cpp "$root"/csrc/formats.cpp "$root"/csrc/ops.cpp "$root"/csrc/quantize.cpp \
            "$root"/csrc/tests/kernel_driver.cpp; do
   compile "$src" "" "$objdir/$(basename "$src" .cpp).o"
 done

@@ -76,14 +76,14 @@ struct KernelTable {
   // Quantized weights (formats in quant.h). One row of activations x[K] -> xq[ceil(K/32)]
   // int8 blocks, the tail block zero-padded.
   void (*quantize_act)(BlockQ8Act* xq, const float* x, int64_t K);
-  // y[m*ldy + n] = Σ_b dw[n,b]·xq[m,b].d · Σ_k q[n,b,k]·xq[m,b].qs[k] (+ bias[n]) for
-  // 0 <= m < M and n0 <= n < n1; n0 is a multiple of 8. xq: [M, ceil(K/32)] blocks;
-  // w: [ceil(N/8), ceil(K/32)] superblocks. Per row the blocks are summed in order with
-  // one fp32 FMA each, so every ISA gives bit-identical results.
-  void (*matmul_q8)(float* y, const BlockQ8Act* xq, const BlockQ8x8* w, const float* bias,
-                    int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
-  void (*matmul_q4)(float* y, const BlockQ8Act* xq, const BlockQ4x8* w, const float* bias,
-                    int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
+  // matmul_q[format]: y[m*ldy + n] = Σ_k w[n,k]·x[m,k] (+ bias[n]) for 0 <= m < M and
+  // n0 <= n < n1, with w in that format's blocks [ceil(N/8), blocks along K] and x as
+  // xq [M, ceil(K/32)]; n0 is a multiple of 8. Every 32-k block b contributes exact
+  // int32 dot products scaled in fp32 (q8/q4: dw[n,b]·xq[m,b].d; K-quants: the
+  // sub-block scale and min), summed per row in order with the same FMAs on every ISA,
+  // so every ISA gives bit-identical results.
+  void (*matmul_q[kQuantFormats])(float* y, const BlockQ8Act* xq, const void* w, const float* bias,
+                                  int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
 };
 
 constexpr int64_t kMaxGroup = 8;       // query heads per attention call

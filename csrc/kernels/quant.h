@@ -1,60 +1,167 @@
-// Quantized weight formats q8 and q4, and the int8 activation blocks they multiply.
+// Quantized weight formats and the int8 activation blocks they multiply. Their names,
+// sizes and quantizers are registered once in csrc/formats.cpp.
 //
-// Both formats cut every weight row into blocks of 32 consecutive k, each with one
-// fp16 scale d, and store w ≈ d·q:
+// Every format interleaves weight rows in groups of 8 so a GEMV reads one linear
+// stream and each 32-bit lane of a 256-bit register is one output row: W [N, K] becomes
+//   blocks [ceil(N/8)][ceil(K/block_k)]   (row group major, then k block)
+// Rows past N and k past K are padding: q = 0 with zero scales (and mins). Inside a
+// block, 32 k x 8 rows of small integers are stored as "nibble chunks" or "byte groups":
+//   byte groups (q8):   byte [g*32 + r*4 + i] = row r's k = 4g + i, g = 0..7
+//   nibble chunks (q4): byte [c*32 + r*4 + i], c = 0..3: row r's k = 4c + i in the low
+//                       nibble, k = 16 + 4c + i in the high nibble
+//
+// Block-32 formats, one fp16 scale d per row and 32 weights, w ≈ d·q:
 //   q8: q in [-127, 127], d = amax / 127                    34 bytes per 32 weights (8.5 bpw)
 //   q4: q in [-8, 7], d = m / -8, m = the element of largest |w| (first if tied), so m
 //       itself maps to -8 exactly (ggml's Q4_0 rule)        18 bytes per 32 weights (4.5 bpw)
-// q = round-half-even(w / d) computed as w * (1 / d) with d already rounded to fp16,
-// clamped to the range; an all-zero block has d = 0 and q = 0.
+//   q = round-half-even(w / d) computed as w * (1 / d) with d already rounded to fp16,
+//   clamped to the range; an all-zero block has d = 0 and q = 0.
 //
-// Layout (the same in memory and in hearthlm's quantized safetensors files): rows are
-// interleaved in groups of 8 so a GEMV reads one linear stream and each 32-bit lane
-// of a 256-bit register is one output row. W [N, K] becomes
-//   superblocks [ceil(N/8)][ceil(K/32)]   (row group major, then k block)
-// Rows past N and k past K are padding: q = 0 (scale 0 for padded rows).
+// K-quant formats (llama.cpp's Q4_K / Q6_K semantics; GGUF blocks convert exactly):
+// super-blocks of 256 k, each cut into sub-blocks; scales chosen by the quantizer
+// (quantize.cpp) to minimise weighted squared error.
+//   q4k: per row, fp16 d and dmin; per sub-block j of 32, 6-bit sc_j and m_j;
+//        w = (d·sc_j)·q - (dmin·m_j), q in [0, 15]            144 bytes per 256 (4.5 bpw)
+//   q6k: per row, fp16 d; per 16 weights s, int8 sc_s;
+//        w = (d·sc_s)·(q - 32), q in [0, 63]                  210 bytes per 256 (6.5625 bpw)
+// K is padded to a multiple of 256; kernels read only the sub-blocks that hold k < K.
 #pragma once
 #include <cstdint>
 
 namespace hearthlm {
 
-constexpr int64_t kQBlock = 32;  // weights per scale, along K
-constexpr int64_t kQRows = 8;    // rows interleaved per superblock
+constexpr int64_t kQBlock = 32;  // weights per scale (K-quants: per sub-block), along K
+constexpr int64_t kQRows = 8;    // rows interleaved per block
+constexpr int64_t kKBlock = 256; // weights per K-quant super-block, along K
+constexpr int kKSubs = int(kKBlock / kQBlock);  // sub-blocks of 32 per super-block
 
-// q8: qs[g*32 + r*4 + i] = q[row r][k = 4g + i] for g = 0..7, i = 0..3.
+// The quantized formats with a matmul entry in the kernel table (kernels.h).
+enum QuantFormat { kQ8 = 0, kQ4 = 1, kQ4K = 2, kQ6K = 3, kQuantFormats = 4 };
+
 struct BlockQ8x8 {
   uint16_t d[kQRows];  // fp16 scale of each row's block
-  int8_t qs[kQRows * kQBlock];
+  int8_t qs[kQRows * kQBlock];  // byte groups
 };
 static_assert(sizeof(BlockQ8x8) == kQRows * 34, "q8 is 34 bytes per 32 weights");
 
-// q4: byte qs[c*32 + r*4 + i] for c = 0..3 holds row r's k = 4c + i in its low nibble
-// and k = 16 + 4c + i in its high nibble, each as the unsigned value q + 8 in [0, 15].
 struct BlockQ4x8 {
   uint16_t d[kQRows];
-  uint8_t qs[kQRows * kQBlock / 2];
+  uint8_t qs[kQRows * kQBlock / 2];  // nibble chunks of q + 8
 };
 static_assert(sizeof(BlockQ4x8) == kQRows * 18, "q4 is 18 bytes per 32 weights");
 
+// 8 rows x 256 k of q4k. Row r's 6-bit sc_j, m_j: low 4 bits in scales_lo[j*8 + r]
+// (sc low nibble, m high nibble), high 2 bits in scales_hi[(j & 3)*8 + r] at bits
+// 4*(j >> 2) (sc) and 4*(j >> 2) + 2 (m).
+struct BlockQ4Kx8 {
+  uint16_t d[kQRows];
+  uint16_t dmin[kQRows];
+  uint8_t scales_lo[kKSubs * kQRows];
+  uint8_t scales_hi[kKSubs * kQRows / 2];
+  uint8_t qs[kKSubs][kQRows * kQBlock / 2];  // sub-block j: nibble chunks of q
+};
+static_assert(sizeof(BlockQ4Kx8) == kQRows * 144, "q4k is 144 bytes per 256 weights");
+
+// 8 rows x 256 k of q6k. Sub-block j's low 4 bits in nibble chunks; its high 2 bits
+// in qh[j][h*32 + r*4 + i] at bits 2c for k = 16h + 4c + i (c = 0..3).
+struct BlockQ6Kx8 {
+  uint16_t d[kQRows];
+  int8_t scales[2 * kKSubs * kQRows];  // [s*8 + r], s = (k mod 256) / 16
+  uint8_t ql[kKSubs][kQRows * kQBlock / 2];
+  uint8_t qh[kKSubs][kQRows * kQBlock / 4];
+};
+static_assert(sizeof(BlockQ6Kx8) == kQRows * 210, "q6k is 210 bytes per 256 weights");
+
+// One row of one K-quant super-block, unpacked (what the quantizer and the GGUF
+// converter produce, and the scalar kernels read).
+struct Q4KRow {
+  uint16_t d, dmin;
+  uint8_t sc[kKSubs], m[kKSubs];  // 0..63
+  uint8_t q[kKBlock];             // 0..15
+};
+struct Q6KRow {
+  uint16_t d;
+  int8_t sc[2 * kKSubs];
+  uint8_t q[kKBlock];  // 0..63
+};
+
 // Activations, quantized on the fly per block of 32: d = amax / 127 (0 for an all-zero
-// block), qs = round-half-even(x * (1 / d)) in [-127, 127], sum = Σ qs (for q4's +8 offset).
+// block), qs = round-half-even(x * (1 / d)) in [-127, 127], sum[h] = Σ qs[16h .. 16h+15]
+// (for offsets and mins: q4's +8, q6k's -32 per 16) and dsum = d · float(sum[0] + sum[1])
+// (q4k's mins; kept in memory so SIMD code broadcasts it with a load).
 struct BlockQ8Act {
-  float d;
-  int32_t sum;
+  float d, dsum;
+  int16_t sum[2];
   int8_t qs[kQBlock];
 };
-static_assert(sizeof(BlockQ8Act) == 40, "activation block is 40 bytes");
+static_assert(sizeof(BlockQ8Act) == 44, "activation block is 44 bytes");
 
 static inline int64_t q_blocks(int64_t K) { return (K + kQBlock - 1) / kQBlock; }
 static inline int64_t q_groups(int64_t N) { return (N + kQRows - 1) / kQRows; }
+static inline int64_t k_blocks(int64_t K) { return (K + kKBlock - 1) / kKBlock; }
 
-// The integer value of row r (0..7), column k (0..31) of one superblock.
-static inline int q_value(const BlockQ8x8& b, int r, int k) {
-  return b.qs[(k >> 2) * 32 + r * 4 + (k & 3)];
+// Byte positions of row r (0..7), k (0..31) in the two layouts.
+static inline int byte_group_at(int r, int k) { return (k >> 2) * 32 + r * 4 + (k & 3); }
+static inline int nibble_at(int r, int k) { return ((k & 15) >> 2) * 32 + r * 4 + (k & 3); }
+static inline int nibble(const uint8_t* qs, int r, int k) {
+  const uint8_t byte = qs[nibble_at(r, k)];
+  return k < 16 ? byte & 0x0F : byte >> 4;
 }
-static inline int q_value(const BlockQ4x8& b, int r, int k) {
-  const uint8_t byte = b.qs[((k & 15) >> 2) * 32 + r * 4 + (k & 3)];
-  return (k < 16 ? byte & 0x0F : byte >> 4) - 8;
+static inline void set_nibble(uint8_t* qs, int r, int k, int v) {
+  uint8_t& byte = qs[nibble_at(r, k)];
+  byte = k < 16 ? uint8_t((byte & 0xF0) | v) : uint8_t((byte & 0x0F) | (v << 4));
+}
+
+// The integer value of row r (0..7), column k (0..31) of one block.
+static inline int q_value(const BlockQ8x8& b, int r, int k) { return b.qs[byte_group_at(r, k)]; }
+static inline int q_value(const BlockQ4x8& b, int r, int k) { return nibble(b.qs, r, k) - 8; }
+
+// Row r of a K-quant block, unpacked, and packed back.
+static inline Q4KRow unpack_row(const BlockQ4Kx8& b, int r) {
+  Q4KRow o;
+  o.d = b.d[r];
+  o.dmin = b.dmin[r];
+  for (int j = 0; j < kKSubs; ++j) {
+    const int lo = b.scales_lo[j * 8 + r], hi = b.scales_hi[(j & 3) * 8 + r] >> (4 * (j >> 2));
+    o.sc[j] = uint8_t((lo & 15) | ((hi & 3) << 4));
+    o.m[j] = uint8_t((lo >> 4) | ((hi & 12) << 2));
+    for (int k = 0; k < kQBlock; ++k) o.q[j * kQBlock + k] = uint8_t(nibble(b.qs[j], r, k));
+  }
+  return o;
+}
+static inline void pack_row(BlockQ4Kx8& b, int r, const Q4KRow& v) {
+  b.d[r] = v.d;
+  b.dmin[r] = v.dmin;
+  for (int j = 0; j < kKSubs; ++j) {
+    b.scales_lo[j * 8 + r] = uint8_t((v.sc[j] & 15) | ((v.m[j] & 15) << 4));
+    uint8_t& hi = b.scales_hi[(j & 3) * 8 + r];
+    const int shift = 4 * (j >> 2);
+    hi = uint8_t((hi & ~(15 << shift)) | (((v.sc[j] >> 4) | ((v.m[j] >> 4) << 2)) << shift));
+    for (int k = 0; k < kQBlock; ++k) set_nibble(b.qs[j], r, k, v.q[j * kQBlock + k]);
+  }
+}
+static inline int q6_high_at(int r, int k) { return (k >> 4) * 32 + r * 4 + (k & 3); }
+static inline int q6_high_shift(int k) { return 2 * ((k & 15) >> 2); }
+static inline Q6KRow unpack_row(const BlockQ6Kx8& b, int r) {
+  Q6KRow o;
+  o.d = b.d[r];
+  for (int s = 0; s < 2 * kKSubs; ++s) o.sc[s] = b.scales[s * 8 + r];
+  for (int j = 0; j < kKSubs; ++j)
+    for (int k = 0; k < kQBlock; ++k)
+      o.q[j * kQBlock + k] = uint8_t(nibble(b.ql[j], r, k) |
+                                     (((b.qh[j][q6_high_at(r, k)] >> q6_high_shift(k)) & 3) << 4));
+  return o;
+}
+static inline void pack_row(BlockQ6Kx8& b, int r, const Q6KRow& v) {
+  b.d[r] = v.d;
+  for (int s = 0; s < 2 * kKSubs; ++s) b.scales[s * 8 + r] = v.sc[s];
+  for (int j = 0; j < kKSubs; ++j)
+    for (int k = 0; k < kQBlock; ++k) {
+      const int q = v.q[j * kQBlock + k];
+      set_nibble(b.ql[j], r, k, q & 15);
+      uint8_t& hi = b.qh[j][q6_high_at(r, k)];
+      hi = uint8_t((hi & ~(3 << q6_high_shift(k))) | ((q >> 4) << q6_high_shift(k)));
+    }
 }
 
 }  // namespace hearthlm

@@ -166,14 +166,14 @@ float bf16_dec(uint16_t v) { return bf16_to_float(v); }
 float f16_dec(uint16_t v) { return f16_to_float(v); }
 
 void check_matmul_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_matmul_typed<float>("matmul_f32", WeightType::f32, &KernelTable::matmul_f32, f32_id, f32_id, t, ref, r);
+  check_matmul_typed<float>("matmul_f32", find_format("f32"), &KernelTable::matmul_f32, f32_id, f32_id, t, ref, r);
 }
 void check_matmul_bf16(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_matmul_typed<uint16_t>("matmul_bf16", WeightType::bf16, &KernelTable::matmul_bf16, to_bf16, bf16_dec, t,
+  check_matmul_typed<uint16_t>("matmul_bf16", find_format("bf16"), &KernelTable::matmul_bf16, to_bf16, bf16_dec, t,
                                ref, r);
 }
 void check_matmul_f16(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_matmul_typed<uint16_t>("matmul_f16", WeightType::f16, &KernelTable::matmul_f16, to_f16, f16_dec, t, ref,
+  check_matmul_typed<uint16_t>("matmul_f16", find_format("f16"), &KernelTable::matmul_f16, to_f16, f16_dec, t, ref,
                                r);
 }
 
@@ -357,43 +357,41 @@ void check_f16_to_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
   check_widen("f16_to_f32", &KernelTable::f16_to_f32, t, ref, r);
 }
 
-// ---- quantized: activation blocks and q8/q4 matmuls, bit for bit against scalar ----------
+// ---- quantized: activation blocks and every format's matmul, bit for bit against scalar ----
 
-template <class Block>
-void check_quantized_typed(const char* name, WeightType fmt,
-                           void (*KernelTable::*entry)(float*, const BlockQ8Act*, const Block*, const float*,
-                                                       int64_t, int64_t, int64_t, int64_t, int64_t),
-                           const KernelTable& t, const KernelTable& ref, Report& r) {
-  const int64_t shapes[][3] = {{1, 67, 33}, {3, 17, 97}, {7, 33, 67}, {67, 13, 64}, {1, 300, 2100}, {2, 8, 32}};
-  Rng rng;
-  for (const auto& s : shapes) {
-    const int64_t M = s[0], N = s[1], K = s[2], nb = q_blocks(K);
-    const std::vector<float> w = rng.vec(N * K, 2.0f), bias = rng.vec(N);
-    std::vector<float> x = rng.vec(M * K, 3.0f);
-    for (int64_t k = 0; k < K; ++k) x[size_t(k)] = 0.0f;  // an all-zero token
-    std::vector<Block> wq(size_t(q_groups(N) * nb));
-    quantize_weights(wq.data(), fmt, w.data(), WeightType::f32, N, K, 1);
-    std::vector<BlockQ8Act> xa(size_t(M * nb)), xr(size_t(M * nb));
-    for (int64_t m = 0; m < M; ++m) {
-      t.quantize_act(xa.data() + m * nb, x.data() + m * K, K);
-      ref.quantize_act(xr.data() + m * nb, x.data() + m * K, K);
+void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
+  const int64_t shapes[][3] = {{1, 67, 33}, {3, 17, 97}, {7, 33, 67}, {67, 13, 64}, {1, 300, 2100},
+                               {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800}};
+  for (const WeightFormat& f : weight_formats()) {
+    if (!quantized(&f)) continue;
+    Rng rng;
+    for (const auto& s : shapes) {
+      const int64_t M = s[0], N = s[1], K = s[2], nb = q_blocks(K);
+      const std::vector<float> w = rng.vec(N * K, 2.0f), bias = rng.vec(N);
+      std::vector<float> x = rng.vec(M * K, 3.0f);
+      for (int64_t k = 0; k < K; ++k) x[size_t(k)] = 0.0f;  // an all-zero token
+      std::vector<uint8_t> wq(size_t(row_blocks(&f, N) * col_blocks(&f, K) * f.block_bytes));
+      f.quantize(wq.data(), w.data(), find_format("f32"), N, K, nullptr, 1);
+      std::vector<BlockQ8Act> xa(size_t(M * nb)), xr(size_t(M * nb));
+      for (int64_t m = 0; m < M; ++m) {
+        t.quantize_act(xa.data() + m * nb, x.data() + m * K, K);
+        ref.quantize_act(xr.data() + m * nb, x.data() + m * K, K);
+      }
+      std::vector<float> ya(size_t(M * N), -7.0f), yr(ya.size(), -7.0f);
+      t.matmul_q[f.quant](ya.data(), xa.data(), wq.data(), bias.data(), M, K, N, 0, N);
+      ref.matmul_q[f.quant](yr.data(), xr.data(), wq.data(), bias.data(), M, K, N, 0, N);
+      const std::string what = std::string("matmul_q[") + f.name + "][" + t.isa + "] " +
+                               sizes({{"M", M}, {"N", N}, {"K", K}});
+      r.check(std::memcmp(xa.data(), xr.data(), xa.size() * sizeof(BlockQ8Act)) == 0,
+              "quantize_act for " + what, "activation blocks differ from scalar");
+      r.check(std::memcmp(ya.data(), yr.data(), ya.size() * sizeof(float)) == 0, what,
+              "not bit-identical to scalar");
+      std::vector<float> y_ops(ya.size(), -7.0f);  // through ops::matmul's thread split
+      hearthlm::matmul(t, &f, y_ops.data(), x.data(), wq.data(), bias.data(), M, N, K, 3);
+      r.check(std::memcmp(y_ops.data(), yr.data(), ya.size() * sizeof(float)) == 0, "ops::" + what + " threads=3",
+              "not bit-identical to scalar");
     }
-    std::vector<float> ya(size_t(M * N), -7.0f), yr(ya.size(), -7.0f);
-    (t.*entry)(ya.data(), xa.data(), wq.data(), bias.data(), M, K, N, 0, N);
-    (ref.*entry)(yr.data(), xr.data(), wq.data(), bias.data(), M, K, N, 0, N);
-    const std::string what = std::string(name) + "[" + t.isa + "] " + sizes({{"M", M}, {"N", N}, {"K", K}});
-    r.check(std::memcmp(xa.data(), xr.data(), xa.size() * sizeof(BlockQ8Act)) == 0,
-            "quantize_act for " + what, "activation blocks differ from scalar");
-    r.check(std::memcmp(ya.data(), yr.data(), ya.size() * sizeof(float)) == 0, what,
-            "not bit-identical to scalar");
   }
-}
-
-void check_matmul_q8(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_quantized_typed<BlockQ8x8>("matmul_q8", WeightType::q8, &KernelTable::matmul_q8, t, ref, r);
-}
-void check_matmul_q4(const KernelTable& t, const KernelTable& ref, Report& r) {
-  check_quantized_typed<BlockQ4x8>("matmul_q4", WeightType::q4, &KernelTable::matmul_q4, t, ref, r);
 }
 
 // ---- the list: one line per KernelTable entry. Add new kernels here. ---------------
@@ -411,7 +409,7 @@ const Check kChecks[] = {
     {"swiglu", check_swiglu, 1},           {"gelu_tanh_glu", check_gelu_tanh_glu, 1},
     {"add", check_add, 1},
     {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
-    {"quantize_act + matmul_q8", check_matmul_q8, 2}, {"matmul_q4", check_matmul_q4, 1},
+    {"quantize_act + matmul_q[kQuantFormats]", check_matmul_q, 1 + kQuantFormats},
 };
 
 }  // namespace

@@ -11,6 +11,9 @@ import time
 from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_constraint_options,
                        add_sampling_options, constraint_options, in_flags,
                        load_for_text, positive_int, sampling_options, thread_count, utf8_text)
+from .formats import QUANTIZED
+
+
 def cmd_info(args) -> int:
     from .cpu import cpu_info
     print(json.dumps(cpu_info(), indent=2))
@@ -130,7 +133,7 @@ def cmd_quantize(args) -> int:
     from .quant_writer import quantize
     t0 = time.perf_counter()
     dst = quantize(args.src, args.dst, dtype=args.dtype, head_dtype=args.head_dtype, n_threads=args.threads,
-                   progress=ProgressLine(f"quantizing to {args.dtype}"))
+                   calibration=args.calibration, progress=ProgressLine(f"quantizing to {args.dtype}"))
     print(f"{dst}: {args.dtype} weights written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -211,13 +214,15 @@ def parser() -> argparse.ArgumentParser:
                      help='print one JSON object: {"perplexity": ..., "tokens": ..., ...}')
     ppl.set_defaults(func=cmd_perplexity)
 
-    q = sub.add_parser("quantize", help="write a q8/q4 copy of a model folder (loads zero-copy)")
+    q = sub.add_parser("quantize", help="write a quantized copy of a model folder (loads zero-copy)")
     q.add_argument("src", help="Hugging Face model folder")
     q.add_argument("dst", help="new folder (must not exist or be empty)")
-    q.add_argument("--dtype", choices=["q8", "q4"], default="q4",
-                   help="weight format: q8 (8.5 bits/weight) or q4 (4.5); default: %(default)s")
-    q.add_argument("--head-dtype", choices=["q8", "q4"],
-                   help="embedding table and LM head (default q8)")
+    q.add_argument("--dtype", choices=QUANTIZED, default="q4",
+                   help="q4k: llama.cpp's Q4_K_M mix; q4: the embedding table and LM head q8 (default %(default)s)")
+    q.add_argument("--head-dtype", choices=QUANTIZED,
+                   help="embedding table and LM head (default: the dtype's mix)")
+    q.add_argument("--calibration", metavar="FILE.txt",
+                   help="text to measure input importance on (K-quants; needs torch and transformers)")
     q.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     q.set_defaults(func=cmd_quantize)
 

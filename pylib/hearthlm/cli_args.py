@@ -8,7 +8,9 @@ import os
 import re
 import sys
 
-DTYPES = ["f32", "bf16", "f16", "q8", "q4"]
+from .formats import FORMATS
+
+DTYPES = list(FORMATS)
 THREADS_HELP = "threads for the kernels (default: one per physical core; at most the CPUs available)"
 DTYPE_HELP = ("weight type the kernels read; others are converted or quantized on load "
               "(default: the checkpoint's)")
@@ -64,7 +66,8 @@ def thread_count(text: str) -> int:
 FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max-tokens",
             "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
             "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
-            "base": "--kl-base", "vs": "--vs"}
+            "base": "--kl-base", "vs": "--vs",
+            "calibration": "--calibration"}
 
 
 def in_flags(message: str) -> str:

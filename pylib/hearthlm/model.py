@@ -14,7 +14,7 @@ from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
 from .safetensors_io import CheckpointFiles
 from .tokenizer import Tokenizer, read_json
-from .quant import QUANT_DTYPES, head_dtype_for, read_quant_metadata
+from .quant import QUANT_DTYPES, check_head_dtype, read_quant_metadata
 from .session import Session, fingerprint
 from .transformer import Transformer
 from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
@@ -125,13 +125,14 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          progress: Optional[Callable[[int, int], None]] = None) -> Model:
     """Load a Hugging Face model folder.
 
-    dtype: "f32", "bf16", "f16", or quantized "q8" / "q4", for the weights the kernels
-    read; None keeps the checkpoint's own dtype. Tensors already in that dtype stay
+    dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q6k" (the formats
+    and mixes: hearthlm.quant.tensor_format), for the weights the kernels read; None
+    keeps the checkpoint's own dtype. Tensors already in that dtype stay
     memory-mapped (zero copy); others are converted or quantized once, tensor by tensor
     (see model.load_stats["converted_bytes"]). A folder written by hearthlm.quantize()
     is memory-mapped as stored; dtype must then be None or its own.
     head_dtype: when quantizing on load, the format of the embedding table and LM
-    head ("q8" or "q4"; default q8).
+    head (a quantized format; default: the dtype's mix, q8 for q4).
     n_threads: OpenMP threads for the kernels; default = physical cores.
     progress: when quantizing on load, called as progress(done, total) with the
     source bytes quantized so far (the CLI draws a progress line with it).
@@ -153,7 +154,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     if dtype not in WEIGHT_DTYPES and dtype not in QUANT_DTYPES:
         raise InvalidInputError(
             f"dtype: expected one of {', '.join([*WEIGHT_DTYPES, *QUANT_DTYPES])}, got {dtype!r}")
-    head = head_dtype_for(dtype, head_dtype) if dtype in QUANT_DTYPES else None
+    check_head_dtype(head_dtype)
+    head = head_dtype if dtype in QUANT_DTYPES else None
     if n_threads is None:
         n_threads = physical_cores()
     if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:

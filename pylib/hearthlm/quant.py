@@ -1,13 +1,15 @@
-"""q8 / q4 quantized weights (the formats: csrc/kernels/quant.h).
+"""Quantized weights (the formats: csrc/kernels/quant.h, registered in csrc/formats.cpp).
 
-* `quantize_tensor`: one tensor from the memory map -> interleaved superblocks, in C++,
+* `tensor_format`: which format each matrix gets for a quantized dtype (the mixes).
+* `quantize_tensor`: one tensor from the memory map -> interleaved blocks, in C++,
   without an f32 copy of the tensor (peak memory: the quantized output).
 * Quantized safetensors files: every quantized tensor is a U8 array of shape
-  [ceil(N/8), ceil(K/32), 272 (q8) | 144 (q4)] holding the kernels' layout, so loading
-  is a zero-copy memory map. The file's `__metadata__` says what they are:
+  [row groups, k blocks, block bytes] (formats.Format.packed_shape) holding the
+  kernels' layout, so loading is a zero-copy memory map. The file's `__metadata__`
+  says what they are:
       hearthlm.format          "hearthlm-quant"
       hearthlm.format_version  "1"
-      hearthlm.dtype           "q8" | "q4" (the body; see head_dtype)
+      hearthlm.dtype           the dtype asked for ("q4", "q4k", ...)
       hearthlm.tensors         JSON {tensor name: [format, N, K]}
   Norm weights and biases are stored unchanged.
 * Folders of such files are written by hearthlm.quant_writer (`hearthlm quantize`).
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,44 +27,78 @@ from . import _kernels
 from .errors import InvalidInputError, ModelFormatError
 from .safetensors_io import CheckpointFiles, SafetensorsFile
 
-QUANT_DTYPES = ("q8", "q4")
-SUPERBLOCK_BYTES = {"q8": 272, "q4": 144}  # 8 rows x 32 weights: 8 x 34 / 8 x 18 bytes
+from .formats import FORMATS, PLAIN, QUANTIZED as QUANT_DTYPES
+
 FORMAT_NAME = "hearthlm-quant"
 FORMAT_VERSION = 1
-# The embedding table and the LM head: the one matrix that scores every token. With a
-# q4 body they stay q8 by default: on the tiny test models that cuts KL(f32 || q4)
-# by 15-45 % (tests/test_quant.py) for ~6 % more bytes per token on TinyLlama.
+# The embedding table and the LM head: the one matrix that scores every token.
 HEAD_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")  # after any ModelArgs.prefix
-DEFAULT_HEAD_DTYPE = {"q8": "q8", "q4": "q8"}
 # safetensors dtype -> source type of the C++ quantizer (F64 goes through f32).
-QUANTIZER_SOURCES = {"F32": "f32", "BF16": "bf16", "F16": "f16", "F64": "f32"}
+QUANTIZER_SOURCES = {**{FORMATS[p].safetensors: p for p in PLAIN}, "F64": "f32"}
+K_QUANTS = ("q4k", "q6k")  # the formats whose quantizer uses importance weights
 
 
 @dataclass(frozen=True)
 class QuantTensor:
-    fmt: str    # "q8" | "q4"
+    fmt: str    # a quantized format name
     rows: int   # N
     cols: int   # K
 
 
 def packed_shape(fmt: str, rows: int, cols: int) -> tuple:
-    return (-(-rows // 8), -(-cols // 32), SUPERBLOCK_BYTES[fmt])
+    return FORMATS[fmt].packed_shape(rows, cols)
 
 
-def head_dtype_for(dtype: str, head_dtype: Optional[str]) -> str:
-    head = head_dtype or DEFAULT_HEAD_DTYPE[dtype]
-    if head not in QUANT_DTYPES:
-        raise InvalidInputError(f"head_dtype: expected one of {', '.join(QUANT_DTYPES)}, got {head!r}")
-    return head
+def check_head_dtype(head_dtype: Optional[str]) -> None:
+    if head_dtype is not None and head_dtype not in QUANT_DTYPES:
+        raise InvalidInputError(f"head_dtype: expected one of {', '.join(QUANT_DTYPES)}, got {head_dtype!r}")
+
+
+def more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers, and every
+    third one between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+_SENSITIVE = re.compile(r"^model\.layers\.(\d+)\.(self_attn\.v_proj|mlp\.down_proj)\.weight$")
+
+
+def tensor_format(name: str, dtype: str, head_dtype: Optional[str], n_layers: int, tied: bool) -> str:
+    """The format of matrix `name` when a model is quantized to `dtype`:
+    q8, q6k: everything in that format.
+    q4:  the body q4, the embedding table and LM head q8 (on the tiny test models that
+         cuts KL(f32 || q4) by 15-45 % for ~6 % more bytes per token on TinyLlama).
+    q4k: llama.cpp's Q4_K_M recipe: the LM head (the embedding table when tied) q6k,
+         attention V and FFN down q6k in the more_bits layers, the rest q4k.
+    head_dtype, when given, is the format of both head tensors."""
+    if name.endswith(HEAD_TENSORS):
+        if head_dtype is not None:
+            return head_dtype
+        if dtype == "q4":
+            return "q8"
+        if dtype == "q4k":
+            return "q6k" if name.endswith("lm_head.weight") or tied else "q4k"
+        return dtype
+    m = _SENSITIVE.match(name)
+    if dtype == "q4k" and m and more_bits(int(m.group(1)), n_layers):
+        return "q6k"
+    return dtype
+
+
+def layer_count(names) -> int:
+    """Decoder layers in a checkpoint, from its tensor names."""
+    layers = [int(m.group(1)) for m in (re.match(r"^model\.layers\.(\d+)\.", n) for n in names) if m]
+    return max(layers) + 1 if layers else 0
 
 
 def quantize_tensor(raw: np.ndarray, stored_dtype: str, fmt: str, n_threads: int,
-                    path: str, name: str) -> np.ndarray:
-    """raw: [N, K] as stored (bf16 as uint16 bits) -> uint8 superblocks."""
+                    path: str, name: str, importance: Optional[np.ndarray] = None) -> np.ndarray:
+    """raw: [N, K] as stored (bf16 as uint16 bits) -> uint8 blocks. importance [K]:
+    the weight of each input column's squared error (K-quants)."""
     if stored_dtype == "F64":
         raw = raw.astype(np.float32)
     out = np.empty(packed_shape(fmt, *raw.shape), np.uint8)
-    bad, overflow = _kernels.quantize(out, raw, QUANTIZER_SOURCES[stored_dtype], fmt, n_threads)
+    bad, overflow = _kernels.quantize(out, raw, QUANTIZER_SOURCES[stored_dtype], fmt, n_threads, importance)
     K = raw.shape[1]
     if bad >= 0:
         raise ModelFormatError(
@@ -70,7 +107,7 @@ def quantize_tensor(raw: np.ndarray, stored_dtype: str, fmt: str, n_threads: int
     if overflow >= 0:
         raise ModelFormatError(
             f"{path}: tensor '{name}' has a block at [{overflow // K}, {overflow % K}:] whose "
-            f"{fmt} scale exceeds the fp16 range (weights of magnitude ~{65504 * (127 if fmt == 'q8' else 8):.3g}+)")
+            f"{fmt} scale exceeds the fp16 range (weights too large for {fmt}; use f32 or bf16)")
     return out
 
 
@@ -121,7 +158,8 @@ def _read_file_metadata(f: SafetensorsFile) -> tuple[str, dict]:
         where = f"{f.path}: tensor '{name}'"
         if (not isinstance(entry, list) or len(entry) != 3 or entry[0] not in QUANT_DTYPES or
                 not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in entry[1:])):
-            raise ModelFormatError(f"{where}: metadata entry must be [q8|q4, N, K] with N, K > 0, got {entry!r}")
+            raise ModelFormatError(f"{where}: metadata entry must be [{'|'.join(QUANT_DTYPES)}, N, K] "
+                                   f"with N, K > 0, got {entry!r}")
         fmt, rows, cols = entry
         info = f.tensors.get(name)
         if info is None:

@@ -14,8 +14,8 @@ import tempfile
 from typing import Callable, Optional
 
 from .errors import FileWriteError, InvalidInputError
-from .quant import (FORMAT_NAME, FORMAT_VERSION, HEAD_TENSORS, QUANT_DTYPES, QUANTIZER_SOURCES,
-                    head_dtype_for, packed_shape, quantize_tensor, read_quant_metadata)
+from .quant import (FORMAT_NAME, FORMAT_VERSION, K_QUANTS, QUANT_DTYPES, QUANTIZER_SOURCES, check_head_dtype,
+                    layer_count, packed_shape, quantize_tensor, read_quant_metadata, tensor_format)
 from .safetensors_io import CheckpointFiles, write_safetensors
 
 # The files of a model folder besides its weights that a loader reads (hearthlm or
@@ -40,18 +40,24 @@ def copied_files(src: str) -> list[str]:
 
 
 def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
-             n_threads: Optional[int] = None, progress: Optional[Progress] = None) -> str:
-    """Write a copy of the model folder `src` to `dst` with every matrix quantized to
-    `dtype` ("q8" or "q4"; the embedding table and LM head to `head_dtype`, default
-    q8). `dst` must not exist or be an empty folder. progress(done, total), if given,
-    is called with the source bytes quantized so far. Returns dst."""
+             n_threads: Optional[int] = None, calibration=None, progress: Optional[Progress] = None) -> str:
+    """Write a copy of the model folder `src` to `dst` with every matrix quantized for
+    `dtype` (a quantized format; each matrix's format: quant.tensor_format, `head_dtype`
+    for the embedding table and LM head if given). `calibration`: a UTF-8 text file; the
+    model is run on it (hearthlm.calibration) and the K-quant formats weight each input
+    column's squared error by its mean squared activation. `dst` must not exist or be
+    an empty folder. progress(done, total), if given, is called with the source bytes
+    quantized so far. Returns dst."""
     from .cpu import physical_cores
     from .model import model_folder
     from .models import model_args, read_config
 
     if dtype not in QUANT_DTYPES:
         raise InvalidInputError(f"dtype: expected one of {', '.join(QUANT_DTYPES)}, got {dtype!r}")
-    head = head_dtype_for(dtype, head_dtype)
+    check_head_dtype(head_dtype)
+    if calibration is not None and dtype not in K_QUANTS:
+        raise InvalidInputError(f"calibration: only the K-quant dtypes ({', '.join(K_QUANTS)}) use "
+                                f"importance weights, not {dtype}")
     src, dst = model_folder(src), os.path.abspath(os.fspath(dst))
     check_destination(dst)
     model_args(read_config(src), os.path.join(src, "config.json"))  # an architecture we can run
@@ -59,12 +65,17 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
     if read_quant_metadata(files)[0] is not None:
         raise InvalidInputError(f"{src}: already quantized")
     n_threads = n_threads or physical_cores()
+    importance = {}
+    if calibration is not None:
+        from .calibration import importance_from_text
+        importance = importance_from_text(src, calibration)
 
     plan, recorded, total = [], {}, 0
+    n_layers, tied = layer_count(files.where), "lm_head.weight" not in files
     for name in files.where:
         info = files.info(name)
         if len(info.shape) == 2 and info.dtype in QUANTIZER_SOURCES:
-            fmt = head if name.endswith(HEAD_TENSORS) else dtype
+            fmt = tensor_format(name, dtype, head_dtype, n_layers, tied)
             recorded[name] = [fmt, *info.shape]
             total += info.end - info.begin
             plan.append((name, "U8", packed_shape(fmt, *info.shape), fmt, info))
@@ -79,7 +90,8 @@ def quantize(src, dst, dtype: str = "q4", head_dtype: Optional[str] = None,
             raw = files.array(name)
             if fmt is None:
                 return raw
-            out = quantize_tensor(raw, info.dtype, fmt, n_threads, files.path_of(name), name)
+            out = quantize_tensor(raw, info.dtype, fmt, n_threads, files.path_of(name), name,
+                                  importance.get(name) if fmt in K_QUANTS else None)
             done += info.end - info.begin
             if progress is not None:
                 progress(done, total)

@@ -13,7 +13,7 @@ import numpy as np
 from .cpu import physical_cores
 from .errors import InvalidInputError
 from .models import family, model_args
-from .quant import DEFAULT_HEAD_DTYPE, HEAD_TENSORS, QUANT_DTYPES, packed_shape, quantize_tensor
+from .quant import QUANT_DTYPES, layer_count, packed_shape, quantize_tensor, tensor_format
 from .quant_writer import file_metadata
 from .safetensors_io import write_safetensors
 from .weights import f32_to_bf16_bits
@@ -80,7 +80,7 @@ def config_for(shape: str) -> dict:
 
 def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
     """A folder holding a random-weight model of `shape`, stored in `dtype` (f32, bf16,
-    f16, or q8/q4 as `hearthlm quantize` writes them)."""
+    f16, or a quantized dtype as `hearthlm quantize` writes it)."""
     if dtype not in STORAGE and dtype not in QUANT_DTYPES:
         raise InvalidInputError(
             f"dtype: random models are stored as {', '.join([*STORAGE, *QUANT_DTYPES])}, not {dtype!r}")
@@ -93,7 +93,8 @@ def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     specs = family(args).weights(args)
-    formats = {name: DEFAULT_HEAD_DTYPE[dtype] if name in HEAD_TENSORS else dtype
+    n_layers, tied = layer_count(specs), "lm_head.weight" not in specs
+    formats = {name: tensor_format(name, dtype, None, n_layers, tied)
                for name, dims in specs.items() if len(dims) == 2 and dtype in QUANT_DTYPES}
 
     def producer(name, dims):

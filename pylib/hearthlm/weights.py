@@ -10,21 +10,23 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import ModelFormatError
-from .quant import HEAD_TENSORS, QUANT_DTYPES, QuantTensor, quantize_tensor, read_quant_metadata
+from .formats import FORMATS, PLAIN
+from .quant import (QUANT_DTYPES, QuantTensor, layer_count, quantize_tensor, read_quant_metadata,
+                    tensor_format)
 from .safetensors_io import CheckpointFiles
 
-# Kernel weight types and how each is held in numpy.
-WEIGHT_DTYPES = {"f32": np.dtype("<f4"), "bf16": np.dtype("<u2"), "f16": np.dtype("<f2")}
+# Plain kernel weight types and how each is held in numpy.
+WEIGHT_DTYPES = {p: np.dtype(FORMATS[p].numpy) for p in PLAIN}
 # safetensors dtype -> kernel weight type that can use it in place.
-IN_PLACE = {"F32": "f32", "BF16": "bf16", "F16": "f16"}
+IN_PLACE = {FORMATS[p].safetensors: p for p in PLAIN}
 
 
 @dataclass
 class Linear:
-    """y = x · weightᵀ + bias. weight: [out_features, in_features], or for q8/q4 its
-    uint8 superblocks [ceil(out/8), ceil(in/32), bytes] (csrc/kernels/quant.h)."""
+    """y = x · weightᵀ + bias. weight: [out_features, in_features], or for a quantized
+    format its uint8 blocks (formats.Format.packed_shape, csrc/kernels/quant.h)."""
     weight: np.ndarray
-    wtype: str               # "f32" | "bf16" | "f16" | "q8" | "q4"
+    wtype: str               # a format name (formats.FORMATS)
     bias: Optional[np.ndarray] = None  # float32 [out_features]
 
 
@@ -84,16 +86,19 @@ def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
 class WeightReader:
     """Reads named tensors from a checkpoint, checking shapes against config.json.
 
-    wtype: the kernels' weight type. For q8/q4, float matrices are quantized as they
-    are read (the embedding table and LM head to head_wtype), and the matrices of a
-    quantized checkpoint are used in place in whatever format each was stored.
+    wtype: the kernels' weight type. For a quantized dtype, float matrices are quantized
+    as they are read, each to quant.tensor_format's choice (head_wtype: the embedding
+    table and LM head, if given), and the matrices of a quantized checkpoint are used in
+    place in whatever format each was stored.
     progress(done, total), if given, is called with the source bytes quantized so far."""
 
     def __init__(self, files: CheckpointFiles, wtype: str, head_wtype: Optional[str] = None,
                  n_threads: int = 1, progress: Optional[Callable[[int, int], None]] = None):
         self.files = files
         self.wtype = wtype
-        self.head_wtype = head_wtype or wtype
+        self.head_wtype = head_wtype
+        self.n_layers = layer_count(files.where)
+        self.tied = "lm_head.weight" not in files
         self.n_threads = n_threads
         self.stored_quant, self.quantized = read_quant_metadata(files)
         self.converted_bytes = 0
@@ -108,7 +113,9 @@ class WeightReader:
     def wtype_for(self, name: str) -> str:
         if name in self.quantized:
             return self.quantized[name].fmt
-        return self.head_wtype if name.endswith(HEAD_TENSORS) else self.wtype
+        if self.wtype not in QUANT_DTYPES:
+            return self.wtype
+        return tensor_format(name, self.wtype, self.head_wtype, self.n_layers, self.tied)
 
     def _quantized(self, name: str, shape: tuple, q: QuantTensor) -> np.ndarray:
         if (q.rows, q.cols) != tuple(shape):

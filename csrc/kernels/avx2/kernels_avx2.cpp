@@ -59,8 +59,11 @@ struct Vec {
 // and _mm256_madd_epi16 (pairs summed in int32). Each 32-bit lane is one weight row;
 // a 4-byte activation group is broadcast to all lanes (quant.h's layout).
 struct QVec : F8Avx {
-  struct W8 { __m256i g[8]; };  // k group g (4 k x 8 rows), signed q
-  struct W4 { __m256i g[8]; };  // k group g, unsigned nibbles q + 8
+  static constexpr int kKTileTokens = 4;
+  struct W8 { __m256i g[8]; };   // k group g (4 k x 8 rows), signed q
+  struct WU4 { __m256i g[8]; };  // k group g, unsigned nibbles
+  struct W4 { WU4 u; };          // q4: nibbles q + 8
+  struct W6 { __m256i g[8]; };   // q6k: k group g, unsigned q in [0, 63]
 
   static __m256i broadcast4(const int8_t* p) {
     int32_t v;
@@ -72,14 +75,21 @@ struct QVec : F8Avx {
     for (int g = 0; g < 8; ++g) w.g[g] = _mm256_loadu_si256((const __m256i*)(b.qs + 32 * g));
     return w;
   }
-  static W4 load(const BlockQ4x8& b) {
+  static WU4 load_nibbles(const uint8_t* qs) {
     const __m256i low = _mm256_set1_epi8(0x0F);
-    W4 w;
+    WU4 w;
     for (int c = 0; c < 4; ++c) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(b.qs + 32 * c));
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * c));
       w.g[c] = _mm256_and_si256(v, low);
       w.g[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     }
+    return w;
+  }
+  static W4 load(const BlockQ4x8& b) { return W4{load_nibbles(b.qs)}; }
+  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+    const WU4 low = load_nibbles(b.ql[j]);
+    W6 w;
+    for (int g = 0; g < 8; ++g) w.g[g] = _mm256_or_si256(low.g[g], q6_high(b, j, g));
     return w;
   }
   // s8 x s8 via the sign trick: |w| x (a with w's sign). |q| <= 127, so a pair sum
@@ -94,13 +104,32 @@ struct QVec : F8Avx {
     }
     return acc;
   }
-  // u4 x s8: a pair sum is <= 2*15*127, so all 8 groups add up in int16 (<= 30480);
-  // Σ q·a = Σ (q+8)·a - 8·Σ a.
-  static __m256i dot(const W4& w, const BlockQ8Act& a) {
+  // u4 x s8: a pair sum is <= 2*15*127, so all 8 groups add up in int16 (<= 30480).
+  static __m256i dot(const WU4& w, const BlockQ8Act& a) {
     __m256i acc = _mm256_setzero_si256();
     for (int g = 0; g < 8; ++g)
       acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(w.g[g], broadcast4(a.qs + 4 * g)));
-    return _mm256_sub_epi32(_mm256_madd_epi16(acc, _mm256_set1_epi16(1)), _mm256_set1_epi32(8 * a.sum));
+    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+  }
+  // Σ q·a = Σ (q+8)·a - 8·Σ a.
+  static __m256i dot(const W4& w, const BlockQ8Act& a) {
+    return _mm256_sub_epi32(dot(w.u, a), _mm256_set1_epi32(8 * (a.sum[0] + a.sum[1])));
+  }
+  // u6 x s8: a pair sum is <= 2*63*127, so two groups add up in int16 (<= 32004).
+  static void dot_halves(const W6& w, const BlockQ8Act& a, __m256i& lo, __m256i& hi) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i half[2];
+    for (int h = 0; h < 2; ++h) {
+      __m256i acc = _mm256_set1_epi32(-32 * a.sum[h]);
+      for (int g = 4 * h; g < 4 * h + 4; g += 2) {
+        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w.g[g], broadcast4(a.qs + 4 * g)),
+                                           _mm256_maddubs_epi16(w.g[g + 1], broadcast4(a.qs + 4 * g + 4)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+      }
+      half[h] = acc;
+    }
+    lo = half[0];
+    hi = half[1];
   }
   static void quantize_block(BlockQ8Act* out, const float* x) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -117,17 +146,20 @@ struct QVec : F8Avx {
     for (int i = 0; i < 4; ++i)
       q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], _mm256_set1_ps(id)),
                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    for (int h = 0; h < 2; ++h) {  // k 0-15 are q[0], q[1]; k 16-31 are q[2], q[3]
+      const __m256i s = _mm256_add_epi32(q[2 * h], q[2 * h + 1]);
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+      out->sum[h] = int16_t(_mm_cvtsi128_si32(s4));
+    }
     // packs work per 128-bit lane: 4-byte chunks come out as q0 q1 q2 q3 (low
     // halves) then the high halves; the permute restores k order.
     const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     _mm256_storeu_si256((__m256i*)out->qs,
                         _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     out->d = d;
-    out->sum = _mm_cvtsi128_si32(s4);
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

@@ -55,8 +55,11 @@ struct Vec {
 // together at the end. Weights enter as unsigned bytes q + offset (offset 128 for
 // q8, 8 for q4) and the result is corrected by offset·Σa.
 struct QVec : F8Avx {
-  struct W8 { __m512i p[4]; };  // k groups (2p, 2p+1), as q + 128
-  struct W4 { __m512i p[4]; };  // k groups (2p, 2p+1), as q + 8
+  static constexpr int kKTileTokens = 8;
+  struct W8 { __m512i p[4]; };   // k groups (2p, 2p+1), as q + 128
+  struct WU4 { __m512i p[4]; };  // k groups (2p, 2p+1), unsigned nibbles
+  struct W4 { WU4 u; };          // q4: nibbles q + 8
+  struct W6 { __m512i p[4]; };   // q6k: k groups (2p, 2p+1), unsigned q in [0, 63]
 
   // Lanes 0-7: activation bytes p[0..3]; lanes 8-15: p[4..7].
   static __m512i broadcast8(const int8_t* p) {
@@ -70,24 +73,46 @@ struct QVec : F8Avx {
     return w;
   }
   // Bytes 0-63 hold groups 0,1 (low nibbles) and 4,5 (high); bytes 64-127: 2,3 and 6,7.
-  static W4 load(const BlockQ4x8& b) {
+  static WU4 load_nibbles(const uint8_t* qs) {
     const __m512i low = _mm512_set1_epi8(0x0F);
-    W4 w;
+    WU4 w;
     for (int h = 0; h < 2; ++h) {
-      const __m512i v = _mm512_loadu_si512(b.qs + 64 * h);
+      const __m512i v = _mm512_loadu_si512(qs + 64 * h);
       w.p[h] = _mm512_and_si512(v, low);
       w.p[h + 2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
     return w;
   }
+  static W4 load(const BlockQ4x8& b) { return W4{load_nibbles(b.qs)}; }
+  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+    const WU4 low = load_nibbles(b.ql[j]);
+    W6 w;
+    for (int i = 0; i < 4; ++i)
+      w.p[i] = _mm512_or_si512(low.p[i], _mm512_inserti64x4(_mm512_castsi256_si512(q6_high(b, j, 2 * i)),
+                                                             q6_high(b, j, 2 * i + 1), 1));
+    return w;
+  }
+  static __m256i fold(__m512i v) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  }
   static __m256i dot(const __m512i* w, const BlockQ8Act& a, int32_t offset) {
     __m512i acc = _mm512_setzero_si512();
     for (int i = 0; i < 4; ++i) acc = _mm512_dpbusd_epi32(acc, w[i], broadcast8(a.qs + 8 * i));
-    const __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-    return _mm256_sub_epi32(s, _mm256_set1_epi32(offset * a.sum));
+    return _mm256_sub_epi32(fold(acc), _mm256_set1_epi32(offset * (a.sum[0] + a.sum[1])));
   }
   static __m256i dot(const W8& w, const BlockQ8Act& a) { return dot(w.p, a, 128); }
-  static __m256i dot(const W4& w, const BlockQ8Act& a) { return dot(w.p, a, 8); }
+  static __m256i dot(const W4& w, const BlockQ8Act& a) { return dot(w.u.p, a, 8); }
+  static __m256i dot(const WU4& w, const BlockQ8Act& a) { return dot(w.p, a, 0); }
+  // Groups 0-3 are k < 16 (p[0], p[1]), groups 4-7 k >= 16 (p[2], p[3]).
+  static void dot_halves(const W6& w, const BlockQ8Act& a, __m256i& lo, __m256i& hi) {
+    __m512i acc[2];
+    for (int h = 0; h < 2; ++h) {
+      acc[h] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.p[2 * h], broadcast8(a.qs + 16 * h));
+      acc[h] = _mm512_dpbusd_epi32(acc[h], w.p[2 * h + 1], broadcast8(a.qs + 16 * h + 8));
+    }
+    lo = _mm256_sub_epi32(fold(acc[0]), _mm256_set1_epi32(32 * a.sum[0]));
+    hi = _mm256_sub_epi32(fold(acc[1]), _mm256_set1_epi32(32 * a.sum[1]));
+  }
   static void quantize_block(BlockQ8Act* out, const float* x) {
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -99,7 +124,9 @@ struct QVec : F8Avx {
     _mm_storeu_si128((__m128i*)out->qs, _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128((__m128i*)(out->qs + 16), _mm512_cvtsepi32_epi8(q1));
     out->d = d;
-    out->sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    out->sum[0] = int16_t(_mm512_reduce_add_epi32(q0));
+    out->sum[1] = int16_t(_mm512_reduce_add_epi32(q1));
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

@@ -18,15 +18,19 @@ namespace dotprod {
 // as on x86, each 32-bit lane is one weight row (rows 0-3 in `lo`, 4-7 in `hi`) and a
 // 4-byte activation group is broadcast to all lanes. Signed x signed: no offsets.
 struct QVec {
+  static constexpr int kKTileTokens = 4;
   struct F8 { float32x4_t lo, hi; };
   struct I8 { int32x4_t lo, hi; };
   struct W8 { int8x16_t lo[8], hi[8]; };  // k group g, signed q
   struct W4 { int8x16_t lo[8], hi[8]; };  // k group g, nibbles widened to signed q
+  struct WU4 { int8x16_t lo[8], hi[8]; };  // k group g, unsigned nibbles
+  struct W6 { int8x16_t lo[8], hi[8]; };   // k group g, q6k's q - 32
 
   static F8 zero() { return {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}; }
   static F8 set1(float v) { return {vdupq_n_f32(v), vdupq_n_f32(v)}; }
   static F8 mul(F8 a, F8 b) { return {vmulq_f32(a.lo, b.lo), vmulq_f32(a.hi, b.hi)}; }
   static F8 fma(F8 a, F8 b, F8 c) { return {vfmaq_f32(c.lo, a.lo, b.lo), vfmaq_f32(c.hi, a.hi, b.hi)}; }
+  static F8 fnma(F8 a, F8 b, F8 c) { return {vfmsq_f32(c.lo, a.lo, b.lo), vfmsq_f32(c.hi, a.hi, b.hi)}; }
   static void store(float* p, F8 v) {
     vst1q_f32(p, v.lo);
     vst1q_f32(p + 4, v.hi);
@@ -50,28 +54,84 @@ struct QVec {
     }
     return w;
   }
-  static W4 load(const BlockQ4x8& b) {
+  static WU4 load_nibbles(const uint8_t* qs) {
     const uint8x16_t low = vdupq_n_u8(0x0F);
-    const int8x16_t eight = vdupq_n_s8(8);
-    W4 w;
+    WU4 w;
     for (int c = 0; c < 4; ++c)
       for (int h = 0; h < 2; ++h) {
-        const uint8x16_t v = vld1q_u8(b.qs + 32 * c + 16 * h);
+        const uint8x16_t v = vld1q_u8(qs + 32 * c + 16 * h);
         int8x16_t* lo_or_hi = h ? w.hi : w.lo;
-        lo_or_hi[c] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, low)), eight);
-        lo_or_hi[c + 4] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);
+        lo_or_hi[c] = vreinterpretq_s8_u8(vandq_u8(v, low));
+        lo_or_hi[c + 4] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+      }
+    return w;
+  }
+  static W4 load(const BlockQ4x8& b) {
+    const WU4 u = load_nibbles(b.qs);
+    const int8x16_t eight = vdupq_n_s8(8);
+    W4 w;
+    for (int g = 0; g < 8; ++g) {
+      w.lo[g] = vsubq_s8(u.lo[g], eight);
+      w.hi[g] = vsubq_s8(u.hi[g], eight);
+    }
+    return w;
+  }
+  // Group g's high 2 bits sit at bits 2(g & 3) of the 32 bytes qh[j][32 * (g >> 2)...].
+  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+    const WU4 u = load_nibbles(b.ql[j]);
+    const uint8x16_t three = vdupq_n_u8(3);
+    const int8x16_t off = vdupq_n_s8(32);
+    W6 w;
+    for (int g = 0; g < 8; ++g)
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t bits = vld1q_u8(b.qh[j] + 32 * (g >> 2) + 16 * h);
+        const uint8x16_t hi2 = vandq_u8(vshlq_u8(bits, vdupq_n_s8(int8_t(-2 * (g & 3)))), three);
+        const int8x16_t q = vorrq_s8(h ? u.hi[g] : u.lo[g], vreinterpretq_s8_u8(vshlq_n_u8(hi2, 4)));
+        (h ? w.hi : w.lo)[g] = vsubq_s8(q, off);
       }
     return w;
   }
   template <class Weights>
-  static I8 dot(const Weights& w, const BlockQ8Act& a) {
+  static I8 dot_groups(const Weights& w, const BlockQ8Act& a, int g0, int g1) {
     int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
-    for (int g = 0; g < 8; ++g) {
+    for (int g = g0; g < g1; ++g) {
       const int8x16_t x = broadcast4(a.qs + 4 * g);
       lo = vdotq_s32(lo, w.lo[g], x);
       hi = vdotq_s32(hi, w.hi[g], x);
     }
     return {lo, hi};
+  }
+  template <class Weights>
+  static I8 dot(const Weights& w, const BlockQ8Act& a) { return dot_groups(w, a, 0, 8); }
+  static void dot_halves(const W6& w, const BlockQ8Act& a, I8& lo, I8& hi) {
+    lo = dot_groups(w, a, 0, 4);
+    hi = dot_groups(w, a, 4, 8);
+  }
+  static I8 bytes8(const uint8_t* p) {
+    const uint16x8_t v = vmovl_u8(vld1_u8(p));
+    return {vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(v))), vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(v)))};
+  }
+  static void k_scales(const BlockQ4Kx8& b, F8* dsc, F8* dm) {
+    const F8 d = scales(b.d), dmin = scales(b.dmin);
+    for (int j = 0; j < kKSubs; ++j) {
+      const I8 lo = bytes8(b.scales_lo + 8 * j), hi = bytes8(b.scales_hi + 8 * (j & 3));
+      const int32x4_t sh = vdupq_n_s32(-4 * (j >> 2)), f = vdupq_n_s32(15), t = vdupq_n_s32(3);
+      I8 sc, m;
+      for (int h = 0; h < 2; ++h) {
+        const int32x4_t l = h ? lo.hi : lo.lo, x = vshlq_s32(h ? hi.hi : hi.lo, sh);
+        (h ? sc.hi : sc.lo) = vorrq_s32(vandq_s32(l, f), vshlq_n_s32(vandq_s32(x, t), 4));
+        (h ? m.hi : m.lo) = vorrq_s32(vshrq_n_s32(l, 4), vshlq_n_s32(vandq_s32(vshrq_n_s32(x, 2), t), 4));
+      }
+      dsc[j] = mul(d, to_float(sc));
+      dm[j] = mul(dmin, to_float(m));
+    }
+  }
+  static void k_scales(const BlockQ6Kx8& b, F8* dsc) {
+    const F8 d = scales(b.d);
+    for (int s = 0; s < 2 * kKSubs; ++s) {
+      const int16x8_t v = vmovl_s8(vld1_s8(b.scales + 8 * s));
+      dsc[s] = mul(d, to_float(I8{vmovl_s16(vget_low_s16(v)), vmovl_s16(vget_high_s16(v))}));
+    }
   }
   static void quantize_block(BlockQ8Act* out, const float* x) {
     float32x4_t v[8], amax = vdupq_n_f32(0.0f);
@@ -80,16 +140,18 @@ struct QVec {
       amax = vmaxq_f32(amax, vabsq_f32(v[i]));
     }
     const float d = vmaxvq_f32(amax) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    int32x4_t sum = vdupq_n_s32(0);
+    int32x4_t sum[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
     for (int i = 0; i < 8; i += 2) {
       const int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(v[i], id));  // round half to even
       const int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(v[i + 1], id));
-      sum = vaddq_s32(sum, vaddq_s32(q0, q1));
+      sum[i / 4] = vaddq_s32(sum[i / 4], vaddq_s32(q0, q1));
       const int16x8_t q16 = vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1));
       vst1_s8(out->qs + 4 * i, vqmovn_s16(q16));
     }
     out->d = d;
-    out->sum = vaddvq_s32(sum);
+    out->sum[0] = int16_t(vaddvq_s32(sum[0]));
+    out->sum[1] = int16_t(vaddvq_s32(sum[1]));
+    out->dsum = d * float(out->sum[0] + out->sum[1]);
   }
 };
 

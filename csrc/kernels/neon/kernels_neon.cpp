@@ -22,8 +22,7 @@ const KernelTable* neon_kernels() {
     KernelTable t = neon::make_table("neon");
     const KernelTable& s = *scalar_kernels();
     t.quantize_act = s.quantize_act;
-    t.matmul_q8 = s.matmul_q8;
-    t.matmul_q4 = s.matmul_q4;
+    for (int f = 0; f < kQuantFormats; ++f) t.matmul_q[f] = s.matmul_q[f];
     return t;
   }();
   return &table;

@@ -154,24 +154,27 @@ static void quantize_act(BlockQ8Act* xq, const float* x, int64_t K) {
     float amax = 0.0f;
     for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[k0 + i]));
     const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    int32_t sum = 0;
+    int32_t sum[2] = {0, 0};
     for (int64_t i = 0; i < kQBlock; ++i) {
       const int q = i < n ? int(nearbyintf(x[k0 + i] * id)) : 0;  // round half to even
       xq[b].qs[i] = int8_t(q);
-      sum += q;
+      sum[i / 16] += q;
     }
     xq[b].d = d;
-    xq[b].sum = sum;
+    xq[b].sum[0] = int16_t(sum[0]);
+    xq[b].sum[1] = int16_t(sum[1]);
+    xq[b].dsum = d * float(sum[0] + sum[1]);
   }
 }
 
 template <class Block>
-static void matmul_q(float* y, const BlockQ8Act* xq, const Block* w, const float* bias, int64_t M,
+static void matmul_q(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
                      int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const Block* w = static_cast<const Block*>(wv);
   const int64_t nb = q_blocks(K);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = n0; n < n1; ++n) {
-      const Block* row = w + (n / kQRows) * nb;  // the superblocks of n's row group
+      const Block* row = w + (n / kQRows) * nb;  // the blocks of n's row group
       const int r = int(n % kQRows);
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
@@ -179,6 +182,52 @@ static void matmul_q(float* y, const BlockQ8Act* xq, const Block* w, const float
         int32_t isum = 0;
         for (int k = 0; k < kQBlock; ++k) isum += q_value(row[b], r, k) * a.qs[k];
         acc = fmaf(float(isum), f16_to_float(row[b].d[r]) * a.d, acc);
+      }
+      y[m * ldy + n] = bias ? acc + bias[n] : acc;
+    }
+}
+
+// q4k, per 32-k block: acc += Σ q·a · (d·sc)·a.d, then acc -= (dmin·m)·a.dsum.
+static void matmul_q4k(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
+                       int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const BlockQ4Kx8* w = static_cast<const BlockQ4Kx8*>(wv);
+  const int64_t nb = q_blocks(K), ns = k_blocks(K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      const int r = int(n % kQRows);
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const Q4KRow v = unpack_row(w[(n / kQRows) * ns + b / kKSubs], r);
+        const int j = int(b % kKSubs);
+        const BlockQ8Act& a = xq[m * nb + b];
+        int32_t isum = 0;
+        for (int k = 0; k < kQBlock; ++k) isum += int(v.q[j * kQBlock + k]) * a.qs[k];
+        const float dsc = f16_to_float(v.d) * float(v.sc[j]), dm = f16_to_float(v.dmin) * float(v.m[j]);
+        acc = fmaf(float(isum), dsc * a.d, acc);
+        acc = fmaf(-dm, a.dsum, acc);
+      }
+      y[m * ldy + n] = bias ? acc + bias[n] : acc;
+    }
+}
+
+// q6k, per half h of each 32-k block: acc += Σ (q - 32)·a · (d·sc)·a.d.
+static void matmul_q6k(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
+                       int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const BlockQ6Kx8* w = static_cast<const BlockQ6Kx8*>(wv);
+  const int64_t nb = q_blocks(K), ns = k_blocks(K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      const int r = int(n % kQRows);
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const Q6KRow v = unpack_row(w[(n / kQRows) * ns + b / kKSubs], r);
+        const int j = int(b % kKSubs);
+        const BlockQ8Act& a = xq[m * nb + b];
+        for (int h = 0; h < 2; ++h) {
+          int32_t isum = 0;
+          for (int k = 16 * h; k < 16 * h + 16; ++k) isum += (int(v.q[j * kQBlock + k]) - 32) * a.qs[k];
+          acc = fmaf(float(isum), f16_to_float(v.d) * float(v.sc[2 * j + h]) * a.d, acc);
+        }
       }
       y[m * ldy + n] = bias ? acc + bias[n] : acc;
     }
@@ -203,8 +252,7 @@ const KernelTable* scalar_kernels() {
       scalar::bf16_to_f32,
       scalar::f16_to_f32,
       scalar::quantize_act,
-      scalar::matmul_q<BlockQ8x8>,
-      scalar::matmul_q<BlockQ4x8>,
+      {scalar::matmul_q<BlockQ8x8>, scalar::matmul_q<BlockQ4x8>, scalar::matmul_q4k, scalar::matmul_q6k},
   };
   return &table;
 }

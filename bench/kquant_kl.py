@@ -1,0 +1,173 @@
+"""KL(f32 || quantized) side by side on the same weights: hearthlm's q4 / q4k (the
+Q4_K_M-like mix) / q6k, and, with --llama-cpp, llama.cpp's Q4_0 / Q4_K_M / Q6_K / Q8_0
+made by llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) from an
+f32 GGUF of the folder. llama.cpp's blocks are converted exactly into hearthlm's formats
+(K.from_gguf; Q/K rows un-permuted) and run by hearthlm's kernels, so the rows compare
+the quantizers on the same kernels (llama.cpp's own inference would also quantize
+activations per 256 instead of per 32). Tensors of other GGUF types (llama.cpp's
+Q5_0 / Q8_0 fallbacks when K is not a multiple of 256) are not convertible: such models
+are skipped. Bytes per weight count the 2-D matrices only.
+
+    python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256] [--calibration FILE.txt]
+                              [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
+
+Quantized copies go to a temporary folder ($KL_TMP if set). Token ids: the encoded
+--text if given (needs the folder's tokenizer), else random ids (seed 0). KL is the
+mean over positions of KL(softmax(f32) || softmax(quantized)), in nats; the reference
+is hearthlm's own f32 run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import numpy as np
+
+import hearthlm
+
+LLAMA_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}  # llama_ftype
+
+
+def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
+    def log_softmax(z):
+        z = z.astype(np.float64) - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lp, lq = log_softmax(ref), log_softmax(ours)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+def windows(ids: list, n_ctx: int) -> list:
+    return [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
+
+
+def hearthlm_logits(folder, ids, n_ctx, dtype=None) -> np.ndarray:
+    model = hearthlm.load(folder, dtype=dtype)
+    return np.concatenate([model.logits(w) for w in windows(ids, n_ctx)])
+
+
+def folder_bpw(folder: str) -> float:
+    from hearthlm.safetensors_io import CheckpointFiles
+    files = CheckpointFiles(folder)
+    meta = {}
+    for f in files.files.values():
+        meta.update(json.loads(f.metadata.get("hearthlm.tensors", "{}")))
+    nbytes = sum(files.info(n).end - files.info(n).begin for n in meta)
+    return 8 * nbytes / sum(rows * cols for _, rows, cols in meta.values())
+
+
+def gguf_bpw(path: str) -> float:
+    import gguf
+    reader = gguf.GGUFReader(path)
+    mats = [t for t in reader.tensors if len(t.shape) == 2]
+    return 8 * sum(int(t.n_bytes) for t in mats) / sum(int(t.n_elements) for t in mats)
+
+
+def gguf_to_folder(gguf_path: str, src: str, dst: str) -> None:
+    """A hearthlm quantized folder holding exactly the GGUF's quantized blocks."""
+    import shutil
+
+    import gguf
+
+    from hearthlm import _kernels
+    from hearthlm.formats import FORMATS
+    from hearthlm.gguf_export import gguf_name
+    from hearthlm.models import model_args, read_config
+    from hearthlm.quant import FORMAT_NAME, FORMAT_VERSION
+    from hearthlm.safetensors_io import CheckpointFiles, write_safetensors
+
+    args = model_args(read_config(src), src)
+    by_type = {f.gguf_type: name for name, f in FORMATS.items() if f.quantized}
+    tensors = {t.name: t for t in gguf.GGUFReader(gguf_path).tensors}
+    files = CheckpointFiles(src)
+    plan, recorded = [], {}
+    for name in sorted(files.where):
+        info = files.info(name)
+        if len(info.shape) != 2:
+            plan.append((name, info.dtype, info.shape, (lambda n=name: files.array(n))))
+            continue
+        t = tensors[gguf_name(name)]
+        fmt = by_type.get(int(t.tensor_type))
+        if fmt is None:
+            raise SystemExit(f"{name}: GGUF type {t.tensor_type.name} has no hearthlm format")
+        N, K = info.shape
+        rows = np.asarray(t.data, np.uint8).reshape(N, -1)
+        heads = {"q_proj": args.num_attention_heads, "k_proj": args.num_key_value_heads}.get(name.split(".")[-2])
+        if heads:  # llama.cpp's interleaved RoPE rows back to HF's rotate-half order
+            rows = rows.reshape(heads, N // heads // 2, 2, -1).swapaxes(1, 2).reshape(N, -1)
+        out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
+        _kernels.from_gguf(out, np.ascontiguousarray(rows).reshape(-1), fmt, N, K)
+        recorded[name] = [fmt, N, K]
+        plan.append((name, "U8", out.shape, (lambda o=out: o)))
+    plan.sort(key=lambda p: p[1] != "U8")
+    os.makedirs(dst)
+    for entry in ("config.json", "generation_config.json"):
+        if os.path.exists(os.path.join(src, entry)):
+            shutil.copy(os.path.join(src, entry), dst)
+    write_safetensors(os.path.join(dst, "model.safetensors"), plan,
+                      {"format": "pt", "hearthlm.format": FORMAT_NAME, "hearthlm.format_version": str(FORMAT_VERSION),
+                       "hearthlm.dtype": "q4k", "hearthlm.tensors": json.dumps(recorded)})
+
+
+def llama_quantize(src: str, dst: str, ftype: int) -> None:
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) != 0:
+        raise RuntimeError(f"llama_model_quantize failed for ftype {ftype}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder")
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--text", help="evaluate on this text instead of random ids")
+    p.add_argument("--calibration", help="also q4k / q6k with importance weights from this text")
+    p.add_argument("--llama-cpp", action="store_true")
+    p.add_argument("--quantized", default="", help="reuse folders already written by hearthlm quantize: "
+                   "DTYPE=FOLDER,... (e.g. q4k=/tmp/tl-q4k)")
+    a = p.parse_args()
+    reuse = dict(item.split("=", 1) for item in a.quantized.split(",") if item)
+
+    f32 = hearthlm.load(a.folder, dtype="f32")
+    if a.text:
+        ids = f32.tokenizer.encode(open(a.text, encoding="utf-8").read())[:a.tokens]
+    else:
+        ids = np.random.default_rng(0).integers(0, f32.vocab_size, a.tokens).tolist()
+    del f32
+    ref = hearthlm_logits(a.folder, ids, a.ctx, "f32")
+    rows = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("KL_TMP")) as tmp:
+        runs = [(d, None) for d in ("q4", "q4k", "q6k")]
+        if a.calibration:
+            runs += [("q4k", a.calibration), ("q6k", a.calibration)]
+        for dtype, calib in runs:
+            dst = reuse.get(dtype) if not calib else None
+            if dst is None:
+                dst = os.path.join(tmp, f"{dtype}{'-imatrix' if calib else ''}")
+                hearthlm.quantize(a.folder, dst, dtype, calibration=calib)
+            kl = mean_kl(ref, hearthlm_logits(dst, ids, a.ctx))
+            rows.append((f"hearthlm {dtype}{' + calibration' if calib else ''}", folder_bpw(dst), kl))
+            print(*rows[-1], flush=True)
+        if a.llama_cpp:
+            from hearthlm.gguf_export import export_gguf
+            src = export_gguf(a.folder, "f32")
+            for name, ftype in LLAMA_FTYPES.items():
+                dst = os.path.join(tmp, f"{name}.gguf")
+                llama_quantize(src, dst, ftype)
+                folder = os.path.join(tmp, name)
+                gguf_to_folder(dst, a.folder, folder)
+                rows.append((f"llama.cpp {name} (its blocks, hearthlm kernels)", gguf_bpw(dst),
+                             mean_kl(ref, hearthlm_logits(folder, ids, a.ctx))))
+                print(*rows[-1], flush=True)
+                os.remove(dst)
+    print(f"\n{a.folder}: {len(ids)} tokens, windows of {a.ctx}\n")
+    print("| weights | bits per weight (matrices) | KL(f32 ‖ ·) |\n|---|---|---|")
+    for name, bpw, kl in rows:
+        print(f"| {name} | {bpw:.3f} | {kl:.3e} |")
+
+
+if __name__ == "__main__":
+    main()
