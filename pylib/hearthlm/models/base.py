@@ -230,6 +230,16 @@ def norm_spec(specs: dict, prefix: str, dim: int, bias: bool = False) -> None:
         specs[f"{prefix}.bias"] = (dim,)
 
 
+def attention_spec(specs: dict, prefix: str, a: ModelArgs, qkv_bias: bool = False, o_bias: bool = False) -> None:
+    """q_proj [heads * head_dim, hidden], k_proj and v_proj [kv_heads * head_dim, hidden],
+    o_proj [hidden, heads * head_dim]."""
+    q, kv, H = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim, a.hidden_size
+    linear_spec(specs, f"{prefix}.q_proj", q, H, qkv_bias)
+    linear_spec(specs, f"{prefix}.k_proj", kv, H, qkv_bias)
+    linear_spec(specs, f"{prefix}.v_proj", kv, H, qkv_bias)
+    linear_spec(specs, f"{prefix}.o_proj", H, q, o_bias)
+
+
 def mlp_spec(specs: dict, prefix: str, hidden: int, intermediate: int, bias: bool = False) -> None:
     """A gated feed-forward: gate_proj and up_proj [intermediate, hidden], down_proj [hidden, intermediate]."""
     linear_spec(specs, f"{prefix}.gate_proj", intermediate, hidden, bias)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import (ModelArgs, common_args, gated_mlp, linear_spec, mlp_spec, norm_spec, optional_float,
+from .base import (ModelArgs, attention_spec, common_args, gated_mlp, mlp_spec, norm_spec, optional_float,
                    optional_int, require, rope_spec)
 from .program import Program
 
@@ -156,17 +156,13 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
 
 def weights(a: Args) -> dict:
     H, I, bias = a.hidden_size, a.intermediate_size, a.attention_bias
-    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     specs = {f"{a.prefix}model.embed_tokens.weight": (a.vocab_size, H)}
     if not a.tie_word_embeddings:
         specs[f"{a.prefix}lm_head.weight"] = (a.vocab_size, H)
     for i in range(a.num_hidden_layers):
         p = f"{a.prefix}model.layers.{i}"
         norm_spec(specs, f"{p}.input_layernorm", H)
-        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, bias)
-        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.o_proj", H, q, bias)
+        attention_spec(specs, f"{p}.self_attn", a, bias, bias)
         if a.qk_norm:
             norm_spec(specs, f"{p}.self_attn.q_norm", a.head_dim)
             norm_spec(specs, f"{p}.self_attn.k_norm", a.head_dim)

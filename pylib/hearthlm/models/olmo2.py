@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
+from .base import (ModelArgs, attention_spec, common_args, embedding_specs, gated_mlp, mlp_spec, norm_spec,
                    optional_float)
 from .program import Program
 
@@ -38,10 +38,7 @@ def weights(a: Args) -> dict:
     specs = embedding_specs(a)
     for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
-        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, bias)
-        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.o_proj", H, q, bias)
+        attention_spec(specs, f"{p}.self_attn", a, bias, bias)
         norm_spec(specs, f"{p}.self_attn.q_norm", q)
         norm_spec(specs, f"{p}.self_attn.k_norm", kv)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)

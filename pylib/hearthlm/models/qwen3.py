@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
+from .base import (ModelArgs, attention_spec, common_args, embedding_specs, gated_mlp, mlp_spec, norm_spec,
                    optional_float)
 from .llama import sliding_windows
 from .program import Program
@@ -35,15 +35,11 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
 
 def weights(a: Args) -> dict:
     H, I, bias = a.hidden_size, a.intermediate_size, a.attention_bias
-    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     specs = embedding_specs(a)
     for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
         norm_spec(specs, f"{p}.input_layernorm", H)
-        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, bias)
-        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, bias)
-        linear_spec(specs, f"{p}.self_attn.o_proj", H, q, bias)
+        attention_spec(specs, f"{p}.self_attn", a, bias, bias)
         norm_spec(specs, f"{p}.self_attn.q_norm", a.head_dim)
         norm_spec(specs, f"{p}.self_attn.k_norm", a.head_dim)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)

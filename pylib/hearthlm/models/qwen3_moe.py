@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..weights import Weights
-from .base import (ModelArgs, common_args, embedding_specs, gated_mlp, linear_spec, mlp_spec, norm_spec,
-                   optional_float, optional_int, require)
+from .base import (ModelArgs, attention_spec, common_args, embedding_specs, gated_mlp, linear_spec,
+                   mlp_spec, norm_spec, optional_float, optional_int, require)
 from .program import Program
 
 
@@ -61,15 +61,11 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
 
 def weights(a: Args) -> dict:
     H, I, M = a.hidden_size, a.intermediate_size, a.moe_intermediate_size
-    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     specs = embedding_specs(a)
     for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
         norm_spec(specs, f"{p}.input_layernorm", H)
-        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, a.attention_bias)
-        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, a.attention_bias)
-        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, a.attention_bias)
-        linear_spec(specs, f"{p}.self_attn.o_proj", H, q, a.attention_bias)
+        attention_spec(specs, f"{p}.self_attn", a, a.attention_bias, a.attention_bias)
         norm_spec(specs, f"{p}.self_attn.q_norm", a.head_dim)
         norm_spec(specs, f"{p}.self_attn.k_norm", a.head_dim)
         norm_spec(specs, f"{p}.post_attention_layernorm", H)

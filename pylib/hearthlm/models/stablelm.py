@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..weights import Norm, Weights
-from .base import ModelArgs, common_args, embedding_specs, linear_spec, mlp_spec, norm_spec, optional_float
+from .base import ModelArgs, attention_spec, common_args, embedding_specs, mlp_spec, norm_spec, optional_float
 from .program import Program
 
 
@@ -33,15 +33,11 @@ def model_args(config: dict, architecture: str, where: str) -> Args:
 
 def weights(a: Args) -> dict:
     H, I = a.hidden_size, a.intermediate_size
-    q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     specs = embedding_specs(a)
     for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
         norm_spec(specs, f"{p}.input_layernorm", H, bias=True)
-        linear_spec(specs, f"{p}.self_attn.q_proj", q, H, a.qkv_bias)
-        linear_spec(specs, f"{p}.self_attn.k_proj", kv, H, a.qkv_bias)
-        linear_spec(specs, f"{p}.self_attn.v_proj", kv, H, a.qkv_bias)
-        linear_spec(specs, f"{p}.self_attn.o_proj", H, q)
+        attention_spec(specs, f"{p}.self_attn", a, a.qkv_bias)
         if a.qk_layernorm:  # one bias-free LayerNorm per head
             for name, heads in (("q_layernorm", a.num_attention_heads), ("k_layernorm", a.num_key_value_heads)):
                 for h in range(heads):
