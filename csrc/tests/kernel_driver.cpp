@@ -115,7 +115,9 @@ uint16_t to_f16(float f) {  // round to nearest even; inputs here are in normal 
 struct MatmulCase { int64_t M, N, K; };
 const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19, 257}, {3, 17, 7},
                                    {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9},
-                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600}};  // K = 0: y = bias; K > 2 blocks
+                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600},
+                                   // small batches against wide rows: every token tile and ragged ends
+                                   {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520}};  // K = 0: y = bias; K > 2 blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
@@ -361,7 +363,10 @@ void check_f16_to_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
 
 void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
   const int64_t shapes[][3] = {{1, 67, 33}, {3, 17, 97}, {7, 33, 67}, {67, 13, 64}, {1, 300, 2100},
-                               {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800}};
+                               {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800},
+                               // small batches: every token tile, odd row-group counts, ragged last group
+                               {8, 40, 96}, {16, 57, 64}, {6, 16, 1056}, {11, 23, 33}, {13, 64, 200},
+                               {15, 31, 288}, {17, 48, 130}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;

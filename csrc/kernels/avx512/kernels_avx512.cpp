@@ -132,10 +132,122 @@ struct QVec : F8Avx {
 
 #include "kernels/quant_kernels.inc"
 
+// q8 and q4 for any M: two row groups (16 rows) side by side in each 512-bit register,
+// so an activation group is one 4-byte broadcast to all 16 lanes (no permutes, no
+// folds) and the float work runs on 16 rows at once. A tile of up to kPairTokens
+// tokens reuses each unpacked block, so a small batch reads and unpacks the weights
+// once. The int32 dot products and the per-row FMAs are the scalar twin's.
+constexpr int kPairTokens = 8;
+
+struct Pair {
+  __m512i g[8];  // k group g (4 k x 16 rows), as q + offset
+  __m512 d;      // the 16 rows' scales
+};
+
+static inline __m512i halves(const void* a, const void* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
+                            _mm256_loadu_si256((const __m256i*)b), 1);
+}
+static inline __m512 pair_scales(const uint16_t* a, const uint16_t* b) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)a)),
+                                                 _mm_loadu_si128((const __m128i*)b), 1));
+}
+static inline Pair load_pair(const BlockQ8x8& a, const BlockQ8x8& b) {
+  Pair p;
+  for (int g = 0; g < 8; ++g) p.g[g] = _mm512_xor_si512(halves(a.qs + 32 * g, b.qs + 32 * g), _mm512_set1_epi8(char(0x80)));
+  p.d = pair_scales(a.d, b.d);
+  return p;
+}
+static inline Pair load_pair(const BlockQ4x8& a, const BlockQ4x8& b) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  Pair p;
+  for (int c = 0; c < 4; ++c) {
+    const __m512i v = halves(a.qs + 32 * c, b.qs + 32 * c);
+    p.g[c] = _mm512_and_si512(v, low);
+    p.g[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+  }
+  p.d = pair_scales(a.d, b.d);
+  return p;
+}
+template <class Block> constexpr int16_t kOffset = 128;  // q8 enters as q + 128
+template <> constexpr int16_t kOffset<BlockQ4x8> = 8;
+
+static inline int32_t word(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM): row groups wa and wb.
+template <int RM, class Block>
+static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block* wa, const Block* wb,
+                                    const float* bias, int64_t nb, int64_t ldy, int64_t m0, int64_t n0,
+                                    int64_t rows) {
+  const __m512i neg_offset = _mm512_set1_epi16(int16_t(-kOffset<Block>));
+  __m512 acc[RM];
+  for (int i = 0; i < RM; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    for (size_t off = 0; off < sizeof(Block); off += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(wa + b) + kPrefetchBytes + off);
+      __builtin_prefetch(reinterpret_cast<const char*>(wb + b) + kPrefetchBytes + off);
+    }
+    const Pair w = load_pair(wa[b], wb[b]);
+    for (int i = 0; i < RM; ++i) {
+      const BlockQ8Act& a = xq[(m0 + i) * nb + b];
+      __m512i s = _mm512_madd_epi16(_mm512_set1_epi32(word(a.sum)), neg_offset);  // -offset * Σa
+      for (int g = 0; g < 8; ++g) s = _mm512_dpbusd_epi32(s, w.g[g], _mm512_set1_epi32(word(a.qs + 4 * g)));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_set1_ps(a.d)), acc[i]);
+    }
+  }
+  for (int i = 0; i < RM; ++i) {
+    float* yi = y + (m0 + i) * ldy + n0;
+    if (rows == 2 * kQRows) {
+      _mm512_storeu_ps(yi, bias ? _mm512_add_ps(acc[i], _mm512_loadu_ps(bias + n0)) : acc[i]);
+      continue;
+    }
+    float out[2 * kQRows];
+    _mm512_storeu_ps(out, acc[i]);
+    for (int64_t r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[n0 + r] : out[r];
+  }
+}
+
+template <class Block>
+static void matmul_pairs(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
+                         int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const Block* w = static_cast<const Block*>(wv);
+  const int64_t nb = q_blocks(K);
+  int64_t n = n0;
+  for (; n + kQRows < n1; n += 2 * kQRows) {
+    const Block* wa = w + (n / kQRows) * nb;
+    const int64_t rows = n1 - n < 2 * kQRows ? n1 - n : 2 * kQRows;
+    int64_t m = 0;
+    for (; m + kPairTokens <= M; m += kPairTokens)
+      matmul_pair_tile<kPairTokens>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows);
+    switch (M - m) {
+      case 7: matmul_pair_tile<7>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 6: matmul_pair_tile<6>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 5: matmul_pair_tile<5>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 4: matmul_pair_tile<4>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 3: matmul_pair_tile<3>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 2: matmul_pair_tile<2>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      case 1: matmul_pair_tile<1>(y, xq, wa, wa + nb, bias, nb, ldy, m, n, rows); break;
+      default: break;
+    }
+  }
+  if (n < n1) matmul_q<Block>(y, xq, wv, bias, M, K, ldy, n, n1);  // a last lone row group
+}
+
+static KernelTable with_pair_kernels(KernelTable t) {
+  t.matmul_q[kQ8] = matmul_pairs<BlockQ8x8>;
+  t.matmul_q[kQ4] = matmul_pairs<BlockQ4x8>;
+  return t;
+}
+
 }  // namespace avx512
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = avx512::with_quant_kernels(avx512::make_table("avx512"));
+  static const KernelTable table =
+      avx512::with_pair_kernels(avx512::with_quant_kernels(avx512::make_table("avx512")));
   return &table;
 }
 
