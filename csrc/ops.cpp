@@ -87,9 +87,9 @@ struct TaskList {
 namespace team {
 
 void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
-                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq) {
+                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq, bool x_quantized) {
   if (M <= 0) return;
-  if (quantized(wt)) {
+  if (quantized(wt) && !x_quantized) {
     const int64_t nb = q_blocks(K);
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
@@ -108,20 +108,22 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
 }
 
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
-          int64_t M, int64_t n, float eps, int64_t w_period) {
+          int64_t M, int64_t n, float eps, int64_t w_period, BlockQ8Act* xq) {
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
     const int64_t wo = (m % w_period) * n;
     norm_row(kt, out + m * n, x + m * n, w + wo, b ? b + wo : nullptr, n, eps);
+    if (xq) kt.quantize_act(xq + m * q_blocks(n), out + m * n, n);
   }
 }
 
 void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, float delta_scale,
-              const float* w, const float* b, int64_t M, int64_t n, float eps) {
+              const float* w, const float* b, int64_t M, int64_t n, float eps, BlockQ8Act* xq) {
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
     kt.add(x + m * n, x + m * n, delta + m * n, delta_scale, n);
     norm_row(kt, out + m * n, x + m * n, w, b, n, eps);
+    if (xq) kt.quantize_act(xq + m * q_blocks(n), out + m * n, n);
   }
 }
 
@@ -138,21 +140,30 @@ void scale(float* x, float s, int64_t n) {
 }
 
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
-          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim) {
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim, bool wait) {
   const int64_t half = rot_dim / 2;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t t = 0; t < T; ++t)
     kt.rope(x + t * n_heads * head_dim, cos + int64_t(pos[t]) * half,
             sin + int64_t(pos[t]) * half, n_heads, head_dim, rot_dim);
+  if (wait) {
+#pragma omp barrier
+  }
 }
 
 void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
-         int64_t n) {
-  constexpr int64_t chunk = 4096;
+         int64_t M, int64_t n, BlockQ8Act* xq) {
+  constexpr int64_t chunk = 4096;  // a multiple of 32: chunks quantize into whole blocks
+  static_assert(chunk % kQBlock == 0, "glu chunks hold whole activation blocks");
   const auto kernel = act == Activation::silu ? kt.swiglu : kt.gelu_tanh_glu;
+  const int64_t per_row = ceil_div(n, chunk);
 #pragma omp for schedule(static)
-  for (int64_t i0 = 0; i0 < n; i0 += chunk)
-    kernel(out + i0, gate + i0, up + i0, i0 + chunk < n ? chunk : n - i0);
+  for (int64_t c = 0; c < M * per_row; ++c) {
+    const int64_t m = c / per_row, i0 = (c % per_row) * chunk, len = std::min(chunk, n - i0);
+    const int64_t at = m * n + i0;
+    kernel(out + at, gate + at, up + at, len);
+    if (xq) kt.quantize_act(xq + m * q_blocks(n) + i0 / kQBlock, out + at, len);
+  }
 }
 
 }  // namespace team
@@ -460,7 +471,7 @@ void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt
   // The grouped rows of x (quantized ones straight from x), then gate and up of every
   // expert: their tiles share a row count, so one prefix of tiles serves both phases.
   const bool q = quantized(wt);
-  const int64_t nbh = q_blocks(H), nbi = q_blocks(I);
+  const int64_t nbh = q_blocks(H);
 #pragma omp for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
     const float* src = x + int64_t(s.token[r]) * H;
@@ -475,11 +486,7 @@ void moe(const KernelTable& kt, float* out, const float* x, WeightType router_wt
   float* const gate_up[2] = {s.gate, s.up};
   expert_matmuls(kt, wt, s, E, 2, gate_up, s.xg, I, H,
                  [&](int64_t e, int64_t m) { return m == 0 ? experts[e].gate : experts[e].up; });
-  glu(kt, Activation::silu, s.gate, s.gate, s.up, R * I);
-  if (q) {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) kt.quantize_act(s.xq + r * nbi, s.gate + r * I, I);
-  }
+  glu(kt, Activation::silu, s.gate, s.gate, s.up, R, I, q ? s.xq : nullptr);  // quantized for down
 #pragma omp single
   for (int64_t e = 0; e < E; ++e) s.tasks[e + 1] = s.tasks[e] + expert_tiles(s.first[e + 1] - s.first[e], 1, H);
   float* const down[1] = {s.xg};
@@ -496,12 +503,12 @@ void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const 
               int64_t T, int64_t head_dim, const int64_t* slots) {
   const int64_t n_kv_heads = k_dst.n_kv_heads;
 #pragma omp for schedule(static)
-  for (int64_t r = 0; r < 2 * T * n_kv_heads; ++r) {  // r = (k or v, token, kv head)
-    const int64_t t = (r / n_kv_heads) % T, h = r % n_kv_heads;
-    const KVLayer& dst = r < T * n_kv_heads ? k_dst : v_dst;
-    const float* src = r < T * n_kv_heads ? k : v;
-    store_row(dst, h * dst.n_slots + slots[t], src + (t * n_kv_heads + h) * head_dim, head_dim);
-  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < n_kv_heads; ++h) {
+      const int64_t at = (t * n_kv_heads + h) * head_dim;
+      store_row(k_dst, h * k_dst.n_slots + slots[t], k + at, head_dim);
+      store_row(v_dst, h * v_dst.n_slots + slots[t], v + at, head_dim);
+    }
 }
 
 }  // namespace team
@@ -541,7 +548,7 @@ void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, co
 void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
          int64_t n, int n_threads) {
 #pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
-  team::glu(kt, act, out, gate, up, n);
+  team::glu(kt, act, out, gate, up, 1, n);
 }
 
 void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale,

@@ -93,23 +93,29 @@ int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t h
 namespace team {
 
 constexpr int kMaxJobs = 8;  // matrices per matmul_group
-// xq: [M, ceil(K/32)] activation blocks shared by the team, used when wt is quantized.
+// xq: [M, ceil(K/32)] activation blocks shared by the team, used when wt is quantized;
+// x_quantized: xq already holds x's blocks (a fused norm or glu wrote them).
 void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
-                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq);
+                  const float* x, int64_t M, int64_t K, BlockQ8Act* xq, bool x_quantized = false);
 // RMSNorm (b null) or LayerNorm of the rows of x[M, n]; row m uses the weights (and
 // bias) w[m % w_period] of w[w_period, n] (per-head weights: w_period = heads).
+// xq (optional, [M, ceil(n/32)]): each out row also quantized for the next matmul by
+// the thread that wrote it, so the matmul needs no quantization pass and barrier.
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
-          int64_t M, int64_t n, float eps, int64_t w_period = 1);
+          int64_t M, int64_t n, float eps, int64_t w_period = 1, BlockQ8Act* xq = nullptr);
 // x += delta_scale * delta, then out = norm(x), row by row (a residual connection
-// into the next norm).
+// into the next norm); xq as for norm.
 void add_norm(const KernelTable& kt, float* out, float* x, const float* delta, float delta_scale,
-              const float* w, const float* b, int64_t M, int64_t n, float eps);
+              const float* w, const float* b, int64_t M, int64_t n, float eps, BlockQ8Act* xq = nullptr);
 // out = a + b_scale * b
 void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale, int64_t n);
 // x *= s
 void scale(float* x, float s, int64_t n);
+// Token t is rotated by the thread the same static split of T gives every per-token
+// op; wait false: no barrier at the end (the next op only touches the tokens this
+// thread rotated, or other buffers).
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
-          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim);
+          const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim, bool wait = true);
 // partials: attention_partials_floats(n_heads, head_dim) floats shared by the team,
 // where one token's heads are split along the cache (see ops.cpp). ranges[T]: the
 // slots each token may attend (its own sequence's), or null for the whole cache.
@@ -117,11 +123,14 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
                const SlotRange* ranges, float* partials);
-// k and v rows of T tokens [T, n_kv_heads, head_dim] into slots[t] of both caches.
+// k and v rows of T tokens [T, n_kv_heads, head_dim] into slots[t] of both caches,
+// token by token in rope's static split (so a rope of k just before needs no barrier).
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,
               int64_t T, int64_t head_dim, const int64_t* slots);
+// out[M, n] = act(gate) * up; xq (optional, [M, ceil(n/32)]): out also quantized, as
+// for norm.
 void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
-         int64_t n);
+         int64_t M, int64_t n, BlockQ8Act* xq = nullptr);
 // out[T, H] = Σ over the top_k experts e of each token of p_e · expert_e(x), where p =
 // softmax(x · routerᵀ) over the n_experts (renormalized over the chosen ones when
 // norm_topk). Tokens are grouped by expert: each expert multiplies only the rows routed

@@ -27,7 +27,7 @@ void matmul(const KernelTable& kt, const Op& op, const ProgramStep& s) {
       jobs[count] = MatmulJob{s.buffers[op.outs[first + count]], lin.w, lin.bias, lin.N};
       ++count;
     }
-    team::matmul_group(kt, wt, jobs, count, x, s.T, op.lin[first].K, s.xq);
+    team::matmul_group(kt, wt, jobs, count, x, s.T, op.lin[first].K, s.xq, op.x_quantized);
     first += count;
   }
 }
@@ -38,19 +38,20 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
   float* out = op.out >= 0 ? s.buffers[op.out] : nullptr;
   float* in = op.in >= 0 ? s.buffers[op.in] : nullptr;
   const float* in2 = op.in2 >= 0 ? s.buffers[op.in2] : nullptr;
+  BlockQ8Act* xq = op.quantize_out ? s.xq : nullptr;
   switch (op.kind) {
     case OpKind::norm:
-      team::norm(kt, out, in, op.w, op.b, T * widths[op.in] / op.group, op.group, op.eps, op.w_period);
+      team::norm(kt, out, in, op.w, op.b, T * widths[op.in] / op.group, op.group, op.eps, op.w_period, xq);
       break;
     case OpKind::add_norm:
-      team::add_norm(kt, out, in, in2, op.factor, op.w, op.b, T, op.group, op.eps);
+      team::add_norm(kt, out, in, in2, op.factor, op.w, op.b, T, op.group, op.eps, xq);
       break;
     case OpKind::matmul:
       matmul(kt, op, s);
       break;
     case OpKind::rope: {
       const RopeTable& t = s.tables[op.table];
-      team::rope(kt, in, t.cos, t.sin, s.positions, T, op.n_heads, op.head_dim, op.rotary_dim);
+      team::rope(kt, in, t.cos, t.sin, s.positions, T, op.n_heads, op.head_dim, op.rotary_dim, op.wait);
       break;
     }
     case OpKind::kv_store:
@@ -63,7 +64,7 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
                       s.attention_partials);
       break;
     case OpKind::glu:
-      team::glu(kt, op.act, out, in, in2, T * widths[op.out]);
+      team::glu(kt, op.act, out, in, in2, T, widths[op.out], xq);
       break;
     case OpKind::add:
       team::add(kt, out, out, in, op.factor, T * widths[op.out]);

@@ -57,6 +57,10 @@ struct Op {
   std::vector<Expert> experts;
   int64_t top_k = 0, inter = 0;
   bool norm_topk = false;
+  // Set by the binding's fusion pass: quantize_out (norm, add_norm, glu): also write
+  // out's int8 blocks into the step's xq, for the quantized matmul that follows, whose
+  // x_quantized is then set; wait false (rope): the op ends without a barrier.
+  bool quantize_out = false, x_quantized = false, wait = true;
 };
 
 struct RopeTable {  // cos, sin [n_positions, half]

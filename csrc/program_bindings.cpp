@@ -36,6 +36,7 @@ class LayerProgram {
     }
     for (size_t i = 0; i < ops.size(); ++i) add(ops[i].cast<py::dict>(), "ops[" + std::to_string(i) + "]");
     fuse_add_norms();
+    fuse_barriers();
   }
 
   int64_t scratch_bytes(int64_t T) const { return moe_offset(T) + moe_bytes(T); }
@@ -325,6 +326,28 @@ class LayerProgram {
       fused.push_back(a);
     }
     ops_ = fused;
+  }
+
+  // Barriers that guard no data crossing threads go. A norm (whole rows) or glu
+  // feeding a matmul whose weights are all quantized quantizes its own output rows, so
+  // the matmul skips its quantization pass and barrier. A rope followed by another
+  // rope or by the kv_store of what it rotated skips its barrier: both split the
+  // tokens alike (static), so each thread reads only rows it wrote itself.
+  void fuse_barriers() {
+    for (size_t i = 0; i + 1 < ops_.size(); ++i) {
+      Op& a = ops_[i];
+      Op& next = ops_[i + 1];
+      const bool whole_rows = (a.kind == OpKind::norm && a.group == width(a.out) && a.w_period == 1) ||
+                              a.kind == OpKind::add_norm || a.kind == OpKind::glu;
+      if (whole_rows && next.kind == OpKind::matmul && next.in == a.out) {
+        bool all_quantized = true;
+        for (int j = 0; j < next.n_lin; ++j) all_quantized = all_quantized && quantized(next.lin[j].wt);
+        a.quantize_out = next.x_quantized = all_quantized;
+      }
+      if (a.kind == OpKind::rope &&
+          ((next.kind == OpKind::rope && next.in != a.in) || (next.kind == OpKind::kv_store && next.in == a.in)))
+        a.wait = false;
+    }
   }
 
   Linear linear(const py::handle& spec, const std::string& name, int64_t N, int64_t K) {
