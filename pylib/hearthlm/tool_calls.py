@@ -12,13 +12,20 @@ the reply is parsed into calls in the format the template teaches (FORMATS):
 - llama3: the whole reply is `{"name": …, "parameters": {…}}` (Llama 3.1 / 3.2 / 3.3).
 Templates without a tool-call format (Gemma 2, Phi-3.5) raise InvalidInputError.
 
-tool_choice: "auto" (default) lets the model answer in text or call; when its first
-token is the format's opening marker (a single token such as `<tool_call>` or
-`[TOOL_CALLS]`), the rest of the call is constrained. "required" constrains the reply
+tool_choice: "auto" (default) lets the model answer in text or call. A call is
+constrained from the token that opens it: the format's marker (`<tool_call>` anywhere
+in the reply, text before, between and after calls allowed; `[TOOL_CALLS]`), or, for
+Llama 3, a first token that begins the call's JSON. "required" constrains the reply
 to one call of any tool, {"type": "function", "function": {"name": N}} to a call of N:
 the call's name and arguments are then those the tool's `parameters` schema allows, so
 they always parse and validate. "none": the tools are shown but nothing is parsed.
-A reply with calls has finish_reason "tool_calls" and text = what is outside them.
+A reply with calls has finish_reason "tool_calls" and text = what is outside them
+(without special tokens); each call's arguments are the JSON text the model wrote.
+
+stream=True yields the text outside the calls (str) and the calls as OpenAI streams
+them (dict: {"index", "id", "type": "function", "function": {"name", "arguments": ""}}
+when a call's name is complete, then {"index", "function": {"arguments": piece}});
+they add up to the unstreamed result, which `.result` holds at the end.
 """
 from __future__ import annotations
 
