@@ -58,7 +58,8 @@ def test_environment_variable_forces_the_path():
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wtype", ["f32", "bf16", "f16"])
 @pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (1, 5, 130), (3, 17, 7), (7, 33, 67), (67, 65, 17), (130, 3, 9),
-                                      (2, 41, 300), (8, 19, 70), (13, 66, 129), (16, 7, 33), (17, 24, 64)])
+                                      (2, 41, 300), (8, 19, 70), (13, 66, 129), (16, 7, 33), (17, 24, 64),
+                                      (32, 11, 50), (33, 5, 19)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_matmul(isa, wtype, M, N, K_, threads):
     x, w32, bias = rand(M, K_), rand(N, K_), rand(N)

@@ -115,9 +115,10 @@ uint16_t to_f16(float f) {  // round to nearest even; inputs here are in normal 
 struct MatmulCase { int64_t M, N, K; };
 const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19, 257}, {3, 17, 7},
                                    {4, 8, 16}, {7, 33, 67}, {5, 9, 257}, {67, 65, 17}, {130, 3, 9},
-                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600},
+                                   {1, 4, 0},  {3, 5, 0},  {70, 7, 600},  // K = 0: y = bias; K > 2 blocks
                                    // small batches against wide rows: every token tile and ragged ends
-                                   {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520}};  // K = 0: y = bias; K > 2 blocks
+                                   {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520},
+                                   {32, 21, 70}, {33, 9, 40}};  // the last small batch, the first GEMM
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
