@@ -13,6 +13,7 @@ over a growing context stays cheap:
 
     python bench/per_token.py [--tokens 256] [--runs 8] [--threads 2] [--rounds 5] [--clock wall]
     python bench/per_token.py --old /path/to/old-venv/bin/python   # old and new interleaved
+    python bench/per_token.py --parts --threads 1 --clock cpu     # where a decode step goes
 
 A round times --runs runs of each; the figures are medians of --rounds rounds. With
 --old each round runs this script once in a subprocess of the old environment's python
@@ -105,6 +106,47 @@ def one_round(n: int, runs: int, threads: int, clock_name: str) -> dict:
             "group8": group_runs(plain, n, max(1, runs // 4), clock)}
 
 
+def parts(threads: int, clock) -> dict:
+    """Microseconds per call of each piece of a decode step at a short context (best
+    of 5 batches of 2000): the whole feed, its native layer program, the LM head, a
+    sample, the streaming text of one token."""
+    import hearthlm
+    from hearthlm.generation import ReplyText, make_sampler
+    plain, with_tokenizer = (hearthlm.load(f, n_threads=threads) for f in tiny_folders())
+    s = plain.session(n_ctx=64)
+    logits = s.feed(PROMPT).copy()
+    t, buf, pool = plain.transformer, s.buf, s.cache.pool
+    tables, head, hidden = t.ensure_rope(64), s.last_logits, buf.output[:1]
+    sampler = make_sampler(plain, {"seed": 0})
+    sampler.start(PROMPT)
+    reply = ReplyText(with_tokenizer.tokenizer, (), PROMPT)
+    tokens = iter(np.random.default_rng(0).integers(4, plain.vocab_size, 6 * 2000).tolist())
+
+    def feed():
+        s.feed([7])
+        s.rewind(1)
+    pieces = {
+        "feed+rewind": feed,
+        "layer program": lambda: t.native.forward(buf.native, 1, buf.scratch, pool.k, pool.k_scales, pool.v,
+                                                  pool.v_scales, pool.kv_dtype, pool.slot_pos, buf.positions[:1],
+                                                  tables, buf.slots, buf.ranges, threads),
+        "lm head": lambda: hearthlm._kernels.matmul(head, hidden, t.lm_head.weight, t.lm_head.bias,
+                                                    t.lm_head.wtype, threads),
+        "sample": lambda: sampler.sample(logits),
+        "reply text": lambda: reply.add(next(tokens)),
+    }
+    out = {}
+    for name, fn in pieces.items():
+        best = []
+        for _ in range(5):
+            t0 = clock()
+            for _ in range(2000):
+                fn()
+            best.append((clock() - t0) / 2000 * 1e6)
+        out[name] = min(best)
+    return out
+
+
 def subprocess_round(python: str, a) -> dict:
     out = subprocess.run([python, os.path.abspath(__file__), "--tokens", str(a.tokens), "--runs", str(a.runs),
                           "--threads", str(a.threads), "--clock", a.clock, "--rounds", "1", "--json"],
@@ -124,10 +166,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--parts", action="store_true", help="microseconds per piece of a decode step instead")
     p.add_argument("--old", help="python of an environment with the old build installed")
     a = p.parse_args()
     load = os.getloadavg()[0]
     what = f"tok/s ({a.clock} clock), {a.threads} thread(s), medians of {a.rounds}"
+    if a.parts:
+        print(f"us per call ({a.clock} clock), {a.threads} thread(s), best of 5 (load average {load:.1f})")
+        for k, v in parts(a.threads, time.process_time if a.clock == "cpu" else time.perf_counter).items():
+            print(f"{k:<13} {v:8.2f}")
+        return
     if a.old:
         runs = {"old": [], "new": []}
         for _ in range(a.rounds):
