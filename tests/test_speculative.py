@@ -309,3 +309,23 @@ def test_cli_lookup_and_draft(chat_model_dir, capsys):
         assert g["token_ids"] == plain["token_ids"] and "accepted_tokens" in g
     assert main(["generate", folder, "-p", "hi", "--lookup", "--draft", folder]) == 1
     assert "--lookup, --draft: give one of them" in capsys.readouterr().err
+
+
+def test_chat_app_lookup_and_draft(chat_model_dir):
+    """`hearthlm chat --lookup` / `--draft MODEL` (piped): the same replies, and /stats
+    reports the drafts."""
+    import subprocess
+    import sys
+    folder = chat_model_dir("bpe")
+    lines = "hello hello hello\nsay it again: hello hello\n"
+
+    def run(*flags):
+        done = subprocess.run([sys.executable, "-m", "hearthlm", "chat", folder, "--temperature", "0",
+                               "--max-tokens", "24", "--threads", "1", *flags], input=lines + "/stats\n",
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split("\n")
+    plain = run()
+    for flags in (["--lookup"], ["--draft", folder]):
+        out = run(*flags)
+        assert out[:2] == plain[:2] and any("speculative:" in line and "drafted" in line for line in out)

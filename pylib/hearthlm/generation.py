@@ -314,6 +314,8 @@ def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, strea
     speculation = Speculation.from_options(model, **{k: sampling.pop(k) for k in SPECULATION_OPTIONS
                                                      if k in sampling})
     sampler = make_sampler(model, sampling)
+    if speculation:
+        speculation.check(sampler, top_logprobs is not None)
     limit = model.args.max_position_embeddings
     # truncated, the prompt leaves room for the reply: max_new_tokens, at most half the context
     ids, dropped = fit_context(ids, limit, truncate, argument, room=min(max_new_tokens or limit, limit // 2))

@@ -307,13 +307,17 @@ class Speculation:
             return None
         return cls(model, speculative, draft_model)
 
+    def check(self, sampler: Sampler, logprobs: bool) -> None:
+        """Refuses what this speculation cannot do with these settings."""
+        if logprobs and self.draft_model is not None and sampler.config.temperature > 0:
+            raise InvalidInputError("logprobs: not with draft_model when sampling (temperature > 0)")
+
     def decoder(self, session, sampler, constraint, eos, record, logits, prompt_ids, max_new_tokens):
         rng = np.random.default_rng(sampler.seed)
         if self.draft_model is None:
             drafter = PromptLookup()
         else:
-            if record is not None and sampler.config.temperature > 0:
-                raise InvalidInputError("logprobs: not with draft_model when sampling (temperature > 0)")
+            self.check(sampler, record is not None)
             n_ctx = min(session.n_ctx, self.draft_model.args.max_position_embeddings)
             if self._draft is None or self._draft.session.n_ctx < n_ctx:
                 self._draft = DraftSession(self.draft_model, n_ctx)
