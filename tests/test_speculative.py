@@ -329,3 +329,18 @@ def test_chat_app_lookup_and_draft(chat_model_dir):
     for flags in (["--lookup"], ["--draft", folder]):
         out = run(*flags)
         assert out[:2] == plain[:2] and any("speculative:" in line and "drafted" in line for line in out)
+
+
+def test_draft_length_grows_with_acceptance_and_stops_when_it_does_not_pay():
+    length = sp.DraftLength()
+    for m in range(1, sp.MAX_DRAFT + 2):  # a forward of m tokens: +10 % per extra token
+        length.update(None, 0, 0, m, 1.0 + 0.1 * (m - 1))
+    for _ in range(20):  # every draft accepted
+        length.update("a", 4, 4, 5, 1.4)
+    assert length.choose("a", sp.MAX_DRAFT, 0.0) == sp.MAX_DRAFT
+    for _ in range(20):  # every draft rejected
+        length.update("b", 2, 0, 3, 1.2)
+    choices = [length.choose("b", sp.MAX_DRAFT, 0.0) for _ in range(3 * sp.PROBE_EVERY)]
+    assert choices.count(0) == len(choices) - 3 and choices.count(1) == 3  # one probe every PROBE_EVERY
+    assert length.choose("a", sp.MAX_DRAFT, 2.0) == 0  # drafting dearer than what it saves
+    assert length.choose(None, sp.MAX_DRAFT, 0.0) == 0 == length.choose("a", 0, 0.0)

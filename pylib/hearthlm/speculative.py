@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
 from .decoder import Decoder
+from .errors import InvalidInputError
 from .sampling import Sampler
 
 SPECULATIVE = ("prompt-lookup",)
@@ -98,11 +98,12 @@ class DraftSession:
         self.held: list[int] = []  # the tokens the session holds
         self.start = 0             # the index in the text of held[0]
 
-    def sync(self, text: list[int], room: int) -> np.ndarray:
-        """Hold `text` with room for `room` more tokens -> the logits after it."""
+    def sync(self, text: list[int], room: int, known: int = 0) -> np.ndarray:
+        """Hold `text` with room for `room` more tokens -> the logits after it.
+        known: leading tokens of `text` that are as they were at the last sync."""
         s, held = self.session, self.held
-        same = 0
-        for a, b in zip(held, text[self.start:]):
+        same = max(0, min(known - self.start, len(held)))
+        for a, b in zip(held[same:], text[self.start + same:]):
             if a != b:
                 break
             same += 1
@@ -131,13 +132,15 @@ class DraftModel:
         self.greedy = config.temperature == 0
         self.sampler = Sampler(replace(config, seed=sampler.seed ^ 0x5BD1E995), draft.session.model.vocab_size)
         self.seconds_per_token = 0.0
+        self._known = 0  # the text so far only grows: what was there at the last draft is unchanged
 
     def kind(self, history: list[int]):
         return "draft"
 
     def draft(self, history: list[int], k: int):
         t0 = time.perf_counter()
-        logits = self.draft_session.sync(history, k)
+        logits = self.draft_session.sync(history, k, self._known)
+        self._known = len(history)
         self.sampler.start(history)
         drafts, qs = [], None if self.greedy else []
         for i in range(k):
@@ -152,7 +155,9 @@ class DraftModel:
             drafts.append(int(ids[j]))
             qs.append((ids, probs))
             self.sampler.accept(drafts[-1])
-        self.seconds_per_token += SMOOTHING * ((time.perf_counter() - t0) / k - self.seconds_per_token)
+        seconds = (time.perf_counter() - t0) / k
+        self.seconds_per_token = seconds if self.seconds_per_token == 0 else (
+            self.seconds_per_token + SMOOTHING * (seconds - self.seconds_per_token))
         return drafts, qs
 
 
@@ -163,7 +168,7 @@ class DraftLength:
 
     def __init__(self):
         self.rate: dict = {}
-        self.cost = np.zeros(MAX_DRAFT + 2)  # seconds per forward of M tokens; 0 = not measured yet
+        self.cost = [0.0] * (MAX_DRAFT + 2)  # seconds per forward of M tokens; 0 = not measured yet
         self.idle = 0
 
     def forward_cost(self, m: int) -> float:
@@ -172,10 +177,10 @@ class DraftLength:
         if self.cost[m] > 0:
             return self.cost[m]
         prior = lambda n: 1 + 0.25 * (n - 1)
-        known = np.flatnonzero(self.cost)
-        if len(known) == 0:
+        known = [j for j, c in enumerate(self.cost) if c > 0]
+        if not known:
             return prior(m)
-        j = known[np.argmin(np.abs(known - m))]
+        j = min(known, key=lambda j: abs(j - m))
         return self.cost[j] * prior(m) / prior(j)
 
     def choose(self, kind, limit: int, draft_seconds: float) -> int:
@@ -194,7 +199,7 @@ class DraftLength:
         return best
 
     def update(self, kind, k: int, accepted: int, m: int, seconds: float) -> None:
-        if self.cost.any():  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
+        if any(self.cost):  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
             seconds = min(seconds, 2 * self.forward_cost(m))
         self.cost[m] = seconds if self.cost[m] == 0 else self.cost[m] + SMOOTHING * (seconds - self.cost[m])
         if k:
