@@ -65,14 +65,21 @@ class PromptLookup:
         self._seen = 0  # tokens of the history indexed so far
         self._at = 0    # where the latest match's continuation starts
 
-    def kind(self, history: list[int]):
-        """The key of this round's acceptance rate (the match length), or None when
-        nothing matches."""
-        while self._seen < len(history) - 1:  # index the n-grams ending before the last token
+    def start(self, prompt: list[int]) -> None:
+        """Index the prompt (before the first token, like a prefill)."""
+        self._grow(prompt)
+
+    def _grow(self, text: list[int]) -> None:
+        while self._seen < len(text) - 1:  # the n-grams ending before the last token
             self._seen += 1
             i = self._seen
             for n in range(1, min(LOOKUP_NGRAM, i) + 1):
-                self._index[n][tuple(history[i - n:i])] = i
+                self._index[n][tuple(text[i - n:i])] = i
+
+    def kind(self, history: list[int]):
+        """The key of this round's acceptance rate (the match length), or None when
+        nothing matches."""
+        self._grow(history)
         for n in range(min(LOOKUP_NGRAM, len(history)), 0, -1):
             at = self._index[n].get(tuple(history[-n:]))
             if at is not None:
@@ -133,6 +140,11 @@ class DraftModel:
         self.sampler = Sampler(replace(config, seed=sampler.seed ^ 0x5BD1E995), draft.session.model.vocab_size)
         self.seconds_per_token = 0.0
         self._known = 0  # the text so far only grows: what was there at the last draft is unchanged
+
+    def start(self, prompt: list[int]) -> None:
+        """Prefill the prompt (timed as part of the first token, not of drafting)."""
+        self.draft_session.sync(prompt, MAX_DRAFT + 1)
+        self._known = len(prompt)
 
     def kind(self, history: list[int]):
         return "draft"
@@ -227,7 +239,8 @@ class SpeculativeDecoder(Decoder):
         return token
 
     def _round(self) -> None:
-        if not self.tokens:  # the first token: from the prompt's logits
+        if not self.tokens:  # the first token: from the prompt's logits (a draft model reads the prompt first)
+            self.drafter.start(self.prompt)
             self._check([self.logits], [], None)
             return
         history = self.prompt + self.tokens
