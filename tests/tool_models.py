@@ -12,10 +12,16 @@ FAMILIES = {  # name: (template file, format, eos token)
     "hermes3": ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "hermes", "<|im_end|>"),
     "llama3.1": ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3", "<|eot_id|>"),
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", "</s>"),
+    "qwen3": ("Qwen-Qwen3-0.6B.jinja", "hermes", "<|im_end|>"),
+    "llama3.2": ("meta-llama-Llama-3.2-3B-Instruct.jinja", "llama3", "<|eot_id|>"),
+    "mistral-small-3.2": ("Mistral-Small-3.2-24B-Instruct-2506.jinja", "mistral-args", "</s>"),
+    "granite-3.3": ("ibm-granite-granite-3.3-2B-Instruct.jinja", "granite", "<|end_of_text|>"),
 }
 MARKERS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]  # Qwen: added, not special
 SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "[INST]", "[/INST]",
-           "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+           "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+           "[ARGS]", "[CALL_ID]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|start_of_role|>", "<|end_of_role|>",
+           "<|end_of_text|>", "<|tool_call|>"]
 TOOLS = [
     {"type": "function", "function": {
         "name": "get_weather", "description": "Weather at a place",

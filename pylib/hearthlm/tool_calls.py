@@ -9,6 +9,8 @@ the reply is parsed into calls in the format the template teaches (FORMATS):
 - hermes: `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`, one block per call
   (Qwen2.5, Hermes 2 Pro / 3);
 - mistral: `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` (Mistral Nemo / v3);
+- mistral-args: `[TOOL_CALLS]name[ARGS]{…}` per call (Mistral Small 3.2, Devstral, Ministral 3);
+- granite: `<|tool_call|>[{"name": …, "arguments": {…}}, …]` (Granite 3.x);
 - llama3: the whole reply is `{"name": …, "parameters": {…}}` (Llama 3.1 / 3.2 / 3.3).
 Templates without a tool-call format (Gemma 2, Phi-3.5) raise InvalidInputError.
 
@@ -46,8 +48,12 @@ from .stop_strings import StopStrings
 FORMATS = {  # name: (opening marker, closing marker, the arguments' key)
     "hermes": ("<tool_call>", "</tool_call>", "arguments"),
     "mistral": ("[TOOL_CALLS]", None, "arguments"),
+    "mistral-args": ("[TOOL_CALLS]", None, "arguments"),  # [TOOL_CALLS]name[ARGS]{…}, repeated
+    "granite": ("<|tool_call|>", None, "arguments"),
     "llama3": (None, None, "parameters"),
 }
+ARGS = "[ARGS]"
+KEPT = {"mistral-args": (ARGS, "[CALL_ID]"), "llama3": ("<|python_tag|>",)}  # special tokens kept in the text
 
 
 def template_format(source: str) -> Optional[str]:
@@ -55,7 +61,9 @@ def template_format(source: str) -> Optional[str]:
     if "<tool_call>" in source:
         return "hermes"
     if "[TOOL_CALLS]" in source:
-        return "mistral"
+        return "mistral-args" if ARGS in source else "mistral"
+    if "<|tool_call|>" in source:
+        return "granite"
     if '"parameters": ' in source and "<|start_header_id|>" in source:
         return "llama3"
     return None
@@ -113,7 +121,8 @@ class ToolCalling:
             first = np.flatnonzero(np.unpackbits(mask, bitorder="little")[:self.model.vocab_size])
             return Triggered(grammar, first.tolist(), anywhere=False)
         trigger = self.model.tokenizer.token_to_id(opening)
-        return None if trigger is None else Triggered(grammar, [trigger], anywhere=self.format == "hermes")
+        anywhere = self.format in ("hermes", "mistral-args")  # text may come before a call, calls repeat
+        return None if trigger is None else Triggered(grammar, [trigger], anywhere)
 
     def _lark(self, names) -> str:
         opening, closing, key = FORMATS[self.format]
@@ -125,12 +134,17 @@ class ToolCalling:
                                                            key: f.get("parameters") or {"type": "object"}},
                           "required": ["name", key], "additionalProperties": False, "x-guidance": JSON_LAYOUT}
                 calls.append(f"%json {json.dumps(schema)}")
+                if self.format == "mistral-args":
+                    arguments = {**(f.get("parameters") or {"type": "object"}), "x-guidance": JSON_LAYOUT}
+                    calls[-1] = f"{json.dumps(f['name'])} {self._marker(ARGS)} %json {json.dumps(arguments)}"
         rules = ["call: " + " | ".join(f"call{i}" for i in range(len(calls)))]
         rules += [f"call{i}: {c}" for i, c in enumerate(calls)]
         if self.format == "hermes":
             start = f'{self._marker(opening)} "\\n" call "\\n" {self._marker(closing)}'
-        elif self.format == "mistral":
+        elif self.format in ("mistral", "granite"):
             start = f'{self._marker(opening)} "[" call "]"'
+        elif self.format == "mistral-args":
+            start = f"{self._marker(opening)} call"
         else:
             start = "call"
         return "\n".join([f"start: {start}"] + rules)
@@ -208,7 +222,29 @@ def scan(text: str, fmt: str, names, final: bool) -> tuple[str, list]:
             else:
                 outside.append(text[start:end + len(closing)])
             at = end + len(closing)
-    elif fmt == "mistral":
+    elif fmt == "mistral-args":
+        start = text.find(opening)
+        if start < 0:
+            outside.append(text if final else _hold(text, opening))
+        else:
+            outside.append(text[:start])
+            at = start
+            while text.startswith(opening, at):
+                call, end = _named_call(text, at + len(opening), names)
+                if end is None:  # still being written (or cut off)
+                    if final:
+                        outside.append(text[at:])
+                    elif call:
+                        calls.append(call)
+                    at = len(text)
+                    break
+                if call:
+                    calls.append(call)
+                else:
+                    outside.append(text[at:end])
+                at = end
+            outside.append(text[at:])
+    elif fmt in ("mistral", "granite"):
         start = text.find(opening)
         if start < 0:
             outside.append(text if final else _hold(text, opening))
@@ -302,6 +338,26 @@ def _call_list(text: str, at: int, key: str, names) -> tuple[list, Optional[int]
         i = end
 
 
+def _named_call(text: str, at: int, names) -> tuple[Optional[Call], Optional[int]]:
+    """Mistral's `name[ARGS]{…}` (a `[CALL_ID]id` may follow the name) from text[at:]
+    -> (the call, None for one that is not; its end, None while it is open)."""
+    split = text.find(ARGS, at)
+    if split < 0:
+        return Call(None, ""), None
+    name = text[at:split].split("[CALL_ID]")[0]
+    name = name if name in names else None
+    body = split + len(ARGS)
+    end = _object_end(text, body) if text.startswith("{", body) else None
+    if end is None:
+        open_call = Call(name, text[body:].rstrip(" \t\r\n}") if name else "")
+        return open_call, (None if body >= len(text) or text.startswith("{", body) else body)
+    try:
+        value = json.loads(text[body:end])
+    except ValueError:
+        value = None
+    return (Call(name, text[body:end]) if name and isinstance(value, dict) else None), end
+
+
 def _object_end(text: str, start: int) -> Optional[int]:
     """The end of the JSON object opening at text[start], or None if it is not closed."""
     depth, in_string, escaped = 0, False, False
@@ -328,7 +384,7 @@ def _object_end(text: str, start: int) -> Optional[int]:
 def call_id(fmt: str) -> str:
     """Mistral's templates require 9 alphanumeric characters; OpenAI's ids look like call_…"""
     alnum = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
-    return alnum if fmt == "mistral" else "call_" + alnum
+    return alnum if fmt.startswith("mistral") else "call_" + alnum
 
 
 class CallStream:
@@ -341,7 +397,7 @@ class CallStream:
 
     def __init__(self, calling: "ToolCalling", stop=()):
         tokenizer = calling.model.tokenizer
-        markers = {m for m in FORMATS[calling.format][:2] if m} | {"<|python_tag|>"}
+        markers = {m for m in FORMATS[calling.format][:2] if m} | set(KEPT.get(calling.format, ()))
         self.hidden = {i for i, text in tokenizer.special_tokens().items() if text not in markers}
         self.decoder = StreamDecoder(tokenizer, skip_special_tokens=False)
         self.stops = StopStrings([stop] if isinstance(stop, str) else stop)
