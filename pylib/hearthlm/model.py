@@ -80,8 +80,10 @@ class Model:
         token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
         defaults from generation_config.json, then hearthlm.sampling.SamplerConfig;
-        also json_schema / response_format / regex / grammar (hearthlm.constraints) and
-        logprobs / top_logprobs (hearthlm.logprobs).
+        also json_schema / response_format / regex / grammar (hearthlm.constraints),
+        logprobs / top_logprobs (hearthlm.logprobs) and speculative="prompt-lookup" or
+        draft_model=a Model with the same tokenizer (hearthlm.speculative: the same
+        output, drafted tokens checked several per forward).
         A prompt longer than the context raises ContextOverflowError; truncate="left"
         drops its oldest tokens instead (leaving room for max_new_tokens, at most half
         the context) and the Generation's truncated_tokens says how many."""
