@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # AddressSanitizer + UndefinedBehaviorSanitizer over the native code:
 #   1. the C++ kernel driver (every kernel, every supported path, no Python);
-#   2. the extension built with the sanitizers (own build dir), run under the test files
-#      that exercise it: kernels, bad input, models vs transformers (+ quantization and
-#      session tests when those files exist). Any report fails the run.
+#   2. the extensions (kernels, per-token bookkeeping) built with the sanitizers (own build
+#      dir), run under the test files that exercise them: kernels, bad input, models vs
+#      transformers, batches, per-token bookkeeping (+ quantization and session tests when
+#      those files exist). Any report fails the run.
 #
 #   tools/sanitize.sh [pytest args...]        # ~3-5 minutes on 2 cores
 #
-# Uses the current `python`; installs pybind11 / cmake / ninja into it if missing.
+# Uses the current `python`; installs pybind11 / Cython / cmake / ninja into it if missing.
 # SANITIZE_TESTS overrides the test files.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,6 +29,7 @@ BASE_FLAGS="-O1 -g $san" tools/build_kernel_driver.sh "$out/kernel_driver" >"$ou
 
 echo "== 2. extension with $san"
 python -c 'import pybind11' 2>/dev/null || python -m pip install -q pybind11
+python -c 'import Cython' 2>/dev/null || python -m pip install -q 'Cython>=3.0'
 command -v cmake >/dev/null || python -m pip install -q cmake
 gen=()
 if command -v ninja >/dev/null || python -m pip install -q ninja; then gen=(-G Ninja); fi
@@ -37,15 +39,16 @@ cmake -S "$root" -B "$out/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   >"$out/cmake.log" 2>&1 || { cat "$out/cmake.log"; exit 1; }
 cmake --build "$out/build" -j 2 >"$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
 
-# A private copy of the package with the sanitized extension, ahead of any installed one.
+# A private copy of the package with the sanitized extensions, ahead of any installed one.
 rm -rf "$out/pkg" && mkdir -p "$out/pkg"
 cp -r "$root/pylib/hearthlm" "$out/pkg/"
-rm -f "$out/pkg/hearthlm/"_kernels*.so
-cp "$out/build/"_kernels*.so "$out/pkg/hearthlm/"
+rm -f "$out/pkg/hearthlm/"_kernels*.so "$out/pkg/hearthlm/"_per_token*.so
+cp "$out/build/"_kernels*.so "$out/build/"_per_token*.so "$out/pkg/hearthlm/"
 
 if [ -z "${SANITIZE_TESTS:-}" ]; then
   SANITIZE_TESTS="tests/test_kernels.py tests/test_kernel_edges.py tests/test_bad_input.py tests/test_models_vs_transformers.py"
   SANITIZE_TESTS+=" tests/test_native_forward.py tests/test_batch.py tests/test_moe.py tests/test_constraints.py"
+  SANITIZE_TESTS+=" tests/test_per_token.py"
   SANITIZE_TESTS+=" $(ls tests/test_quant*.py tests/test_session*.py tests/test_threads*.py 2>/dev/null | tr "\n" " " || true)"
 fi
 echo "   tests: $SANITIZE_TESTS"
@@ -65,6 +68,6 @@ if grep -qE "ERROR: AddressSanitizer|runtime error:" "$out/pytest.log"; then
   rc=1
 fi
 PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -c \
-  'import hearthlm; print("   sanitized module:", hearthlm._kernels.__file__)'
+  'import hearthlm; print("   sanitized modules:", hearthlm._kernels.__file__, hearthlm._per_token.__file__)'
 echo "sanitize: $([ "$rc" = 0 ] && echo clean || echo FAILED) in $(( $(date +%s) - start ))s"
 exit "$rc"

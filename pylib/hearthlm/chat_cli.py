@@ -15,7 +15,7 @@ import sys
 import time
 
 from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, constraint_options, in_flags, load_for_text,
-                       positive_int, thread_count, utf8_text)
+                       positive_int, speculative_options, thread_count, utf8_text)
 from .errors import HearthlmError
 
 PROMPT = ">>> "
@@ -48,6 +48,7 @@ def run(args, sampling: dict) -> int:
     from .conversation import Conversation
     from .demo import demo_model_path
     from .generation import make_sampler
+    from .speculative import Speculation
 
     status(f"loading {args.model or demo_model_path()} ...")
     t0 = time.perf_counter()
@@ -56,7 +57,8 @@ def run(args, sampling: dict) -> int:
         utf8_text(args.system, "--system")
     conv = Conversation(model, ChatTemplate.for_model(model, args.template), make_sampler(model, sampling),
                         n_ctx=args.ctx, system=args.system, max_new_tokens=args.max_tokens,
-                        constraint=constraint_options(args, model))
+                        constraint=constraint_options(args, model),
+                        speculation=Speculation.from_options(model, **speculative_options(args)))
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()
@@ -168,6 +170,9 @@ def stats(conv) -> str:
                      f"decode {g.decode_tokens_per_second:.1f} tok/s; prompt {plural(g.prompt_tokens, 'token')}, "
                      f"{g.prefilled_tokens} prefilled at {g.prefill_tokens_per_second:.1f} tok/s; "
                      f"first token after {g.time_to_first_token * 1000:.0f} ms")
+        if g.drafted_tokens:
+            lines.append(f"speculative: {g.accepted_tokens} of {plural(g.drafted_tokens, 'drafted token')} "
+                         f"accepted ({100 * g.accepted_tokens / g.drafted_tokens:.0f} %)")
     shifted = ", older turns partly dropped (context shift)" if s.tokens != conv.fed else ""
     lines.append(f"context: {len(s.tokens)} / {plural(s.n_ctx, 'token')}{shifted}; "
                  f"{plural(len(conv.messages), 'message')}")

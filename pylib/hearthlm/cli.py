@@ -9,8 +9,9 @@ import sys
 import time
 
 from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_constraint_options,
-                       add_sampling_options, constraint_options, in_flags,
-                       load_for_text, positive_int, sampling_options, thread_count, utf8_text)
+                       add_sampling_options, add_speculative_options, constraint_options, in_flags,
+                       load_for_text, positive_int, sampling_options, speculative_options, thread_count,
+                       utf8_text)
 from .formats import QUANTIZED
 
 
@@ -24,7 +25,7 @@ def cmd_generate(args) -> int:
     model = load_for_text(args)
     stream = model.generate(utf8_text(args.prompt, "--prompt"), max_new_tokens=args.max_tokens,
                             stop=args.stop or (), stream=True, truncate=args.truncate, **sampling_options(args),
-                            **constraint_options(args, model))
+                            **constraint_options(args, model), **speculative_options(args))
     for piece in stream:
         if not args.json:
             sys.stdout.write(piece)
@@ -163,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     chat_cli.add_arguments(chat)
     add_sampling_options(chat)
     add_constraint_options(chat)
+    add_speculative_options(chat)
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
@@ -180,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
                      help="print one JSON object: text, finish_reason, token counts, timings")
     add_sampling_options(gen)
     add_constraint_options(gen)
+    add_speculative_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="prefill/decode speed, bandwidth, memory")

@@ -67,7 +67,7 @@ FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max
             "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
             "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
             "base": "--kl-base", "vs": "--vs",
-            "calibration": "--calibration"}
+            "calibration": "--calibration", "draft_model": "--draft", "speculative": "--lookup"}
 
 
 def in_flags(message: str) -> str:
@@ -166,3 +166,22 @@ def constraint_options(args, model) -> dict:
         except InvalidInputError as e:
             raise InvalidInputError(f"{flag} {path}: {e}") from None
     return options
+
+
+def add_speculative_options(p) -> None:
+    g = p.add_argument_group("speculative decoding (the same output; faster where the reply repeats its input)")
+    g.add_argument("--lookup", action="store_true",
+                   help="draft tokens by prompt lookup: what followed the last few tokens earlier in the text")
+    g.add_argument("--draft", metavar="MODEL", help="draft tokens with a small model folder of the same tokenizer")
+
+
+def speculative_options(args) -> dict:
+    """generate() / Speculation options from --lookup and --draft (the draft model loaded
+    here, with --threads)."""
+    from .errors import InvalidInputError
+    from .model import load
+    if args.lookup and args.draft:
+        raise InvalidInputError("--lookup, --draft: give one of them")
+    if args.draft:
+        return {"draft_model": load(args.draft, n_threads=args.threads)}
+    return {"speculative": "prompt-lookup"} if args.lookup else {}

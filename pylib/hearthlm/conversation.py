@@ -33,8 +33,8 @@ from .sampling import Sampler
 class Conversation:
     def __init__(self, model, template: ChatTemplate, sampler: Sampler, n_ctx: Optional[int] = None,
                  system: Optional[str] = None, max_new_tokens: Optional[int] = None,
-                 stop: Sequence[str] = (), constraint: Optional[dict] = None):
-        self.model, self.template, self.sampler = model, template, sampler
+                 stop: Sequence[str] = (), constraint: Optional[dict] = None, speculation=None):
+        self.model, self.template, self.sampler, self.speculation = model, template, sampler, speculation
         self.constraint = dict(constraint or {})
         Constraint.from_options(model, **self.constraint)  # a bad one fails now, not at the first turn
         self.session = model.session(n_ctx=n_ctx)
@@ -58,7 +58,8 @@ class Conversation:
 
         return TextStream(self.model, self.session, lambda: self._catch_up(ids), ids, self.sampler,
                           self.max_new_tokens, self.stop, on_finish=finish,
-                          constraint=Constraint.from_options(self.model, **self.constraint))
+                          constraint=Constraint.from_options(self.model, **self.constraint),
+                          speculation=self.speculation)
 
     def _check_turn_fits(self, ids: list[int]) -> None:
         """Older turns may shift out of the context; the new message itself must fit

@@ -16,6 +16,10 @@ A prompt longer than the context raises ContextOverflowError, unless truncate="l
 A reply that runs past the context shifts it (Session: the oldest tokens after the
 first few are dropped).
 
+Speculative decoding (hearthlm.speculative: speculative="prompt-lookup" or
+draft_model=a Model with the same tokenizer) checks several drafted tokens per
+forward; the tokens have the distribution plain decoding gives them.
+
 Constraints (hearthlm.constraints: json_schema=, response_format=, regex=, grammar=)
 restrict every token to what the grammar allows; a reply whose constraint is complete
 ends with "eos" ("length" means it was cut short and may not parse). logprobs=True,
@@ -35,9 +39,11 @@ import numpy as np
 from . import logprobs as lp
 from .chat_template import ChatTemplate
 from .constraints import CONSTRAINT_OPTIONS, Constraint
+from .decoder import Decoder
 from .detokenizer import StreamDecoder
 from .errors import ContextOverflowError, InvalidInputError
 from .sampling import Sampler, SamplerConfig
+from .speculative import SPECULATION_OPTIONS, Speculation
 from .stop_strings import StopStrings
 from .tool_calls import ToolCalling
 
@@ -55,11 +61,13 @@ class Generation:
     prefill_seconds: float
     time_to_first_token: float   # seconds from the start to the first sampled token
     decode_seconds: float        # from the first token to the end, minus time spent by the reader
-    decode_steps: int            # tokens fed one at a time
+    decode_steps: int            # generated tokens fed to the session
     seed: int
     truncated_tokens: int = 0    # oldest prompt tokens dropped (truncate="left") to fit the context
     logprobs: Optional[list] = None  # with logprobs=True: one record per token_ids entry
     tool_calls: Optional[list] = None  # chat with tools: OpenAI-form calls parsed from the reply
+    drafted_tokens: int = 0      # speculative decoding: tokens drafted and checked
+    accepted_tokens: int = 0     # of those, tokens the model agreed with
 
     @property
     def completion_tokens(self) -> int:
@@ -111,12 +119,14 @@ class TextStream:
                  prompt_ids: Sequence[int], sampler: Sampler, max_new_tokens: Optional[int],
                  stop: Sequence[str] = (), context: Sequence[int] = (),
                  on_finish: Optional[Callable[[Generation], None]] = None, truncated: int = 0,
-                 constraint: Optional[Constraint] = None, top_logprobs: Optional[int] = None):
+                 constraint: Optional[Constraint] = None, top_logprobs: Optional[int] = None,
+                 speculation=None):
         """prefill() feeds the prompt (or what the session lacks of it) and returns
         (last logits, tokens fed). max_new_tokens None = until EOS / stop / cancel.
         truncated: prompt tokens dropped before this, for the result.
         constraint: restricts the tokens (advanced here; rewind it with the session).
-        top_logprobs: None, or record logprobs with that many alternatives."""
+        top_logprobs: None, or record logprobs with that many alternatives.
+        speculation: None, or a hearthlm.speculative.Speculation that drafts tokens."""
         check_max_new_tokens(max_new_tokens)
         if isinstance(stop, str):
             stop = [stop]
@@ -128,7 +138,7 @@ class TextStream:
         self.result: Optional[Generation] = None
         self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
         self._cancelled, self._truncated = False, truncated
-        self.constraint, self.top_logprobs = constraint, top_logprobs
+        self.constraint, self.top_logprobs, self.speculation = constraint, top_logprobs, speculation
         self.token_ids: list[int] = []  # the reply's tokens so far
         self._pieces = self._run()
 
@@ -158,44 +168,45 @@ class TextStream:
         t_prefill = time.perf_counter()
         self.sampler.start(self.prompt_ids)
         reply = ReplyText(self.model.tokenizer, self._stop, self._context)
-        tokens, pieces, reason, steps = self.token_ids, [], "cancelled", 0
+        tokens, pieces, reason = self.token_ids, [], "cancelled"
         logprobs = [] if self.top_logprobs is not None else None
-        constraint = self.constraint
-        t_first, paused, unfed = None, 0.0, False
+        record = None if logprobs is None else (
+            lambda token: lp.entry(self.sampler, self.model.tokenizer, token, self.top_logprobs))
+        parts = (self.session, self.sampler, self.constraint, eos, record, logits)
+        decoder = (self.speculation.decoder(*parts, self.prompt_ids, self.max_new_tokens) if self.speculation
+                   else Decoder(*parts))
+        t_first, paused, finished = None, 0.0, False
         try:
             while True:
                 if self._cancelled:
                     reason = "cancelled"
                     break
-                token = self.sampler.sample(logits, constraint.next_mask() if constraint else None)
+                token = decoder.next()
                 if t_first is None:
                     t_first = time.perf_counter()
                 if token in eos:
                     reason = "eos"
                     break
                 tokens.append(token)
-                self.sampler.accept(token)
-                if constraint:
-                    constraint.accept(token)
                 if logprobs is not None:
-                    logprobs.append(lp.entry(self.sampler, self.model.tokenizer, token, self.top_logprobs))
+                    logprobs.append(decoder.entry)
                 out, stopped = reply.add(token)
                 if out:
                     pieces.append(out)
-                    unfed, t_pause = True, time.perf_counter()
+                    t_pause = time.perf_counter()
                     yield out
                     paused += time.perf_counter() - t_pause
-                logits = self.session.feed([token])
-                unfed, steps = False, steps + 1
                 if stopped:
                     reason = "stop"
                     break
-                if constraint and constraint.done:  # only end-of-sequence is allowed now
+                if decoder.done:  # the constraint allows only end-of-sequence now
                     reason = "eos"
                     break
                 if self.max_new_tokens is not None and len(tokens) >= self.max_new_tokens:
                     reason = "length"
                     break
+            decoder.finish(len(tokens))
+            finished = True
             if reason != "stop":  # the text held back so far is final now
                 out, stopped = reply.flush()
                 if stopped:
@@ -205,12 +216,11 @@ class TextStream:
                     yield out
         except GeneratorExit:
             reason = "cancelled"  # the reader closed the stream early
-            if unfed:  # closed while yielding: the session never got this token
+            if not finished:  # closed while yielding: the session never gets this token
                 tokens.pop()
-                if constraint:
-                    constraint.rewind(1)
                 if logprobs:
                     logprobs.pop()
+                decoder.finish(len(tokens))
             raise
         finally:
             t_end = time.perf_counter()
@@ -219,8 +229,9 @@ class TextStream:
                 prompt_tokens=len(self.prompt_ids), prefilled_tokens=n_fed,
                 prefill_seconds=t_prefill - t0,
                 time_to_first_token=(t_first or t_end) - t0,
-                decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=steps,
-                seed=self.sampler.seed, truncated_tokens=self._truncated, logprobs=logprobs)
+                decode_seconds=t_end - (t_first or t_end) - paused, decode_steps=decoder.fed,
+                seed=self.sampler.seed, truncated_tokens=self._truncated, logprobs=logprobs,
+                drafted_tokens=decoder.drafted, accepted_tokens=decoder.accepted)
             if self._on_finish is not None:
                 self._on_finish(self.result)
 
@@ -300,7 +311,11 @@ def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, strea
     if constraint is not None and any(v is not None for v in options.values()):
         raise InvalidInputError(f"{', '.join(options)}: not with tools (their calls are constrained already)")
     constraint = constraint or Constraint.from_options(model, **options)
+    speculation = Speculation.from_options(model, **{k: sampling.pop(k) for k in SPECULATION_OPTIONS
+                                                     if k in sampling})
     sampler = make_sampler(model, sampling)
+    if speculation:
+        speculation.check(sampler, top_logprobs is not None)
     limit = model.args.max_position_embeddings
     # truncated, the prompt leaves room for the reply: max_new_tokens, at most half the context
     ids, dropped = fit_context(ids, limit, truncate, argument, room=min(max_new_tokens or limit, limit // 2))
@@ -309,7 +324,7 @@ def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, strea
     session = model.session(n_ctx=n_ctx)
     text_stream = TextStream(model, session, lambda: (session.feed(ids), len(ids)), ids.tolist(), sampler,
                              max_new_tokens, stop, context=list(context), truncated=dropped,
-                             constraint=constraint, top_logprobs=top_logprobs)
+                             constraint=constraint, top_logprobs=top_logprobs, speculation=speculation)
     if stream:
         return text_stream
     result = text_stream.finish()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels as K
+from ._per_token import Ring
 from .errors import InvalidInputError
 from .models import ModelArgs
 
@@ -84,24 +85,16 @@ class KVPool:
         return KVCache(self, i * self.n_ctx, n_keep)
 
 
-class KVCache:
+class KVCache(Ring):
     """One sequence's slots [first, first + capacity) of a KVPool. Slot numbers below
-    are local to the region (slot_pos is a view of the pool's)."""
+    are local to the region (slot_pos is a view of the pool's). The slot bookkeeping
+    (slot_of, segments, reserve, truncate, reset, length, tail) is the compiled Ring's."""
 
     def __init__(self, pool: KVPool, first: int, n_keep: int = 0):
-        capacity = pool.n_ctx
-        if not isinstance(n_keep, int) or not 0 <= n_keep < capacity:
-            raise InvalidInputError(f"n_keep: expected an integer in [0, n_ctx={capacity}), got {n_keep!r}")
+        super().__init__(pool.slot_pos[first:first + pool.n_ctx], first, n_keep)
         self.pool = pool
         self.kv_dtype, self.head_dim = pool.kv_dtype, pool.head_dim
         self.k, self.v, self.k_scales, self.v_scales = pool.k, pool.v, pool.k_scales, pool.v_scales
-        self.first = first
-        self.capacity = capacity
-        self.n_keep = n_keep
-        self.slot_pos = pool.slot_pos[first:first + capacity]
-        self.length = 0  # tokens held
-        self.tail = 0    # ring index (0-based within the ring) of the oldest middle token
-        self.reset()
 
     @classmethod
     def alone(cls, args: ModelArgs, capacity: int, n_keep: int = 0, kv_dtype: str = "f32") -> "KVCache":
@@ -119,59 +112,11 @@ class KVCache:
     def layer(self, i: int) -> tuple:
         return self.pool.layer(i)
 
-    @property
-    def ring_size(self) -> int:
-        return self.capacity - self.n_keep
-
-    def reset(self) -> None:
-        self.slot_pos[:] = -1
-        self.length = 0
-        self.tail = 0
-
-    def slot_of(self, i: int) -> int:
-        """The slot holding logical token i."""
-        if i < self.n_keep:
-            return i
-        return self.n_keep + (self.tail + i - self.n_keep) % self.ring_size
-
     def order(self) -> np.ndarray:
         """Slots of the held tokens in logical order: [length] int64."""
         i = np.arange(self.length)
         ring = self.n_keep + (self.tail + i - self.n_keep) % max(self.ring_size, 1)
         return np.where(i < self.n_keep, i, ring)
-
-    def segments(self, start: int, count: int) -> list:
-        """Logical tokens [start, start+count) as (offset, slot slice) runs of
-        contiguous slots: at most three (sinks, ring before wrap, ring after wrap)."""
-        out, i = [], start
-        while i < start + count:
-            slot = self.slot_of(i)
-            limit = self.n_keep if i < self.n_keep else self.capacity
-            n = min(start + count - i, limit - slot)
-            out.append((i - start, slice(slot, slot + n)))
-            i += n
-        return out
-
-    def reserve(self, n_tokens: int, slots: np.ndarray) -> None:
-        """Slots for the next n_tokens (the caller made room), written to slots[:n_tokens]
-        as pool slot numbers."""
-        if self.length + n_tokens > self.capacity:
-            raise InvalidInputError(
-                f"{self.length + n_tokens} tokens exceed the cache of {self.capacity}; shift first")
-        start = self.length
-        self.length += n_tokens
-        for offset, run in self.segments(start, n_tokens):
-            n = run.stop - run.start
-            self.slot_pos[run] = np.arange(start + offset, start + offset + n, dtype=np.int32)
-            slots[offset:offset + n] = np.arange(self.first + run.start, self.first + run.stop)
-
-    def truncate(self, length: int) -> None:
-        """Keep only the first `length` tokens (rewind)."""
-        for _, slots in self.segments(length, self.length - length):
-            self.slot_pos[slots] = -1
-        self.length = length
-        if self.length <= self.n_keep:
-            self.tail = 0
 
     def shift(self, n_drop: int, rotations: list, n_threads: int) -> None:
         """Drop the n_drop oldest tokens after the sinks; later tokens move down by

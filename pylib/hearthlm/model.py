@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from . import _kernels, generation
+from ._per_token import check_ids
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -48,16 +49,8 @@ class Model:
     # -- running tokens ---------------------------------------------------------------
 
     def check_ids(self, token_ids, argument: str = "token_ids") -> np.ndarray:
-        try:
-            ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise InvalidInputError(f"{argument}: expected a sequence of integer token ids ({e})") from None
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InvalidInputError(
-                f"{argument}[{i}] = {int(ids[i])} is outside the vocabulary [0, {self.vocab_size})")
-        return ids.astype(np.int32)
+        """token_ids as int32 [n], each checked to be in the vocabulary."""
+        return check_ids(token_ids, self.vocab_size, argument)
 
     def logits(self, token_ids: Sequence[int], truncate: Optional[str] = None) -> np.ndarray:
         """Logits at every position of a fresh sequence: float32 [len(token_ids), vocab].
@@ -87,8 +80,10 @@ class Model:
         token counts, timings). `sampling`: temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed —
         defaults from generation_config.json, then hearthlm.sampling.SamplerConfig;
-        also json_schema / response_format / regex / grammar (hearthlm.constraints) and
-        logprobs / top_logprobs (hearthlm.logprobs).
+        also json_schema / response_format / regex / grammar (hearthlm.constraints),
+        logprobs / top_logprobs (hearthlm.logprobs) and speculative="prompt-lookup" or
+        draft_model=a Model with the same tokenizer (hearthlm.speculative: the same
+        output, drafted tokens checked several per forward).
         A prompt longer than the context raises ContextOverflowError; truncate="left"
         drops its oldest tokens instead (leaving room for max_new_tokens, at most half
         the context) and the Generation's truncated_tokens says how many."""

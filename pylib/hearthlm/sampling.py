@@ -93,6 +93,7 @@ class Sampler:
         self._native = K.Sampler(vocab_size, self.seed, c.temperature, top_k, c.top_p, c.min_p,
                                  c.repeat_penalty, c.repeat_last_n, c.presence_penalty,
                                  c.frequency_penalty)
+        self._token = np.zeros(1, np.int32)  # accept()'s argument
 
     def start(self, context_ids: Sequence[int]) -> None:
         """Begin a new reply: the penalty window becomes the last tokens of context_ids."""
@@ -100,7 +101,8 @@ class Sampler:
         self._native.accept(np.asarray(context_ids, np.int32)[-max(self.config.repeat_last_n, 1):])
 
     def accept(self, token: int) -> None:
-        self._native.accept(np.array([token], np.int32))
+        self._token[0] = token
+        self._native.accept(self._token)
 
     def sample(self, logits: np.ndarray, mask: Optional[np.ndarray] = None) -> int:
         """The next token. mask: None or uint32 [ceil(vocab / 32)], bit i % 32 of word

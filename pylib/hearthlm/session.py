@@ -11,7 +11,6 @@ thread at a time: a second thread gets SessionBusyError instead of corrupted sta
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ import numpy as np
 
 from .errors import (ContextOverflowError, FileWriteError, InvalidInputError, ModelFormatError,
                      SessionBusyError)
+from ._per_token import check_ids
 from .kv_cache import KVCache, KVPool
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
@@ -67,8 +67,12 @@ class Session:
             raise InvalidInputError(f"n_discard: expected an integer in [1, {ring}], got {n_discard!r}")
         self.n_discard = n_discard
         self.max_batch = max(1, min(max_batch, ring))
-        self.buf = model.transformer.buffers(self.max_batch)
+        # A session of a SessionGroup makes its own buffers only if it is ever fed alone.
+        self.buf = model.transformer.buffers(self.max_batch, 1) if cache is None else None
         self.last_logits = np.zeros((1, args.vocab_size), np.float32)
+        self._last_view = self.last_logits[0]  # what feed() returns
+        self._last_view.flags.writeable = False
+        self._staged = np.zeros(self.max_batch, np.int32)  # token ids being fed
         self._tokens: list[int] = []
         self._lock = threading.Lock()
         model.transformer.ensure_rope(n_ctx)
@@ -87,8 +91,8 @@ class Session:
     @property
     def memory_bytes(self) -> int:
         """Bytes of the KV cache and this session's scratch buffers."""
-        b = self.buf
-        return self.cache.memory_bytes + sum(a.nbytes for a in b.arrays) + self.last_logits.nbytes
+        own = [*self.buf.arrays] if self.buf is not None else []
+        return self.cache.memory_bytes + sum(a.nbytes for a in (*own, self.last_logits, self._staged))
 
     def _exclusive(self):
         if not self._lock.acquire(blocking=False):
@@ -103,10 +107,12 @@ class Session:
         last position's logits [vocab] as a read-only view of the session's buffer,
         valid until the next call that changes the session (copy it to keep it; the
         decode loop allocates nothing). With all_logits: a new [len(token_ids), vocab]."""
-        ids = self.model.check_ids(token_ids)
-        if len(ids) == 0:
-            raise InvalidInputError("token_ids: empty")
         with self._exclusive():
+            ids = check_ids(token_ids, self.model.vocab_size, "token_ids", self._staged)
+            if len(ids) == 0:
+                raise InvalidInputError("token_ids: empty")
+            if self.buf is None:
+                self.buf = self.model.transformer.buffers(self.max_batch, 1)
             out = np.empty((len(ids), self.model.vocab_size), np.float32) if all_logits else None
             for start in range(0, len(ids), self.max_batch):
                 chunk = ids[start:start + self.max_batch]
@@ -117,9 +123,7 @@ class Session:
             if all_logits:
                 self.last_logits[0] = out[-1]
                 return out
-            view = self.last_logits[0]
-            view.flags.writeable = False
-            return view
+            return self._last_view
 
     def _make_room(self, n: int) -> None:
         cache = self.cache
@@ -268,7 +272,7 @@ class SessionGroup:
         self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i, n_keep))
                          for i in range(n_sessions)]
         self.max_tokens = max_tokens
-        self.buf = model.transformer.buffers(max_tokens)
+        self.buf = model.transformer.buffers(max_tokens, n_sessions)
         self.logits = np.zeros((n_sessions, args.vocab_size), np.float32)
 
     def feed(self, batch) -> np.ndarray:
@@ -280,14 +284,16 @@ class SessionGroup:
             raise InvalidInputError(f"batch: expected 1 to {len(self.sessions)} (session, ids) pairs")
         if len({id(s) for s, _ in batch}) != len(batch) or any(s.cache.pool is not self.pool for s, _ in batch):
             raise InvalidInputError("batch: each session must be of this group and appear once")
-        items = [(s, s.model.check_ids(ids, f"batch[{i}] ids")) for i, (s, ids) in enumerate(batch)]
-        total = sum(len(ids) for _, ids in items)
-        if total > self.max_tokens or min(len(ids) for _, ids in items) < 1:
-            raise InvalidInputError(f"batch: {total} token ids (at least one per session) exceed the group's "
-                                    f"max_tokens={self.max_tokens}")
-        with contextlib.ExitStack() as held:
-            for s, _ in items:
-                held.enter_context(s._exclusive())
+        held = []
+        try:
+            for s, _ in batch:
+                held.append(s._exclusive())
+            vocab = self.model.vocab_size
+            items = [(s, check_ids(ids, vocab, f"batch[{i}] ids", s._staged)) for i, (s, ids) in enumerate(batch)]
+            total = sum(len(ids) for _, ids in items)
+            if total > self.max_tokens or min(len(ids) for _, ids in items) < 1:
+                raise InvalidInputError(f"batch: {total} token ids (at least one per session) exceed the group's "
+                                        f"max_tokens={self.max_tokens}")
             for s, ids in items:
                 if len(ids) > s.cache.ring_size:
                     raise InvalidInputError(f"batch: {len(ids)} ids exceed a session's ring of "
@@ -295,10 +301,12 @@ class SessionGroup:
                 s._make_room(len(ids))
             logits = self.logits[:len(items)]
             self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits)
-            for (s, ids), row in zip(items, logits):
+            for s, ids in items:
                 s._tokens.extend(ids.tolist())
-                s.last_logits[0] = row
-        return logits
+            return logits
+        finally:
+            for h in held:
+                h.__exit__()
 
 
 class _Release:

@@ -13,6 +13,8 @@ class StopStrings:
 
     def push(self, text: str) -> tuple[str, bool]:
         """-> (text that is final, whether a stop string was reached)."""
+        if not self.stops:
+            return text, False
         self.pending += text
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
         if hits:

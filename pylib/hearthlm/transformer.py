@@ -5,10 +5,12 @@ module reads the weights, places the tokens in the cache and owns the RoPE table
 Every buffer is allocated once (Buffers)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from . import _kernels as K
-from .errors import InvalidInputError
+from ._per_token import Placer
 from .kv_cache import KVCache
 from .models import ModelArgs, family
 from .models.program import Program
@@ -17,10 +19,10 @@ from .weights import WeightReader, Weights
 
 
 class Buffers:
-    """The program's activations for up to `max_tokens` tokens per forward call,
-    allocated once."""
+    """The program's activations for up to `max_tokens` tokens of up to `max_sequences`
+    sequences per forward call, allocated once."""
 
-    def __init__(self, program: Program, max_tokens: int, scratch_bytes: int):
+    def __init__(self, program: Program, max_tokens: int, max_sequences: int, scratch_bytes: int):
         T = max_tokens
         self.max_tokens = T
         self.rows = {name: np.zeros((T, width), np.float32) for name, width in program.buffers.items()}
@@ -29,16 +31,16 @@ class Buffers:
         self.scratch = np.zeros(scratch_bytes, np.uint8)  # quantized activations, attention partials
         self.positions = np.zeros(T, np.int32)
         self.ids = np.zeros(T, np.int32)
-        self.arange = np.arange(T, dtype=np.int32)
         self.slots = np.zeros(T, np.int64)        # each token's cache slot
         self.ranges = np.zeros((T, 2), np.int64)  # the slots it attends: (first, count)
-        self.last = np.zeros(T, np.int64)         # forward_batch: each sequence's last token
-        self.last_rows = np.zeros((T, self.output.shape[1]), np.float32)  # ... and its hidden state
+        self.last = np.zeros(max_sequences, np.int64)  # each sequence's last token
+        self.last_rows = np.zeros((max_sequences, self.output.shape[1]), np.float32)  # ... its hidden state
+        self.placer = Placer(self.ids, self.positions, self.slots, self.ranges, self.last)
 
     @property
     def arrays(self) -> list:
-        return [*self.native, self.scratch, self.positions, self.ids, self.arange, self.slots, self.ranges,
-                self.last, self.last_rows]
+        return [*self.native, self.scratch, self.positions, self.ids, self.slots, self.ranges, self.last,
+                self.last_rows]
 
 
 class Transformer:
@@ -56,8 +58,11 @@ class Transformer:
         # edited in place, so forwards in other threads see old or new tables, never a mix.
         self.rope = tuple((np.zeros((0, r.rotary_dim // 2), np.float32),) * 2 for r in args.rope)
 
-    def buffers(self, max_tokens: int) -> Buffers:
-        return Buffers(self.program, max_tokens, self.native.scratch_bytes(max_tokens))
+    def buffers(self, max_tokens: int, max_sequences: Optional[int] = None) -> Buffers:
+        """Buffers for forwards of up to max_tokens tokens of up to max_sequences
+        sequences (default: max_tokens, as every sequence has a token)."""
+        return Buffers(self.program, max_tokens, max_sequences or max_tokens,
+                       self.native.scratch_bytes(max_tokens))
 
     def matrix_bytes(self) -> int:
         """Bytes of the matrices one token multiplies by (a mixture of experts: only the
@@ -102,26 +107,11 @@ class Transformer:
         logits_out: [len(items), vocab], the logits after each sequence's last token;
         with all_logits, [tokens, vocab] for every token in order."""
         pool = items[0][1].pool
-        if any(cache.pool is not pool for _, cache in items):
-            raise InvalidInputError("items: the caches of one batch must share one KVPool")
-        total = sum(len(ids) for ids, _ in items)
-        if total > buf.max_tokens or min(len(ids) for ids, _ in items) < 1:
-            raise InvalidInputError(f"items: {total} tokens (at least one per sequence) exceed the "
-                                    f"{buf.max_tokens} of the buffers")
-        T = 0
-        for i, (ids, cache) in enumerate(items):
-            n = len(ids)
-            buf.ids[T:T + n] = ids
-            np.add(buf.arange[:n], cache.length, out=buf.positions[T:T + n])  # token i of a cache: position i
-            cache.reserve(n, buf.slots[T:T + n])
-            buf.ranges[T:T + n] = (cache.first, cache.capacity)
-            T += n
-            buf.last[i] = T - 1
-        positions = buf.positions[:T]
+        T, n_positions = buf.placer.place(items, pool)
         K.embed(buf.input[:T], self.embed_tokens.weight, buf.ids[:T], self.embed_tokens.wtype)
-        tables = self.ensure_rope(int(positions.max()) + 1)
+        tables = self.ensure_rope(n_positions)
         self.native.forward(buf.native, T, buf.scratch, pool.k, pool.k_scales, pool.v, pool.v_scales,
-                            pool.kv_dtype, pool.slot_pos, positions, tables, buf.slots, buf.ranges,
+                            pool.kv_dtype, pool.slot_pos, buf.positions[:T], tables, buf.slots, buf.ranges,
                             self.n_threads)
         if all_logits:
             hidden, rows = buf.output[:T], T

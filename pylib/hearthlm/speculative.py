@@ -1,0 +1,360 @@
+"""Speculative decoding: guess several tokens cheaply, check them all in one forward of
+the model, keep those it agrees with (Leviathan, Kalman & Matias, 2023).
+
+    model.generate(prompt, speculative="prompt-lookup")   # drafts copied from the text so far
+    model.generate(prompt, draft_model=small)             # drafts from a small model, same tokenizer
+
+Each round feeds the pending token and k drafted tokens in one forward
+(Session.feed(all_logits=True)). Row i of its logits is the model's next-token
+distribution after the pending token and drafts 1..i, and draft i + 1 is checked
+against it under the sampler's own settings (constraint mask, penalties,
+temperature, top-k / top-p / min-p):
+- a draft proposed for sure (prompt lookup; a draft model decoding greedily) has a
+  point mass as its distribution. The standard rule then keeps it with probability
+  p(draft) and otherwise draws from p without it: exactly drawing x ~ p with the
+  native sampler and keeping the draft iff x == draft. Greedy decoding draws the
+  argmax, as it does without speculation.
+- a draft model that samples draws d ~ q: kept with probability min(1, p(d) / q(d)),
+  otherwise x ~ max(0, p - q) normalised.
+Either way every token has the distribution plain decoding gives it. Penalties
+and the constraint see exactly the tokens kept so far, since each kept token is
+accepted by the sampler and the constraint before the next row is checked. The
+first row that disagrees gives the round's last token, and the drafts after it are
+rewound (Session.rewind: nothing is copied).
+
+One limit to "identical": a forward of k + 1 tokens is not bit-identical to k + 1
+forwards of one token in every format (f32 / bf16 / q8 logits differ by ~1e-6), so
+a greedy choice between two logits that close may differ from plain decoding's.
+
+The draft length adapts (DraftLength): each round takes the k with the most expected
+tokens per second, from the drafter's acceptance rate so far and the measured times
+of forwards of 1..k + 1 tokens (and of drafting); k = 0, plain decoding, when no
+length pays, with a one-token probe now and then in case the text turns repetitive.
+Drafts never run into a context shift or past max_new_tokens, so those happen at the
+same token as without speculation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .decoder import Decoder
+from .errors import InvalidInputError
+from .sampling import Sampler
+
+SPECULATIVE = ("prompt-lookup",)
+SPECULATION_OPTIONS = ("speculative", "draft_model")
+MAX_DRAFT = 10         # drafted tokens per round, at most
+LOOKUP_NGRAM = 3       # prompt lookup matches the last 3, 2 or 1 tokens
+PROBE_EVERY = 16       # rounds without drafting before a one-token probe
+SMOOTHING = 0.3        # weight of the newest measurement in the running means
+
+
+class PromptLookup:
+    """Drafts by matching the last n tokens (n = 3, then 2, then 1) against the text so
+    far (prompt and reply) and proposing what followed their latest earlier occurrence.
+    An index of every n-gram's latest continuation grows by one token at a time."""
+
+    seconds_per_token = 0.0  # drafting costs next to nothing
+
+    def __init__(self):
+        self._index = [dict() for _ in range(LOOKUP_NGRAM + 1)]  # n -> n-gram -> continuation start
+        self._seen = 0  # tokens of the history indexed so far
+        self._at = 0    # where the latest match's continuation starts
+
+    def start(self, prompt: list[int]) -> None:
+        """Index the prompt (before the first token, like a prefill)."""
+        self._grow(prompt)
+
+    def _grow(self, text: list[int]) -> None:
+        while self._seen < len(text) - 1:  # the n-grams ending before the last token
+            self._seen += 1
+            i = self._seen
+            for n in range(1, min(LOOKUP_NGRAM, i) + 1):
+                self._index[n][tuple(text[i - n:i])] = i
+
+    def kind(self, history: list[int]):
+        """The key of this round's acceptance rate (the match length), or None when
+        nothing matches."""
+        self._grow(history)
+        for n in range(min(LOOKUP_NGRAM, len(history)), 0, -1):
+            at = self._index[n].get(tuple(history[-n:]))
+            if at is not None:
+                self._at = at
+                return n
+        return None
+
+    def draft(self, history: list[int], k: int) -> tuple[list[int], None]:
+        """What followed the match; past the end of the text, the same again (the tail
+        repeats what came after the match, so it may repeat once more)."""
+        period = len(history) - self._at
+        return [history[self._at + j % period] for j in range(k)], None
+
+
+class DraftSession:
+    """A draft model's session, kept in step with the text: it holds a window of the
+    text ending at the newest token (from `start`), rewound where the text changed
+    (rejected drafts) and fed the rest; a new window of half its context when the
+    text outgrows it. It never shifts by itself."""
+
+    def __init__(self, model, n_ctx: int):
+        self.session = model.session(n_ctx=n_ctx, n_keep=0)
+        self.held: list[int] = []  # the tokens the session holds
+        self.start = 0             # the index in the text of held[0]
+
+    def sync(self, text: list[int], room: int, known: int = 0) -> np.ndarray:
+        """Hold `text` with room for `room` more tokens -> the logits after it.
+        known: leading tokens of `text` that are as they were at the last sync."""
+        s, held = self.session, self.held
+        same = max(0, min(known - self.start, len(held)))
+        for a, b in zip(held[same:], text[self.start + same:]):
+            if a != b:
+                break
+            same += 1
+        same = min(same, len(text) - self.start - 1)  # feed at least one token, for its logits
+        if len(text) - self.start + room > s.n_ctx:
+            self.start, same = max(0, len(text) - s.n_ctx // 2), 0
+            s.reset()
+            held.clear()
+        s.rewind(len(held) - same)
+        del held[same:]
+        return self.feed(text[self.start + same:])
+
+    def feed(self, ids: list[int]) -> np.ndarray:
+        self.held.extend(ids)
+        return self.session.feed(ids)
+
+
+class DraftModel:
+    """Drafts with a second model that shares the tokenizer: greedily when the target
+    decodes greedily (point masses), else sampled with the target's settings, each
+    draft then with q, the distribution it was drawn from."""
+
+    def __init__(self, draft: DraftSession, sampler: Sampler, rng: np.random.Generator):
+        self.draft_session, self.rng = draft, rng
+        config = sampler.config
+        self.greedy = config.temperature == 0
+        self.sampler = Sampler(replace(config, seed=sampler.seed ^ 0x5BD1E995), draft.session.model.vocab_size)
+        self.seconds_per_token = 0.0
+        self._known = 0  # the text so far only grows: what was there at the last draft is unchanged
+
+    def start(self, prompt: list[int]) -> None:
+        """Prefill the prompt (timed as part of the first token, not of drafting)."""
+        self.draft_session.sync(prompt, MAX_DRAFT + 1)
+        self._known = len(prompt)
+
+    def kind(self, history: list[int]):
+        return "draft"
+
+    def draft(self, history: list[int], k: int):
+        t0 = time.perf_counter()
+        logits = self.draft_session.sync(history, k, self._known)
+        self._known = len(history)
+        self.sampler.start(history)
+        drafts, qs = [], None if self.greedy else []
+        for i in range(k):
+            if i:
+                logits = self.draft_session.feed(drafts[-1:])
+            if self.greedy:
+                drafts.append(int(np.argmax(logits)))
+                continue
+            ids, probs = self.sampler.distribution(logits)
+            cum = np.cumsum(probs, dtype=np.float64)
+            j = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(ids) - 1)
+            drafts.append(int(ids[j]))
+            qs.append((ids, probs))
+            self.sampler.accept(drafts[-1])
+        seconds = (time.perf_counter() - t0) / k
+        self.seconds_per_token = seconds if self.seconds_per_token == 0 else (
+            self.seconds_per_token + SMOOTHING * (seconds - self.seconds_per_token))
+        return drafts, qs
+
+
+class DraftLength:
+    """Chooses each round's draft length: the k <= limit with the most expected tokens
+    per second. With acceptance rate a (per drafter kind), k drafts yield
+    1 + a + ... + a^k tokens for a forward of k + 1 tokens plus k drafting times."""
+
+    def __init__(self):
+        self.rate: dict = {}
+        self.cost = [0.0] * (MAX_DRAFT + 2)  # seconds per forward of M tokens; 0 = not measured yet
+        self.idle = 0
+
+    def forward_cost(self, m: int) -> float:
+        """Measured, or until then a prior (each extra token +25 %) scaled to the
+        nearest measured size."""
+        if self.cost[m] > 0:
+            return self.cost[m]
+        prior = lambda n: 1 + 0.25 * (n - 1)
+        known = [j for j, c in enumerate(self.cost) if c > 0]
+        if not known:
+            return prior(m)
+        j = min(known, key=lambda j: abs(j - m))
+        return self.cost[j] * prior(m) / prior(j)
+
+    def choose(self, kind, limit: int, draft_seconds: float) -> int:
+        if kind is None or limit < 1:
+            return 0
+        a = min(self.rate.get(kind, 0.6), 0.99)
+        best, best_speed = 0, 1.0 / self.forward_cost(1)
+        for k in range(1, limit + 1):
+            speed = (1 - a ** (k + 1)) / (1 - a) / (self.forward_cost(k + 1) + k * draft_seconds)
+            if speed > best_speed:
+                best, best_speed = k, speed
+        if best == 0:
+            self.idle += 1
+            if self.idle >= PROBE_EVERY:
+                self.idle, best = 0, 1
+        return best
+
+    def update(self, kind, k: int, accepted: int, m: int, seconds: float) -> None:
+        if any(self.cost):  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
+            seconds = min(seconds, 2 * self.forward_cost(m))
+        self.cost[m] = seconds if self.cost[m] == 0 else self.cost[m] + SMOOTHING * (seconds - self.cost[m])
+        if k:
+            checked = accepted + (accepted < k)
+            rate = self.rate.get(kind, 0.6)
+            self.rate[kind] = rate + SMOOTHING * (accepted / checked - rate)
+
+
+class SpeculativeDecoder(Decoder):
+    """generation.Decoder's interface (next / finish), a round of drafts at a time."""
+
+    def __init__(self, session, sampler, constraint, eos, record, logits, drafter, prompt_ids: Sequence[int],
+                 max_new_tokens: Optional[int], length: DraftLength, rng: np.random.Generator):
+        super().__init__(session, sampler, constraint, eos, record, logits)
+        self.drafter, self.length, self.rng = drafter, length, rng
+        self.prompt = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.queue: list = []   # (token, entry, done) checked, not handed out yet
+        self.drafted = self.accepted = 0
+
+    def next(self) -> int:
+        if not self.queue:
+            self._round()
+        token, self.entry, self.done = self.queue.pop(0)
+        return token
+
+    def _round(self) -> None:
+        if not self.tokens:  # the first token: from the prompt's logits (a draft model reads the prompt first)
+            self.drafter.start(self.prompt)
+            self._check([self.logits], [], None)
+            return
+        history = self.prompt + self.tokens
+        room = self.session.n_ctx - self.session.cache.length
+        limit = min(MAX_DRAFT, room - 1)  # this round's forward fits without a context shift
+        if self.max_new_tokens is not None:
+            limit = min(limit, self.max_new_tokens - len(self.tokens) - 1)
+        kind = self.drafter.kind(history) if limit > 0 else None
+        k = self.length.choose(kind, limit, self.drafter.seconds_per_token)
+        drafts, qs = self.drafter.draft(history, k) if k else ([], None)
+        t0 = time.perf_counter()
+        batch = self.tokens[self.fed:] + drafts
+        rows = self.session.feed(batch, all_logits=True) if drafts else self.session.feed(batch)[None]
+        self.fed = len(self.tokens) + len(drafts)
+        accepted = self._check(rows[len(batch) - len(drafts) - 1:], drafts, qs)
+        self.length.update(kind, len(drafts), accepted, len(batch), time.perf_counter() - t0)
+        self.drafted += len(drafts)
+        self.accepted += accepted
+        if accepted < len(drafts):
+            self.session.rewind(len(drafts) - accepted)
+            self.fed -= len(drafts) - accepted
+
+    def _check(self, rows: np.ndarray, drafts: list[int], qs) -> int:
+        """Checks drafts against rows[:len(drafts)] and draws the round's last token;
+        queues the tokens kept -> how many drafts were kept."""
+        for i, row in enumerate(rows):
+            d = drafts[i] if i < len(drafts) else None
+            if d is not None and qs is not None:
+                token = self._leviathan(row, d, qs[i])
+            else:
+                token = self.choose(row)
+            self.queue.append((token, self.entry, self.done))
+            if token != d or token in self.eos:  # an end-of-sequence draft is not kept
+                return i
+            if self.done:
+                return i + 1
+        return len(drafts)
+
+    def _leviathan(self, row: np.ndarray, d: int, q) -> int:
+        """Keep d ~ q with probability min(1, p(d) / q(d)); else draw from max(0, p - q)."""
+        c = self.constraint
+        ids, probs = self.sampler.distribution(row, c.next_mask() if c else None)
+        q_ids, q_probs = q
+        p_d, q_d = float(probs[ids == d].sum()), float(q_probs[q_ids == d].sum())
+        if self.rng.random() * q_d < p_d:
+            token = d
+        else:
+            both = np.union1d(ids, q_ids)
+            residual = np.zeros(len(both))
+            residual[np.searchsorted(both, ids)] += probs
+            residual[np.searchsorted(both, q_ids)] -= q_probs
+            cum = np.cumsum(np.maximum(residual, 0.0))
+            if cum[-1] <= 0:  # p == q up to rounding: any draw from p
+                return self.choose(row)
+            j = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(both) - 1)
+            token = int(both[j])
+        self.entry = None
+        self.accept(token)
+        return token
+
+
+class Speculation:
+    """How a generation drafts: `speculative` ("prompt-lookup") or `draft_model` (a
+    Model with the same tokenizer). One object serves the streams of one conversation
+    in turn (a draft model's session is reused)."""
+
+    def __init__(self, model, speculative: Optional[str] = None, draft_model=None):
+        if speculative is not None and speculative not in SPECULATIVE:
+            raise InvalidInputError(f"speculative: expected one of {', '.join(SPECULATIVE)} or None, "
+                                    f"got {speculative!r}")
+        if (speculative is None) == (draft_model is None):
+            raise InvalidInputError("speculative, draft_model: give one of them")
+        if draft_model is not None:
+            check_draft_model(model, draft_model)
+        self.model, self.kind, self.draft_model = model, speculative, draft_model
+        self.length = DraftLength()  # what it learns carries over to the next turn
+        self._draft: Optional[DraftSession] = None
+
+    @classmethod
+    def from_options(cls, model, speculative=None, draft_model=None) -> Optional["Speculation"]:
+        if speculative is None and draft_model is None:
+            return None
+        return cls(model, speculative, draft_model)
+
+    def check(self, sampler: Sampler, logprobs: bool) -> None:
+        """Refuses what this speculation cannot do with these settings."""
+        if logprobs and self.draft_model is not None and sampler.config.temperature > 0:
+            raise InvalidInputError("logprobs: not with draft_model when sampling (temperature > 0)")
+
+    def decoder(self, session, sampler, constraint, eos, record, logits, prompt_ids, max_new_tokens):
+        rng = np.random.default_rng(sampler.seed)
+        if self.draft_model is None:
+            drafter = PromptLookup()
+        else:
+            self.check(sampler, record is not None)
+            n_ctx = min(session.n_ctx, self.draft_model.args.max_position_embeddings)
+            if self._draft is None or self._draft.session.n_ctx < n_ctx:
+                self._draft = DraftSession(self.draft_model, n_ctx)
+            drafter = DraftModel(self._draft, sampler, rng)
+        return SpeculativeDecoder(session, sampler, constraint, eos, record, logits, drafter, prompt_ids,
+                                  max_new_tokens, self.length, rng)
+
+
+def check_draft_model(model, draft) -> None:
+    """A draft model must share the model's vocabulary: the same size and, when both
+    have one, the same tokenizer."""
+    from .model import Model
+    if not isinstance(draft, Model):
+        raise InvalidInputError(f"draft_model: expected a hearthlm Model (hearthlm.load(...)), "
+                                f"got {type(draft).__name__}")
+    if draft.vocab_size != model.vocab_size:
+        raise InvalidInputError(f"draft_model: its vocabulary has {draft.vocab_size} tokens, the model's "
+                                f"{model.vocab_size}; a draft model needs the same tokenizer")
+    if (draft.tokenizer is None) != (model.tokenizer is None) or (
+            model.tokenizer is not None and draft.tokenizer.vocab() != model.tokenizer.vocab()):
+        raise InvalidInputError(f"draft_model: {draft.path} has another tokenizer than {model.path}; "
+                                f"a draft model needs the same one")
