@@ -347,8 +347,7 @@ class Speculation:
 def check_draft_model(model, draft) -> None:
     """A draft model must share the model's vocabulary: the same size and, when both
     have one, the same tokenizer."""
-    from .model import Model
-    if not isinstance(draft, Model):
+    if not isinstance(draft, type(model)):
         raise InvalidInputError(f"draft_model: expected a hearthlm Model (hearthlm.load(...)), "
                                 f"got {type(draft).__name__}")
     if draft.vocab_size != model.vocab_size:
