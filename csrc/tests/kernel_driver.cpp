@@ -361,7 +361,7 @@ void check_f16_to_f32(const KernelTable& t, const KernelTable& ref, Report& r) {
 
 void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
   const int64_t shapes[][3] = {{1, 67, 33}, {3, 17, 97}, {7, 33, 67}, {67, 13, 64}, {1, 300, 2100},
-                               {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800}};
+                               {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800}, {3, 19, 576}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;
@@ -370,7 +370,7 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
       const std::vector<float> w = rng.vec(N * K, 2.0f), bias = rng.vec(N);
       std::vector<float> x = rng.vec(M * K, 3.0f);
       for (int64_t k = 0; k < K; ++k) x[size_t(k)] = 0.0f;  // an all-zero token
-      std::vector<uint8_t> wq(size_t(row_blocks(&f, N) * col_blocks(&f, K) * f.block_bytes));
+      std::vector<uint8_t> wq(size_t(row_blocks(&f, N) * f.group_bytes(K)));  // K-quants: tail blocks past 256
       f.quantize(wq.data(), w.data(), find_format("f32"), N, K, nullptr, 1);
       std::vector<BlockQ8Act> xa(size_t(M * nb)), xr(size_t(M * nb));
       for (int64_t m = 0; m < M; ++m) {
