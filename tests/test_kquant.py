@@ -59,6 +59,18 @@ def test_k_tail_block_holds_only_the_sub_blocks_k_needs(fmt, head, sub):
     assert bpw < 1.05 * FORMATS[fmt].bits_per_weight
 
 
+def test_blocks_of_files_written_before_tail_blocks_are_read_as_3d():
+    """[row groups, k blocks, block bytes] holds the same bytes when K is a multiple of 256."""
+    w, x = rng.standard_normal((16, 512)).astype(np.float32), rng.standard_normal((2, 512)).astype(np.float32)
+    blocks = quantize(w, "q4k")
+    y, y3 = np.empty((2, 16), np.float32), np.empty((2, 16), np.float32)
+    K.matmul(y, x, blocks, None, "q4k")
+    K.matmul(y3, x, blocks.reshape(2, 2, 1152), None, "q4k")
+    np.testing.assert_array_equal(y3, y)
+    with pytest.raises(ValueError, match=r"expected quantized shape \(2, 2304\)"):
+        K.matmul(y, x, blocks.reshape(2, 2, 1152)[:, :1].copy(), None, "q4k")
+
+
 def test_unknown_format_names_the_known_ones():
     with pytest.raises(ValueError, match="wtype: expected one of 'f32', .*'q4k', 'q5k', 'q6k', got 'q5'"):
         K.matmul(np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), np.zeros((4, 4), np.float32),
