@@ -1,5 +1,6 @@
-"""KL(f32 || quantized) side by side on the same weights: hearthlm's q4 / q4k (the
-Q4_K_M-like mix) / q6k, and, with --llama-cpp, llama.cpp's Q4_0 / Q4_K_M / Q6_K / Q8_0
+"""KL(f32 || quantized) side by side on the same weights: hearthlm's q4 / q4k / q5k (the
+Q4_K_M- and Q5_K_M-like mixes) / q6k, and, with --llama-cpp, llama.cpp's Q4_0 / Q4_K_M /
+Q5_K_M / Q6_K / Q8_0
 made by llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) from an
 f32 GGUF of the folder. llama.cpp's blocks are converted exactly into hearthlm's formats
 (K.from_gguf; Q/K rows un-permuted) and run by hearthlm's kernels, so the rows compare
@@ -8,8 +9,8 @@ activations per 256 instead of per 32). Tensors of other GGUF types (llama.cpp's
 Q5_0 / Q8_0 fallbacks when K is not a multiple of 256) are not convertible: such models
 are skipped. Bytes per weight count the 2-D matrices only.
 
-    python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256] [--calibration FILE.txt]
-                              [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
+    [LLAMA_CPP_BIN=DIR] python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256]
+        [--calibration FILE.txt] [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
 
 Quantized copies go to a temporary folder ($KL_TMP if set). Token ids: the encoded
 --text if given (needs the folder's tokenizer), else random ids (seed 0). KL is the
@@ -26,7 +27,7 @@ import numpy as np
 
 import hearthlm
 
-LLAMA_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}  # llama_ftype
+LLAMA_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}  # llama_ftype
 
 
 def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
@@ -109,10 +110,18 @@ def gguf_to_folder(gguf_path: str, src: str, dst: str) -> None:
                        "hearthlm.dtype": "q4k", "hearthlm.tensors": json.dumps(recorded)})
 
 
-def llama_quantize(src: str, dst: str, ftype: int) -> None:
+def llama_quantize(src: str, dst: str, name: str) -> None:
+    """llama.cpp's quantizer: the llama-quantize tool found in $LLAMA_CPP_BIN (or on
+    PATH), else llama-cpp-python's llama_model_quantize."""
+    import shutil
+    import subprocess
+    tool = shutil.which("llama-quantize", path=os.environ.get("LLAMA_CPP_BIN"))
+    if tool:
+        subprocess.run([tool, src, dst, name, "2"], check=True, capture_output=True)
+        return
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
+    params.ftype = LLAMA_FTYPES[name]
     params.nthread = 2
     if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) != 0:
         raise RuntimeError(f"llama_model_quantize failed for ftype {ftype}")
@@ -124,7 +133,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--ctx", type=int, default=256)
     p.add_argument("--text", help="evaluate on this text instead of random ids")
-    p.add_argument("--calibration", help="also q4k / q6k with importance weights from this text")
+    p.add_argument("--calibration", help="also q4k / q5k / q6k with importance weights from this text")
     p.add_argument("--llama-cpp", action="store_true")
     p.add_argument("--quantized", default="", help="reuse folders already written by hearthlm quantize: "
                    "DTYPE=FOLDER,... (e.g. q4k=/tmp/tl-q4k)")
@@ -140,9 +149,9 @@ def main() -> None:
     ref = hearthlm_logits(a.folder, ids, a.ctx, "f32")
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("KL_TMP")) as tmp:
-        runs = [(d, None) for d in ("q4", "q4k", "q6k")]
+        runs = [(d, None) for d in ("q4", "q4k", "q5k", "q6k")]
         if a.calibration:
-            runs += [("q4k", a.calibration), ("q6k", a.calibration)]
+            runs += [(d, a.calibration) for d in ("q4k", "q5k", "q6k")]
         for dtype, calib in runs:
             dst = reuse.get(dtype) if not calib else None
             if dst is None:
@@ -154,9 +163,9 @@ def main() -> None:
         if a.llama_cpp:
             from hearthlm.gguf_export import export_gguf
             src = export_gguf(a.folder, "f32")
-            for name, ftype in LLAMA_FTYPES.items():
+            for name in LLAMA_FTYPES:
                 dst = os.path.join(tmp, f"{name}.gguf")
-                llama_quantize(src, dst, ftype)
+                llama_quantize(src, dst, name)
                 folder = os.path.join(tmp, name)
                 gguf_to_folder(dst, a.folder, folder)
                 rows.append((f"llama.cpp {name} (its blocks, hearthlm kernels)", gguf_bpw(dst),

@@ -69,14 +69,15 @@ inline WeightType weight_type(const std::string& name, const char* what = "wtype
   return wt;
 }
 
-// Quantized weights of a logical [N, K] matrix: uint8 [row groups, k blocks, block bytes].
+// Quantized weights of a logical [N, K] matrix: uint8 [row groups, bytes per row group],
+// or the same bytes as [row groups, k blocks, block bytes] (files written before tail blocks).
 inline const void* quant_data(const py::array& w, WeightType wt, const char* name, int64_t N, int64_t K) {
-  check_layout(w, name, 'u', 1, 3);
-  const int64_t groups = row_blocks(wt, N), blocks = col_blocks(wt, K), bytes = wt->block_bytes;
-  expect(w.shape(0) == groups && w.shape(1) == blocks && w.shape(2) == bytes,
-         std::string(name) + ": expected quantized shape (" + std::to_string(groups) + ", " +
-             std::to_string(blocks) + ", " + std::to_string(bytes) + ") for [" + std::to_string(N) + ", " +
-             std::to_string(K) + "] " + wt->name + " weights, got " + shape_str(w));
+  check_layout(w, name, 'u', 1, w.ndim() == 3 ? 3 : 2);
+  const int64_t groups = row_blocks(wt, N), bytes = wt->group_bytes(K);
+  expect(w.shape(0) == groups && (w.ndim() == 2 ? w.shape(1) : w.shape(1) * w.shape(2)) == bytes,
+         std::string(name) + ": expected quantized shape (" + std::to_string(groups) + ", " + std::to_string(bytes) +
+             ") for [" + std::to_string(N) + ", " + std::to_string(K) + "] " + wt->name + " weights, got " +
+             shape_str(w));
   return w.data();
 }
 

@@ -368,7 +368,15 @@ PYBIND11_MODULE(_kernels, m) {
     }
     return out;
   }, "The weight formats the kernels read (csrc/formats.cpp): a matrix [N, K] is stored as "
-     "[ceil(N / block_rows), ceil(K / block_k)] blocks of block_bytes.");
+     "ceil(N / block_rows) row groups of blocks of block_k weights, block_bytes each (see group_bytes).");
+
+  m.def("group_bytes", [](const std::string& format, int64_t K) {
+    const WeightType ft = weight_type(format, "format");
+    expect(K > 0, "K: must be positive, got " + std::to_string(K));
+    return ft->group_bytes(K);
+  }, py::arg("format"), py::arg("K"),
+     "Bytes of one row group of K weights in the format (K-quants: whole blocks, then a tail block "
+     "holding only the sub-blocks of 32 that K needs).");
 
   m.def("quantize", [](py::array out, py::array w, const std::string& src, const std::string& format,
                        int n_threads, py::object importance) {
@@ -419,6 +427,8 @@ PYBIND11_MODULE(_kernels, m) {
     const WeightType ft = weight_type(format, "format");
     expect(quantized(ft) && ft->from_gguf, "format: expected one of " + format_names(true) + ", got '" + format + "'");
     expect(N > 0 && K > 0, "N, K: must be positive");
+    expect(K % ft->gguf_k == 0, "K: GGUF rows hold whole blocks of " + std::to_string(ft->gguf_k) + " weights, got K = " +
+                                    std::to_string(K));
     check_layout(blocks, "blocks", 'u', 1, 1);
     const int64_t want = N * ((K + ft->gguf_k - 1) / ft->gguf_k) * ft->gguf_bytes;
     expect(blocks.shape(0) == want, "blocks: expected " + std::to_string(want) + " bytes of GGUF blocks for [" +
@@ -428,7 +438,7 @@ PYBIND11_MODULE(_kernels, m) {
     py::gil_scoped_release release;
     ft->from_gguf(const_cast<void*>(op), blocks.data(), N, K);
   }, py::arg("out"), py::arg("blocks"), py::arg("format"), py::arg("N"), py::arg("K"),
-     "Convert a GGUF tensor [N, K] of the format's GGUF block type (Q8_0, Q4_0, Q4_K, Q6_K; "
+     "Convert a GGUF tensor [N, K] of the format's GGUF block type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K; "
      "bytes, rows of blocks) exactly into the format's blocks.");
 
   m.def("quantize_activations", [](py::array out, py::array x, py::object isa) {

@@ -24,7 +24,10 @@ struct WeightFormat {
   const char* name;
   // A matrix [N, K] is stored as blocks [ceil(N / block_rows), ceil(K / block_k)] of
   // block_bytes each; plain formats have block_rows = block_k = 1 (row-major elements).
+  // K-quants cut a row group's last block to the sub-blocks it needs (quant.h), so a
+  // row group of K weights takes group_bytes(K) bytes.
   int64_t block_rows, block_k, block_bytes;
+  int64_t (*group_bytes)(int64_t K);
   int quant;               // QuantFormat (KernelTable::matmul_q), or -1 for plain floats
   const char* safetensors;  // plain formats: the safetensors dtype used in place
   const char* numpy;        // plain formats: the numpy dtype holding the elements
@@ -48,7 +51,6 @@ struct WeightFormat {
 
 inline bool quantized(WeightType wt) { return wt->quant >= 0; }
 inline int64_t row_blocks(WeightType wt, int64_t N) { return (N + wt->block_rows - 1) / wt->block_rows; }
-inline int64_t col_blocks(WeightType wt, int64_t K) { return (K + wt->block_k - 1) / wt->block_k; }
 
 const std::vector<WeightFormat>& weight_formats();
 // The format called `name`, or nullptr.

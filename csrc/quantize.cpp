@@ -261,12 +261,13 @@ bool quantize_scales(const float* v, const float* sw, int n, int nmax, bool is_s
   return true;
 }
 
-// One row's super-block x[256] (zero-padded) -> q4k's integers.
-bool quantize_q4k_row(const float* x, const float* imp, Q4KRow& o) {
+// One row's super-block x[256] (zero-padded) -> q4k's (NMax 15) or q5k's (31) integers.
+template <int NMax>
+bool quantize_affine_row(const float* x, const float* imp, AffineKRow& o) {
   float wt[kKBlock], s[kKSubs], mn[kKSubs], sw[kKSubs];
   error_weights(wt, x, imp, kKBlock, false);
   for (int j = 0; j < kKSubs; ++j) {
-    fit_affine(x + j * kQBlock, wt + j * kQBlock, int(kQBlock), 15, &s[j], &mn[j]);
+    fit_affine(x + j * kQBlock, wt + j * kQBlock, int(kQBlock), NMax, &s[j], &mn[j]);
     sw[j] = 0.0f;
     for (int i = 0; i < kQBlock; ++i) sw[j] += wt[j * kQBlock + i];
   }
@@ -280,7 +281,7 @@ bool quantize_q4k_row(const float* x, const float* imp, Q4KRow& o) {
     const float ds = d * float(sc[j]), dm = dmin * float(m[j]);
     for (int i = 0; i < kQBlock; ++i) {
       const float v = x[j * kQBlock + i];
-      o.q[j * kQBlock + i] = uint8_t(ds > 0.0f ? std::clamp(nearest((v + dm) / ds), 0, 15) : 0);
+      o.q[j * kQBlock + i] = uint8_t(ds > 0.0f ? std::clamp(nearest((v + dm) / ds), 0, NMax) : 0);
     }
   }
   return true;
@@ -308,18 +309,25 @@ bool quantize_q6k_row(const float* x, const float* imp, Q6KRow& o) {
   return true;
 }
 
-template <class Block, class Row, bool (*quantize_row)(const float*, const float*, Row&)>
+// The bytes of super-block s of a row group (a tail block holds `subs` sub-blocks).
+template <class Block> int64_t k_block_bytes(int subs) {
+  return subs == kKSubs ? int64_t(sizeof(Block)) : KTail<Block>::head + subs * KTail<Block>::sub;
+}
+
+template <class Block, bool (*quantize_row)(const float*, const float*, typename KRowOf<Block>::type&)>
 QuantizeStatus quantize_k(void* outv, const void* w, WeightType src, int64_t N, int64_t K,
                           const float* importance, int n_threads) {
-  Block* out = static_cast<Block*>(outv);
-  const int64_t ns = k_blocks(K), groups = q_groups(N);
+  using Row = typename KRowOf<Block>::type;
+  const int64_t ns = k_blocks(K), groups = q_groups(N), group_bytes = k_group_bytes<Block>(K);
   const Source source(w, src);
   int64_t bad = INT64_MAX, overflow = INT64_MAX;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) reduction(min : bad, overflow)
   for (int64_t g = 0; g < groups; ++g) {
+    char* group = static_cast<char*>(outv) + g * group_bytes;
     for (int64_t s = 0; s < ns; ++s) {
-      Block& blk = out[g * ns + s];
-      std::memset(&blk, 0, sizeof(Block));
+      const int subs = block_subs(K, s);
+      Block& blk = k_block<Block>(group, s);
+      std::memset(&blk, 0, size_t(k_block_bytes<Block>(subs)));
       float imp[kKBlock];
       if (importance)
         for (int64_t i = 0; i < kKBlock; ++i) imp[i] = s * kKBlock + i < K ? importance[s * kKBlock + i] : 0.0f;
@@ -332,11 +340,26 @@ QuantizeStatus quantize_k(void* outv, const void* w, WeightType src, int64_t N, 
           overflow = std::min(overflow, n * K + s * kKBlock);
           row = Row{};
         }
-        pack_row(blk, r, row);
+        pack_row(blk, r, row, subs);
       }
     }
   }
   return status(bad, overflow);
+}
+
+// Row `row` of K-quant blocks as floats: value(row, i) of each super-block's unpacked row.
+template <class Block, class Value>
+void dequantize_k(float* out, const void* w, int64_t row, int64_t K, Value value) {
+  const char* group = static_cast<const char*>(w) + (row / kQRows) * k_group_bytes<Block>(K);
+  for (int64_t s = 0; s * kKBlock < K; ++s) {
+    const auto v = unpack_row(k_block<Block>(group, s), int(row % kQRows), block_subs(K, s));
+    for (int64_t k = s * kKBlock; k < std::min(K, (s + 1) * kKBlock); ++k) out[k] = value(v, int(k - s * kKBlock));
+  }
+}
+
+float affine_value(const AffineKRow& v, int i) {
+  const int j = i / int(kQBlock);
+  return f16_to_float(v.d) * float(v.sc[j]) * float(v.q[i]) - f16_to_float(v.dmin) * float(v.m[j]);
 }
 
 }  // namespace
@@ -351,11 +374,15 @@ QuantizeStatus quantize_q4(void* out, const void* w, WeightType src, int64_t N, 
 }
 QuantizeStatus quantize_q4k(void* out, const void* w, WeightType src, int64_t N, int64_t K,
                             const float* importance, int n_threads) {
-  return quantize_k<BlockQ4Kx8, Q4KRow, quantize_q4k_row>(out, w, src, N, K, importance, n_threads);
+  return quantize_k<BlockQ4Kx8, quantize_affine_row<15>>(out, w, src, N, K, importance, n_threads);
+}
+QuantizeStatus quantize_q5k(void* out, const void* w, WeightType src, int64_t N, int64_t K,
+                            const float* importance, int n_threads) {
+  return quantize_k<BlockQ5Kx8, quantize_affine_row<31>>(out, w, src, N, K, importance, n_threads);
 }
 QuantizeStatus quantize_q6k(void* out, const void* w, WeightType src, int64_t N, int64_t K,
                             const float* importance, int n_threads) {
-  return quantize_k<BlockQ6Kx8, Q6KRow, quantize_q6k_row>(out, w, src, N, K, importance, n_threads);
+  return quantize_k<BlockQ6Kx8, quantize_q6k_row>(out, w, src, N, K, importance, n_threads);
 }
 
 void dequantize_row_q8(float* out, const void* w, int64_t row, int64_t K) {
@@ -365,29 +392,16 @@ void dequantize_row_q4(float* out, const void* w, int64_t row, int64_t K) {
   dequantize_blocks<BlockQ4x8>(out, w, row, K);
 }
 
-void dequantize_row_q4k(float* out, const void* wv, int64_t row, int64_t K) {
-  const BlockQ4Kx8* blocks = static_cast<const BlockQ4Kx8*>(wv) + (row / kQRows) * k_blocks(K);
-  for (int64_t s = 0; s * kKBlock < K; ++s) {
-    const Q4KRow v = unpack_row(blocks[s], int(row % kQRows));
-    const float d = f16_to_float(v.d), dmin = f16_to_float(v.dmin);
-    for (int64_t k = s * kKBlock; k < std::min(K, (s + 1) * kKBlock); ++k) {
-      const int i = int(k - s * kKBlock), j = i / int(kQBlock);
-      const float ds = d * float(v.sc[j]), dm = dmin * float(v.m[j]);
-      out[k] = ds * float(v.q[i]) - dm;
-    }
-  }
+void dequantize_row_q4k(float* out, const void* w, int64_t row, int64_t K) {
+  dequantize_k<BlockQ4Kx8>(out, w, row, K, affine_value);
 }
-
-void dequantize_row_q6k(float* out, const void* wv, int64_t row, int64_t K) {
-  const BlockQ6Kx8* blocks = static_cast<const BlockQ6Kx8*>(wv) + (row / kQRows) * k_blocks(K);
-  for (int64_t s = 0; s * kKBlock < K; ++s) {
-    const Q6KRow v = unpack_row(blocks[s], int(row % kQRows));
-    const float d = f16_to_float(v.d);
-    for (int64_t k = s * kKBlock; k < std::min(K, (s + 1) * kKBlock); ++k) {
-      const int i = int(k - s * kKBlock);
-      out[k] = d * float(v.sc[i / 16]) * float(int(v.q[i]) - 32);
-    }
-  }
+void dequantize_row_q5k(float* out, const void* w, int64_t row, int64_t K) {
+  dequantize_k<BlockQ5Kx8>(out, w, row, K, affine_value);
+}
+void dequantize_row_q6k(float* out, const void* w, int64_t row, int64_t K) {
+  dequantize_k<BlockQ6Kx8>(out, w, row, K, [](const Q6KRow& v, int i) {
+    return f16_to_float(v.d) * float(v.sc[i / 16]) * float(int(v.q[i]) - 32);
+  });
 }
 
 // ---- GGUF blocks (ggml-common.h): rows of ceil(K / block) blocks -------------------------
@@ -408,6 +422,17 @@ void convert_rows(void* outv, const uint8_t* in, int64_t N, int64_t K, int64_t p
   std::memset(out, 0, size_t(groups * nb) * sizeof(Block));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < nb; ++b) unpack(out[(n / kQRows) * nb + b], int(n % kQRows), in + (n * nb + b) * block_bytes);
+}
+
+// Q4_K / Q5_K's d, dmin and scales[12] (6-bit sc, m of 8 sub-blocks): get_scale_min_k4.
+void affine_header(AffineKRow& v, const uint8_t* p) {
+  v.d = half_at(p);
+  v.dmin = half_at(p + 2);
+  const uint8_t* s = p + 4;
+  for (int j = 0; j < kKSubs; ++j) {
+    v.sc[j] = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    v.m[j] = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
 }
 
 }  // namespace
@@ -431,24 +456,35 @@ void from_gguf_q4(void* out, const void* blocks, int64_t N, int64_t K) {
                           });
 }
 
-// Q4_K: d, dmin, scales[12] (6-bit sc, m of 8 sub-blocks), qs[128]: sub-block 2p in the
-// low nibbles of qs[32p .. 32p+31], 2p+1 in their high nibbles.
+// Q4_K: header, qs[128]: sub-block 2p in the low nibbles of qs[32p .. 32p+31], 2p+1 in
+// their high nibbles.
 void from_gguf_q4k(void* out, const void* blocks, int64_t N, int64_t K) {
   convert_rows<BlockQ4Kx8>(out, static_cast<const uint8_t*>(blocks), N, K, kKBlock, 144,
                            [](BlockQ4Kx8& b, int r, const uint8_t* p) {
-                             Q4KRow v;
-                             v.d = half_at(p);
-                             v.dmin = half_at(p + 2);
-                             const uint8_t* s = p + 4;
-                             for (int j = 0; j < kKSubs; ++j) {
-                               v.sc[j] = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-                               v.m[j] = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-                             }
+                             AffineKRow v;
+                             affine_header(v, p);
                              const uint8_t* qs = p + 16;
                              for (int i = 0; i < kKBlock; ++i) {
                                const int j = i / 32, l = i % 32;
                                const uint8_t byte = qs[32 * (j / 2) + l];
                                v.q[i] = uint8_t(j % 2 ? byte >> 4 : byte & 15);
+                             }
+                             pack_row(b, r, v);
+                           });
+}
+
+// Q5_K: header, qh[32], qs[128]: Q4_K's nibbles, and sub-block j's fifth bits at bit j
+// of qh[l].
+void from_gguf_q5k(void* out, const void* blocks, int64_t N, int64_t K) {
+  convert_rows<BlockQ5Kx8>(out, static_cast<const uint8_t*>(blocks), N, K, kKBlock, 176,
+                           [](BlockQ5Kx8& b, int r, const uint8_t* p) {
+                             AffineKRow v;
+                             affine_header(v, p);
+                             const uint8_t *qh = p + 16, *qs = p + 48;
+                             for (int i = 0; i < kKBlock; ++i) {
+                               const int j = i / 32, l = i % 32;
+                               const uint8_t byte = qs[32 * (j / 2) + l];
+                               v.q[i] = uint8_t((j % 2 ? byte >> 4 : byte & 15) | (((qh[l] >> j) & 1) << 4));
                              }
                              pack_row(b, r, v);
                            });

@@ -1,7 +1,8 @@
-"""The format registry and the K-quant formats q4k / q6k: GGUF blocks converted exactly
-(checked against the gguf package's dequantizer), the integer kernels against a float64
-model of the same math and bit for bit across ISAs and threads, the searched quantizer
-against the fixed-rule q4, importance weights, the q4k mix, and whole models."""
+"""The format registry and the K-quant formats q4k / q5k / q6k: GGUF blocks converted
+exactly (checked against the gguf package's dequantizer), tail blocks when K is not a
+multiple of 256, the integer kernels against a float64 model of the same math and bit
+for bit across ISAs and threads, the searched quantizer against the fixed-rule q4,
+importance weights, the q4k / q5k mixes, and whole models."""
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ from hearthlm.formats import FORMATS, QUANTIZED
 from hearthlm.quant import more_bits, tensor_format
 
 ISAS = hearthlm.cpu_info()["supported_isas"]
-K_QUANTS = ["q4k", "q6k"]
+K_QUANTS = ["q4k", "q5k", "q6k"]
 rng = np.random.default_rng(7)
 
 
@@ -35,19 +36,46 @@ def dequantize(blocks, fmt, N, K_):
 
 def test_registry_lists_every_format_once_with_its_geometry():
     table = {f["name"]: f for f in K.formats()}
-    assert list(table) == ["f32", "bf16", "f16", "q8", "q4", "q4k", "q6k"]
-    assert {n: table[n]["bits_per_weight"] for n in QUANTIZED} == {"q8": 8.5, "q4": 4.5, "q4k": 4.5, "q6k": 6.5625}
+    assert list(table) == ["f32", "bf16", "f16", "q8", "q4", "q4k", "q5k", "q6k"]
+    assert {n: table[n]["bits_per_weight"] for n in QUANTIZED} == {
+        "q8": 8.5, "q4": 4.5, "q4k": 4.5, "q5k": 5.5, "q6k": 6.5625}
     assert (table["q4k"]["block_rows"], table["q4k"]["block_k"], table["q4k"]["block_bytes"]) == (8, 256, 1152)
     assert table["q6k"]["block_bytes"] == 8 * 210 and table["q8"]["block_bytes"] == 272
-    assert [table[n]["gguf_type"] for n in QUANTIZED] == [8, 2, 12, 14]  # Q8_0, Q4_0, Q4_K, Q6_K
-    assert FORMATS["q4k"].packed_shape(17, 300) == (3, 2, 1152)
+    assert table["q5k"]["block_bytes"] == 8 * 176
+    assert [table[n]["gguf_type"] for n in QUANTIZED] == [8, 2, 12, 13, 14]  # Q8_0, Q4_0, Q4_K, Q5_K, Q6_K
+    assert FORMATS["q4k"].packed_shape(17, 512) == (3, 2 * 1152)
+    assert FORMATS["q8"].packed_shape(17, 300) == (3, 10 * 272)
+
+
+@pytest.mark.parametrize("fmt,head,sub", [("q4k", 8 * 16, 8 * 16), ("q5k", 8 * 16, 8 * 20), ("q6k", 8 * 18, 8 * 24)])
+def test_k_tail_block_holds_only_the_sub_blocks_k_needs(fmt, head, sub):
+    """K = 576 (SmolLM2's hidden size): two super-blocks, then a tail block of its header
+    and two sub-blocks of 32; K = 300: one super-block, then a 2-sub-block tail."""
+    full = FORMATS[fmt].block_bytes
+    assert FORMATS[fmt].packed_shape(9, 576) == (2, 2 * full + head + 2 * sub)
+    assert FORMATS[fmt].packed_shape(9, 300) == (2, full + head + 2 * sub)
+    assert FORMATS[fmt].packed_shape(9, 224) == (2, head + 7 * sub)
+    bpw = 8 * FORMATS[fmt].packed_shape(8, 576)[1] / (8 * 576)
+    assert bpw < 1.05 * FORMATS[fmt].bits_per_weight
+
+
+def test_blocks_of_files_written_before_tail_blocks_are_read_as_3d():
+    """[row groups, k blocks, block bytes] holds the same bytes when K is a multiple of 256."""
+    w, x = rng.standard_normal((16, 512)).astype(np.float32), rng.standard_normal((2, 512)).astype(np.float32)
+    blocks = quantize(w, "q4k")
+    y, y3 = np.empty((2, 16), np.float32), np.empty((2, 16), np.float32)
+    K.matmul(y, x, blocks, None, "q4k")
+    K.matmul(y3, x, blocks.reshape(2, 2, 1152), None, "q4k")
+    np.testing.assert_array_equal(y3, y)
+    with pytest.raises(ValueError, match=r"expected quantized shape \(2, 2304\)"):
+        K.matmul(y, x, blocks.reshape(2, 2, 1152)[:, :1].copy(), None, "q4k")
 
 
 def test_unknown_format_names_the_known_ones():
-    with pytest.raises(ValueError, match="wtype: expected one of 'f32', .*'q4k', 'q6k', got 'q5'"):
+    with pytest.raises(ValueError, match="wtype: expected one of 'f32', .*'q4k', 'q5k', 'q6k', got 'q5'"):
         K.matmul(np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), np.zeros((4, 4), np.float32),
                  None, "q5")
-    with pytest.raises(ValueError, match="format: expected one of 'q8', 'q4', 'q4k', 'q6k', got 'f16'"):
+    with pytest.raises(ValueError, match="format: expected one of 'q8', 'q4', 'q4k', 'q5k', 'q6k', got 'f16'"):
         K.quantize(packed("q4", 8, 32), np.zeros((8, 32), np.float32), "f32", "f16")
 
 
@@ -55,14 +83,14 @@ def test_unknown_format_names_the_known_ones():
 
 def random_gguf_blocks(fmt, N, K_):
     """Random bytes for every field, with finite fp16 scales (GGUF layout, ggml-common.h)."""
-    gguf_bytes = {"q8": 34, "q4": 18, "q4k": 144, "q6k": 210}[fmt]
+    gguf_bytes = {"q8": 34, "q4": 18, "q4k": 144, "q5k": 176, "q6k": 210}[fmt]
     per = FORMATS[fmt].block_k
     nb = -(-K_ // per)
     raw = rng.integers(0, 256, (N * nb, gguf_bytes), dtype=np.uint8)
     half = lambda n: rng.uniform(-2, 2, (N * nb, n)).astype(np.float16).view(np.uint8)  # noqa: E731
     if fmt == "q6k":
         raw[:, 208:210] = half(1)
-    elif fmt == "q4k":
+    elif fmt in ("q4k", "q5k"):
         raw[:, 0:4] = half(2)
     else:
         raw[:, 0:2] = half(1)
@@ -86,6 +114,10 @@ def test_gguf_blocks_convert_exactly(fmt, N, K_):
 def test_gguf_conversion_checks_sizes():
     with pytest.raises(ValueError, match="blocks: expected 1440 bytes"):
         K.from_gguf(packed("q4k", 10, 256), np.zeros(100, np.uint8), "q4k", 10, 256)
+    with pytest.raises(ValueError, match="K: GGUF rows hold whole blocks of 256 weights, got K = 576"):
+        K.from_gguf(packed("q5k", 10, 576), np.zeros(10 * 3 * 176, np.uint8), "q5k", 10, 576)
+    with pytest.raises(ValueError, match=r"out: expected quantized shape \(2, 1408\)"):
+        K.from_gguf(packed("q4k", 10, 256), np.zeros(10 * 176, np.uint8), "q5k", 10, 256)
 
 
 # ---- kernels ----------------------------------------------------------------------------
@@ -102,7 +134,8 @@ def activations(x):
 
 
 @pytest.mark.parametrize("fmt", K_QUANTS)
-@pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (3, 17, 300), (7, 33, 513), (5, 8, 256), (2, 300, 2100)])
+@pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (3, 17, 300), (7, 33, 513), (5, 8, 256), (2, 300, 2100),
+                                    (9, 19, 576)])
 def test_k_matmul_is_the_dequantized_product(fmt, M, N, K_):
     """y = Σ_k w[n,k]·(d·q)[m,k] over the stored weights and the activation blocks: the
     kernels sum exact int32 block products with one rounding per fp32 term, so float64
@@ -142,13 +175,14 @@ def rel_rmse(w, fmt, importance=None):
 
 
 def test_searched_scales_beat_the_fixed_rule_at_the_same_size():
-    """Gaussian weights with a few outliers: q4k (4.5 bpw) loses less than q4 (4.5 bpw),
-    q6k far less; the search also never does worse than q4k's grid at max/15."""
+    """Gaussian weights with a few outliers: q4k (4.5 bpw) loses less than q4 (4.5 bpw);
+    each further bit (q5k, q6k) about halves the error."""
     w = rng.standard_normal((64, 1024)).astype(np.float32)
     w[rng.random(w.shape) < 0.002] *= 8
-    errors = {fmt: rel_rmse(w, fmt) for fmt in ("q4", "q4k", "q6k", "q8")}
+    errors = {fmt: rel_rmse(w, fmt) for fmt in ("q4", "q4k", "q5k", "q6k", "q8")}
     assert errors["q4k"] < 0.9 * errors["q4"]
-    assert errors["q6k"] < 0.3 * errors["q4k"]
+    assert errors["q5k"] < 0.6 * errors["q4k"]
+    assert errors["q6k"] < 0.6 * errors["q5k"]
     assert errors["q8"] < errors["q6k"]
 
 
@@ -217,6 +251,11 @@ def test_q4k_mix_follows_q4_k_m():
     assert fmt("model.layers.6.mlp.down_proj.weight") == "q6k"
     assert fmt("model.layers.6.self_attn.q_proj.weight") == "q4k"
     assert tensor_format("lm_head.weight", "q4k", "q8", 32, False) == "q8"
+    q5 = lambda n, tied=False: tensor_format(n, "q5k", None, 32, tied)  # noqa: E731  llama.cpp's Q5_K_M
+    assert q5("lm_head.weight") == "q6k" and q5("model.embed_tokens.weight") == "q5k"
+    assert q5("model.embed_tokens.weight", tied=True) == "q6k"
+    assert q5("model.layers.31.mlp.down_proj.weight") == "q6k" and q5("model.layers.4.mlp.down_proj.weight") == "q5k"
+    assert q5("model.layers.0.self_attn.v_proj.weight") == "q6k" and q5("model.layers.0.mlp.up_proj.weight") == "q5k"
     assert tensor_format("model.layers.3.self_attn.v_proj.weight", "q6k", None, 32, False) == "q6k"
 
 
@@ -230,15 +269,15 @@ def mean_kl(ref, ours):
 
 @pytest.mark.parametrize("variant", ["llama-gqa-tied", "llama-mha", "qwen2"])
 def test_k_quant_models_track_f32(model_dir, variant):
-    """KL(f32 || q6k) well under KL(f32 || q4k mix), which stays under q4's with its q8
-    head (numbers printed with pytest -s)."""
+    """KL(f32 || q6k) under KL(f32 || q5k mix), well under KL(f32 || q4k mix), which
+    stays under q4's with its q8 head (numbers printed with pytest -s)."""
     folder = model_dir(variant)
     f32 = hearthlm.load(folder, dtype="f32")
     ids = np.random.default_rng(2).integers(0, f32.vocab_size, 64).tolist()
     ref = f32.logits(ids)
-    kl = {d: mean_kl(ref, hearthlm.load(folder, dtype=d).logits(ids)) for d in ("q4", "q4k", "q6k")}
+    kl = {d: mean_kl(ref, hearthlm.load(folder, dtype=d).logits(ids)) for d in ("q4", "q4k", "q5k", "q6k")}
     print(variant, {d: f"{v:.2e}" for d, v in kl.items()})
-    assert kl["q6k"] < 0.5 * kl["q4k"] and kl["q4k"] < kl["q4"] < 0.1
+    assert kl["q6k"] < kl["q5k"] < 0.6 * kl["q4k"] and kl["q4k"] < kl["q4"] < 0.1
 
 
 def test_q4k_folder_is_memory_mapped_with_identical_logits(model_dir, tmp_path):

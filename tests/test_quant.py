@@ -284,7 +284,7 @@ def test_quantized_embedding_gathers_dequantized_rows(isa, fmt):
 def test_quantized_shapes_are_checked():
     packed = quantize(rng.standard_normal((9, 40)).astype(np.float32), "q4")
     x = np.zeros((1, 40), np.float32)
-    with pytest.raises(ValueError, match=r"expected quantized shape \(2, 2, 144\)"):
+    with pytest.raises(ValueError, match=r"expected quantized shape \(2, 288\)"):
         K.matmul(np.empty((1, 9), np.float32), x, packed[:, :1].copy(), None, "q4")
     with pytest.raises(ValueError, match="expected quantized shape"):
         K.matmul(np.empty((1, 17), np.float32), x, packed, None, "q4")
@@ -371,9 +371,9 @@ def q8_folder(model_dir, tmp_path):
     (lambda md, t: md.update({"hearthlm.dtype": "q3"}), "hearthlm.dtype"),
     (lambda md, t: md.update({"hearthlm.tensors": "{"}), "not valid JSON"),
     (lambda md, t: t.update({"model.layers.0.mlp.up_proj.weight": ["q8", 100, 65]}),
-     r"model\.layers\.0\.mlp\.up_proj\.weight.*need U8 blocks \[13, 3, 272\]"),
+     r"model\.layers\.0\.mlp\.up_proj\.weight.*need U8 blocks \[13, 816\]"),
     (lambda md, t: t.update({"model.layers.1.self_attn.q_proj.weight": ["q4", 48, 48]}),
-     r"model\.layers\.1\.self_attn\.q_proj\.weight.*need U8 blocks \[6, 2, 144\]"),
+     r"model\.layers\.1\.self_attn\.q_proj\.weight.*need U8 blocks \[6, 288\]"),
     (lambda md, t: t.update({"model.norm.weight": ["q8", 48, 1]}), r"model\.norm\.weight.*found F32"),
     (lambda md, t: t.pop("model.layers.1.mlp.down_proj.weight"),
      r"model\.layers\.1\.mlp\.down_proj\.weight.*not quantized"),

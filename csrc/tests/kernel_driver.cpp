@@ -367,7 +367,7 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800},
                                // small batches: every token tile, odd row-group counts, ragged last group
                                {8, 40, 96}, {16, 57, 64}, {6, 16, 1056}, {11, 23, 33}, {13, 64, 200},
-                               {15, 31, 288}, {17, 48, 130}};
+                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;
@@ -376,7 +376,7 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
       const std::vector<float> w = rng.vec(N * K, 2.0f), bias = rng.vec(N);
       std::vector<float> x = rng.vec(M * K, 3.0f);
       for (int64_t k = 0; k < K; ++k) x[size_t(k)] = 0.0f;  // an all-zero token
-      std::vector<uint8_t> wq(size_t(row_blocks(&f, N) * col_blocks(&f, K) * f.block_bytes));
+      std::vector<uint8_t> wq(size_t(row_blocks(&f, N) * f.group_bytes(K)));  // K-quants: tail blocks past 256
       f.quantize(wq.data(), w.data(), find_format("f32"), N, K, nullptr, 1);
       std::vector<BlockQ8Act> xa(size_t(M * nb)), xr(size_t(M * nb));
       for (int64_t m = 0; m < M; ++m) {

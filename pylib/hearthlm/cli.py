@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("src", help="Hugging Face model folder")
     q.add_argument("dst", help="new folder (must not exist or be empty)")
     q.add_argument("--dtype", choices=QUANTIZED, default="q4",
-                   help="q4k: llama.cpp's Q4_K_M mix; q4: the embedding table and LM head q8 (default %(default)s)")
+                   help="q4k / q5k: llama.cpp's Q4_K_M / Q5_K_M mix; q4: the embedding table and LM head q8 (default %(default)s)")
     q.add_argument("--head-dtype", choices=QUANTIZED,
                    help="embedding table and LM head (default: the dtype's mix)")
     q.add_argument("--calibration", metavar="FILE.txt",

@@ -20,8 +20,9 @@ class Format:
     gguf_type: int       # ggml type id of the GGUF blocks that convert exactly
 
     def packed_shape(self, rows: int, cols: int) -> tuple:
-        """The uint8 array [row groups, k blocks, block bytes] of a quantized [rows, cols]."""
-        return (-(-rows // self.block_rows), -(-cols // self.block_k), self.block_bytes)
+        """The uint8 array [row groups, bytes per row group] of a quantized [rows, cols]
+        (K-quants: whole blocks, then a tail block of the sub-blocks cols needs)."""
+        return (-(-rows // self.block_rows), _kernels.group_bytes(self.name, cols))
 
 
 FORMATS = {f["name"]: Format(**f) for f in _kernels.formats()}

@@ -120,7 +120,7 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          progress: Optional[Callable[[int, int], None]] = None) -> Model:
     """Load a Hugging Face model folder.
 
-    dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q6k" (the formats
+    dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q5k" / "q6k" (the formats
     and mixes: hearthlm.quant.tensor_format), for the weights the kernels read; None
     keeps the checkpoint's own dtype. Tensors already in that dtype stay
     memory-mapped (zero copy); others are converted or quantized once, tensor by tensor

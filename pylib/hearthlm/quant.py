@@ -4,8 +4,9 @@
 * `quantize_tensor`: one tensor from the memory map -> interleaved blocks, in C++,
   without an f32 copy of the tensor (peak memory: the quantized output).
 * Quantized safetensors files: every quantized tensor is a U8 array of shape
-  [row groups, k blocks, block bytes] (formats.Format.packed_shape) holding the
-  kernels' layout, so loading is a zero-copy memory map. The file's `__metadata__`
+  [row groups, bytes per row group] (formats.Format.packed_shape; files written before
+  K-quant tail blocks hold the same bytes as [row groups, k blocks, block bytes])
+  holding the kernels' layout, so loading is a zero-copy memory map. The file's `__metadata__`
   says what they are:
       hearthlm.format          "hearthlm-quant"
       hearthlm.format_version  "1"
@@ -35,7 +36,7 @@ FORMAT_VERSION = 1
 HEAD_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")  # after any ModelArgs.prefix
 # safetensors dtype -> source type of the C++ quantizer (F64 goes through f32).
 QUANTIZER_SOURCES = {**{FORMATS[p].safetensors: p for p in PLAIN}, "F64": "f32"}
-K_QUANTS = ("q4k", "q6k")  # the formats whose quantizer uses importance weights
+K_QUANTS = ("q4k", "q5k", "q6k")  # the formats whose quantizer uses importance weights
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,21 @@ def tensor_format(name: str, dtype: str, head_dtype: Optional[str], n_layers: in
     q8, q6k: everything in that format.
     q4:  the body q4, the embedding table and LM head q8 (on the tiny test models that
          cuts KL(f32 || q4) by 15-45 % for ~6 % more bytes per token on TinyLlama).
-    q4k: llama.cpp's Q4_K_M recipe: the LM head (the embedding table when tied) q6k,
-         attention V and FFN down q6k in the more_bits layers, the rest q4k.
+    q4k, q5k: llama.cpp's Q4_K_M / Q5_K_M recipe: the LM head (the embedding table
+         when tied) q6k, attention V and FFN down q6k in the more_bits layers, the rest
+         q4k / q5k.
     head_dtype, when given, is the format of both head tensors."""
+    mix = dtype in ("q4k", "q5k")
     if name.endswith(HEAD_TENSORS):
         if head_dtype is not None:
             return head_dtype
         if dtype == "q4":
             return "q8"
-        if dtype == "q4k":
-            return "q6k" if name.endswith("lm_head.weight") or tied else "q4k"
+        if mix and (name.endswith("lm_head.weight") or tied):
+            return "q6k"
         return dtype
     m = _SENSITIVE.match(name)
-    if dtype == "q4k" and m and more_bits(int(m.group(1)), n_layers):
+    if mix and m and more_bits(int(m.group(1)), n_layers):
         return "q6k"
     return dtype
 
@@ -165,9 +168,10 @@ def _read_file_metadata(f: SafetensorsFile) -> tuple[str, dict]:
         if info is None:
             raise ModelFormatError(f"{where}: listed in hearthlm.tensors but not in the file")
         expected = packed_shape(fmt, rows, cols)
-        if info.dtype != "U8" or tuple(info.shape) != expected:
+        if info.dtype != "U8" or info.shape[0] != expected[0] or int(np.prod(info.shape[1:])) != expected[1]:
             raise ModelFormatError(
                 f"{where}: {fmt} weights [{rows}, {cols}] need U8 blocks {list(expected)} "
-                f"(row groups, k blocks, bytes), found {info.dtype} {list(info.shape)}")
+                f"(row groups, bytes per row group), found {info.dtype} {list(info.shape)} "
+                "(K-quant files written before tail blocks: quantize again)")
         out[name] = QuantTensor(fmt, rows, cols)
     return dtype, out

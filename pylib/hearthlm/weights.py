@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, UnsupportedModelError
 from .formats import FORMATS, PLAIN
 from .quant import (QUANT_DTYPES, QuantTensor, layer_count, quantize_tensor, read_quant_metadata,
                     tensor_format)
@@ -52,14 +52,15 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
     """A [N, K] matrix cut into consecutive row blocks of `sizes` rows, each in the
-    same format. Float blocks are views. q8/q4 superblocks hold 8 rows each: a block
-    starting on a multiple of 8 rows and ending on one (or at N) is a view, any other
-    is repacked row by row, which is exact since every row has its own scales."""
+    same format. Float blocks are views. Quantized blocks hold 8 rows each: a block
+    starting on a multiple of 8 rows and ending on one (or at N) is a view; for q8/q4
+    any other is repacked row by row, which is exact since every row has its own scales."""
     n_rows = sum(sizes)
     starts = np.cumsum([0, *sizes[:-1]])
     if wtype not in QUANT_DTYPES:
         return [weight[a:a + n] for a, n in zip(starts, sizes)]
-    blocks, nbytes = weight.shape[1:]
+    nbytes = FORMATS[wtype].block_bytes
+    blocks = weight[:1].size // nbytes
     chunks = (nbytes - 16) // 32  # qs[c*32 + r*4 + i]: per chunk c, 4 bytes of each row r
     pad_q = 0 if wtype == "q8" else 0x88  # q = 0 (q4 stores q + 8 in each nibble)
     out = []
@@ -69,6 +70,10 @@ def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
         if a % 8 == 0 and (end % 8 == 0 or end == n_rows):
             out.append(part)
             continue
+        if wtype not in ("q8", "q4"):
+            raise UnsupportedModelError(f"{wtype} weights cut at row {a} (not a multiple of 8): "
+                                        "only q8 and q4 rows can be repacked; use one of them")
+        part = part.reshape(last - first, blocks, nbytes)
         rows, lo = (last - first) * 8, a - first * 8  # unpack the groups holding these rows
         scales = part[..., :16].reshape(-1, blocks, 8, 2).transpose(0, 2, 1, 3).reshape(rows, blocks, 2)
         qs = part[..., 16:].reshape(-1, blocks, chunks, 8, 4).transpose(0, 3, 1, 2, 4)
@@ -79,7 +84,7 @@ def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
         d[:n], q[:n] = scales[lo:lo + n], qs[lo:lo + n]
         d = d.reshape(g, 8, blocks, 2).transpose(0, 2, 1, 3).reshape(g, blocks, 16)
         q = q.reshape(g, 8, blocks, chunks, 4).transpose(0, 2, 3, 1, 4).reshape(g, blocks, nbytes - 16)
-        out.append(np.ascontiguousarray(np.concatenate([d, q], axis=2)))
+        out.append(np.ascontiguousarray(np.concatenate([d, q], axis=2)).reshape(g, -1))
     return out
 
 

@@ -63,6 +63,7 @@ struct QVec : F8Avx {
   struct W8 { __m256i g[8]; };   // k group g (4 k x 8 rows), signed q
   struct WU4 { __m256i g[8]; };  // k group g, unsigned nibbles
   struct W4 { WU4 u; };          // q4: nibbles q + 8
+  struct W5 { __m256i g[8]; };   // q5k: k group g, unsigned q in [0, 31]
   struct W6 { __m256i g[8]; };   // q6k: k group g, unsigned q in [0, 63]
 
   static __m256i broadcast4(const int8_t* p) {
@@ -86,10 +87,17 @@ struct QVec : F8Avx {
     return w;
   }
   static W4 load(const BlockQ4x8& b) { return W4{load_nibbles(b.qs)}; }
-  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+  static W5 load_q5(const BlockQ5Kx8::Sub& s) {
+    const WU4 low = load_nibbles(s.qs);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)s.qh);
+    W5 w;
+    for (int g = 0; g < 8; ++g) w.g[g] = _mm256_or_si256(low.g[g], q5_high(qh, g));
+    return w;
+  }
+  static W6 load_q6(const BlockQ6Kx8& b, int subs, int j) {
     const WU4 low = load_nibbles(b.ql[j]);
     W6 w;
-    for (int g = 0; g < 8; ++g) w.g[g] = _mm256_or_si256(low.g[g], q6_high(b, j, g));
+    for (int g = 0; g < 8; ++g) w.g[g] = _mm256_or_si256(low.g[g], q6_high(q6_qh(b, subs, j), g));
     return w;
   }
   // s8 x s8 via the sign trick: |w| x (a with w's sign). |q| <= 127, so a pair sum
@@ -110,6 +118,18 @@ struct QVec : F8Avx {
     for (int g = 0; g < 8; ++g)
       acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(w.g[g], broadcast4(a.qs + 4 * g)));
     return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+  }
+  // u5 x s8: a pair sum is <= 2*31*127, so four groups add up in int16 (<= 31496).
+  static __m256i dot(const W5& w, const BlockQ8Act& a) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      __m256i p = _mm256_maddubs_epi16(w.g[4 * h], broadcast4(a.qs + 16 * h));
+      for (int g = 4 * h + 1; g < 4 * h + 4; ++g)
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w.g[g], broadcast4(a.qs + 4 * g)));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    return acc;
   }
   // Σ q·a = Σ (q+8)·a - 8·Σ a.
   static __m256i dot(const W4& w, const BlockQ8Act& a) {

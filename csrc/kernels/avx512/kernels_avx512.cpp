@@ -59,6 +59,7 @@ struct QVec : F8Avx {
   struct W8 { __m512i p[4]; };   // k groups (2p, 2p+1), as q + 128
   struct WU4 { __m512i p[4]; };  // k groups (2p, 2p+1), unsigned nibbles
   struct W4 { WU4 u; };          // q4: nibbles q + 8
+  using W5 = WU4;                // q5k: k groups (2p, 2p+1), unsigned q in [0, 31]
   struct W6 { __m512i p[4]; };   // q6k: k groups (2p, 2p+1), unsigned q in [0, 63]
 
   // Lanes 0-7: activation bytes p[0..3]; lanes 8-15: p[4..7].
@@ -84,12 +85,21 @@ struct QVec : F8Avx {
     return w;
   }
   static W4 load(const BlockQ4x8& b) { return W4{load_nibbles(b.qs)}; }
-  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+  static W5 load_q5(const BlockQ5Kx8::Sub& s) {
+    W5 w = load_nibbles(s.qs);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)s.qh);
+    for (int i = 0; i < 4; ++i)
+      w.p[i] = _mm512_or_si512(w.p[i], _mm512_inserti64x4(_mm512_castsi256_si512(q5_high(qh, 2 * i)),
+                                                          q5_high(qh, 2 * i + 1), 1));
+    return w;
+  }
+  static W6 load_q6(const BlockQ6Kx8& b, int subs, int j) {
     const WU4 low = load_nibbles(b.ql[j]);
+    const uint8_t* qh = q6_qh(b, subs, j);
     W6 w;
     for (int i = 0; i < 4; ++i)
-      w.p[i] = _mm512_or_si512(low.p[i], _mm512_inserti64x4(_mm512_castsi256_si512(q6_high(b, j, 2 * i)),
-                                                             q6_high(b, j, 2 * i + 1), 1));
+      w.p[i] = _mm512_or_si512(low.p[i], _mm512_inserti64x4(_mm512_castsi256_si512(q6_high(qh, 2 * i)),
+                                                             q6_high(qh, 2 * i + 1), 1));
     return w;
   }
   static __m256i fold(__m512i v) {

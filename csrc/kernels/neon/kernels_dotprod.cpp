@@ -24,6 +24,7 @@ struct QVec {
   struct W8 { int8x16_t lo[8], hi[8]; };  // k group g, signed q
   struct W4 { int8x16_t lo[8], hi[8]; };  // k group g, nibbles widened to signed q
   struct WU4 { int8x16_t lo[8], hi[8]; };  // k group g, unsigned nibbles
+  using W5 = WU4;                          // k group g, q5k's unsigned q
   struct W6 { int8x16_t lo[8], hi[8]; };   // k group g, q6k's q - 32
 
   static F8 zero() { return {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}; }
@@ -76,15 +77,30 @@ struct QVec {
     }
     return w;
   }
-  // Group g's high 2 bits sit at bits 2(g & 3) of the 32 bytes qh[j][32 * (g >> 2)...].
-  static W6 load_q6(const BlockQ6Kx8& b, int j) {
+  // Group g's fifth bits sit at bit g of the 32 bytes qh (rows 0-3 in bytes 0-15).
+  static W5 load_q5(const BlockQ5Kx8::Sub& s) {
+    W5 w = load_nibbles(s.qs);
+    const uint8x16_t one = vdupq_n_u8(1);
+    for (int h = 0; h < 2; ++h) {
+      const uint8x16_t bits = vld1q_u8(s.qh + 16 * h);
+      int8x16_t* lo_or_hi = h ? w.hi : w.lo;
+      for (int g = 0; g < 8; ++g) {
+        const uint8x16_t b5 = vshlq_n_u8(vandq_u8(vshlq_u8(bits, vdupq_n_s8(int8_t(-g))), one), 4);
+        lo_or_hi[g] = vorrq_s8(lo_or_hi[g], vreinterpretq_s8_u8(b5));
+      }
+    }
+    return w;
+  }
+  // Group g's high 2 bits sit at bits 2(g & 3) of the 32 bytes qh[32 * (g >> 2)...].
+  static W6 load_q6(const BlockQ6Kx8& b, int subs, int j) {
     const WU4 u = load_nibbles(b.ql[j]);
+    const uint8_t* qh = q6_qh(b, subs, j);
     const uint8x16_t three = vdupq_n_u8(3);
     const int8x16_t off = vdupq_n_s8(32);
     W6 w;
     for (int g = 0; g < 8; ++g)
       for (int h = 0; h < 2; ++h) {
-        const uint8x16_t bits = vld1q_u8(b.qh[j] + 32 * (g >> 2) + 16 * h);
+        const uint8x16_t bits = vld1q_u8(qh + 32 * (g >> 2) + 16 * h);
         const uint8x16_t hi2 = vandq_u8(vshlq_u8(bits, vdupq_n_s8(int8_t(-2 * (g & 3)))), three);
         const int8x16_t q = vorrq_s8(h ? u.hi[g] : u.lo[g], vreinterpretq_s8_u8(vshlq_n_u8(hi2, 4)));
         (h ? w.hi : w.lo)[g] = vsubq_s8(q, off);
@@ -111,7 +127,8 @@ struct QVec {
     const uint16x8_t v = vmovl_u8(vld1_u8(p));
     return {vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(v))), vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(v)))};
   }
-  static void k_scales(const BlockQ4Kx8& b, F8* dsc, F8* dm) {
+  template <class AffineBlock>  // q4k, q5k
+  static void k_scales(const AffineBlock& b, F8* dsc, F8* dm) {
     const F8 d = scales(b.d), dmin = scales(b.dmin);
     for (int j = 0; j < kKSubs; ++j) {
       const I8 lo = bytes8(b.scales_lo + 8 * j), hi = bytes8(b.scales_hi + 8 * (j & 3));

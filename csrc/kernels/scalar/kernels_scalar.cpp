@@ -187,17 +187,19 @@ static void matmul_q(float* y, const BlockQ8Act* xq, const void* wv, const float
     }
 }
 
-// q4k, per 32-k block: acc += Σ q·a · (d·sc)·a.d, then acc -= (dmin·m)·a.dsum.
-static void matmul_q4k(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
-                       int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
-  const BlockQ4Kx8* w = static_cast<const BlockQ4Kx8*>(wv);
-  const int64_t nb = q_blocks(K), ns = k_blocks(K);
+// q4k / q5k, per 32-k block: acc += Σ q·a · (d·sc)·a.d, then acc -= (dmin·m)·a.dsum.
+template <class Block>
+static void matmul_affine_k(float* y, const BlockQ8Act* xq, const void* w, const float* bias, int64_t M,
+                            int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t nb = q_blocks(K), group_bytes = k_group_bytes<Block>(K);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = n0; n < n1; ++n) {
+      const char* group = static_cast<const char*>(w) + (n / kQRows) * group_bytes;
       const int r = int(n % kQRows);
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
-        const Q4KRow v = unpack_row(w[(n / kQRows) * ns + b / kKSubs], r);
+        const int64_t s = b / kKSubs;
+        const AffineKRow v = unpack_row(k_block<Block>(group, s), r, block_subs(K, s));
         const int j = int(b % kKSubs);
         const BlockQ8Act& a = xq[m * nb + b];
         int32_t isum = 0;
@@ -211,16 +213,17 @@ static void matmul_q4k(float* y, const BlockQ8Act* xq, const void* wv, const flo
 }
 
 // q6k, per half h of each 32-k block: acc += Σ (q - 32)·a · (d·sc)·a.d.
-static void matmul_q6k(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
+static void matmul_q6k(float* y, const BlockQ8Act* xq, const void* w, const float* bias, int64_t M,
                        int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
-  const BlockQ6Kx8* w = static_cast<const BlockQ6Kx8*>(wv);
-  const int64_t nb = q_blocks(K), ns = k_blocks(K);
+  const int64_t nb = q_blocks(K), group_bytes = k_group_bytes<BlockQ6Kx8>(K);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = n0; n < n1; ++n) {
+      const char* group = static_cast<const char*>(w) + (n / kQRows) * group_bytes;
       const int r = int(n % kQRows);
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
-        const Q6KRow v = unpack_row(w[(n / kQRows) * ns + b / kKSubs], r);
+        const int64_t s = b / kKSubs;
+        const Q6KRow v = unpack_row(k_block<BlockQ6Kx8>(group, s), r, block_subs(K, s));
         const int j = int(b % kKSubs);
         const BlockQ8Act& a = xq[m * nb + b];
         for (int h = 0; h < 2; ++h) {
@@ -252,7 +255,8 @@ const KernelTable* scalar_kernels() {
       scalar::bf16_to_f32,
       scalar::f16_to_f32,
       scalar::quantize_act,
-      {scalar::matmul_q<BlockQ8x8>, scalar::matmul_q<BlockQ4x8>, scalar::matmul_q4k, scalar::matmul_q6k},
+      {scalar::matmul_q<BlockQ8x8>, scalar::matmul_q<BlockQ4x8>, scalar::matmul_affine_k<BlockQ4Kx8>,
+       scalar::matmul_q6k, scalar::matmul_affine_k<BlockQ5Kx8>},
   };
   return &table;
 }
