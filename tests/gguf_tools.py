@@ -60,10 +60,10 @@ import traceback
 import conversion.base as base
 import convert_hf_to_gguf
 failed = []
-for folder, outtype, out, pre in jobs:
+for folder, outtype, out, pre, *extra in jobs:
     if pre:  # tiny trained tokenizers hash to no known pre-tokenizer: name the one meant
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=pre: pre
-    sys.argv = ["convert_hf_to_gguf.py", folder, "--outtype", outtype, "--outfile", out]
+    sys.argv = ["convert_hf_to_gguf.py", folder, "--outtype", outtype, "--outfile", out, *(extra[0] if extra else [])]
     try:
         convert_hf_to_gguf.main()
     except BaseException:
@@ -73,7 +73,8 @@ sys.exit("\n".join(failed) if failed else 0)
 
 
 def convert(src: str, jobs: list) -> None:
-    """jobs: (HF folder, outtype f32|f16|bf16|q8_0, out path, BPE pre name or None),
+    """jobs: (HF folder, outtype f32|f16|bf16|q8_0, out path, BPE pre name or None[,
+    more converter arguments]),
     converted in one process (the converter's imports take seconds)."""
     r = subprocess.run([sys.executable, "-c", SHIM, src, json.dumps(jobs)], capture_output=True, text=True)
     if r.returncode:
@@ -101,3 +102,25 @@ def quantizer():
     def quantize(src: str, dst: str, ftype: str) -> None:
         subprocess.run([binary, src, dst, ftype, "2"], check=True, capture_output=True)
     return quantize
+
+
+def add_sentencepiece(folder: str, vocab_size: int = 400) -> int:
+    """A SentencePiece BPE model (tokenizer.model, byte fallback, ChatML markers and
+    <|endoftext|>, which llama.cpp looks up in Phi-3 vocabularies, as user-defined pieces) trained on tiny_tokenizers.CORPUS, as Llama-2 / Phi-3 / Gemma
+    folders have; returns its vocabulary size."""
+    import io
+
+    import sentencepiece as spm
+    from tiny_tokenizers import CHATML_WITH_BOS, CORPUS
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   user_defined_symbols=["<|im_start|>", "<|im_end|>", "<|endoftext|>"], hard_vocab_limit=False,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+        f.write(buf.getvalue())
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
+                   "tokenizer_class": "LlamaTokenizer", "chat_template": CHATML_WITH_BOS}, f)
+    return spm.SentencePieceProcessor(model_proto=buf.getvalue()).vocab_size()

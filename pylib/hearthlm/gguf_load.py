@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import time
@@ -26,11 +25,11 @@ import numpy as np
 from . import _kernels
 from .errors import InvalidInputError, ModelFormatError, UnsupportedModelError
 from .formats import FORMATS, QUANTIZED
+from .gguf_file import GGUFFile, gguf_package
 from .models import family, model_args
 from .models.base import RopeSpec
 from .rope import inverse_frequencies
 
-SPLIT = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
 # general.architecture -> transformers architecture of the family that runs it
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -40,7 +39,6 @@ ARCHITECTURES = {
 }
 PERMUTED = ("llama", "granite", "smollm3")  # archs whose Q/K rows llama.cpp's converter permutes
 NORM_PLUS_ONE = ("gemma2", "gemma3")        # archs whose norm weights it stores as 1 + w
-MAX_ELEMENTS = 1 << 40
 EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 HEAD_NORM = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(q|k)_layernorm\.norms\.(\d+)\.weight$")
 
@@ -48,91 +46,6 @@ HEAD_NORM = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(q|k)_layernorm\.norm
 def is_gguf(path) -> bool:
     path = os.fspath(path)
     return path.endswith(".gguf") and not os.path.isdir(path)
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise UnsupportedModelError(
-            "loading a .gguf file needs the gguf package: pip install 'hearthlm[gguf]'") from None
-    return gguf
-
-
-class GGUFFile:
-    """The metadata and tensors of one GGUF model (all shards of a split one),
-    validated: every tensor lies inside its file, aligned, with sane dimensions."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.readers = [self._open(p) for p in self.shard_paths(path)]
-        self.fields = self.readers[0].fields
-        self.tensors = {}
-        for reader, shard in zip(self.readers, self.shard_paths(path)):
-            for t in reader.tensors:
-                if t.name in self.tensors:
-                    raise ModelFormatError(f"{shard}: tensor '{t.name}' is also in another shard")
-                self._check_tensor(shard, reader, t)
-                self.tensors[t.name] = (t, shard)
-
-    @staticmethod
-    def shard_paths(path: str) -> list:
-        m = SPLIT.match(path)
-        if not m:
-            return [path]
-        n = int(m.group(3))
-        if int(m.group(2)) != 1 or n < 1:
-            raise ModelFormatError(f"{path}: give the first file of a split GGUF (-00001-of-{m.group(3)}.gguf)")
-        return [f"{m.group(1)}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
-
-    def _open(self, path: str):
-        gguf = _gguf()
-        if not os.path.isfile(path):
-            raise ModelFormatError(f"{path}: no such file")
-        try:
-            return gguf.GGUFReader(path)
-        except (ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError, UnicodeDecodeError,
-                OSError) as e:
-            raise ModelFormatError(f"{path}: not a readable GGUF file: {e}") from None
-
-    def _check_tensor(self, path: str, reader, t) -> None:
-        gguf = _gguf()
-        where = f"{path}: tensor '{t.name}'"
-        dims = [int(d) for d in t.shape]
-        if not dims or any(d <= 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
-            raise ModelFormatError(f"{where}: dimensions {dims} are not positive or too large")
-        qtype = gguf.GGMLQuantizationType(t.tensor_type)
-        block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
-        if dims[0] % block:
-            raise ModelFormatError(f"{where}: row length {dims[0]} is not a multiple of the {qtype.name} block "
-                                   f"of {block}")
-        size = math.prod(dims) // block * nbytes
-        if int(t.data_offset) % reader.alignment:
-            raise ModelFormatError(f"{where}: data offset {int(t.data_offset)} is not aligned to "
-                                   f"general.alignment {reader.alignment}")
-        if int(t.data_offset) + size > reader.data.size or t.data.nbytes != size:
-            raise ModelFormatError(f"{where}: {size} bytes at offset {int(t.data_offset)} run past the end of "
-                                   f"the file ({reader.data.size} bytes; truncated?)")
-
-    def get(self, key: str, default=None):
-        field = self.fields.get(key)
-        if field is None:
-            return default
-        try:
-            return field.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as e:
-            raise ModelFormatError(f"{self.path}: metadata field '{key}' cannot be read: {e}") from None
-
-    def number(self, key: str, default=None):
-        value = self.get(key, default)
-        if value is not None and (isinstance(value, (str, list, bool)) or
-                                  not math.isfinite(float(value))):
-            raise ModelFormatError(f"{self.path}: metadata field '{key}' must be a number, got {value!r}")
-        return value
-
-    def rows(self, name: str) -> int:
-        """The outer dimension of tensor `name` (GGUF lists dimensions innermost first)."""
-        return int(self.tensors[name][0].shape[-1])
 
 
 # ---- hyperparameters ----------------------------------------------------------------------
@@ -158,7 +71,7 @@ def hf_config(g: GGUFFile) -> dict:
     head_dim = key("attention.key_length", hidden // heads if heads else 0)
     c = {
         "architectures": [ARCHITECTURES[arch]],
-        "vocab_size": g.rows("token_embd.weight"),
+        "vocab_size": g.tensors["token_embd.weight"].shape[0],
         "hidden_size": hidden,
         "intermediate_size": key("feed_forward_length", 0) or None,
         "num_hidden_layers": key("block_count"),
@@ -281,13 +194,19 @@ ARCH_CONFIG = {"qwen3moe": _qwen3moe, "gemma2": _gemma2, "gemma3": _gemma3, "phi
 
 # ---- tensors ------------------------------------------------------------------------------
 
-def tensor_f32(g: GGUFFile, name: str) -> np.ndarray:
-    gguf = _gguf()
-    t, path = g.tensors[name]
+def dequantize(t, data: np.ndarray) -> np.ndarray:
+    """Blocks of tensor t (uint8 rows) -> float32, by the gguf package."""
+    gguf = gguf_package()
     try:
-        return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
-    except (NotImplementedError, ValueError) as e:
-        raise UnsupportedModelError(f"{path}: tensor '{name}' of type {t.tensor_type.name}: {e}") from None
+        return np.asarray(gguf.quants.dequantize(data, gguf.GGMLQuantizationType(t.ggml_type)), np.float32)
+    except NotImplementedError:
+        raise UnsupportedModelError(f"{t.path}: tensor '{t.name}' has type "
+                                    f"{gguf.GGMLQuantizationType(t.ggml_type).name}, which cannot be read") from None
+
+
+def tensor_f32(g: GGUFFile, name: str) -> np.ndarray:
+    t = g.tensors[name]
+    return dequantize(t, t.data).reshape(-1)
 
 
 def q5_0_as_q8_0(blocks: np.ndarray) -> np.ndarray:
@@ -305,7 +224,7 @@ class GGUFWeights:
     weights.WeightReader serves them from safetensors."""
 
     def __init__(self, g: GGUFFile, args, arch: str, n_threads: int):
-        gguf = _gguf()
+        gguf = gguf_package()
         self.g, self.args, self.arch, self.n_threads = g, args, arch, n_threads
         arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
         self.names = gguf.get_tensor_name_map(arch_id, args.num_hidden_layers)
@@ -326,26 +245,27 @@ class GGUFWeights:
             raise UnsupportedModelError(f"{self.g.path}: no GGUF name for tensor '{name}'")
         return gname, None
 
-    def _data(self, name: str, shape: tuple):
+    def _rows(self, name: str, shape: tuple):
+        """(GGUF tensor, its uint8 rows [N, bytes per row] for HF tensor `name`)."""
         gname, index = self.source(name)
         if gname not in self.g.tensors:
             raise ModelFormatError(f"{self.g.path}: tensor '{gname}' (for {name}) is missing")
-        t, path = self.g.tensors[gname]
-        dims = [int(d) for d in reversed(t.shape)]
+        t = self.g.tensors[gname]
+        dims, data = list(t.shape), t.data
         if index is not None:
             if index >= dims[0]:
-                raise ModelFormatError(f"{path}: tensor '{gname}' has {dims[0]} slices, {name} needs {index + 1}")
-            dims = dims[1:]
-        if len(dims) == 2 and dims[0] == 1 and len(shape) == 1:
+                raise ModelFormatError(f"{t.path}: tensor '{gname}' has {dims[0]} slices, {name} needs {index + 1}")
+            dims, data = dims[1:], data[index]
+        if len(shape) == 1 and len(dims) == 2 and dims[0] == 1:
             dims = dims[1:]
         if tuple(dims) != tuple(shape):
-            raise ModelFormatError(f"{path}: tensor '{gname}' has shape {dims} (outer first), "
+            raise ModelFormatError(f"{t.path}: tensor '{gname}' has shape {dims} (outer first), "
                                    f"but the metadata implies {list(shape)} for {name}")
-        data = t.data if index is None else t.data[index]
-        return gname, path, t.tensor_type, data
+        return t, data.reshape(shape[0] if len(shape) == 2 else 1, -1)
 
     def _unpermute(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """llama.cpp's interleaved RoPE row order back to HF's rotate-half, per head."""
+        """llama.cpp's interleaved RoPE row order back to HF's rotate-half, per head
+        (rows of any bytes: each row's blocks are its own)."""
         heads = {"q_proj": self.args.num_attention_heads, "k_proj": self.args.num_key_value_heads}.get(
             name.split(".")[-2])
         if self.arch not in PERMUTED or heads is None:
@@ -355,46 +275,42 @@ class GGUFWeights:
                                     .reshape(rows.shape))
 
     def tensor(self, name: str, shape: tuple) -> np.ndarray:
-        gguf = _gguf()
-        gname, path, qtype, data = self._data(name, shape)
+        gguf = gguf_package()
+        T = gguf.GGMLQuantizationType
+        t, rows = self._rows(name, shape)
         N, K = shape
-        raw = np.asarray(data)
-        plain = {gguf.GGMLQuantizationType.F32: "f32", gguf.GGMLQuantizationType.F16: "f16",
-                 gguf.GGMLQuantizationType.BF16: "bf16"}.get(qtype)
+        qtype = t.ggml_type
+        plain = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16"}.get(qtype)
         if plain is not None:
-            rows = raw.view(FORMATS[plain].numpy).reshape(N, K)
-            out = self._unpermute(name, rows)
-            self.formats[name] = plain
-            if out is rows:
+            view = rows.view(FORMATS[plain].numpy)
+            fmt, out = plain, self._unpermute(name, view)
+            if out is view:  # used in place
                 self.mapped_bytes += out.nbytes
-            else:
-                self.converted_bytes += out.nbytes
-            return out
-        fmt = self.by_gguf.get(int(qtype))
-        rows = raw.reshape(N, -1)
-        if qtype == gguf.GGMLQuantizationType.Q5_0:
-            fmt, rows = "q8", q5_0_as_q8_0(rows).reshape(N, -1)
-        if fmt in QUANTIZED:
-            rows = self._unpermute(name, rows)
+                self.formats[name] = fmt
+                return out
+        elif qtype == T.Q5_0:  # the same values as Q8_0 blocks, then q8
+            fmt = "q8"
             out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
-            _kernels.from_gguf(out, np.ascontiguousarray(rows).reshape(-1), fmt, N, K)
-        elif qtype in (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q5_1,
-                       gguf.GGMLQuantizationType.Q5_K):
-            fmt = "f32"
-            out = self._unpermute(name, np.asarray(gguf.quants.dequantize(rows, qtype), np.float32))
+            blocks = self._unpermute(name, q5_0_as_q8_0(rows).reshape(N, -1))
+            _kernels.from_gguf(out, blocks.reshape(-1), fmt, N, K)
+        elif qtype in self.by_gguf:
+            fmt = self.by_gguf[qtype]
+            out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
+            _kernels.from_gguf(out, np.ascontiguousarray(self._unpermute(name, rows)).reshape(-1), fmt, N, K)
+        elif qtype in (T.Q4_1, T.Q5_1, T.Q5_K):  # no hearthlm format holds these exactly: f32
+            fmt, out = "f32", self._unpermute(name, dequantize(t, rows).reshape(N, K))
         else:
             raise UnsupportedModelError(
-                f"{path}: tensor '{gname}' has type {gguf.GGMLQuantizationType(qtype).name}; supported: "
+                f"{t.path}: tensor '{t.name}' has type {T(qtype).name}; supported: "
                 "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K")
         self.formats[name] = fmt
         self.converted_bytes += out.nbytes
         return out
 
     def vector(self, name: str, shape: tuple) -> np.ndarray:
-        gguf = _gguf()
-        gname, path, qtype, data = self._data(name, shape)
-        out = np.asarray(gguf.quants.dequantize(np.asarray(data), qtype), np.float32).reshape(shape)
-        out = self._unpermute(name.replace(".bias", ".weight"), out).copy()
+        t, rows = self._rows(name, shape)
+        out = dequantize(t, rows).reshape(shape)
+        out = self._unpermute(name.replace(".bias", ".weight"), out).astype(np.float32, copy=True)
         if self.arch in NORM_PLUS_ONE and name.endswith("norm.weight"):
             out -= np.float32(1.0)
         return out
@@ -429,7 +345,7 @@ def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]):
     for name, fmt in reader.formats.items():
         counts[fmt] = counts.get(fmt, 0) + 1
     h = hashlib.sha256(repr(sorted(vars(args).items())).encode())
-    for name, (t, shard) in sorted(g.tensors.items()):
-        h.update(f"{name}|{int(t.tensor_type)}|{list(t.shape)}|{int(t.data_offset)}\n".encode())
+    for name, t in sorted(g.tensors.items()):
+        h.update(f"{name}|{t.ggml_type}|{list(t.dims)}|{t.data.nbytes}\n".encode())
     return Model(path, args, transformer, tokenizer, generation_config, max(counts, key=counts.get),
                  n_threads, stats, h.hexdigest()[:32])

@@ -34,9 +34,15 @@ PRE = {
     **{name: ([GPT2], False) for name in ("gpt-2", "phi-2", "olmo", "mpt")},
     "default": ([r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"], False),
 }
-# Texts llama.cpp also ends a generation at, when the vocabulary has them as control tokens.
-END_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-             "<|end_of_text|>", "<EOT>")
+# Texts llama.cpp ends a generation at and treats as control tokens, whatever type the
+# file gives them.
+END_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+             "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+             "<｜end▁of▁sentence｜>")
+SPM_DEFAULT_IDS = {"unknown": 0, "bos": 1, "eos": 2}  # llama.cpp's, for files that name none
+# Phi-3 files (by general.name): llama.cpp strips the spaces after these special tokens.
+PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
 
 
 def gguf_tokenizer(g) -> tuple:
@@ -44,16 +50,20 @@ def gguf_tokenizer(g) -> tuple:
     model = g.get("tokenizer.ggml.model")
     if model is None:
         return None, {}
-    tokens = g.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        raise ModelFormatError(f"{g.path}: tokenizer.ggml.tokens must be a list of strings")
-    types = g.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    tokens = g.strings("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ModelFormatError(f"{g.path}: metadata 'tokenizer.ggml.tokens' is missing or empty")
+    types = list(g.numbers("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
     if len(types) != len(tokens):
         raise ModelFormatError(f"{g.path}: tokenizer.ggml.token_type has {len(types)} entries for "
                                f"{len(tokens)} tokens")
+    for i, t in enumerate(tokens):
+        if t in END_TEXTS:
+            types[i] = CONTROL
     ids = {}
+    defaults = SPM_DEFAULT_IDS if model == "llama" else {}
     for name in ("bos", "eos", "eot", "eom", "unknown"):
-        value = g.number(f"tokenizer.ggml.{name}_token_id")
+        value = g.number(f"tokenizer.ggml.{name}_token_id", defaults.get(name))
         if value is not None and not 0 <= int(value) < len(tokens):
             raise ModelFormatError(f"{g.path}: tokenizer.ggml.{name}_token_id {value} is outside the "
                                    f"vocabulary of {len(tokens)}")
@@ -69,7 +79,8 @@ def gguf_tokenizer(g) -> tuple:
     else:
         raise UnsupportedModelError(f"{g.path}: tokenizer.ggml.model '{model}' is not supported "
                                     "(supported: llama, gpt2)")
-    add_special(tok, tokens, types)
+    name = str(g.get("general.name", "")).lower()
+    add_special(tok, tokens, types, rstrip="phi-3" in name or "phi3" in name)
     add_bos = bool(g.get("tokenizer.ggml.add_bos_token", add_bos)) and ids["bos"] is not None
     add_eos = bool(g.get("tokenizer.ggml.add_eos_token", False)) and ids["eos"] is not None
     post_process(tok, tokens, ids, add_bos, add_eos)
@@ -79,7 +90,7 @@ def gguf_tokenizer(g) -> tuple:
     if isinstance(template, str):
         config["chat_template"] = template
     ends = [ids[n] for n in ("eos", "eot", "eom") if ids[n] is not None]
-    ends += [i for i, t in enumerate(tokens) if t in END_TEXTS and types[i] == CONTROL]
+    ends += [i for i, t in enumerate(tokens) if t in END_TEXTS]
     return Tokenizer.from_tokenizer(tok, config, g.path), {"eos_token_id": list(dict.fromkeys(ends))}
 
 
@@ -93,7 +104,7 @@ def vocabulary(tokens: list) -> dict:
 def sentencepiece(g, tokens: list, types: list, ids: dict):
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers
 
-    scores = g.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    scores = g.numbers("tokenizer.ggml.scores") or [0.0] * len(tokens)
     if len(scores) != len(tokens):
         raise ModelFormatError(f"{g.path}: tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
     vocab = vocabulary(tokens)
@@ -121,10 +132,9 @@ def sentencepiece(g, tokens: list, types: list, ids: dict):
 def byte_level(g, tokens: list, types: list, regexes: list, ignore_merges: bool):
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-    merges = g.get("tokenizer.ggml.merges") or []
     pairs = []
-    for i, m in enumerate(merges):
-        parts = m.split(" ") if isinstance(m, str) else []
+    for i, m in enumerate(g.strings("tokenizer.ggml.merges")):
+        parts = m.split(" ")
         if len(parts) != 2:
             raise ModelFormatError(f"{g.path}: tokenizer.ggml.merges[{i}] is not two tokens: {m!r}")
         pairs.append(tuple(parts))
@@ -136,13 +146,14 @@ def byte_level(g, tokens: list, types: list, regexes: list, ignore_merges: bool)
     return tok
 
 
-def add_special(tok, tokens: list, types: list) -> None:
+def add_special(tok, tokens: list, types: list, rstrip: bool) -> None:
     from tokenizers import AddedToken
 
-    special = [AddedToken(t, special=True, normalized=False)
-               for i, t in enumerate(tokens) if types[i] in (UNKNOWN, CONTROL) and t]
-    tok.add_special_tokens(special)
-    tok.add_tokens([AddedToken(t, normalized=False) for i, t in enumerate(tokens) if types[i] == USER_DEFINED and t])
+    def added(t, special):
+        return AddedToken(t, special=special, normalized=False, rstrip=rstrip and t not in PHI3_NO_RSTRIP)
+
+    tok.add_special_tokens([added(t, True) for i, t in enumerate(tokens) if types[i] in (UNKNOWN, CONTROL) and t])
+    tok.add_tokens([added(t, False) for i, t in enumerate(tokens) if types[i] == USER_DEFINED and t])
 
 
 def post_process(tok, tokens: list, ids: dict, add_bos: bool, add_eos: bool) -> None:
