@@ -94,3 +94,7 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
+
+    def special_tokens(self) -> dict:
+        """{id: text} of the special added tokens (those decode(skip_special_tokens=True) drops)."""
+        return {i: t.content for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
