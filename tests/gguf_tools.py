@@ -34,7 +34,7 @@ def llama_cpp_source() -> str:
     if found:
         return os.path.dirname(found[0])
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:",
+        r = subprocess.run([sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", "llama-cpp-python",
                             "-d", tmp, "-q"], capture_output=True, text=True)
         archives = glob.glob(os.path.join(tmp, "*.tar.gz"))
         if r.returncode or not archives:
