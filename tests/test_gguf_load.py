@@ -409,3 +409,11 @@ def test_bad_alignment_and_metadata(tmp_path):
         hearthlm.load(path)
     with pytest.raises(ModelFormatError, match="no such file|cannot open"):
         hearthlm.load(str(tmp_path / "missing.gguf"))
+
+
+def test_json_schema_constraint_on_a_gguf_model(converted):
+    """llguidance gets the tokenizer rebuilt from the file."""
+    pytest.importorskip("llguidance")
+    model = hearthlm.load(converted[("qwen2", "F32")][1])
+    out = model.generate("hi", max_new_tokens=40, temperature=0, json_schema={"type": "boolean"})
+    assert json.loads(out) in (True, False)

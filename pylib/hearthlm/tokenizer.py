@@ -92,6 +92,10 @@ class Tokenizer:
                 raise
             raise InvalidInputError(f"ids: cannot decode {str(ids)[:80]}: {e}") from None
 
+    def json(self) -> str:
+        """The tokenizer as tokenizer.json text."""
+        return self._tok.to_str()
+
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
 
