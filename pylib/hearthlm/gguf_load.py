@@ -321,10 +321,10 @@ class GGUFWeights:
 
 # ---- the model ----------------------------------------------------------------------------
 
-def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]):
-    """A Model from a GGUF file, its weights as stored (dtype and head_dtype: None)."""
+def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]) -> dict:
+    """The parts of a Model (model.Model's arguments) from a GGUF file, its weights as
+    stored (dtype and head_dtype: None)."""
     from .gguf_tokenizer import gguf_tokenizer
-    from .model import Model
     from .transformer import Transformer
 
     t0 = time.perf_counter()
@@ -347,5 +347,6 @@ def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]):
     h = hashlib.sha256(repr(sorted(vars(args).items())).encode())
     for name, t in sorted(g.tensors.items()):
         h.update(f"{name}|{t.ggml_type}|{list(t.dims)}|{t.data.nbytes}\n".encode())
-    return Model(path, args, transformer, tokenizer, generation_config, max(counts, key=counts.get),
-                 n_threads, stats, h.hexdigest()[:32])
+    return dict(path=path, args=args, transformer=transformer, tokenizer=tokenizer,
+                generation_config=generation_config, dtype=max(counts, key=counts.get), n_threads=n_threads,
+                load_stats=stats, fingerprint=h.hexdigest()[:32])

@@ -140,7 +140,7 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     """
     n_threads = check_threads(n_threads)
     if gguf_load.is_gguf(path):
-        return gguf_load.load(path, dtype, n_threads, head_dtype)
+        return Model(**gguf_load.load(path, dtype, n_threads, head_dtype))
     t0 = time.perf_counter()
     folder = model_folder(path)
     config = read_config(folder)
