@@ -2,12 +2,10 @@
 Q4_K_M- and Q5_K_M-like mixes) / q6k, and, with --llama-cpp, llama.cpp's Q4_0 / Q4_K_M /
 Q5_K_M / Q6_K / Q8_0
 made by llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize) from an
-f32 GGUF of the folder. llama.cpp's blocks are converted exactly into hearthlm's formats
-(K.from_gguf; Q/K rows un-permuted) and run by hearthlm's kernels, so the rows compare
-the quantizers on the same kernels (llama.cpp's own inference would also quantize
-activations per 256 instead of per 32). Tensors of other GGUF types (llama.cpp's
-Q5_0 / Q8_0 fallbacks when K is not a multiple of 256) are not convertible: such models
-are skipped. Bytes per weight count the 2-D matrices only.
+f32 GGUF of the folder. The files are loaded by hearthlm (hearthlm.load on the .gguf:
+blocks converted exactly, Q/K rows un-permuted) and run by hearthlm's kernels, so the
+rows compare the quantizers on the same kernels (llama.cpp's own inference would also
+quantize activations per 256 instead of per 32). Bytes per weight count the 2-D matrices only.
 
     [LLAMA_CPP_BIN=DIR] python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256]
         [--calibration FILE.txt] [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
@@ -64,52 +62,6 @@ def gguf_bpw(path: str) -> float:
     return 8 * sum(int(t.n_bytes) for t in mats) / sum(int(t.n_elements) for t in mats)
 
 
-def gguf_to_folder(gguf_path: str, src: str, dst: str) -> None:
-    """A hearthlm quantized folder holding exactly the GGUF's quantized blocks."""
-    import shutil
-
-    import gguf
-
-    from hearthlm import _kernels
-    from hearthlm.formats import FORMATS
-    from hearthlm.gguf_export import gguf_name
-    from hearthlm.models import model_args, read_config
-    from hearthlm.quant import FORMAT_NAME, FORMAT_VERSION
-    from hearthlm.safetensors_io import CheckpointFiles, write_safetensors
-
-    args = model_args(read_config(src), src)
-    by_type = {f.gguf_type: name for name, f in FORMATS.items() if f.quantized}
-    tensors = {t.name: t for t in gguf.GGUFReader(gguf_path).tensors}
-    files = CheckpointFiles(src)
-    plan, recorded = [], {}
-    for name in sorted(files.where):
-        info = files.info(name)
-        if len(info.shape) != 2:
-            plan.append((name, info.dtype, info.shape, (lambda n=name: files.array(n))))
-            continue
-        t = tensors[gguf_name(name)]
-        fmt = by_type.get(int(t.tensor_type))
-        if fmt is None:
-            raise SystemExit(f"{name}: GGUF type {t.tensor_type.name} has no hearthlm format")
-        N, K = info.shape
-        rows = np.asarray(t.data, np.uint8).reshape(N, -1)
-        heads = {"q_proj": args.num_attention_heads, "k_proj": args.num_key_value_heads}.get(name.split(".")[-2])
-        if heads:  # llama.cpp's interleaved RoPE rows back to HF's rotate-half order
-            rows = rows.reshape(heads, N // heads // 2, 2, -1).swapaxes(1, 2).reshape(N, -1)
-        out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
-        _kernels.from_gguf(out, np.ascontiguousarray(rows).reshape(-1), fmt, N, K)
-        recorded[name] = [fmt, N, K]
-        plan.append((name, "U8", out.shape, (lambda o=out: o)))
-    plan.sort(key=lambda p: p[1] != "U8")
-    os.makedirs(dst)
-    for entry in ("config.json", "generation_config.json"):
-        if os.path.exists(os.path.join(src, entry)):
-            shutil.copy(os.path.join(src, entry), dst)
-    write_safetensors(os.path.join(dst, "model.safetensors"), plan,
-                      {"format": "pt", "hearthlm.format": FORMAT_NAME, "hearthlm.format_version": str(FORMAT_VERSION),
-                       "hearthlm.dtype": "q4k", "hearthlm.tensors": json.dumps(recorded)})
-
-
 def llama_quantize(src: str, dst: str, name: str) -> None:
     """llama.cpp's quantizer: the llama-quantize tool found in $LLAMA_CPP_BIN (or on
     PATH), else llama-cpp-python's llama_model_quantize."""
@@ -124,7 +76,7 @@ def llama_quantize(src: str, dst: str, name: str) -> None:
     params.ftype = LLAMA_FTYPES[name]
     params.nthread = 2
     if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) != 0:
-        raise RuntimeError(f"llama_model_quantize failed for ftype {ftype}")
+        raise RuntimeError(f"llama_model_quantize failed for {name}")
 
 
 def main() -> None:
@@ -166,10 +118,8 @@ def main() -> None:
             for name in LLAMA_FTYPES:
                 dst = os.path.join(tmp, f"{name}.gguf")
                 llama_quantize(src, dst, name)
-                folder = os.path.join(tmp, name)
-                gguf_to_folder(dst, a.folder, folder)
                 rows.append((f"llama.cpp {name} (its blocks, hearthlm kernels)", gguf_bpw(dst),
-                             mean_kl(ref, hearthlm_logits(folder, ids, a.ctx))))
+                             mean_kl(ref, hearthlm_logits(dst, ids, a.ctx))))
                 print(*rows[-1], flush=True)
                 os.remove(dst)
     print(f"\n{a.folder}: {len(ids)} tokens, windows of {a.ctx}\n")

@@ -38,7 +38,9 @@ FILES = [
     "generation_config.json",
     "model-00001-of-00002.safetensors",
     "model-00002-of-00002.safetensors",
+    "model.gguf",  # present: the bundle is loaded as this GGUF file instead of the folder
 ]
+SHARDS = FILES[6:8]
 JSON_FILES = {n for n in FILES if n.endswith(".json")}
 MAGIC = b"HLMF"
 MAX_FILE = 1 << 20
@@ -150,6 +152,20 @@ def mutate_safetensors(blob: bytes, rng: random.Random, byte_mutate) -> bytes:
     return byte_mutate(blob)
 
 
+def mutate_gguf(blob: bytes, rng: random.Random) -> bytes:
+    """A hostile integer over a length, count, dimension, type or offset field of the
+    GGUF header (they are 4 or 8 bytes wide at arbitrary positions)."""
+    b = bytearray(blob)
+    if len(b) < 32:
+        return bytes(b)
+    end = min(len(b), 4096) - 8
+    i = rng.randrange(4, end) if rng.random() < 0.7 else rng.choice([4, 8, 16, 24])
+    width = rng.choice(["<I", "<Q"])
+    value = rng.choice([v for v in HOSTILE if isinstance(v, int) and not isinstance(v, bool)])
+    struct.pack_into(width, b, i, value % (2 ** (32 if width == "<I" else 64)))
+    return bytes(b)
+
+
 def mutate(data: bytes, rng: random.Random, byte_mutate, max_size: int) -> bytes:
     files = decode(data)
     op = rng.random()
@@ -158,12 +174,14 @@ def mutate(data: bytes, rng: random.Random, byte_mutate, max_size: int) -> bytes
     elif op < 0.12:
         del files[rng.choice(list(files))]
     elif op < 0.15 and "model.safetensors" in files:  # the same tensors as shards
-        files[rng.choice(FILES[6:])] = files["model.safetensors"]
+        files[rng.choice(SHARDS)] = files["model.safetensors"]
     else:
         name = rng.choice(list(files))
         blob = files[name]
         if name.endswith(".safetensors"):
             files[name] = mutate_safetensors(blob, rng, byte_mutate)
+        elif name.endswith(".gguf") and rng.random() < 0.5:
+            files[name] = mutate_gguf(blob, rng)
         elif name in JSON_FILES and rng.random() < 0.75:
             try:
                 tree = json.loads(blob)
@@ -219,9 +237,10 @@ def check_input(data: bytes) -> None:
     """Load the folder and run one token; only HearthlmError may come out."""
     import hearthlm
 
-    folder = write_folder(decode(data))
+    files = decode(data)
+    folder = write_folder(files)
     try:
-        model = hearthlm.load(folder, n_threads=1)
+        model = hearthlm.load(os.path.join(folder, "model.gguf") if "model.gguf" in files else folder, n_threads=1)
         logits = model.logits([0])
         assert logits.shape == (1, model.vocab_size), logits.shape
         model.generate_ids([0], 2)  # reads eos ids from generation/tokenizer config

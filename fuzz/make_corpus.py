@@ -66,11 +66,25 @@ def build(name, variant, overrides, dtype, shards, out_dir):
         f.write(fuzz_loader.encode(files))
 
 
+def build_gguf(out_dir):
+    """A GGUF file (hearthlm.gguf_export: f32, a SentencePiece-style vocabulary of 300)."""
+    import tiny_models
+    from hearthlm.gguf_export import export_gguf
+
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_models.build("llama-mha", folder, num_hidden_layers=1, **{**SMALL, "vocab_size": 300})
+        with open(export_gguf(folder, "f32"), "rb") as f:
+            files = {"model.gguf": f.read()}
+    with open(os.path.join(out_dir, "llama-gguf.bundle"), "wb") as f:
+        f.write(fuzz_loader.encode(files))
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     os.makedirs(out_dir, exist_ok=True)
     for name, spec in SEEDS.items():
         build(name, *spec, out_dir)
+    build_gguf(out_dir)
     for f in sorted(os.listdir(out_dir)):
         print(f"{os.path.getsize(os.path.join(out_dir, f)):8d} {f}")
 

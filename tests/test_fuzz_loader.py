@@ -31,7 +31,7 @@ def loads(files) -> bool:
     else propagates and fails the test."""
     folder = fuzz_loader.write_folder(files)
     try:
-        hearthlm.load(folder, n_threads=1).logits([0])
+        hearthlm.load(os.path.join(folder, "model.gguf") if "model.gguf" in files else folder, n_threads=1).logits([0])
         fuzz_loader.check_input(fuzz_loader.encode(files))
         return True
     except hearthlm.HearthlmError:

@@ -63,8 +63,8 @@ class TorchRunner:
 
 
 class LlamaCppRunner:
-    """llama.cpp through llama-cpp-python, on a GGUF written from the same folder
-    (q8 -> Q8_0, q4 -> Q4_0, 16-bit as is). Its extra buffer types (the AMX/repack
+    """llama.cpp through llama-cpp-python, on the same GGUF file, or on one written from
+    the same folder (q8 -> Q8_0, q4 -> Q4_0, 16-bit as is). Its extra buffer types (the AMX/repack
     path) are turned off: on some CPUs they crash at the tile-config instruction."""
     name = "llama.cpp"
     requires = ("llama_cpp", "gguf")
@@ -74,7 +74,7 @@ class LlamaCppRunner:
             from llama_cpp import Llama
         except ImportError as e:
             raise PeerUnavailableError(f"vs: engine 'llama.cpp' needs llama-cpp-python and gguf: {e}") from None
-        kwargs = dict(model_path=export_gguf(folder, dtype), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+        kwargs = dict(model_path=folder if folder.endswith(".gguf") else export_gguf(folder, dtype), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                       n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
         try:
             self.llm = Llama(**kwargs, use_extra_bufts=False)

@@ -60,8 +60,7 @@ def ll_tokenizer(model):
             raise InvalidInputError(f"{', '.join(CONSTRAINT_OPTIONS)}: constraints need the model's tokenizer.json, "
                                     f"and {model.path} has none")
         path = model.tokenizer.path
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = model.tokenizer.json()  # also for a tokenizer rebuilt from a GGUF file
         eos = model.eos_token_ids
         try:
             tok = llg.LLTokenizer(text, n_vocab=model.vocab_size, eos_token=eos or None)

@@ -8,6 +8,7 @@ synthetic SentencePiece-style vocabulary of the right size (benchmarks feed ids)
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -25,19 +26,13 @@ def permute_for_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_name(hf_name: str) -> str:
-    parts = hf_name.split(".")
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    layer, kind = parts[2], ".".join(parts[3:-1])
-    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
-    return f"blk.{layer}.{names[kind]}.{parts[-1]}"
+    """The GGUF name of a Llama tensor, by the gguf package's name map (as the loader,
+    gguf_load, reads it back)."""
+    import gguf
+
+    m = re.match(r"model\.layers\.(\d+)\.", hf_name)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(m.group(1)) + 1 if m else 1)
+    return names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
 def export_gguf(folder: str, dtype: str) -> str:

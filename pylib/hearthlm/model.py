@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _kernels, generation
+from . import _kernels, generation, gguf_load
 from ._per_token import check_ids
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
@@ -118,7 +118,8 @@ class Model:
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
          progress: Optional[Callable[[int, int], None]] = None) -> Model:
-    """Load a Hugging Face model folder.
+    """Load a Hugging Face model folder, or a GGUF file (hearthlm.gguf_load: used in
+    the formats it stores, so dtype and head_dtype must then be None).
 
     dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q5k" / "q6k" (the formats
     and mixes: hearthlm.quant.tensor_format), for the weights the kernels read; None
@@ -132,6 +133,9 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     progress: when quantizing on load, called as progress(done, total) with the
     source bytes quantized so far (the CLI draws a progress line with it).
     """
+    n_threads = check_threads(n_threads)
+    if gguf_load.is_gguf(path):
+        return Model(**gguf_load.load(path, dtype, n_threads, head_dtype))
     t0 = time.perf_counter()
     folder = model_folder(path)
     config = read_config(folder)
@@ -151,11 +155,6 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
             f"dtype: expected one of {', '.join([*WEIGHT_DTYPES, *QUANT_DTYPES])}, got {dtype!r}")
     check_head_dtype(head_dtype)
     head = head_dtype if dtype in QUANT_DTYPES else None
-    if n_threads is None:
-        n_threads = physical_cores()
-    if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
-        raise InvalidInputError(
-            f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
     reader = WeightReader(files, dtype, head, n_threads, progress)
     transformer = Transformer(args, reader, n_threads)
     tokenizer = Tokenizer(folder) if os.path.exists(os.path.join(folder, "tokenizer.json")) else None
@@ -168,6 +167,16 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     }
     return Model(folder, args, transformer, tokenizer, generation_config, dtype, n_threads, stats,
                  fingerprint(folder, files, vars(args)))
+
+
+def check_threads(n_threads: Optional[int]) -> int:
+    """n_threads, default = physical cores."""
+    if n_threads is None:
+        n_threads = physical_cores()
+    if not isinstance(n_threads, int) or not 1 <= n_threads <= _kernels.max_threads:
+        raise InvalidInputError(
+            f"n_threads: expected an integer in [1, {_kernels.max_threads}], got {n_threads!r}")
+    return n_threads
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

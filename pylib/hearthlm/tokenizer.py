@@ -47,7 +47,19 @@ class Tokenizer:
             if not _is_rust_error(e):
                 raise
             raise ModelFormatError(f"{path}: cannot load tokenizer: {e}") from None
-        self.config = read_json(os.path.join(folder, "tokenizer_config.json"))
+        self._setup(read_json(os.path.join(folder, "tokenizer_config.json")))
+
+    @classmethod
+    def from_tokenizer(cls, tok, config: dict, path: str) -> "Tokenizer":
+        """A tokenizers.Tokenizer built elsewhere (from a GGUF file), with a
+        tokenizer_config-style `config`; `path` names its source in errors."""
+        self = cls.__new__(cls)
+        self.path, self._tok = path, tok
+        self._setup(config)
+        return self
+
+    def _setup(self, config: dict) -> None:
+        self.config = config
         self.bos_token = token_text(self.config.get("bos_token"))
         self.eos_token = token_text(self.config.get("eos_token"))
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
@@ -83,6 +95,10 @@ class Tokenizer:
             if not _is_rust_error(e):
                 raise
             raise InvalidInputError(f"ids: cannot decode {str(ids)[:80]}: {e}") from None
+
+    def json(self) -> str:
+        """The tokenizer as tokenizer.json text."""
+        return self._tok.to_str()
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
