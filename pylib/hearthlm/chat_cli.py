@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, constraint_options, in_flags, load_for_text,
+from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, constraint_options, in_flags, load_for_text,
                        positive_int, thread_count, utf8_text)
 from .errors import HearthlmError
 
@@ -33,7 +33,8 @@ the replies are printed, one line each; EOF ends the chat. Example:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
+    p.add_argument("model", nargs="?", help="Hugging Face model folder or repo id (default: the bundled demo model)")
+    p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     p.add_argument("--ctx", type=positive_int, help="context size in tokens (default: the model's, at most 4096)")

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _kernels, generation
+from . import _kernels, generation, hub
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
@@ -122,8 +122,11 @@ class Model:
 
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
-         progress: Optional[Callable[[int, int], None]] = None) -> Model:
-    """Load a Hugging Face model folder.
+         progress: Optional[Callable[[int, int], None]] = None, revision: Optional[str] = None,
+         local_files_only: Optional[bool] = None) -> Model:
+    """Load a Hugging Face model folder, or a Hub repo id ("org/name", "org/name@rev",
+    "org/name:FILE.gguf": hearthlm.hub, downloading only the files needed into the
+    Hugging Face cache; revision= and local_files_only= as in huggingface_hub).
 
     dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q6k" (the formats
     and mixes: hearthlm.quant.tensor_format), for the weights the kernels read; None
@@ -138,7 +141,7 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     source bytes quantized so far (the CLI draws a progress line with it).
     """
     t0 = time.perf_counter()
-    folder = model_folder(path)
+    folder = model_folder(path, revision, local_files_only)
     config = read_config(folder)
     args = model_args(config, os.path.join(folder, "config.json"))
     files = CheckpointFiles(folder)
@@ -175,22 +178,19 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
                  fingerprint(folder, files, vars(args)))
 
 
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def model_folder(path) -> str:
-    """`path` if it is a folder; a missing path, a Hub repo id and a file each get their
-    own ModelFormatError."""
+def model_folder(path, revision: Optional[str] = None, local_files_only: Optional[bool] = None) -> str:
+    """`path` if it is a folder, the local copy of a Hub repo id; a missing path and a
+    file each get their own ModelFormatError."""
     folder = os.fspath(path)
+    if hub.is_repo_ref(folder):
+        folder = hub.resolve(folder, revision, local_files_only)
+    elif revision is not None:
+        raise InvalidInputError(f"revision: {folder} is a local path, not a Hugging Face repo id")
     if os.path.isdir(folder):
         return folder
     if os.path.exists(folder):
         raise ModelFormatError(f"{folder}: is a file; give the model's folder (the one with config.json)")
-    if REPO_ID.fullmatch(folder):
-        raise ModelFormatError(
-            f"{folder}: no such folder. If this is a Hugging Face repo id: hearthlm loads local folders, "
-            f"so download it first (huggingface-cli download {folder} --local-dir DIR) and give DIR")
-    raise ModelFormatError(f"{folder}: no such folder (expected a Hugging Face model folder)")
+    raise ModelFormatError(f"{folder}: no such folder (expected a Hugging Face model folder or repo id)")
 
 
 def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:
