@@ -314,7 +314,7 @@ BAD = [  # (path, body, param)
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
-    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}},
      "response_format"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "user": 5}, "user"),
     (CHAT, {"messages": [{"role": "user", "content": LONG}]}, "messages"),

@@ -9,63 +9,21 @@ import jsonschema
 import pytest
 
 import hearthlm
+import tool_models
 from hearthlm import InvalidInputError
 from hearthlm.chat_template import ChatTemplate
 from hearthlm.constraints import Constraint
 from hearthlm.tool_calls import ToolCalling, Triggered, parse, template_format
-
-TEMPLATES = os.path.join(os.path.dirname(__file__), "data", "chat_templates")
-FAMILIES = {  # name: (template file, format, eos token)
-    "qwen2.5": ("Qwen-Qwen2.5-7B-Instruct.jinja", "hermes", "<|im_end|>"),
-    "hermes3": ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "hermes", "<|im_end|>"),
-    "llama3.1": ("meta-llama-Llama-3.1-8B-Instruct.jinja", "llama3", "<|eot_id|>"),
-    "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", "</s>"),
-}
-MARKERS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]  # Qwen: added, not special
-SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "[INST]", "[/INST]",
-           "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Weather at a place",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "description": "City name", "maxLength": 12},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"], "additionalProperties": False}}},
-    {"type": "function", "function": {
-        "name": "add", "description": "Add two integers",
-        "parameters": {"type": "object", "properties": {
-            "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
-            "b": {"type": "integer", "minimum": -1000, "maximum": 1000}},
-            "required": ["a", "b"], "additionalProperties": False}}},
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-MESSAGES = [{"role": "system", "content": "You can call tools."}, {"role": "user", "content": "Weather in Oslo?"}]
-SETTINGS = [dict(temperature=0.0), dict(temperature=0.7), dict(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0),
-            dict(temperature=1.0, top_k=5, repeat_penalty=1.5), dict(temperature=1.0, top_p=0.6, presence_penalty=1.0)]
+from tool_models import FAMILIES, MESSAGES, SCHEMAS, SETTINGS, TEMPLATES, TOOLS
 
 
 @pytest.fixture(scope="module")
 def family_dir(tmp_path_factory):
-    import tiny_models
-    import tiny_tokenizers
-
     built = {}
 
     def get(name):
         if name not in built:
-            template, _, eos = FAMILIES[name]
-            folder = str(tmp_path_factory.mktemp(name))
-            tiny_models.build("llama-mha", folder, vocab_size=384, max_position_embeddings=2048)
-            tok = tiny_tokenizers.byte_level_bpe()
-            tok.add_tokens(MARKERS)
-            tok.add_special_tokens(SPECIAL)
-            tok.save(os.path.join(folder, "tokenizer.json"))
-            with open(os.path.join(TEMPLATES, template)) as f:
-                source = f.read()
-            with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-                json.dump({"bos_token": "<s>", "eos_token": eos, "chat_template": source,
-                           "tokenizer_class": "PreTrainedTokenizerFast"}, f)
-            built[name] = folder
+            built[name] = tool_models.build(name, str(tmp_path_factory.mktemp(name)))
         return built[name]
 
     return get
@@ -81,7 +39,7 @@ def test_tools_reach_the_template_as_transformers_passes_them(family_dir, family
         {"role": "assistant", "content": "", "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {
             "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]},
         {"role": "tool", "tool_call_id": "abcDEF123", "name": "get_weather", "content": '{"temp": 3}'}]
-    if family == "mistral-nemo":  # its template allows no system message between turns
+    if family in ("mistral-nemo", "mistral-small-3.2"):  # no system message between turns
         history = history[1:]
     ours = ChatTemplate.for_model(model).render(history, tools=TOOLS)
     theirs_history = json.loads(json.dumps(history))
@@ -122,22 +80,109 @@ def test_call_results_go_back_in(family_dir):
     assert reply.tool_calls is None and reply.finish_reason == "length"
 
 
+def allowed(model, mask):
+    return [i for i in range(model.vocab_size) if mask[i // 32] >> (i % 32) & 1]
+
+
 def test_auto_constrains_the_call_once_the_marker_is_sampled(family_dir):
     model = hearthlm.load(family_dir("qwen2.5"))
     calling = ToolCalling(model, ChatTemplate.for_model(model).source, TOOLS, "auto")
     c = calling.constraint()
+    (trigger,) = c.triggers
     assert isinstance(c, Triggered) and c.next_mask() is None  # free text at first
-    c.accept(c.trigger)
-    mask = c.next_mask()
-    allowed = [i for i in range(model.vocab_size) if mask[i // 32] >> (i % 32) & 1]
-    assert model.tokenizer.decode(allowed) == "\n"  # the grammar took over: the call's layout
+    c.accept(trigger)
+    assert model.tokenizer.decode(allowed(model, c.next_mask())) == "\n"  # the grammar took over
     c.rewind(1)
     assert c.next_mask() is None and c.n_accepted == 0
     other = calling.constraint()
-    other.accept(model.tokenizer.encode("Hi", add_special_tokens=False)[0])
-    assert other.next_mask() is None and not other.done  # a text reply stays free
+    text = model.tokenizer.encode("Hi there", add_special_tokens=False)
+    for t in text:
+        other.accept(t)
+    assert other.next_mask() is None and not other.done  # a text reply stays free...
+    other.accept(trigger)  # ...and a call after text is constrained (Qwen writes text, then calls)
+    assert other.next_mask() is not None
+    call = model.tokenizer.encode('\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n', add_special_tokens=False)
+    for t in call + [model.tokenizer.token_to_id("</tool_call>")]:
+        assert other.next_mask()[t // 32] >> (t % 32) & 1
+        other.accept(t)
+    assert other.next_mask() is None and not other.done  # the call is over: free text, or another call
+    other.rewind(len(call) + 1)  # back into the call, replayed
+    assert other.next_mask() is not None and other.n_accepted == len(text) + 1
     g = model.chat(MESSAGES, tools=TOOLS, max_new_tokens=8, temperature=0.0, return_result=True)
     assert g.finish_reason == "length" and g.tool_calls is None  # the random model did not call
+
+
+def test_auto_llama3_constrains_a_reply_that_opens_as_a_call(family_dir):
+    model = hearthlm.load(family_dir("llama3.1"))
+    c = ToolCalling(model, ChatTemplate.for_model(model).source, TOOLS, "auto").constraint()
+    brace = model.tokenizer.encode("{", add_special_tokens=False)[0]
+    assert brace in c.triggers and c.next_mask() is None
+    c.accept(brace)
+    assert model.tokenizer.decode(allowed(model, c.next_mask())) == '"'  # {"name": ... follows
+    late = ToolCalling(model, ChatTemplate.for_model(model).source, TOOLS, "auto").constraint()
+    late.accept(model.tokenizer.encode("x", add_special_tokens=False)[0])
+    late.accept(brace)
+    assert late.next_mask() is None  # only a reply that opens with the call is one
+
+
+REPLIES = {  # a reply in each format, with text around the calls
+    "hermes": 'Let me check.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": {"c": [2, "}"]}}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo \\"N\\"", "unit": "celsius"}}\n'
+              '</tool_call>\nDone.',
+    "mistral": 'Sure [TOOL_CALLS][{"name": "add", "arguments": {"a": 1, "b": 2}}, '
+               '{"name": "get_weather", "arguments": {"city": "Oslo"}}] ok',
+    "llama3": '{"name": "add", "parameters": {"a": 5, "b": {"x": "}"}}}',
+    "mistral-args": 'Sure [TOOL_CALLS]add[ARGS]{"a": 1, "b": {"c": "]"}}[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}',
+    "granite": '<|tool_call|>[{"name": "add", "arguments": {"a": 1, "b": 2}}, '
+               '{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+}
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "mistral-nemo", "llama3.1", "mistral-small-3.2", "granite-3.3"])
+def test_streamed_calls_add_up_to_the_parsed_reply(family_dir, family):
+    from hearthlm.tool_calls import CallStream
+
+    model = hearthlm.load(family_dir(family))
+    calling = ToolCalling(model, ChatTemplate.for_model(model).source, TOOLS, "auto")
+    text = REPLIES[calling.format]
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    stream = CallStream(calling)
+    content, calls, views = "", {}, []
+    for event in [e for t in ids for e in stream.add(t)] + stream.finish():
+        if isinstance(event, str):
+            content += event
+        elif "id" in event:
+            assert event["index"] == len(calls) and event["function"]["arguments"] == ""
+            calls[event["index"]] = {"id": event["id"], "name": event["function"]["name"], "arguments": ""}
+        else:
+            calls[event["index"]]["arguments"] += event["function"]["arguments"]
+        views.append((content, [c["arguments"] for c in calls.values()]))
+    expected_content, expected = parse(text, calling.format, calling.names)
+    assert content == expected_content == stream.content
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == \
+        [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in expected]
+    assert [c["id"] for c in calls.values()] == [c["id"] for c in stream.calls()]
+    assert len(expected) == (1 if calling.format == "llama3" else 2)
+    # it streamed, not all at the end: the text and each call's arguments in several pieces
+    assert len({v[0] for v in views}) > (2 if expected_content else 0)
+    assert len({tuple(v[1]) for v in views}) > 4 * len(expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_streamed_forced_call_equals_the_unstreamed_one(family_dir, family):
+    model = hearthlm.load(family_dir(family))
+    kw = dict(tools=TOOLS, tool_choice="required", max_new_tokens=120, seed=3, temperature=0.8)
+    whole = model.chat(MESSAGES, return_result=True, **kw)
+    stream = model.chat(MESSAGES, stream=True, **kw)
+    events = list(stream)
+    assert all(isinstance(e, dict) for e in events if not isinstance(e, str))
+    arguments = "".join(e["function"]["arguments"] for e in events if isinstance(e, dict))
+    (call,) = stream.result.tool_calls
+    assert stream.result.finish_reason == whole.finish_reason == "tool_calls"
+    assert arguments == call["function"]["arguments"] == whole.tool_calls[0]["function"]["arguments"]
+    assert call["function"]["name"] == whole.tool_calls[0]["function"]["name"]
+    assert events[0]["id"] == call["id"] and stream.result.text == whole.text
+    jsonschema.validate(json.loads(arguments), SCHEMAS[call["function"]["name"]])
 
 
 def test_parse_each_format():
@@ -155,6 +200,8 @@ def test_parse_each_format():
     for text, fmt in (('<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>', "hermes"),  # bad JSON
                       ('<tool_call>{"name": "rm", "arguments": {}}</tool_call>', "hermes"),        # unknown tool
                       ('[TOOL_CALLS][{"name": "add"', "mistral"),
+                      ('[TOOL_CALLS]add[ARGS]{"a": 1', "mistral-args"),
+                      ('[TOOL_CALLS]rm[ARGS]{}', "mistral-args"),
                       ('The answer is {"name": "add"}', "llama3")):
         assert parse(text, fmt, names) == (text.strip(), [])
 
@@ -178,7 +225,6 @@ def test_template_formats():
     (dict(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "rm"}}), "tool_choice: expected"),
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
           tool_choice="required"), "(?s)tools: .*Invalid type: nope"),
-    (dict(tools=TOOLS, stream=True), "stream: replies with tools are not streamed"),
     (dict(tools=TOOLS, tool_choice="required", json_schema={"type": "object"}), "json_schema: not with tools"),
 ])
 def test_bad_tool_requests(family_dir, options, message):

@@ -38,6 +38,7 @@ from .constraints import CONSTRAINT_OPTIONS, Constraint
 from .detokenizer import StreamDecoder
 from .errors import ContextOverflowError, InvalidInputError
 from .sampling import Sampler, SamplerConfig
+from .stop_strings import StopStrings
 from .tool_calls import ToolCalling
 
 PROMPT_CONTEXT = 8  # prompt tokens the detokenizer sees, so a continuation joins the prompt right
@@ -78,31 +79,6 @@ class Generation:
                  prefill_tokens_per_second=self.prefill_tokens_per_second,
                  decode_tokens_per_second=self.decode_tokens_per_second)
         return d
-
-
-class StopStrings:
-    """Passes text through, holding back any tail that could begin a stop string."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """-> (text that is final, whether a stop string was reached)."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[:min(hits)], ""
-            return out, True
-        keep = next((k for k in range(min(len(self.pending), max(map(len, self.stops), default=1) - 1), 0, -1)
-                     if any(s.startswith(self.pending[-k:]) for s in self.stops)), 0)
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 class ReplyText:
@@ -153,6 +129,7 @@ class TextStream:
         self._prefill, self._stop, self._context, self._on_finish = prefill, list(stop), context, on_finish
         self._cancelled, self._truncated = False, truncated
         self.constraint, self.top_logprobs = constraint, top_logprobs
+        self.token_ids: list[int] = []  # the reply's tokens so far
         self._pieces = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -181,7 +158,7 @@ class TextStream:
         t_prefill = time.perf_counter()
         self.sampler.start(self.prompt_ids)
         reply = ReplyText(self.model.tokenizer, self._stop, self._context)
-        tokens, pieces, reason, steps = [], [], "cancelled", 0
+        tokens, pieces, reason, steps = self.token_ids, [], "cancelled", 0
         logprobs = [] if self.top_logprobs is not None else None
         constraint = self.constraint
         t_first, paused, unfed = None, 0.0, False
@@ -303,15 +280,15 @@ def chat(model, messages: list, max_new_tokens: Optional[int] = 512, stop: Seque
     calling = None
     if tools is not None or tool_choice is not None:
         calling = ToolCalling(model, chat_template.source, tools, tool_choice)
-        if stream:
-            raise InvalidInputError("stream: replies with tools are not streamed yet; use stream=False")
     ids = chat_template.encode(model.tokenizer, messages, tools=tools)
     result = _one_shot(model, model.check_ids(ids, "rendered chat"), "messages", max_new_tokens, stop, stream,
                        True if calling else return_result, truncate, sampling, context=(),
                        constraint=calling.constraint() if calling else None)
     if calling is None:
         return result
-    calling.apply(result)
+    if stream:
+        return calling.stream(result, stop)
+    calling.apply(result, stop)
     return result if return_result else result.text
 
 

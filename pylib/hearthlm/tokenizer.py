@@ -86,3 +86,7 @@ class Tokenizer:
         return apply_chat_template(self, conversation, tools, documents, chat_template, add_generation_prompt,
                                    continue_final_message, tokenize, padding, truncation, max_length,
                                    return_tensors, return_dict, **kwargs)
+
+    def special_tokens(self) -> dict:
+        """{id: text} of the special added tokens (those decode(skip_special_tokens=True) drops)."""
+        return {i: t.content for i, t in self._tok.get_added_tokens_decoder().items() if t.special}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import json
@@ -29,10 +30,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..chat_template import ChatTemplate
-from ..errors import ContextOverflowError, HearthlmError
+from ..constraints import Constraint
+from ..errors import ContextOverflowError, HearthlmError, InvalidInputError
 from ..generation import PROMPT_CONTEXT, make_sampler
 from . import protocol as P
 from .metrics import CONTENT_TYPE, Metrics
+from ..tool_calls import CallStream, ToolCalling
 from .scheduler import Delta, Failed, Finished, Job, Overloaded, Scheduler, Unavailable, default_parallel
 
 MAX_BODY_BYTES = 1 << 20
@@ -99,7 +102,7 @@ class State:
             if self.template is None:
                 raise P.APIError(400, self.template_error or "this model has no tokenizer, so it cannot chat",
                                  param="messages", code="chat_unsupported")
-            ids = self.template.encode(model.tokenizer, req.messages)
+            ids = self.template.encode(model.tokenizer, req.messages, tools=req.tools)
             return model.check_ids(ids, "rendered chat").tolist(), []
         if isinstance(req.prompt, str):
             ids = model.require_tokenizer().encode(req.prompt)
@@ -107,6 +110,20 @@ class State:
             ids = req.prompt
         ids = model.check_ids(ids, "prompt").tolist()
         return ids, ids[-PROMPT_CONTEXT:]
+
+    def reply_rules(self, req: P.Request) -> tuple[Optional[ToolCalling], object]:
+        """-> (the request's tool calling or None, the constraint its reply is generated
+        under or None)."""
+        param = "tools" if req.tools is not None else "response_format"
+        try:
+            if req.tools is not None:
+                calling = ToolCalling(self.model, self.template.source, req.tools, req.tool_choice)
+                return (None if calling.choice == "none" else calling), calling.constraint()
+            return None, Constraint.from_options(self.model, response_format=req.response_format)
+        except InvalidInputError as e:
+            message = str(e)
+            raise P.APIError(400, message, param="tool_choice" if message.startswith("tool_choice") else param,
+                             code="invalid_value") from None
 
     def reply_tokens(self, req: P.Request, n_prompt: int) -> int:
         """max_tokens for this request, within the limit and the context."""
@@ -237,11 +254,13 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
         raise P.invalid("stop", "stop strings need a tokenizer, and this model has none")
     prompt, context = await run_in_threadpool(s.prompt_ids, req)
     max_tokens = s.reply_tokens(req, len(prompt))
+    calling, constraint = await run_in_threadpool(s.reply_rules, req) if req.kind == "chat" else (None, None)
     sampler = make_sampler(s.model, req.sampling)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     job = Job(prompt, max_tokens, sampler, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-              stop=req.stop, top_logprobs=req.top_logprobs, context=context, ignore_eos=req.ignore_eos)
+              stop=req.stop, top_logprobs=req.top_logprobs, context=context, ignore_eos=req.ignore_eos,
+              constraint=constraint)
     try:
         s.scheduler.submit(job)
     except Overloaded as e:
@@ -251,7 +270,7 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
         raise P.APIError(503, str(e), code="service_unavailable", headers={"Retry-After": RETRY_AFTER}) from None
     except ContextOverflowError as e:
         raise P.APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
-    reply = _Reply(req, s, metrics, t0)
+    reply = _Reply(req, s, metrics, t0, CallStream(calling, req.stop) if calling else None)
     if req.stream:
         return _EventStream(_sse(reply, job, events, s.scheduler), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -268,26 +287,45 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
         return Response(status_code=499)  # nobody reads it
     finished = work.result()
     logprobs = reply.logprobs(reply.entries, 0) if req.top_logprobs is not None else None
-    return JSONResponse(P.response(req, reply.id, reply.created, s.name, "".join(reply.text), finished, logprobs))
+    return JSONResponse(P.response(req, reply.id, reply.created, s.name, "".join(reply.text), finished, logprobs,
+                                   reply.calls.calls() if reply.calls else None))
 
 
 class _Reply:
-    """One response being assembled: id, timestamps, text and logprobs so far."""
+    """One response being assembled: id, timestamps, text and logprobs so far; with
+    tools, the text and calls come from `calls` (a CallStream of the reply's tokens)."""
 
-    def __init__(self, req: P.Request, state: State, metrics: Metrics, t0: float):
-        self.req, self.state, self.metrics, self.t0 = req, state, metrics, t0
+    def __init__(self, req: P.Request, state: State, metrics: Metrics, t0: float,
+                 calls: Optional[CallStream] = None):
+        self.req, self.state, self.metrics, self.t0, self.calls = req, state, metrics, t0, calls
         self.id, self.created = P.new_id(req.kind), P.now()
         self.text: list[str] = []
         self.entries: list = []
         self.offset = 0
         self.first = True
 
-    def add(self, delta: Delta) -> None:
+    def add(self, delta: Delta) -> list:
+        """-> the events to stream: text pieces (str) and, with tools, call deltas (dict)."""
         if self.first:
             self.metrics.time_to_first_token.observe(time.perf_counter() - self.t0)
             self.first = False
-        self.text.append(delta.text)
         self.entries += delta.logprobs
+        if self.calls is None:
+            events = [delta.text] if delta.text else []
+        else:
+            events = self.calls.add(delta.token) if delta.token is not None else []
+        self.text += [e for e in events if isinstance(e, str)]
+        return events
+
+    def end(self, finished: Finished) -> tuple[list, Finished]:
+        """-> (the last events, the finish with "tool_calls" as its reason when it called)."""
+        if self.calls is None:
+            return [], finished
+        events = self.calls.finish()
+        self.text += [e for e in events if isinstance(e, str)]
+        if self.calls.ids and finished.reason != "cancelled":
+            finished = dataclasses.replace(finished, reason="tool_calls")
+        return events, finished
 
     def logprobs(self, entries, offset: int):
         if self.req.kind == "chat":
@@ -305,7 +343,7 @@ async def _collect(reply: _Reply, events: asyncio.Queue) -> Finished:
         if isinstance(ev, Delta):
             reply.add(ev)
         elif isinstance(ev, Finished):
-            return reply.done(ev)
+            return reply.done(reply.end(ev)[1])
         else:
             raise _failure(ev)
 
@@ -319,12 +357,18 @@ async def _sse(reply: _Reply, job: Job, events: asyncio.Queue, scheduler: Schedu
         while True:
             ev = await events.get()
             if isinstance(ev, Delta):
-                reply.add(ev)
+                pieces = reply.add(ev)
                 logprobs = reply.logprobs(ev.logprobs, reply.offset) if req.top_logprobs is not None else None
-                reply.offset += len(ev.text)
-                yield _data(P.chunk(req, reply.id, reply.created, name, text=ev.text, logprobs=logprobs))
+                if logprobs is not None and not pieces:  # the logprobs ride on the first piece
+                    pieces = [""]
+                for piece in pieces:
+                    yield _chunk(reply, piece, logprobs)
+                    logprobs = None
             elif isinstance(ev, Finished):
                 ended = True
+                pieces, ev = reply.end(ev)
+                for piece in pieces:
+                    yield _chunk(reply, piece, None)
                 reply.done(ev)
                 yield _data(P.chunk(req, reply.id, reply.created, name, finish=P.finish_reason(ev)))
                 if req.include_usage:
@@ -338,6 +382,15 @@ async def _sse(reply: _Reply, job: Job, events: asyncio.Queue, scheduler: Schedu
     finally:
         if not ended:  # the client left mid-stream: free the slot now
             scheduler.cancel(job)
+
+
+def _chunk(reply: _Reply, piece, logprobs) -> bytes:
+    """A chunk with a text piece (str) or a tool-call delta (dict)."""
+    if isinstance(piece, dict):
+        return _data(P.chunk(reply.req, reply.id, reply.created, reply.state.name, logprobs=logprobs,
+                             tool_call=piece))
+    reply.offset += len(piece)
+    return _data(P.chunk(reply.req, reply.id, reply.created, reply.state.name, text=piece, logprobs=logprobs))
 
 
 def _failure(ev: Failed) -> P.APIError:

@@ -17,7 +17,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4          # OpenAI's limit on stop sequences
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "tool_calls": "tool_calls"}
 
 
 class APIError(Exception):
@@ -44,7 +44,10 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> APIError:
 class Request:
     kind: str                          # "chat" or "completion"
     model: Optional[str]
-    messages: Optional[list] = None    # chat: plain {"role", "content": str} dicts
+    messages: Optional[list] = None    # chat: {"role", "content": str} dicts (+ tool_calls, tool_call_id)
+    tools: Optional[list] = None       # chat: OpenAI tool definitions (checked by hearthlm.tool_calls)
+    tool_choice: object = None
+    response_format: Optional[dict] = None
     prompt: object = None              # completion: a str or a list of token ids
     max_tokens: Optional[int] = None   # None: until the context is full (chat)
     sampling: dict = field(default_factory=dict)  # SamplerConfig fields
@@ -156,13 +159,18 @@ def _common(body: dict, kind: str) -> Request:
 def parse_chat(body) -> Request:
     """POST /v1/chat/completions."""
     req = _common(body, "chat")
-    for name in ("tools", "functions", "audio"):
+    for name in ("functions", "audio"):
         _unsupported(body, name)
-    _unsupported(body, "tool_choice", (None, "none"))
-    fmt = _get(body, "response_format", lambda v: isinstance(v, dict), "an object")
-    if fmt is not None and fmt.get("type") != "text":
-        raise invalid("response_format", f"type {fmt.get('type')!r} is not supported (only \"text\")",
-                      "unsupported_value")
+    req.tools = _get(body, "tools", lambda v: isinstance(v, list), "a list of tools")
+    req.tool_choice = _get(body, "tool_choice", lambda v: isinstance(v, (str, dict)), "a string or an object")
+    if req.tool_choice is not None and not req.tools:
+        raise invalid("tool_choice", "is only allowed when tools are given")
+    if req.tools == []:
+        req.tools = None
+    _get(body, "parallel_tool_calls", lambda v: isinstance(v, bool), "a boolean")
+    req.response_format = _get(body, "response_format", lambda v: isinstance(v, dict), "an object")
+    if req.tools and req.response_format and req.response_format.get("type") != "text":
+        raise invalid("response_format", "not with tools (their calls are constrained already)")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "expected a non-empty list of messages" if messages is not None
@@ -199,10 +207,32 @@ def _message(m, i: int) -> dict:
     elif not isinstance(content, str):
         raise invalid(f"{where}.content", f"expected a string or a list of text parts, got {shown(content)}",
                       "invalid_type")
-    name = m.get("name")
-    if name is not None and not isinstance(name, str):
-        raise invalid(f"{where}.name", f"expected a string, got {shown(name)}", "invalid_type")
-    return {"role": "system" if role == "developer" else role, "content": content}
+    out = {"role": "system" if role == "developer" else role, "content": content}
+    for key in ("name", "tool_call_id"):
+        value = m.get(key)
+        if value is not None and not isinstance(value, str):
+            raise invalid(f"{where}.{key}", f"expected a string, got {shown(value)}", "invalid_type")
+        if value is not None:
+            out[key] = value
+    calls = m.get("tool_calls")
+    if calls is not None and role == "assistant" and calls != []:
+        out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(_list(calls, where))]
+    return out
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise invalid(f"{where}.tool_calls", f"expected a list, got {shown(value)}", "invalid_type")
+    return value
+
+
+def _tool_call(c, where: str) -> dict:
+    f = c.get("function") if isinstance(c, dict) else None
+    if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("arguments"), str)):
+        raise invalid(where, "expected {\"id\", \"type\": \"function\", \"function\": {\"name\", "
+                      "\"arguments\": JSON text}}", "invalid_type")
+    return {"id": str(c.get("id", "")), "type": "function",
+            "function": {"name": f["name"], "arguments": f["arguments"]}}
 
 
 def parse_completion(body) -> Request:
@@ -273,11 +303,14 @@ def completion_logprobs(entries, token_text, offset: int) -> dict:
             "text_offset": offsets}
 
 
-def response(req: Request, rid: str, created: int, model: str, text: str, finished, logprobs) -> dict:
+def response(req: Request, rid: str, created: int, model: str, text: str, finished, logprobs,
+             tool_calls: Optional[list] = None) -> dict:
     """The whole (non-streamed) response object."""
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "logprobs": logprobs, "finish_reason": finish_reason(finished)}
+        message = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason(finished)}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(finished)}
@@ -287,10 +320,13 @@ def response(req: Request, rid: str, created: int, model: str, text: str, finish
 
 
 def chunk(req: Request, rid: str, created: int, model: str, text: Optional[str] = None, role: bool = False,
-          logprobs=None, finish: Optional[str] = None) -> dict:
-    """One streamed chunk with a choice (its delta / text, logprobs, finish_reason)."""
+          logprobs=None, finish: Optional[str] = None, tool_call: Optional[dict] = None) -> dict:
+    """One streamed chunk with a choice (its delta / text or a tool-call delta, logprobs,
+    finish_reason)."""
     if req.kind == "chat":
         delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+        if tool_call is not None:
+            delta["tool_calls"] = [tool_call]
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         obj = "chat.completion.chunk"
     else:

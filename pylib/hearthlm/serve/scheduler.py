@@ -50,6 +50,7 @@ class Unavailable(HearthlmError, RuntimeError):
 class Delta:
     text: str                    # text that became final ("" while held back)
     logprobs: list = field(default_factory=list)  # [TokenLogprob] of the tokens it covers
+    token: Optional[int] = None  # the token sampled (None: text held back until the end)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Job:
     top_logprobs: Optional[int] = None    # None: no log-probabilities; k: the token's and the top k
     context: Sequence[int] = ()           # ids the detokenizer continues (e.g. the prompt's tail)
     ignore_eos: bool = False              # run to max_tokens (benchmarks)
+    constraint: object = None             # hearthlm.constraints / tool_calls: masks the tokens
     cancelled: bool = False
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -301,19 +303,22 @@ class Scheduler:
     def _sample(self, slot: Slot, logits: np.ndarray) -> int:
         """Sample the slot's next token, emit its text; -> tokens generated (0 or 1)."""
         job = slot.job
-        token = job.sampler.sample(logits)
+        token = job.sampler.sample(logits, job.constraint.next_mask() if job.constraint else None)
         if token in self._eos and not job.ignore_eos:
             self._finish(slot, "eos")
             return 0
         job.sampler.accept(token)
+        if job.constraint:
+            job.constraint.accept(token)
         job.completion_tokens += 1
         self.stats.completion_tokens += 1
         text, stopped = job.reply.add(token)
         logprobs = [token_logprob(logits, token, job.top_logprobs)] if job.top_logprobs is not None else []
-        if text or logprobs:
-            self._emit(job, Delta(text, logprobs))
+        self._emit(job, Delta(text, logprobs, token))
         if stopped:
             self._finish(slot, "stop", flush=False)
+        elif job.constraint and job.constraint.done:  # only end-of-sequence may follow
+            self._finish(slot, "eos")
         elif job.completion_tokens >= job.max_tokens:
             self._finish(slot, "length")
         else:
