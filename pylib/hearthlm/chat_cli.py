@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
 def run(args, sampling: dict) -> int:
     from .chat_template import ChatTemplate
     from .conversation import Conversation
-    from .demo import demo_model_path
+    from .demo import SKILLS, demo_model_path, is_demo
     from .generation import make_sampler
 
     status(f"loading {args.model or demo_model_path()} ...")
@@ -61,6 +61,8 @@ def run(args, sampling: dict) -> int:
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()
+    if is_demo(model.path):
+        status(SKILLS)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte: an error for its line, not a crash
     if interactive:
