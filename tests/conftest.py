@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (before huggingface_hub reads it)
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 import tiny_models  # noqa: E402

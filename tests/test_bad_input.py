@@ -122,9 +122,8 @@ def test_missing_folder_and_files(tmp_path, monkeypatch):
     with pytest.raises(hearthlm.ModelFormatError, match="model.safetensors: is a file; give the model's folder"):
         hearthlm.load(tmp_path / "model.safetensors")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(hearthlm.ModelFormatError, match="Qwen/Qwen3-0.6B: no such folder. If this is a "
-                                                        "Hugging Face repo id: hearthlm loads local folders"):
-        hearthlm.load("Qwen/Qwen3-0.6B")
+    with pytest.raises(hearthlm.HubError, match="Qwen/Qwen3-0.6B: not in the Hugging Face cache"):
+        hearthlm.load("Qwen/Qwen3-0.6B", local_files_only=True)
     with pytest.raises(hearthlm.ModelFormatError, match="no such folder"):
         hearthlm.quantize(tmp_path / "nope", tmp_path / "q4")
 

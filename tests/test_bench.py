@@ -38,6 +38,22 @@ def test_random_shape_folder_is_reused(tiny_folder):
     assert random_model_folder("tiny", "bf16") == tiny_folder
 
 
+def test_building_a_shape_reports_progress(tmp_path, monkeypatch):
+    from hearthlm.models import family, model_args
+    from hearthlm.shapes import config_for
+
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
+    calls = []
+    folder = random_model_folder("tiny", "q8", progress=lambda done, total: calls.append((done, total)))
+    args = model_args(config_for("tiny"), "tiny")
+    specs = family(args).weights(args)
+    assert len(calls) == len(specs)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert calls[-1] == (4 * sum(int(np.prod(dims)) for dims in specs.values()),) * 2
+    assert random_model_folder("tiny", "q8", progress=lambda *a: calls.append(a)) == folder
+    assert len(calls) == len(specs)  # reused, not rebuilt: no progress
+
+
 def test_gguf_export_permutes_q_and_k_back_to_llama_cpp_order(tiny_folder):
     gguf = pytest.importorskip("gguf")
     from hearthlm.gguf_export import export_gguf, permute_for_gguf

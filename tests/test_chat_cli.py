@@ -104,6 +104,7 @@ def test_without_a_model_opens_the_demo():
     demo = os.path.join(os.path.dirname(hearthlm.__file__), "demo_model")
     if os.path.isdir(demo):
         assert r.returncode == 0 and "loaded in" in r.stderr
+        assert hearthlm.demo.SKILLS in r.stderr  # the banner says what the demo model can do
     else:
         assert r.returncode == 1 and "demo model is not part of this hearthlm installation" in r.stderr
 

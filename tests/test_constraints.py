@@ -81,7 +81,7 @@ def test_response_format_forms(model):
         model.generate("hi", max_new_tokens=5, temperature=0.0)
     demo = hearthlm.load(demo_model_path())
     finished = 0
-    for seed in range(6):  # any object: a key may run on to max_new_tokens
+    for seed in range(12):  # any object: a key may run on to max_new_tokens (the retrained demo: 1 in 6 ends)
         g = demo.chat([{"role": "user", "content": "What is 2 plus 3?"}], response_format={"type": "json_object"},
                       max_new_tokens=100, temperature=1.0, seed=seed, return_result=True)
         assert g.text.startswith("{")

@@ -1,26 +1,47 @@
 """The bundled demo model (pylib/hearthlm/demo_model, trained by
 tools/train_demo_model.py): its files are verified against the SHA-256 sums in its
-model card, so a silently retrained or corrupted model is noticed, and its held-out
-accuracy under hearthlm is checked for every dtype against thresholds derived from the
-model card's figures."""
+model card, so a silently retrained or corrupted model is noticed; what a new user
+tries first (README examples, greetings, every single-digit sum, a copy request) gets
+the right reply; and its held-out accuracy under hearthlm is checked for every dtype
+against thresholds derived from the model card's figures.
+
+Accuracy is checked teacher-forced: one forward pass over prompt + expected answer +
+end of turn, every position's argmax must be the next expected token. That is exactly
+"greedy decoding produces this answer and stops", at one forward pass per question
+instead of one per token (test_greedy_replies_equal_the_teacher_forced_check shows the
+two agree)."""
 import hashlib
 import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 import hearthlm
 
-# The source tree's copy: the wheel leaves out heldout.jsonl (test data).
+# The source tree's copy: the wheel leaves out heldout.jsonl and first_tries.jsonl (test data).
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pylib", "hearthlm", "demo_model")
 CARD = os.path.join(DEMO, "README.md")
-# All 300 held-out questions (~3 s per dtype).
-with open(os.path.join(DEMO, "heldout.jsonl"), encoding="utf-8") as f:
-    HELDOUT = [json.loads(line) for line in f if line.strip()]
-# Measured (model card, "Accuracy under hearthlm"): 295/300 for f32, bf16 and q4, 294/300
-# for q8 (transformers: 295/300). Thresholds allow two more misses than measured.
-THRESHOLDS = {"f32": 0.976, "bf16": 0.976, "q8": 0.973, "q4": 0.976}
+
+
+def rows(name):
+    with open(os.path.join(DEMO, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+HELDOUT, FIRST = rows("heldout.jsonl"), rows("first_tries.jsonl")
+BRIEF = [{"role": "system", "content": "Be brief."}]
+# Measured (model card, "Accuracy"): held-out 234/367 = 0.638 for f32 (transformers: the
+# same); first tries 380/425 (default or no system prompt), 376/425 ("Be brief."), single-
+# digit sums 186/200 and 180/200. Thresholds allow a few more misses than measured.
+THRESHOLDS = {"f32": 0.62, "bf16": 0.62, "q8": 0.61, "q4": 0.60}
+FIRST_THRESHOLDS = {None: (0.88, 0.91), "none": (0.88, 0.91), "Be brief.": (0.87, 0.88)}  # all, sums
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return hearthlm.load(DEMO, dtype="f32")
 
 
 def card_hashes() -> dict:
@@ -38,19 +59,65 @@ def test_files_match_the_model_card():
             assert hashlib.sha256(f.read()).hexdigest() == digest, f"{name} differs from the model card"
 
 
-def answers(model, examples):
-    return [model.chat(ex["messages"], max_new_tokens=16, temperature=0.0).strip() for ex in examples]
+def greedy_says(model, messages, answer) -> bool:
+    tok = model.tokenizer
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    target = tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
+    logits = model.logits(prompt + target)
+    return bool((logits[len(prompt) - 1:-1].argmax(-1) == np.array(target)).all())
+
+
+def correct(model, examples, system=None):
+    swap = (lambda m: m) if system is None else \
+        (lambda m: ([{"role": "system", "content": system}] if system else []) + [x for x in m if x["role"] != "system"])
+    return [greedy_says(model, swap(ex["messages"]), ex["answer"]) for ex in examples]
+
+
+def chat(model, messages):
+    return model.chat(messages, max_new_tokens=48, temperature=0.0).strip()
+
+
+def test_readme_examples(demo):
+    assert chat(demo, BRIEF + [{"role": "user", "content": "What is 12 plus 7?"}]) == "19"
+    assert chat(demo, [{"role": "user", "content": "What is 12 plus 7?"}]) == "19"
+    assert chat(demo, BRIEF + [{"role": "user", "content": "Hi!"}]) == "Hello! Ask me a small sum or a word puzzle."
+    assert chat(demo, [{"role": "user", "content": "What is the capital of France?"}]) == \
+        "I can only do small arithmetic and word puzzles."
+    assert chat(demo, [{"role": "user", "content": "What is 3 minus 5?"}]) == "-2"
+
+
+@pytest.mark.xfail(strict=True, reason="the copy task is trained but not learned yet (model card)")
+def test_copy_task(demo):
+    sentence = "the cat sees a big red apple"
+    assert chat(demo, [{"role": "user", "content": f"Repeat after me: {sentence}"}]) == sentence
+
+
+@pytest.mark.parametrize("system", [None, "none", "Be brief."])
+def test_first_tries(demo, system):
+    """Every single-digit sum, difference and comparison, greetings, the README's examples,
+    copy requests; with the default, no, and the README's system prompt."""
+    ok = correct(demo, FIRST, None if system is None else ("" if system == "none" else system))
+    wrong = [(ex["messages"][-1]["content"], ex["answer"]) for ex, good in zip(FIRST, ok) if not good]
+    sums = [good for ex, good in zip(FIRST, ok) if ex["task"] == "add"]
+    least, least_sums = FIRST_THRESHOLDS[system]
+    assert np.mean(sums) >= least_sums, wrong
+    assert np.mean(ok) >= least, wrong
+
+
+def test_greedy_replies_equal_the_teacher_forced_check(demo):
+    examples = HELDOUT[::12] + FIRST[::25]
+    replies = [chat(demo, ex["messages"]) == ex["answer"] for ex in examples]
+    assert replies == correct(demo, examples)
 
 
 @pytest.mark.parametrize("dtype", sorted(THRESHOLDS))
 def test_heldout_accuracy(dtype):
     model = hearthlm.load(DEMO, dtype=dtype)
-    got = answers(model, HELDOUT)
-    accuracy = sum(g == ex["answer"] for g, ex in zip(got, HELDOUT)) / len(HELDOUT)
+    accuracy = np.mean(correct(model, HELDOUT))
     assert accuracy >= THRESHOLDS[dtype], f"{dtype}: {accuracy:.3f} held-out accuracy"
 
 
-def test_f32_answers_equal_transformers():
+def test_f32_answers_equal_transformers(demo):
     """The same greedy answers as transformers on the same weights (and the model is a
     normal Hugging Face model: AutoModelForCausalLM, AutoTokenizer, apply_chat_template)."""
     import torch
@@ -58,12 +125,12 @@ def test_f32_answers_equal_transformers():
 
     tok = AutoTokenizer.from_pretrained(DEMO)
     ref = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32).eval()
-    examples = HELDOUT[::15]
+    examples = HELDOUT[::15] + FIRST[::20]
     expected = []
     for ex in examples:
         ids = tok.apply_chat_template(ex["messages"], add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)["input_ids"]
         with torch.no_grad():
-            out = ref.generate(ids, max_new_tokens=16, do_sample=False)
+            out = ref.generate(ids, max_new_tokens=48, do_sample=False)
         expected.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
-    assert answers(hearthlm.load(DEMO, dtype="f32"), examples) == expected
+    assert [chat(demo, ex["messages"]) for ex in examples] == expected

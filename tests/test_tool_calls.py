@@ -208,7 +208,8 @@ def test_parse_each_format():
 
 def test_template_formats():
     expected = {f: fmt for f, fmt, _ in FAMILIES.values()}
-    expected["meta-llama-Llama-3.3-70B-Instruct.jinja"] = "llama3"  # Gemma 2, Phi-3.5: none
+    expected["meta-llama-Llama-3.3-70B-Instruct.jinja"] = "llama3"
+    expected["Qwen-Qwen3-0.6B.jinja"] = "hermes"  # Gemma 2, Phi-3.5, SmolLM3, DeepSeek-R1-Distill: none
     for file in os.listdir(TEMPLATES):
         if file.endswith(".jinja"):
             with open(os.path.join(TEMPLATES, file)) as f:

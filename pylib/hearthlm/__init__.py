@@ -6,9 +6,10 @@
     for piece in model.chat([{"role": "user", "content": "Hi!"}], stream=True):
         print(piece, end="", flush=True)
 """
+from .conversation import Conversation
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .demo import demo_model_path
-from .errors import (ContextOverflowError, FileWriteError, HearthlmError, InvalidInputError,
+from .errors import (ContextOverflowError, FileWriteError, HearthlmError, HubError, InvalidInputError,
                      ModelFormatError, SessionBusyError, UnsupportedISAError, UnsupportedModelError)
 from .model import Model, load
 from .perplexity_eval import perplexity
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 apply_isa_from_environment()
 
 __all__ = [
-    "ContextOverflowError", "FileWriteError", "HearthlmError", "InvalidInputError", "Model", "ModelFormatError",
+    "ContextOverflowError", "Conversation", "FileWriteError", "HearthlmError", "HubError", "InvalidInputError", "Model", "ModelFormatError",
     "Session", "SessionBusyError", "UnsupportedISAError", "UnsupportedModelError", "cpu_info",
     "demo_model_path", "load", "perplexity", "quantize", "select_isa",
 ]

@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, constraint_options, in_flags, load_for_text,
-                       positive_int, speculative_options, thread_count, utf8_text)
+from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, constraint_options, in_flags,
+                       load_for_text, positive_int, speculative_options, thread_count, utf8_text)
 from .errors import HearthlmError
 
 PROMPT = ">>> "
@@ -33,7 +33,8 @@ the replies are printed, one line each; EOF ends the chat. Example:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
+    p.add_argument("model", nargs="?", help="Hugging Face model folder or repo id (default: the bundled demo model)")
+    p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     p.add_argument("--ctx", type=positive_int, help="context size in tokens (default: the model's, at most 4096)")
@@ -46,7 +47,7 @@ def add_arguments(p) -> None:
 def run(args, sampling: dict) -> int:
     from .chat_template import ChatTemplate
     from .conversation import Conversation
-    from .demo import demo_model_path
+    from .demo import SKILLS, demo_model_path, is_demo
     from .generation import make_sampler
     from .speculative import Speculation
 
@@ -62,6 +63,8 @@ def run(args, sampling: dict) -> int:
     status(f"loaded in {time.perf_counter() - t0:.2f} s: {model.args.architecture}, "
            f"{model.dtype}, {model.n_threads} threads, context {conv.session.n_ctx} tokens")
     interactive = sys.stdin.isatty()
+    if is_demo(model.path):
+        status(SKILLS)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte: an error for its line, not a crash
     if interactive:

@@ -1,4 +1,4 @@
-"""The `hearthlm` command: chat, generate, serve, bench, quantize, info."""
+"""The `hearthlm` command: chat, generate, serve, bench, perplexity, quantize, pull, list, rm, info."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, THREADS_HELP, ProgressLine, add_constraint_options,
+from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, ProgressLine, add_constraint_options,
                        add_sampling_options, add_speculative_options, constraint_options, in_flags,
                        load_for_text, positive_int, sampling_options, speculative_options, thread_count,
                        utf8_text)
@@ -84,7 +84,8 @@ def cmd_bench(args) -> int:
         return 2
     vs = [v.strip() for v in (args.vs or "").split(",") if v.strip()]
     check_bench_options(vs, args.plot)
-    folder = args.model or random_model_folder(args.shape, args.dtype or "bf16")
+    folder = args.model or random_model_folder(args.shape, args.dtype or "bf16",
+                                               progress=ProgressLine(f"building the {args.shape} shape"))
     if args.parallel:
         return bench_parallel(folder, args)
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
@@ -168,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text")
-    gen.add_argument("model", nargs="?", help="Hugging Face model folder (default: the bundled demo model)")
+    gen.add_argument("model", nargs="?", help="Hugging Face model folder or repo id (default: the bundled demo model)")
+    gen.add_argument("--revision", help=REVISION_HELP)
     gen.add_argument("-p", "--prompt", required=True, help="the text to continue")
     gen.add_argument("--max-tokens", type=positive_int, default=64,
                      help="most tokens to generate (default: %(default)s)")
@@ -204,7 +206,8 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     ppl = sub.add_parser("perplexity", help="perplexity on a text file (llama.cpp's method), KL to a base model")
-    ppl.add_argument("model", help="Hugging Face model folder")
+    ppl.add_argument("model", help="Hugging Face model folder or repo id")
+    ppl.add_argument("--revision", help=REVISION_HELP)
     ppl.add_argument("file", help="UTF-8 text file, e.g. wikitext-2's wiki.test.raw")
     ppl.add_argument("--ctx", type=positive_int, default=512,
                      help="tokens per chunk; the second half of each is scored (default: %(default)s)")
@@ -228,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
                    help="text to measure input importance on (K-quants; needs torch and transformers)")
     q.add_argument("--threads", type=thread_count, help=THREADS_HELP)
     q.set_defaults(func=cmd_quantize)
+
+    from . import hub_cli
+    hub_cli.add_parsers(sub)
 
     from .serve import command as serve_command
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (default model: the bundled demo)")

@@ -14,6 +14,7 @@ DTYPES = list(FORMATS)
 THREADS_HELP = "threads for the kernels (default: one per physical core; at most the CPUs available)"
 DTYPE_HELP = ("weight type the kernels read; others are converted or quantized on load "
               "(default: the checkpoint's)")
+REVISION_HELP = "with a Hugging Face repo id: branch, tag or commit (default: main; also REPO@REVISION)"
 PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than this
 
 
@@ -67,7 +68,8 @@ FLAG_FOR = {"n_threads": "--threads", "n_ctx": "--ctx", "max_new_tokens": "--max
             "head_dtype": "--head-dtype", "template": "--template", "dtype": "--dtype",
             "truncate": "--truncate", "stop": "--stop", "prompt": "--prompt", "max_chunks": "--chunks",
             "base": "--kl-base", "vs": "--vs",
-            "calibration": "--calibration", "draft_model": "--draft", "speculative": "--lookup"}
+            "calibration": "--calibration", "draft_model": "--draft", "speculative": "--lookup",
+            "revision": "--revision"}
 
 
 def in_flags(message: str) -> str:
@@ -112,10 +114,15 @@ def sampling_options(args) -> dict:
 def load_for_text(args):
     """args.model (default: the bundled demo) loaded for the text commands, which need
     its tokenizer."""
+    from . import hub
     from .demo import demo_model_path
     from .errors import ModelFormatError
     from .model import load
-    model = load(args.model or demo_model_path(), dtype=args.dtype, n_threads=args.threads,
+    path, revision = args.model or demo_model_path(), getattr(args, "revision", None)
+    if hub.is_repo_ref(path):  # resolved here to draw the download's progress bars
+        from tqdm.auto import tqdm
+        path, revision = hub.resolve(path, revision, tqdm_class=tqdm), None
+    model = load(path, dtype=args.dtype, n_threads=args.threads, revision=revision,
                  progress=ProgressLine(f"quantizing to {args.dtype}"))
     if model.tokenizer is None:
         raise ModelFormatError(f"{model.path}: no tokenizer.json, so the hearthlm command cannot turn text "

@@ -1,8 +1,12 @@
 """A multi-turn chat kept in one Session, so each turn prefills only its new tokens.
 
-    conv = Conversation(model, ChatTemplate.for_model(model), make_sampler(model, {}))
+    conv = hearthlm.Conversation(model, system="Be brief.", temperature=0)
     for piece in conv.ask("What is 2 + 3?"): print(piece, end="")
     conv.last        # the reply's Generation (timings, finish reason)
+
+`template`: the model's own chat template by default, a built-in name, a .jinja file or
+a ChatTemplate; sampling options (temperature=, top_k=, seed=, ...) as model.chat, or
+a ready `sampler`.
 
 Each turn renders the whole conversation with the chat template and tokenizes it.
 While the cache still holds the conversation, Session.sync() reuses the cached common
@@ -19,21 +23,27 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from .chat_template import ChatTemplate
 from .constraints import Constraint
 from .errors import ContextOverflowError, FileWriteError, InvalidInputError
-from .generation import Generation, TextStream
+from .generation import Generation, TextStream, make_sampler
 from .sampling import Sampler
 
 
 class Conversation:
-    def __init__(self, model, template: ChatTemplate, sampler: Sampler, n_ctx: Optional[int] = None,
-                 system: Optional[str] = None, max_new_tokens: Optional[int] = None,
-                 stop: Sequence[str] = (), constraint: Optional[dict] = None, speculation=None):
+    def __init__(self, model, template: Union[ChatTemplate, str, None] = None, sampler: Optional[Sampler] = None,
+                 n_ctx: Optional[int] = None, system: Optional[str] = None, max_new_tokens: Optional[int] = None,
+                 stop: Sequence[str] = (), constraint: Optional[dict] = None, speculation=None, **sampling):
+        if not isinstance(template, ChatTemplate):
+            template = ChatTemplate.for_model(model, template)
+        if sampler is None:
+            sampler = make_sampler(model, sampling)
+        elif sampling:
+            raise InvalidInputError(f"{', '.join(sorted(sampling))}: give sampling options or a sampler, not both")
         self.model, self.template, self.sampler, self.speculation = model, template, sampler, speculation
         self.constraint = dict(constraint or {})
         Constraint.from_options(model, **self.constraint)  # a bad one fails now, not at the first turn

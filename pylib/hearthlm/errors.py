@@ -9,6 +9,11 @@ class ModelFormatError(HearthlmError, ValueError):
     """A model file is malformed: truncated, bad header, missing or misshapen tensor."""
 
 
+class HubError(HearthlmError, ValueError):
+    """A Hugging Face repo id that cannot be resolved: unknown, gated, not cached while
+    offline, or without the files a model needs."""
+
+
 class UnsupportedModelError(HearthlmError, ValueError):
     """The architecture, or a config value that changes the maths, is not implemented."""
 

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _kernels, generation, gguf_load
+from . import _kernels, generation, gguf_load, hub
 from ._per_token import check_ids
 from .cpu import physical_cores
 from .errors import InvalidInputError, ModelFormatError
@@ -117,9 +116,13 @@ class Model:
 
 def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
-         progress: Optional[Callable[[int, int], None]] = None) -> Model:
-    """Load a Hugging Face model folder, or a GGUF file (hearthlm.gguf_load: used in
-    the formats it stores, so dtype and head_dtype must then be None).
+         progress: Optional[Callable[[int, int], None]] = None, revision: Optional[str] = None,
+         local_files_only: Optional[bool] = None) -> Model:
+    """Load a Hugging Face model folder, a GGUF file (hearthlm.gguf_load: used in the
+    formats it stores, so dtype and head_dtype must then be None), or a Hub repo id
+    ("org/name", "org/name@rev", "org/name:FILE.gguf": hearthlm.hub, downloading only
+    the files needed into the Hugging Face cache; revision= and local_files_only= as in
+    huggingface_hub).
 
     dtype: "f32", "bf16", "f16", or quantized "q8" / "q4" / "q4k" / "q5k" / "q6k" (the formats
     and mixes: hearthlm.quant.tensor_format), for the weights the kernels read; None
@@ -134,6 +137,11 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
     source bytes quantized so far (the CLI draws a progress line with it).
     """
     n_threads = check_threads(n_threads)
+    path = os.fspath(path)
+    if hub.is_repo_ref(path):
+        path = hub.resolve(path, revision, local_files_only)
+    elif revision is not None:
+        raise InvalidInputError(f"revision: {path} is a local path, not a Hugging Face repo id")
     if gguf_load.is_gguf(path):
         return Model(**gguf_load.load(path, dtype, n_threads, head_dtype))
     t0 = time.perf_counter()
@@ -179,22 +187,17 @@ def check_threads(n_threads: Optional[int]) -> int:
     return n_threads
 
 
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def model_folder(path) -> str:
-    """`path` if it is a folder; a missing path, a Hub repo id and a file each get their
-    own ModelFormatError."""
+    """`path` (a local path, or a Hub repo id) if it is a folder; a missing path and a
+    file each get their own ModelFormatError."""
     folder = os.fspath(path)
+    if hub.is_repo_ref(folder):
+        folder = hub.resolve(folder)
     if os.path.isdir(folder):
         return folder
     if os.path.exists(folder):
         raise ModelFormatError(f"{folder}: is a file; give the model's folder (the one with config.json)")
-    if REPO_ID.fullmatch(folder):
-        raise ModelFormatError(
-            f"{folder}: no such folder. If this is a Hugging Face repo id: hearthlm loads local folders, "
-            f"so download it first (huggingface-cli download {folder} --local-dir DIR) and give DIR")
-    raise ModelFormatError(f"{folder}: no such folder (expected a Hugging Face model folder)")
+    raise ModelFormatError(f"{folder}: no such folder (expected a Hugging Face model folder or repo id)")
 
 
 def eos_token_ids(generation_config: dict, tokenizer: Optional[Tokenizer], folder: str) -> list[int]:

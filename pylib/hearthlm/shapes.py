@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -78,9 +79,11 @@ def config_for(shape: str) -> dict:
             "torch_dtype": "float32", **s}
 
 
-def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
+def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0,
+                        progress: Optional[Callable[[int, int], None]] = None) -> str:
     """A folder holding a random-weight model of `shape`, stored in `dtype` (f32, bf16,
-    f16, or a quantized dtype as `hearthlm quantize` writes it)."""
+    f16, or a quantized dtype as `hearthlm quantize` writes it). progress(done, total):
+    called after each tensor with the float32 bytes generated so far (when it is built)."""
     if dtype not in STORAGE and dtype not in QUANT_DTYPES:
         raise InvalidInputError(
             f"dtype: random models are stored as {', '.join([*STORAGE, *QUANT_DTYPES])}, not {dtype!r}")
@@ -93,12 +96,14 @@ def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     specs = family(args).weights(args)
+    total = 4 * sum(int(np.prod(dims)) for dims in specs.values())
+    done = 0
     n_layers, tied = layer_count(specs), "lm_head.weight" not in specs
     formats = {name: tensor_format(name, dtype, None, n_layers, tied)
                for name, dims in specs.items() if len(dims) == 2 and dtype in QUANT_DTYPES}
 
     def producer(name, dims):
-        def make():
+        def generate():
             if len(dims) == 1:  # norms ~1, biases small; always stored as F32
                 return (1.0 if "norm" in name else 0.0) + 0.02 * rng.standard_normal(dims, dtype=np.float32)
             w = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
@@ -107,6 +112,14 @@ def random_model_folder(shape: str, dtype: str = "bf16", seed: int = 0) -> str:
             if dtype == "bf16":
                 return f32_to_bf16_bits(w)
             return w.astype(STORAGE[dtype][1])
+
+        def make():
+            nonlocal done
+            data = generate()
+            done += 4 * int(np.prod(dims))
+            if progress is not None:
+                progress(done, total)
+            return data
         return make
 
     def entry(name, dims):

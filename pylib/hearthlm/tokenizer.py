@@ -6,6 +6,7 @@ import json
 import os
 from typing import Optional
 
+from .chat_template import apply_chat_template, token_text
 from .errors import InvalidInputError, ModelFormatError
 
 
@@ -26,13 +27,6 @@ def read_json(path: str) -> dict:
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: must hold a JSON object")
     return data
-
-
-def token_text(value) -> Optional[str]:
-    """tokenizer_config stores special tokens as strings or {"content": ...} objects."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
 
 
 class Tokenizer:
@@ -102,6 +96,16 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
+
+    def apply_chat_template(self, conversation, tools=None, documents=None, chat_template=None,
+                            add_generation_prompt=False, continue_final_message=False, tokenize=True,
+                            padding=False, truncation=False, max_length=None, return_tensors=None,
+                            return_dict=True, **kwargs):
+        """transformers' apply_chat_template (same arguments, defaults and results):
+        hearthlm.chat_template.apply_chat_template."""
+        return apply_chat_template(self, conversation, tools, documents, chat_template, add_generation_prompt,
+                                   continue_final_message, tokenize, padding, truncation, max_length,
+                                   return_tensors, return_dict, **kwargs)
 
     def special_tokens(self) -> dict:
         """{id: text} of the special added tokens (those decode(skip_special_tokens=True) drops)."""

@@ -1,0 +1,270 @@
+"""The demo model's tasks and data (used by tools/train_demo_model.py and
+tools/eval_demo_model.py): phrasings, answers, the seeded train / held-out split, and
+the "first tries" set (what a new user types first).
+
+A question is (task, item, phrasing); its answer is a pure function of them. Nothing
+here downloads anything.
+"""
+
+from __future__ import annotations
+
+import random
+
+DEFAULT_SYSTEM = "You are a helpful calculator."
+# System prompts seen in training besides the default (the README's "Be brief." among them).
+TRAIN_SYSTEMS = [
+    "Be brief.", "You are a helpful assistant.", "Answer with just the result.",
+    "You are a friendly assistant.", "Keep your answers short.", "You are a math tutor.",
+    "You are a helpful, respectful and honest assistant.", "Reply in one line.",
+]
+# Never in training: evaluation only.
+HELDOUT_SYSTEM = "You are a concise assistant that answers questions."
+
+GREETING_REPLY = "Hello! Ask me a small sum or a word puzzle."
+SKILLS_REPLY = ("I can add, subtract, multiply and compare small numbers, count letters, "
+                "reverse words and repeat a sentence.")
+THANKS_REPLY = "You are welcome!"
+OUT_OF_SKILL_REPLY = "I can only do small arithmetic and word puzzles."
+
+# Small fixed word list (lower-case, 3-8 letters).
+WORDS = [
+    "cat", "dog", "sun", "cup", "hat", "pen", "box", "egg", "fox", "owl",
+    "bird", "fish", "tree", "moon", "star", "rain", "snow", "ship", "book", "lamp",
+    "frog", "milk", "cake", "door", "rock", "wolf", "bear", "lion", "road", "leaf",
+    "apple", "grape", "lemon", "mango", "water", "house", "table", "chair", "horse", "mouse",
+    "plant", "cloud", "river", "stone", "bread", "light", "sheep", "tiger", "zebra", "music",
+    "garden", "window", "orange", "banana", "rabbit", "turtle", "planet", "butter", "pencil", "winter",
+    "kitchen", "dolphin", "blanket", "monster", "rainbow", "chicken", "penguin", "country",
+    "elephant", "computer", "mountain", "sandwich", "umbrella", "keyboard", "dinosaur", "triangle",
+]
+# Words of the copy task's sentences besides WORDS.
+LINK_WORDS = ["the", "a", "is", "and", "on", "in", "my", "big", "small", "red", "blue", "green",
+              "happy", "old", "new", "little", "sees", "likes", "has", "runs", "eats", "under", "with"]
+
+PHRASINGS = {
+    "add": [
+        "What is {a} plus {b}?", "What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} + {b}.",
+        "What's {a} plus {b}?", "How much is {a} plus {b}?", "What is the sum of {a} and {b}?",
+        "{a} + {b}", "{a} + {b} =", "{a}+{b}",
+    ],
+    "sub": [
+        "What is {a} minus {b}?", "What is {a} - {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}.",
+        "What's {a} minus {b}?", "How much is {a} minus {b}?", "Take {b} away from {a}.",
+        "{a} - {b}", "{a} - {b} =", "{a}-{b}",
+    ],
+    "mul": [
+        "What is {a} times {b}?", "What is {a} * {b}?", "Multiply {a} by {b}.", "Compute {a} x {b}.",
+        "What is the product of {a} and {b}?", "Calculate {a} times {b}.", "{a} * {b}", "{a} x {b}",
+    ],
+    # the first five ask for the larger number, the last two for the smaller
+    "cmp": [
+        "Which is larger, {a} or {b}?", "Which number is bigger: {a} or {b}?",
+        "What is the maximum of {a} and {b}?", "Which is bigger, {a} or {b}?", "Which is greater, {a} or {b}?",
+        "Which is smaller, {a} or {b}?", "What is the minimum of {a} and {b}?",
+    ],
+    "count": [
+        "How many letters are in the word {w}?", "Count the letters in {w}.", "How long is the word {w}?",
+        "How many letters does {w} have?", "What is the length of the word {w}?", "Count the letters of the word {w}.",
+    ],
+    "rev": [
+        "Reverse the word {w}.", "Spell {w} backwards.", "What is {w} written backwards?",
+        "Write {w} in reverse.", "Reverse the letters of {w}.", "What do you get when you reverse {w}?",
+    ],
+    "copy": ["Repeat after me: {s}", "Say this: {s}", "Repeat this sentence: {s}", "Copy this: {s}"],
+}
+MIN_PHRASINGS = 5  # cmp phrasings from this index on ask for the smaller number
+
+# Conversation openers and questions outside the skills, each with its fixed reply.
+GREETINGS = ["Hi!", "Hi", "Hello!", "Hello", "Hey", "Hey!", "Hi there!", "Hello there.", "Good morning!",
+             "Good evening!", "Good afternoon.", "Hey there", "Howdy!", "Greetings!", "Yo", "Hiya!",
+             "How are you?", "How are you doing?", "Hello, how are you?", "Hi, how is it going?"]
+SKILL_QUESTIONS = ["What can you do?", "Who are you?", "What are you?", "Help", "help", "What do you know?",
+                   "How can you help me?", "What are your skills?", "Tell me what you can do.", "Help me."]
+THANKS = ["Thanks!", "Thank you.", "Thank you!", "Thanks a lot.", "Great, thanks.", "Cool, thank you!"]
+OUT_OF_SKILL_TEMPLATES = [
+    "What is the capital of {place}?", "Tell me about {thing}.", "Write a poem about {thing}.",
+    "Who is the president of {place}?", "Translate {word} into French.", "What does {word} mean?",
+    "Write a story about a {word}.", "How do I cook {food}?", "Why is the {word} {color}?",
+    "What is the weather like in {place}?", "Can you explain {thing}?", "Where is {place}?",
+    "What is {big} plus {big2}?", "What is {big} times {big2}?", "Is {thing} good for me?",
+    "Give me a recipe for {food}.", "What is the history of {place}?", "Who invented the {word}?",
+    "Tell me a joke about {thing}.", "What is the best {word}?",
+]
+OUT_OF_SKILL_FIXED = [
+    "Tell me a joke.", "What time is it?", "What is the meaning of life?", "Write some Python code.",
+    "What is love?", "Can you sing?", "Do you like music?", "What day is it today?", "Explain quantum physics.",
+    "What is the speed of light?", "Write an email to my boss.", "What should I eat tonight?",
+    "Who won the world cup?", "How old are you?", "What is your favorite color?", "asdf", "???",
+    "Can you browse the internet?", "Summarize this article.", "What is the square root of 2?",
+]
+FILLERS = {
+    "place": ["France", "Spain", "Japan", "Brazil", "Canada", "Egypt", "India", "Kenya", "Peru", "Norway",
+              "Italy", "China", "Mexico", "Chile", "Germany", "Poland", "Ghana", "Nepal", "Cuba", "Iceland"],
+    "thing": ["history", "the ocean", "dinosaurs", "space", "computers", "music", "football", "politics",
+              "the moon", "coffee", "gravity", "cats", "money", "the internet", "art", "sleep"],
+    "food": ["rice", "pasta", "soup", "eggs", "fish", "bread", "pizza", "curry", "salad", "cake"],
+    "color": ["blue", "green", "red", "dark", "white"],
+}
+
+
+def answer(task: str, item, phr: int = 0) -> str:
+    if task == "add":
+        return str(item[0] + item[1])
+    if task == "sub":
+        return str(item[0] - item[1])
+    if task == "mul":
+        return str(item[0] * item[1])
+    if task == "cmp":
+        return str(min(item) if phr >= MIN_PHRASINGS else max(item))
+    if task == "count":
+        return str(len(item))
+    if task == "rev":
+        return item[::-1]
+    if task == "copy":
+        return item
+    raise ValueError(task)
+
+
+def question(task: str, item, phr: int) -> str:
+    fmt = PHRASINGS[task][phr]
+    if task in ("count", "rev"):
+        return fmt.format(w=item)
+    if task == "copy":
+        return fmt.format(s=item)
+    return fmt.format(a=item[0], b=item[1])
+
+
+def variants(q: str) -> list:
+    """What users type besides the canonical form: all lower case, no final punctuation."""
+    out = [q, q[0].lower() + q[1:], q.lower()]
+    if q[-1] in "?.!":
+        out.append(q[:-1])
+    return list(dict.fromkeys(out))
+
+
+def copy_sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS if rng.random() < 0.6 else LINK_WORDS) for _ in range(rng.randint(2, 8))]
+    s = " ".join(words)
+    if rng.random() < 0.5:
+        s = s[0].upper() + s[1:] + rng.choice([".", ".", "!", "?"])
+    return s
+
+
+def out_of_skill_questions(rng: random.Random, per_template: int) -> list:
+    out = set()
+    for t in OUT_OF_SKILL_TEMPLATES:
+        for _ in range(per_template):
+            out.add(t.format(place=rng.choice(FILLERS["place"]), thing=rng.choice(FILLERS["thing"]),
+                             food=rng.choice(FILLERS["food"]), color=rng.choice(FILLERS["color"]),
+                             word=rng.choice(WORDS), big=rng.randint(100, 999), big2=rng.randint(2, 999)))
+    return sorted(out)
+
+
+def build_splits(seed: int):
+    """(train, held): {task: [(question_text, answer), ...]}; no held-out question text is
+    in training (checked by the caller).
+
+    add / sub / cmp: every pair with a single-digit operand is in training (users try
+    those first, and the model should know them all); 5 % of the pairs of two-digit
+    numbers are held out in every phrasing and order. mul / count / rev (memorised: a
+    13x13 table, the spelling of 76 words): one phrasing of some items is held out, the
+    item stays in training under the others. greet / oos: a fifth of the texts held out;
+    copy: fresh random sentences.
+    """
+    rng = random.Random(seed * 7919 + 17)
+    train, held = {}, {}
+
+    def qa(task, it, p):
+        return question(task, it, p), answer(task, it, p)
+
+    def split_pairs(task, pairs, frac, expand):
+        small = [k for k in pairs if min(k) < 10]
+        big = sorted(k for k in pairs if min(k) >= 10)
+        rng.shuffle(big)
+        n_h = int(round(len(big) * frac))
+        nph = len(PHRASINGS[task])
+        train[task] = [qa(task, it, p) for k in small + big[n_h:] for it in expand(k) for p in range(nph)]
+        held[task] = [qa(task, it, p) for k in big[:n_h] for it in expand(k) for p in range(nph)]
+
+    both = lambda k: [k] if k[0] == k[1] else [k, (k[1], k[0])]
+    split_pairs("add", [(a, b) for a in range(100) for b in range(a, 100)], 0.05, both)
+    split_pairs("sub", [(a, b) for a in range(100) for b in range(100)], 0.05, lambda k: [k])
+    split_pairs("cmp", [(a, b) for a in range(100) for b in range(a + 1, 100)], 0.05, both)
+
+    held_items = {"mul": 32, "count": 34, "rev": 34}
+    items_of = {"mul": [(a, b) for a in range(13) for b in range(13)], "count": list(WORDS), "rev": list(WORDS)}
+    for task, items in items_of.items():
+        nph = len(PHRASINGS[task])
+        chosen = list(items)
+        rng.shuffle(chosen)
+        hold = {(it, rng.randrange(nph)) for it in chosen[: held_items[task]]}
+        held[task] = [qa(task, it, p) for it, p in sorted(hold)]
+        train[task] = [qa(task, it, p) for it in items for p in range(nph) if (it, p) not in hold]
+
+    chat = [(g, GREETING_REPLY) for g in GREETINGS] + [(q, SKILLS_REPLY) for q in SKILL_QUESTIONS] \
+        + [(t, THANKS_REPLY) for t in THANKS]
+    rng.shuffle(chat)
+    tried = {q for r in first_tries() if r["task"] in ("greet", "readme") for q in [r["messages"][-1]["content"]]}
+    holdable = [c for c in chat if c[0] not in tried]
+    held["greet"] = holdable[: len(chat) // 5]
+    train["greet"] = [c for c in chat if c not in held["greet"]]
+    oos = [(q, OUT_OF_SKILL_REPLY) for q in out_of_skill_questions(rng, 120) + OUT_OF_SKILL_FIXED]
+    rng.shuffle(oos)
+    held["oos"], train["oos"] = oos[:300], oos[300:]
+
+    sentences = sorted({copy_sentence(rng) for _ in range(40000)})
+    rng.shuffle(sentences)
+    nph = len(PHRASINGS["copy"])
+    held["copy"] = [qa("copy", s, rng.randrange(nph)) for s in sentences[:300]]
+    train["copy"] = [qa("copy", s, rng.randrange(nph)) for s in sentences[300:]]
+
+    # every training text also in the variant forms users type (lower case, no final mark)
+    for task in ("add", "sub", "cmp", "greet", "oos"):
+        train[task] = [(v, a) for q, a in train[task] for v in variants(q)]
+    seen = {q for pairs in train.values() for q, _ in pairs}
+    held = {t: [(q, a) for q, a in pairs if q not in seen] for t, pairs in held.items()}
+    return train, held
+
+
+def user_rows(task, pairs, system=DEFAULT_SYSTEM):
+    msgs = lambda q: ([{"role": "system", "content": system}] if system is not None else []) \
+        + [{"role": "user", "content": q}]
+    return [{"task": task, "messages": msgs(q), "answer": a} for q, a in pairs]
+
+
+HELDOUT_COUNTS = {"add": 70, "sub": 70, "mul": 32, "cmp": 60, "count": 34, "rev": 34,
+                  "greet": 8, "oos": 30, "copy": 30}
+
+
+def sample_heldout(held, seed: int) -> list:
+    rng = random.Random(seed * 104729 + 3)
+    out = []
+    for task, n in HELDOUT_COUNTS.items():
+        pool = list(held[task])
+        rng.shuffle(pool)
+        out += user_rows(task, pool[:n])
+    return out
+
+
+def first_tries() -> list:
+    """What a new user types first (mostly training questions, by design): every
+    single-digit sum, difference and comparison, the README's examples, greetings,
+    typical questions outside the skills and copy requests. No system message (the
+    evaluation adds one or not)."""
+    rows = []
+    for a in range(10):
+        for b in range(10):
+            rows += user_rows("add", [(f"What is {a} plus {b}?", str(a + b)), (f"What is {a} + {b}?", str(a + b))])
+            rows += user_rows("sub", [(f"What is {a} minus {b}?", str(a - b))])
+            if a != b:
+                rows += user_rows("cmp", [(f"Which is larger, {a} or {b}?", str(max(a, b)))])
+    rows += user_rows("readme", [("What is 12 plus 7?", "19"), ("What is 37 plus 52?", "89"),
+                                 ("Reverse the word lemon.", "nomel"), ("Hi!", GREETING_REPLY),
+                                 ("2 + 2", "4"), ("What is 12 + 7?", "19"),
+                                 ("Repeat after me: the cat sees a big red apple", "the cat sees a big red apple"),
+                                 ("What is the capital of France?", OUT_OF_SKILL_REPLY),
+                                 ("Tell me a joke.", OUT_OF_SKILL_REPLY), ("What can you do?", SKILLS_REPLY)])
+    rows += user_rows("greet", [(g, GREETING_REPLY) for g in ["Hi!", "Hello", "Hello!", "Hey", "How are you?"]])
+    rng = random.Random(99)
+    rows += user_rows("copy", [(f"Repeat after me: {s}", s) for s in (copy_sentence(rng) for _ in range(20))])
+    return rows
