@@ -24,14 +24,12 @@ import tempfile
 import numpy as np
 
 import hearthlm
+from hearthlm.perplexity_eval import log_softmax
 
 LLAMA_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}  # llama_ftype
 
 
 def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
-    def log_softmax(z):
-        z = z.astype(np.float64) - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
     lp, lq = log_softmax(ref), log_softmax(ours)
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 

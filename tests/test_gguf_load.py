@@ -19,6 +19,7 @@ import tiny_models
 import tiny_tokenizers
 
 import hearthlm
+from hearthlm.perplexity_eval import log_softmax
 from hearthlm import _kernels
 from hearthlm.errors import ModelFormatError, UnsupportedModelError
 from hearthlm.gguf_export import permute_for_gguf
@@ -132,9 +133,6 @@ def reference_logits(folder: str, ids) -> np.ndarray:
 
 
 def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
-    def log_softmax(z):
-        z = z.astype(np.float64) - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
     lp, lq = log_softmax(ref), log_softmax(ours)
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 
