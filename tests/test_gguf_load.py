@@ -19,10 +19,10 @@ import tiny_models
 import tiny_tokenizers
 
 import hearthlm
-from hearthlm.perplexity_eval import log_softmax
 from hearthlm import _kernels
 from hearthlm.errors import ModelFormatError, UnsupportedModelError
 from hearthlm.gguf_export import permute_for_gguf
+from hearthlm.perplexity_eval import log_softmax
 
 gguf = pytest.importorskip("gguf")
 
