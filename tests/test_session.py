@@ -33,6 +33,22 @@ def test_chunked_feeding_matches_full_logits(model_dir, variant):
         assert s.tokens == ids
 
 
+def test_all_logits_into_a_given_array(model_dir):
+    model = hearthlm.load(model_dir("llama-gqa-tied"))
+    ids = ids_for(model, 9)
+    out = np.full((12, model.vocab_size), np.nan, np.float32)
+    rows = model.session(n_ctx=32).feed(ids, all_logits=True, out=out)
+    assert rows.base is out and rows.shape == (9, model.vocab_size) and np.isnan(out[9:]).all()
+    np.testing.assert_array_equal(rows, model.session(n_ctx=32).feed(ids, all_logits=True))
+    s = model.session(n_ctx=32)
+    for bad in (out[:8], out.astype(np.float64), out[:, :-1], out.T.copy().T):
+        with pytest.raises(hearthlm.InvalidInputError, match="out: expected"):
+            s.feed(ids, all_logits=True, out=bad)
+    with pytest.raises(hearthlm.InvalidInputError, match="out: only with all_logits"):
+        s.feed(ids, out=out)
+    assert s.tokens == []  # refused before anything was fed
+
+
 @pytest.mark.parametrize("variant", ["llama-gqa-tied", "stablelm", "qwen2", "qwen3-moe"])
 def test_context_shift_matches_independent_reference(model_dir, variant):
     """n_ctx=24, n_keep=4, n_discard=6: 60 tokens one at a time shift the context

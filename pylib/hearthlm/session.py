@@ -102,18 +102,32 @@ class Session:
 
     # -- feeding --------------------------------------------------------------------
 
-    def feed(self, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    def feed(self, token_ids: Sequence[int], all_logits: bool = False,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
         """Append tokens and run them (in batches of up to max_batch). Returns the
         last position's logits [vocab] as a read-only view of the session's buffer,
         valid until the next call that changes the session (copy it to keep it; the
-        decode loop allocates nothing). With all_logits: a new [len(token_ids), vocab]."""
+        decode loop allocates nothing). With all_logits: [len(token_ids), vocab], new,
+        or the first rows of `out` (a float32 [rows, vocab] array with enough rows, for
+        loops that allocate nothing)."""
         with self._exclusive():
             ids = check_ids(token_ids, self.model.vocab_size, "token_ids", self._staged)
             if len(ids) == 0:
                 raise InvalidInputError("token_ids: empty")
             if self.buf is None:
                 self.buf = self.model.transformer.buffers(self.max_batch, 1)
-            out = np.empty((len(ids), self.model.vocab_size), np.float32) if all_logits else None
+            if out is not None:
+                if not all_logits:
+                    raise InvalidInputError("out: only with all_logits=True")
+                vocab = self.model.vocab_size
+                if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 2
+                        and out.shape[0] >= len(ids) and out.shape[1] == vocab and out.flags.c_contiguous):
+                    raise InvalidInputError(f"out: expected a C-contiguous float32 array [>= {len(ids)}, {vocab}], "
+                                            f"got {getattr(out, 'dtype', type(out).__name__)} "
+                                            f"{getattr(out, 'shape', '')}")
+                out = out[:len(ids)]
+            elif all_logits:
+                out = np.empty((len(ids), self.model.vocab_size), np.float32)
             for start in range(0, len(ids), self.max_batch):
                 chunk = ids[start:start + self.max_batch]
                 self._make_room(len(chunk))

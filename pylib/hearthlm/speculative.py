@@ -231,6 +231,7 @@ class SpeculativeDecoder(Decoder):
         self.max_new_tokens = max_new_tokens
         self.queue: list = []   # (token, entry, done) checked, not handed out yet
         self.drafted = self.accepted = 0
+        self.rows = np.empty((MAX_DRAFT + 2, session.model.vocab_size), np.float32)  # a round's logits
 
     def next(self) -> int:
         if not self.queue:
@@ -253,7 +254,9 @@ class SpeculativeDecoder(Decoder):
         drafts, qs = self.drafter.draft(history, k) if k else ([], None)
         t0 = time.perf_counter()
         batch = self.tokens[self.fed:] + drafts
-        rows = self.session.feed(batch, all_logits=True) if drafts else self.session.feed(batch)[None]
+        if len(batch) > len(self.rows):
+            self.rows = np.empty((len(batch), self.rows.shape[1]), np.float32)
+        rows = self.session.feed(batch, all_logits=True, out=self.rows) if drafts else self.session.feed(batch)[None]
         self.fed = len(self.tokens) + len(drafts)
         accepted = self._check(rows[len(batch) - len(drafts) - 1:], drafts, qs)
         self.length.update(kind, len(drafts), accepted, len(batch), time.perf_counter() - t0)
