@@ -6,6 +6,15 @@ re-rotates them on a shift; both must give the same logits."""
 import numpy as np
 
 
+def assert_follows(session, ref, ids) -> None:
+    """Feed ids one at a time to a hearthlm session and to a reference: the same tokens
+    are kept after every shift, and the logits agree within 2e-5 of the largest."""
+    for t in ids:
+        logits, expected = session.feed([t]), ref.feed(t)
+        assert session.tokens == ref.tokens
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
 class StreamingReference:
     def __init__(self, folder, n_ctx, n_keep, n_discard):
         import torch
