@@ -1,6 +1,7 @@
 """Decode tokens/s: plain vs prompt lookup vs a draft model, interleaved, medians, with
-acceptance rates, on an input-grounded task (repeat a given passage) and on free text (greedy, and
-sampled at temperature 1 with the filters off, where drafts are rejected most).
+acceptance rates, on input-grounded tasks (repeat a given passage; repeat it with a word
+replaced) and on free text (greedy, and sampled at temperature 1 with the filters off,
+where drafts are rejected most).
 
     python bench/speculative.py                       # the bundled demo model
     python bench/speculative.py MODEL --draft SMALL   # any folder; the draft shares its tokenizer
@@ -8,7 +9,7 @@ sampled at temperature 1 with the filters off, where drafts are rejected most).
 
 With no --draft the draft model is MODEL itself loaded as --draft-dtype (q4): on random
 weights that is the only draft that agrees at all. A folder without a tokenizer (or
---shape) gets token ids: the grounded prompt is a random passage followed by its first
+--shape) gets token ids: the copy prompt is a random passage followed by its first
 half ("repeat" it), the free prompt random ids. Greedy by default, so every engine must
 produce the same tokens; the table says whether they did (sampled, prompt lookup gives
 the same tokens too: its drafts are checked by the sampler's own draw)."""
@@ -29,21 +30,30 @@ PASSAGE = ("The lighthouse keeper climbed the one hundred and twelve steps every
 FREE = "Write a short story about a fox who learns to sail."
 
 
-def prompts(model, room: int) -> dict:
-    """task -> prompt token ids, each at most `room` tokens."""
+def prompts(model, room: int, passage: str) -> dict:
+    """task -> prompt token ids, each at most `room` tokens: "copy" repeats the passage,
+    "edit" repeats it with one word replaced, "free" is text not in the prompt."""
     if model.tokenizer is None:
         rng = np.random.default_rng(0)
         passage = rng.integers(0, model.vocab_size, room * 2 // 3).tolist()
-        return {"grounded": passage + passage[:room // 3], "free": rng.integers(0, model.vocab_size, room).tolist()}
+        return {"copy": passage + passage[:room // 3], "free": rng.integers(0, model.vocab_size, room).tolist()}
     try:
         template = ChatTemplate.for_model(model)
         encode = lambda text: template.encode(model.tokenizer, [{"role": "user", "content": text}])
     except HearthlmError:
         encode = model.tokenizer.encode
-    words = PASSAGE.split()
-    while len(encode("Repeat after me: " + " ".join(words))) > room and len(words) > 4:
-        words = words[:-1]
-    return {"grounded": encode("Repeat after me: " + " ".join(words)), "free": encode(FREE)[:room]}
+    words = passage.split()
+    old = max(words, key=lambda w: (words.count(w), len(w) * w.isalpha()))  # a word to edit
+    asks = {"copy": lambda text: "Repeat after me: " + text,
+            "edit": lambda text: f"Replace {old} with {'cat' if old != 'cat' else 'dog'}: " + text}
+    out = {}
+    for task, ask in asks.items():
+        n = len(words)
+        while len(encode(ask(" ".join(words[:n])))) > room and n > 4:
+            n -= 1
+        out[task] = encode(ask(" ".join(words[:n])))
+    out["free"] = encode(FREE)[:room]
+    return out
 
 
 def main():
@@ -58,6 +68,8 @@ def main():
     p.add_argument("--reps", type=int, default=5, help="interleaved runs per engine (default: %(default)s)")
     p.add_argument("--threads", type=int, help="threads (default: one per physical core)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--passage", default=PASSAGE, help="the text to copy and edit (default: a lighthouse "
+                   "keeper's evening, cut to fit the context)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -77,10 +89,9 @@ def main():
     if room < 16:
         p.error(f"--tokens {args.tokens} leaves no room for a prompt in the context of "
                 f"{model.args.max_position_embeddings}")
-    texts = prompts(model, min(room, 512))
-    tasks = [("grounded", texts["grounded"], dict(temperature=args.temperature, seed=0)),
-             ("free", texts["free"], dict(temperature=args.temperature, seed=0)),
-             ("free, sampled", texts["free"], dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0))]
+    texts = prompts(model, min(room, 512), args.passage)
+    tasks = [(name, ids, dict(temperature=args.temperature, seed=0)) for name, ids in texts.items()] \
+        + [("free, sampled", texts["free"], dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0))]
     rows = []
     for task, prompt, sampling in tasks:
         runs = {name: [] for name in engines}

@@ -37,9 +37,21 @@ WORDS = [
     "kitchen", "dolphin", "blanket", "monster", "rainbow", "chicken", "penguin", "country",
     "elephant", "computer", "mountain", "sandwich", "umbrella", "keyboard", "dinosaur", "triangle",
 ]
-# Words of the copy task's sentences besides WORDS.
+# Words of the copy and edit tasks' passages besides WORDS (and made-up words, numbers).
 LINK_WORDS = ["the", "a", "is", "and", "on", "in", "my", "big", "small", "red", "blue", "green",
               "happy", "old", "new", "little", "sees", "likes", "has", "runs", "eats", "under", "with"]
+TEXT_WORDS = [
+    "we", "you", "they", "she", "he", "it", "our", "your", "this", "that", "there", "here", "all", "some",
+    "of", "to", "for", "from", "at", "by", "over", "after", "before", "into", "about", "then", "but", "or",
+    "was", "are", "were", "will", "can", "not", "very", "every", "one", "two", "three", "many", "first", "last",
+    "go", "went", "come", "make", "made", "take", "took", "give", "find", "found", "keep", "wrote", "read",
+    "open", "close", "walk", "walked", "climbed", "cleaned", "said", "asked", "looked", "played", "sang",
+    "day", "night", "morning", "evening", "week", "year", "time", "way", "home", "town", "city", "school",
+    "friend", "mother", "father", "child", "people", "teacher", "farmer", "doctor", "letter", "story",
+    "boat", "train", "car", "bus", "wind", "sea", "hill", "field", "forest", "bridge", "street", "market",
+    "good", "bad", "long", "short", "warm", "cold", "dark", "bright", "quiet", "loud", "quick", "slow",
+    "yellow", "white", "black", "brown", "soft", "hard", "early", "late", "together", "again", "always",
+]
 
 PHRASINGS = {
     "add": [
@@ -70,8 +82,14 @@ PHRASINGS = {
         "Reverse the word {w}.", "Spell {w} backwards.", "What is {w} written backwards?",
         "Write {w} in reverse.", "Reverse the letters of {w}.", "What do you get when you reverse {w}?",
     ],
-    "copy": ["Repeat after me: {s}", "Say this: {s}", "Repeat this sentence: {s}", "Copy this: {s}"],
+    "copy": ["Repeat after me: {s}", "Say this: {s}", "Repeat this sentence: {s}", "Copy this: {s}",
+             "Repeat this text: {s}", "Repeat after me:\n{s}"],
+    # edit a passage: replace every {x} by {y}, or swap the words {x} and {y}
+    "replace": ["Replace {x} with {y}: {s}", "Change {x} to {y}: {s}", "Replace the word {x} with {y}: {s}",
+                "In this text, replace {x} with {y}: {s}"],
+    "swap": ["Swap {x} and {y}: {s}", "Swap the words {x} and {y}: {s}", "Exchange {x} and {y}: {s}"],
 }
+EDIT_TASKS = ("replace", "swap")
 MIN_PHRASINGS = 5  # cmp phrasings from this index on ask for the smaller number
 
 # Conversation openers and questions outside the skills, each with its fixed reply.
@@ -122,6 +140,10 @@ def answer(task: str, item, phr: int = 0) -> str:
         return item[::-1]
     if task == "copy":
         return item
+    if task in EDIT_TASKS:
+        text, x, y = item
+        to = {x: y} if task == "replace" else {x: y, y: x}
+        return " ".join(to.get(w, w) for w in text.split(" "))
     raise ValueError(task)
 
 
@@ -131,6 +153,8 @@ def question(task: str, item, phr: int) -> str:
         return fmt.format(w=item)
     if task == "copy":
         return fmt.format(s=item)
+    if task in EDIT_TASKS:
+        return fmt.format(s=item[0], x=item[1], y=item[2])
     return fmt.format(a=item[0], b=item[1])
 
 
@@ -143,11 +167,58 @@ def variants(q: str) -> list:
 
 
 def copy_sentence(rng: random.Random) -> str:
+    """The README's kind of sentence: 2-8 words of WORDS and LINK_WORDS."""
     words = [rng.choice(WORDS if rng.random() < 0.6 else LINK_WORDS) for _ in range(rng.randint(2, 8))]
     s = " ".join(words)
     if rng.random() < 0.5:
         s = s[0].upper() + s[1:] + rng.choice([".", ".", "!", "?"])
     return s
+
+
+def made_up_word(rng: random.Random) -> str:
+    return "".join(rng.choice("abcdefghijklmnoprstuvwyz") for _ in range(rng.randint(2, 8)))
+
+
+def passage(rng: random.Random) -> str:
+    """A text to repeat or edit, 2-26 words (about 6-100 tokens): one to four sentences of
+    WORDS, LINK_WORDS, TEXT_WORDS, numbers and made-up words (so copying is learned as
+    copying, not as recalling a word list), or a README-style short sentence."""
+    if rng.random() < 0.2:
+        return copy_sentence(rng)
+    budget = rng.choice([rng.randint(2, 10), rng.randint(6, 20), rng.randint(12, 26)])
+    sentences, made_up = [], rng.random() < 0.3
+    while budget > 0:
+        n = min(budget, rng.randint(3, 12))
+        budget -= n
+        words = []
+        for _ in range(n):
+            r = rng.random()
+            words.append(made_up_word(rng) if made_up and r < 0.2 else str(rng.randint(0, 999)) if r < 0.28
+                         else rng.choice(TEXT_WORDS if r < 0.65 else WORDS if r < 0.85 else LINK_WORDS))
+        sentence = " ".join(words)
+        if rng.random() < 0.7:
+            sentence = sentence[0].upper() + sentence[1:] + rng.choice([".", ".", ".", "!", "?"])
+        sentences.append(sentence)
+    return " ".join(sentences)
+
+
+def edit_item(rng: random.Random, task: str):
+    """(passage, x, y): x a word of the passage; for swap, y another of its words, for
+    replace a word not in it."""
+    while True:
+        text = passage(rng)
+        words = text.split(" ")
+        plain = sorted({w for w in words if w.isalnum() and w.islower()})
+        if len(plain) < 2:
+            continue
+        x = rng.choice(plain)
+        if task == "swap":
+            y = rng.choice([w for w in plain if w != x])
+        else:
+            y = rng.choice(WORDS + TEXT_WORDS) if rng.random() < 0.8 else made_up_word(rng)
+            if y in words:
+                continue
+        return text, x, y
 
 
 def out_of_skill_questions(rng: random.Random, per_template: int) -> list:
@@ -212,17 +283,24 @@ def build_splits(seed: int):
     rng.shuffle(oos)
     held["oos"], train["oos"] = oos[:300], oos[300:]
 
-    sentences = sorted({copy_sentence(rng) for _ in range(40000)})
-    rng.shuffle(sentences)
+    # copy / edit: fresh random passages (so any copy right on held-out is generalisation)
+    texts = sorted({passage(rng) for _ in range(60000)})
+    rng.shuffle(texts)
     nph = len(PHRASINGS["copy"])
-    held["copy"] = [qa("copy", s, rng.randrange(nph)) for s in sentences[:300]]
-    train["copy"] = [qa("copy", s, rng.randrange(nph)) for s in sentences[300:]]
+    held["copy"] = [qa("copy", s, rng.randrange(nph)) for s in texts[:300]]
+    train["copy"] = [qa("copy", s, rng.randrange(nph)) for s in texts[300:]]
+    for task in EDIT_TASKS:
+        items = [edit_item(rng, task) for _ in range(30000)]
+        nph = len(PHRASINGS[task])
+        held[task] = [qa(task, it, rng.randrange(nph)) for it in items[:300]]
+        train[task] = [qa(task, it, rng.randrange(nph)) for it in items[300:]]
 
     # every training text also in the variant forms users type (lower case, no final mark)
     for task in ("add", "sub", "cmp", "greet", "oos"):
         train[task] = [(v, a) for q, a in train[task] for v in variants(q)]
     seen = {q for pairs in train.values() for q, _ in pairs}
-    held = {t: [(q, a) for q, a in pairs if q not in seen] for t, pairs in held.items()}
+    held = {t: [(q, a) for q, a in pairs if q not in seen and (t not in LONG_TASKS or len(q) + len(a) <= HELD_CHARS)]
+            for t, pairs in held.items()}
     return train, held
 
 
@@ -232,8 +310,12 @@ def user_rows(task, pairs, system=DEFAULT_SYSTEM):
     return [{"task": task, "messages": msgs(q), "answer": a} for q, a in pairs]
 
 
+LONG_TASKS = ("copy",) + EDIT_TASKS
+# Held-out copy / edit questions up to this many characters (question + answer, at most
+# about 190 tokens), so that a few earlier turns still fit the 256-token context.
+HELD_CHARS = 260
 HELDOUT_COUNTS = {"add": 70, "sub": 70, "mul": 32, "cmp": 60, "count": 34, "rev": 34,
-                  "greet": 8, "oos": 30, "copy": 30}
+                  "greet": 8, "oos": 30, "copy": 30, "replace": 20, "swap": 20}
 
 
 def sample_heldout(held, seed: int) -> list:
@@ -249,7 +331,8 @@ def sample_heldout(held, seed: int) -> list:
 def first_tries() -> list:
     """What a new user types first (mostly training questions, by design): every
     single-digit sum, difference and comparison, the README's examples, greetings,
-    typical questions outside the skills and copy requests. No system message (the
+    typical questions outside the skills, copy requests (short sentences and passages of
+    tens of tokens) and edits. No system message (the
     evaluation adds one or not)."""
     rows = []
     for a in range(10):
@@ -262,9 +345,15 @@ def first_tries() -> list:
                                  ("Reverse the word lemon.", "nomel"), ("Hi!", GREETING_REPLY),
                                  ("2 + 2", "4"), ("What is 12 + 7?", "19"),
                                  ("Repeat after me: the cat sees a big red apple", "the cat sees a big red apple"),
+                                 ("Replace cat with dog: the cat sees a big red apple", "the dog sees a big red apple"),
                                  ("What is the capital of France?", OUT_OF_SKILL_REPLY),
                                  ("Tell me a joke.", OUT_OF_SKILL_REPLY), ("What can you do?", SKILLS_REPLY)])
     rows += user_rows("greet", [(g, GREETING_REPLY) for g in ["Hi!", "Hello", "Hello!", "Hey", "How are you?"]])
     rng = random.Random(99)
     rows += user_rows("copy", [(f"Repeat after me: {s}", s) for s in (copy_sentence(rng) for _ in range(20))])
+    texts = [t for t in (passage(rng) for _ in range(40)) if len(t) > 60][:10]
+    rows += user_rows("copy", [(f"Repeat after me: {t}", t) for t in texts])
+    for task, fmt in (("replace", "Replace {x} with {y}: {s}"), ("swap", "Swap {x} and {y}: {s}")):
+        items = [edit_item(rng, task) for _ in range(5)]
+        rows += user_rows(task, [(fmt.format(s=s, x=x, y=y), answer(task, (s, x, y))) for s, x, y in items])
     return rows

@@ -3,21 +3,26 @@
 
 Two sets, both written by tools/train_demo_model.py into the folder:
 - heldout.jsonl: questions that never occur in training ({"messages": [system, user],
-  "answer": ..., "task": ...});
+  "answer": ..., "task": ...}), copy / edit passages among them;
 - first_tries.jsonl: what a new user types first (every single-digit sum, difference
   and comparison, the README's examples, greetings, questions outside the skills, copy
-  requests); mostly training questions, by design.
+  and edit requests); mostly training questions, by design.
+--set also takes a path to another such file (e.g. an older model's heldout.jsonl).
 
 Each row is rendered with the chat template (add_generation_prompt=True), decoded
-greedily to the end-of-turn token, stripped and compared exactly with "answer".
+greedily to the end-of-turn token, stripped and compared exactly with "answer"; or,
+with --teacher-forced (and --all), checked in one forward pass over prompt + answer +
+end of turn (every position's argmax the next expected token: the same verdict).
 
 --system TEXT replaces the system message ("none" drops it: the template then inserts
 the default one); --multi-turn puts 1-3 earlier turns (other rows' questions with their
-correct answers, seeded) before each question and checks the last answer.
+correct answers, seeded; the oldest dropped while the conversation exceeds the
+256-token context) before each question and checks the last answer.
 
 Usage:
-  python3 tools/eval_demo_model.py [MODEL_DIR] [--set heldout|first_tries] [--engine transformers|hearthlm]
-                                   [--system TEXT|none] [--multi-turn] [--quiet]
+  python3 tools/eval_demo_model.py [MODEL_DIR] [--set heldout|first_tries|FILE.jsonl]
+                                   [--engine transformers|hearthlm] [--system TEXT|none]
+                                   [--multi-turn] [--teacher-forced] [--quiet]
   python3 tools/eval_demo_model.py [MODEL_DIR] --all     # every set x system x engine (the model card's tables)
 """
 
@@ -34,20 +39,23 @@ SYSTEMS = {"default": None, "none": "none", "Be brief.": "Be brief.",
            "unseen": "You are a concise assistant that answers questions."}
 
 
-def heldout_multiturn(rows, seed: int, max_prev: int = 3):
+def heldout_multiturn(rows, seed: int, max_prev: int = 3, n_tokens=None, context: int = 256):
     """For every row: 1..max_prev earlier turns made of OTHER rows' questions with
-    their correct answers, then the row's question. Deterministic."""
+    their correct answers, then the row's question. Deterministic. With n_tokens
+    (messages -> token count of the whole conversation, answer included), the oldest
+    earlier turns are dropped until the conversation fits `context`."""
     rng = random.Random(seed * 31337 + 11)
     out = []
     for i, row in enumerate(rows):
         k = rng.randint(1, max_prev)
         others = rng.sample([j for j in range(len(rows)) if j != i], k)
-        msgs = [m for m in row["messages"] if m["role"] == "system"]
-        for j in others:
-            msgs += [{"role": "user", "content": rows[j]["messages"][-1]["content"]},
-                     {"role": "assistant", "content": rows[j]["answer"]}]
-        msgs.append(row["messages"][-1])
-        out.append({"task": row["task"], "messages": msgs, "answer": row["answer"]})
+        system = [m for m in row["messages"] if m["role"] == "system"]
+        turns = [[{"role": "user", "content": rows[j]["messages"][-1]["content"]},
+                  {"role": "assistant", "content": rows[j]["answer"]}] for j in others]
+        last = [row["messages"][-1], {"role": "assistant", "content": row["answer"]}]
+        while n_tokens and turns and n_tokens(system + sum(turns, []) + last) > context:
+            turns = turns[1:]
+        out.append({"task": row["task"], "messages": system + sum(turns, []) + last[:1], "answer": row["answer"]})
     return out
 
 
@@ -59,28 +67,61 @@ def with_system(rows, system):
     return [dict(r, messages=head + [m for m in r["messages"] if m["role"] != "system"]) for r in rows]
 
 
-def transformers_answerer(model_dir: str, max_new_tokens: int):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class Engine:
+    """One engine's greedy reply to a conversation and its teacher-forced check of an
+    expected answer (one forward pass over prompt + answer + end of turn: every
+    position's argmax is the next expected token, which is greedy exact match)."""
 
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    def __init__(self, name: str, model_dir: str, max_new_tokens: int, dtype: str | None = None):
+        self.name, self.max_new_tokens = name, max_new_tokens
+        if name == "hearthlm":
+            import hearthlm
 
-    def answer(messages):
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            self.model = hearthlm.load(model_dir, dtype=dtype, n_threads=1)
+            self.tok = self.model.tokenizer
+        else:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            torch.set_num_threads(1)
+            self.tok = AutoTokenizer.from_pretrained(model_dir)
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def prompt(self, messages) -> list:
+        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def target(self, answer: str) -> list:
+        return list(self.tok.encode(answer, add_special_tokens=False)) + [self.tok.eos_token_id]
+
+    def n_tokens(self, messages) -> int:
+        """Tokens of a conversation that ends with an assistant answer, its end of turn included."""
+        return len(self.prompt(messages[:-1])) + len(self.target(messages[-1]["content"]))
+
+    def reply(self, messages) -> str:
+        if self.name == "hearthlm":
+            return self.model.chat(messages, max_new_tokens=self.max_new_tokens, temperature=0).strip()
+        import torch
+
+        ids = torch.tensor([self.prompt(messages)])
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    return answer
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, eos_token_id=self.tok.eos_token_id,
+                                      pad_token_id=self.tok.pad_token_id)
+        return self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
+    def check(self, messages, answer: str) -> bool:
+        import numpy as np
 
-def hearthlm_answerer(model_dir: str, max_new_tokens: int, dtype: str | None = None):
-    import hearthlm
+        prompt, target = self.prompt(messages), self.target(answer)
+        if self.name == "hearthlm":
+            logits = self.model.logits(prompt + target)
+        else:
+            import torch
 
-    model = hearthlm.load(model_dir, dtype=dtype, n_threads=1)
-    return lambda messages: model.chat(messages, max_new_tokens=max_new_tokens, temperature=0).strip()
+            with torch.no_grad():
+                logits = self.model(input_ids=torch.tensor([prompt + target])).logits[0].numpy()
+        return bool((logits[len(prompt) - 1:-1].argmax(-1) == np.array(target)).all())
 
 
 def load_rows(path: str):
@@ -88,67 +129,82 @@ def load_rows(path: str):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def evaluate(answer, rows, label: str, show_errors: bool = True) -> float:
+def evaluate(engine: Engine, rows, label: str, show_errors: bool = True, teacher_forced: bool = False) -> list:
+    """Per-row correctness; prints the per-task and total counts (and the wrong replies)."""
     t0 = time.time()
     per_task = defaultdict(lambda: [0, 0])
-    errors = []
+    errors, oks = [], []
     for row in rows:
-        got = answer(row["messages"])
-        ok = got == row["answer"]
+        if teacher_forced:
+            ok = engine.check(row["messages"], row["answer"])
+            got = None if ok or not show_errors else engine.reply(row["messages"])
+        else:
+            got = engine.reply(row["messages"])
+            ok = got == row["answer"]
         per_task[row["task"]][0] += ok
         per_task[row["task"]][1] += 1
+        oks.append(ok)
         if not ok:
             errors.append((row["messages"][-1]["content"], row["answer"], got))
-    n_ok = sum(ok for ok, _ in per_task.values())
     if show_errors and errors:
         print(f"errors ({len(errors)}):")
         for q, want, got in errors:
             print(f"  {q!r}: expected {want!r}, got {got!r}")
     print("  " + "  ".join(f"{task} {ok}/{n}" for task, (ok, n) in per_task.items()))
-    print(f"{label}: {n_ok}/{len(rows)} = {n_ok / len(rows):.4f}  [{time.time() - t0:.1f}s]", flush=True)
-    return n_ok / len(rows)
+    print(f"{label}: {sum(oks)}/{len(rows)} = {sum(oks) / len(rows):.4f}  [{time.time() - t0:.1f}s]", flush=True)
+    return oks
 
 
-def evaluate_all(model_dir: str, seed: int = 1234, engines=("transformers", "hearthlm"), max_new_tokens: int = 48):
-    """Every set under every system-prompt choice and engine, plus multi-turn held-out."""
+def evaluate_all(model_dir: str, seed: int = 1234, engines=("transformers", "hearthlm"), max_new_tokens: int = 160,
+                 sets=("first_tries", "heldout")):
+    """Every set under every system-prompt choice and engine, plus multi-turn, teacher-
+    forced (wrong replies listed for the default system prompt); then whether the
+    engines agree row by row."""
     results = {}
-    for engine in engines:
-        answer = (transformers_answerer if engine == "transformers" else hearthlm_answerer)(model_dir, max_new_tokens)
-        for name in ("first_tries", "heldout"):
-            rows = load_rows(f"{model_dir}/{name}.jsonl")
+    for name in engines:
+        engine = Engine(name, model_dir, max_new_tokens)
+        for set_name in sets:
+            rows = load_rows(f"{model_dir}/{set_name}.jsonl")
             for sys_name, system in SYSTEMS.items():
-                label = f"{engine} {name} system={sys_name}"
-                results[label] = evaluate(answer, with_system(rows, system), label, show_errors=sys_name == "default")
-            label = f"{engine} {name} multi-turn"
-            results[label] = evaluate(answer, heldout_multiturn(rows, seed), label)
+                label = f"{set_name} system={sys_name}"
+                results[name, label] = evaluate(engine, with_system(rows, system), f"{name} {label}",
+                                                show_errors=sys_name == "default", teacher_forced=True)
+            label = f"{set_name} multi-turn"
+            results[name, label] = evaluate(engine, heldout_multiturn(rows, seed, n_tokens=engine.n_tokens),
+                                            f"{name} {label}", show_errors=False, teacher_forced=True)
+    if len(engines) == 2:
+        labels = sorted({label for _, label in results})
+        differ = [label for label in labels if results[engines[0], label] != results[engines[1], label]]
+        print(f"{engines[0]} and {engines[1]} agree row by row on {len(labels) - len(differ)}/{len(labels)} "
+              f"evaluations" + (f"; they differ on {differ}" if differ else ""), flush=True)
     return results
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", default="pylib/hearthlm/demo_model")
-    ap.add_argument("--set", default="heldout", choices=["heldout", "first_tries"])
+    ap.add_argument("--set", default="heldout", help="a .jsonl set of MODEL_DIR (heldout, first_tries) or a path")
     ap.add_argument("--engine", default="transformers", choices=["transformers", "hearthlm"])
     ap.add_argument("--dtype", default=None, help="hearthlm weight dtype (default: the checkpoint's)")
     ap.add_argument("--system", default=None, help='replace the system message ("none": drop it)')
     ap.add_argument("--multi-turn", action="store_true", help="prepend 1-3 earlier turns (other rows + answers)")
+    ap.add_argument("--teacher-forced", action="store_true", help="one forward pass per question (same verdicts)")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the --multi-turn conversations")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--all", action="store_true", help="every set, system prompt and engine")
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--all", action="store_true", help="every set, system prompt and engine, teacher-forced")
     ap.add_argument("--quiet", action="store_true", help="do not list wrong answers")
     args = ap.parse_args()
     if args.all:
         evaluate_all(args.model_dir, args.seed, max_new_tokens=args.max_new_tokens)
         return 0
-    if args.engine == "hearthlm":
-        answer = hearthlm_answerer(args.model_dir, args.max_new_tokens, args.dtype)
-    else:
-        answer = transformers_answerer(args.model_dir, args.max_new_tokens)
-    rows = with_system(load_rows(f"{args.model_dir}/{args.set}.jsonl"), args.system)
+    engine = Engine(args.engine, args.model_dir, args.max_new_tokens, args.dtype)
+    path = args.set if args.set.endswith(".jsonl") else f"{args.model_dir}/{args.set}.jsonl"
+    rows = with_system(load_rows(path), args.system)
     if args.multi_turn:
-        rows = heldout_multiturn(rows, args.seed)
-    evaluate(answer, rows, f"{args.engine} {args.set} system={args.system or 'as in the file'}"
-             + (" multi-turn" if args.multi_turn else ""), show_errors=not args.quiet)
+        rows = heldout_multiturn(rows, args.seed, n_tokens=engine.n_tokens)
+    evaluate(engine, rows, f"{args.engine} {args.set} system={args.system or 'as in the file'}"
+             + (" multi-turn" if args.multi_turn else ""), show_errors=not args.quiet,
+             teacher_forced=args.teacher_forced)
     return 0
 
 

@@ -62,8 +62,8 @@ CHAT_TEMPLATE = (
 )
 
 # Sampling weights of the tasks in a training conversation's turns.
-TASK_WEIGHTS = {"add": 0.20, "sub": 0.21, "mul": 0.08, "cmp": 0.12, "count": 0.06, "rev": 0.08,
-                "greet": 0.05, "oos": 0.08, "copy": 0.12}
+TASK_WEIGHTS = {"add": 0.17, "sub": 0.19, "mul": 0.05, "cmp": 0.08, "count": 0.04, "rev": 0.05,
+                "greet": 0.05, "oos": 0.06, "copy": 0.17, "replace": 0.07, "swap": 0.07}
 # add / sub / cmp questions by how many operands are single digits (2, 1, 0).
 DIGIT_CLASS_WEIGHTS = [0.3, 0.3, 0.4]
 # Number of user/assistant turns per training conversation (each turn's question is an
@@ -281,6 +281,8 @@ def main():
     ap.add_argument("--data-seed", type=int, default=None,
                     help="seed of the batch sampling (default: --seed + 1); --seed fixes the split")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--micro-batch", type=int, default=8,
+                    help="conversations per forward pass (sorted by length; gradients summed over the batch)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=200)
@@ -362,6 +364,13 @@ def main():
     codec = TurnCodec(tok)
     tasks = list(TASK_WEIGHTS)
     enc = {t: codec.pieces(train[t]) for t in tasks}
+    # a single turn must fit under the longest system prompt (long copy / edit passages)
+    room = MAX_TOKENS - max(len(codec.head(s_)) for s_ in [DEFAULT_SYSTEM] + TRAIN_SYSTEMS)
+    for t in tasks:
+        keep = [i for i, (q, a) in enumerate(enc[t]) if len(q) + len(a) <= room]
+        if len(keep) < len(enc[t]):
+            print(f"  {t}: {len(enc[t]) - len(keep)} training texts longer than {room} tokens left out", flush=True)
+            train[t], enc[t] = [train[t][i] for i in keep], [enc[t][i] for i in keep]
     # add / sub / cmp drawn by digit class (single-digit questions are few but asked most)
     pools = {}
     for t in tasks:
@@ -482,26 +491,33 @@ def main():
                 tm += [-1] * len(q) + [tasks.index(t)] * len(a) + [-1] * len(codec.nl)
             tmasks.append(tm[Q:])
             n_answers += len(turns)
-        x, y = make_batch(batch, SPECIAL_TOKENS.index(PAD))
-        tmask = torch.full(y.shape, -1, dtype=torch.long)
-        for i, tm in enumerate(tmasks):
-            tmask[i, : len(tm) - 1] = torch.tensor(tm[1:], dtype=torch.long)
-        logits = forward_shared_prefix(model, prefix_t, x)
-        tok_loss = torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="none").view(y.shape)
-        n_tok = (y != -100).sum()
-        loss = tok_loss.sum() / n_tok
-        with torch.no_grad():
-            for ti, t in enumerate(tasks):
-                mt = tmask == ti
-                if mt.any():
-                    task_loss[t][0] += float(tok_loss[mt].mean())
-                    task_loss[t][1] += 1
+        # conversations of similar length together (micro-batches of --micro-batch, the
+        # gradients summed): long copy turns would otherwise pad every row of the step
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i][0]))
+        n_tok = sum(sum(sup[1:]) for _, sup in batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for c in range(0, len(order), args.micro_batch):
+            chunk = order[c:c + args.micro_batch]
+            x, y = make_batch([batch[i] for i in chunk], SPECIAL_TOKENS.index(PAD))
+            tmask = torch.full(y.shape, -1, dtype=torch.long)
+            for r, i in enumerate(chunk):
+                tmask[r, : len(tmasks[i]) - 1] = torch.tensor(tmasks[i][1:], dtype=torch.long)
+            logits = forward_shared_prefix(model, prefix_t, x)
+            tok_loss = torch.nn.functional.cross_entropy(
+                logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="none").view(y.shape)
+            chunk_loss = tok_loss.sum() / n_tok
+            chunk_loss.backward()
+            loss_sum += chunk_loss.item()
+            with torch.no_grad():
+                for ti, t in enumerate(tasks):
+                    mt = tmask == ti
+                    if mt.any():
+                        task_loss[t][0] += float(tok_loss[mt].sum())
+                        task_loss[t][1] += int(mt.sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        run_loss += loss.item()
+        run_loss += loss_sum
         run_n += 1
         steps_done = step + 1
         if steps_done % args.log_every == 0 or steps_done == args.steps:
@@ -532,7 +548,7 @@ def main():
     model.generation_config.eos_token_id = [SPECIAL_TOKENS.index(IM_END)]
     model.generation_config.pad_token_id = SPECIAL_TOKENS.index(PAD)
     model.generation_config.do_sample = False
-    model.generation_config.max_new_tokens = 48
+    model.generation_config.max_new_tokens = 160
     model.save_pretrained(str(out), safe_serialization=True)
     # Also record rope_theta at top level (the legacy key older readers expect).
     cfg_path = out / "config.json"

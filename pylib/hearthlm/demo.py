@@ -9,7 +9,8 @@ from .errors import ModelFormatError
 # What the demo model can do (its card: demo_model/README.md), for the chat banner.
 SKILLS = ("the demo model (2.5M parameters) knows only: sums, differences, products up to 12 x 12 "
           "and comparisons of numbers up to 99 (\"What is 12 plus 7?\"), letter counts and "
-          "reversed words of its 76 words (\"Reverse the word lemon.\"), and greetings")
+          "reversed words of its 76 words (\"Reverse the word lemon.\"), repeating a text word "
+          "for word (\"Repeat after me: ...\"), and greetings")
 
 
 def is_demo(path: str) -> bool:
