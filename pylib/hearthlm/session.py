@@ -275,8 +275,10 @@ class SessionGroup:
     pass over the weights (Transformer.forward_batch). Each session also works alone."""
 
     def __init__(self, model, n_sessions: int, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH):
-        """max_tokens: the most tokens one feed() runs, all sessions together."""
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH,
+                 max_logits: Optional[int] = None):
+        """max_tokens: the most tokens one feed() runs, all sessions together;
+        max_logits: the most rows of logits one feed() returns (default n_sessions)."""
         args = model.args
         n_ctx, n_keep = context_size(args, n_ctx, n_keep)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
@@ -286,14 +288,17 @@ class SessionGroup:
         self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i, n_keep))
                          for i in range(n_sessions)]
         self.max_tokens = max_tokens
-        self.buf = model.transformer.buffers(max_tokens, n_sessions)
-        self.logits = np.zeros((n_sessions, args.vocab_size), np.float32)
+        max_logits = max_logits or n_sessions
+        self.buf = model.transformer.buffers(max_tokens, n_sessions, max_logits)
+        self.logits = np.zeros((max_logits, args.vocab_size), np.float32)
 
-    def feed(self, batch) -> np.ndarray:
+    def feed(self, batch, tails: Optional[Sequence[int]] = None) -> np.ndarray:
         """batch: (session, token ids) pairs, each session of this group at most once,
         at most max_tokens ids in all. Appends the ids to each session and runs them in
         one forward; returns logits [len(batch), vocab], row i after batch[i]'s last id
-        (a view of the group's buffer, valid until the next feed)."""
+        (a view of the group's buffer, valid until the next feed). With tails (per
+        pair, how many of its last ids want logits; at most max_logits in all): the
+        rows after each of those ids, pair by pair, [sum(tails), vocab]."""
         if not batch or len(batch) > len(self.sessions):
             raise InvalidInputError(f"batch: expected 1 to {len(self.sessions)} (session, ids) pairs")
         if len({id(s) for s, _ in batch}) != len(batch) or any(s.cache.pool is not self.pool for s, _ in batch):
@@ -308,13 +313,22 @@ class SessionGroup:
             if total > self.max_tokens or min(len(ids) for _, ids in items) < 1:
                 raise InvalidInputError(f"batch: {total} token ids (at least one per session) exceed the group's "
                                         f"max_tokens={self.max_tokens}")
+            if tails is not None:
+                tails = list(tails)
+                if len(tails) != len(items) or not all(isinstance(n, int) and 1 <= n <= len(ids)
+                                                       for n, (_, ids) in zip(tails, items)):
+                    raise InvalidInputError("tails: expected, per pair, an integer from 1 to its number of ids")
+                if sum(tails) > len(self.logits):
+                    raise InvalidInputError(f"tails: {sum(tails)} rows of logits exceed the group's "
+                                            f"max_logits={len(self.logits)}")
             for s, ids in items:
                 if len(ids) > s.cache.ring_size:
                     raise InvalidInputError(f"batch: {len(ids)} ids exceed a session's ring of "
                                             f"{s.cache.ring_size} tokens; feed them in parts")
                 s._make_room(len(ids))
-            logits = self.logits[:len(items)]
-            self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits)
+            logits = self.logits[:len(items) if tails is None else sum(tails)]
+            self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits,
+                                                 tails=tails)
             for s, ids in items:
                 s._tokens.extend(ids.tolist())
             return logits

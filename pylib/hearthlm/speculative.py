@@ -35,6 +35,7 @@ same token as without speculation.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import time
 from dataclasses import replace
@@ -126,7 +127,7 @@ class DraftSession:
                 break
             same += 1
         same = min(same, len(text) - self.start - 1)  # feed at least one token, for its logits
-        if len(text) - self.start + room > s.n_ctx:
+        if same < 0 or len(text) - self.start + room > s.n_ctx:  # same < 0: the text ends before the window
             self.start, same = max(0, len(text) - s.n_ctx // 2), 0
             s.reset()
             held.clear()
@@ -223,22 +224,25 @@ class ForwardCosts:
 
     def __init__(self, max_tokens: int):
         self.cost = [0.0] * (max_tokens + 1)  # 0 = not measured yet
+        self.known: list[int] = []            # the sizes measured, in order
 
     def __call__(self, m: int) -> float:
         if m < len(self.cost) and self.cost[m] > 0:
             return self.cost[m]
         prior = lambda n: 1 + 0.25 * (n - 1)
-        known = [j for j, c in enumerate(self.cost) if c > 0]
-        if not known:
+        if not self.known:
             return prior(m)
-        j = min(known, key=lambda j: abs(j - m))
+        at = bisect.bisect(self.known, m)
+        j = min(self.known[max(at - 1, 0):at + 1], key=lambda j: abs(j - m))
         return self.cost[j] * prior(m) / prior(j)
 
     def measure(self, m: int, seconds: float) -> None:
         if m >= len(self.cost):
             return
-        if any(self.cost):  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
+        if self.known:  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
             seconds = min(seconds, 2 * self(m))
+        if self.cost[m] == 0:
+            bisect.insort(self.known, m)
         self.cost[m] = smoothed(self.cost[m], seconds)
 
 

@@ -20,9 +20,11 @@ from .weights import WeightReader, Weights
 
 class Buffers:
     """The program's activations for up to `max_tokens` tokens of up to `max_sequences`
-    sequences per forward call, allocated once."""
+    sequences per forward call, and up to `max_logits` rows of logits (each sequence's
+    last tokens), allocated once."""
 
-    def __init__(self, program: Program, max_tokens: int, max_sequences: int, scratch_bytes: int):
+    def __init__(self, program: Program, max_tokens: int, max_sequences: int, scratch_bytes: int,
+                 max_logits: int):
         T = max_tokens
         self.max_tokens = T
         self.rows = {name: np.zeros((T, width), np.float32) for name, width in program.buffers.items()}
@@ -34,13 +36,14 @@ class Buffers:
         self.slots = np.zeros(T, np.int64)        # each token's cache slot
         self.ranges = np.zeros((T, 2), np.int64)  # the slots it attends: (first, count)
         self.last = np.zeros(max_sequences, np.int64)  # each sequence's last token
-        self.last_rows = np.zeros((max_sequences, self.output.shape[1]), np.float32)  # ... its hidden state
+        self.picked = np.zeros(max_logits, np.int64)  # the tokens whose logits are wanted
+        self.last_rows = np.zeros((max(max_sequences, max_logits), self.output.shape[1]), np.float32)  # their hidden states
         self.placer = Placer(self.ids, self.positions, self.slots, self.ranges, self.last)
 
     @property
     def arrays(self) -> list:
         return [*self.native, self.scratch, self.positions, self.ids, self.slots, self.ranges, self.last,
-                self.last_rows]
+                self.picked, self.last_rows]
 
 
 class Transformer:
@@ -58,11 +61,14 @@ class Transformer:
         # edited in place, so forwards in other threads see old or new tables, never a mix.
         self.rope = tuple((np.zeros((0, r.rotary_dim // 2), np.float32),) * 2 for r in args.rope)
 
-    def buffers(self, max_tokens: int, max_sequences: Optional[int] = None) -> Buffers:
+    def buffers(self, max_tokens: int, max_sequences: Optional[int] = None,
+                max_logits: Optional[int] = None) -> Buffers:
         """Buffers for forwards of up to max_tokens tokens of up to max_sequences
-        sequences (default: max_tokens, as every sequence has a token)."""
-        return Buffers(self.program, max_tokens, max_sequences or max_tokens,
-                       self.native.scratch_bytes(max_tokens))
+        sequences (default: max_tokens, as every sequence has a token), with up to
+        max_logits rows of logits picked by tails (default: one per sequence)."""
+        max_sequences = max_sequences or max_tokens
+        return Buffers(self.program, max_tokens, max_sequences, self.native.scratch_bytes(max_tokens),
+                       max_logits or max_sequences)
 
     def matrix_bytes(self) -> int:
         """Bytes of the matrices one token multiplies by (a mixture of experts: only the
@@ -100,12 +106,15 @@ class Transformer:
         for the last one only."""
         self.forward_batch(((ids, cache),), buf, logits_out, all_logits=logits_out.shape[0] == len(ids))
 
-    def forward_batch(self, items, buf: Buffers, logits_out: np.ndarray, all_logits: bool = False) -> None:
+    def forward_batch(self, items, buf: Buffers, logits_out: np.ndarray, all_logits: bool = False,
+                      tails: Optional[list] = None) -> None:
         """Tokens of several sequences in one pass over the weights. items: (ids,
         cache) pairs, every cache a region of one KVPool, at most buf.max_tokens tokens
         in all; each sequence's tokens are appended to its cache and attend only it.
         logits_out: [len(items), vocab], the logits after each sequence's last token;
-        with all_logits, [tokens, vocab] for every token in order."""
+        with all_logits, [tokens, vocab] for every token in order; with tails (per
+        item, 1 <= n <= its ids, at most the buffers' max_logits in all),
+        [sum(tails), vocab]: the logits after each item's last n tokens, in order."""
         pool = items[0][1].pool
         T, n_positions = buf.placer.place(items, pool)
         K.embed(buf.input[:T], self.embed_tokens.weight, buf.ids[:T], self.embed_tokens.wtype)
@@ -115,6 +124,13 @@ class Transformer:
                             self.n_threads)
         if all_logits:
             hidden, rows = buf.output[:T], T
+        elif tails is not None:
+            rows = 0
+            for last, n in zip(buf.last.tolist(), tails):
+                for row in range(last - n + 1, last + 1):
+                    buf.picked[rows] = row
+                    rows += 1
+            hidden = np.take(buf.output, buf.picked[:rows], axis=0, out=buf.last_rows[:rows])
         else:
             rows = len(items)
             hidden = buf.output[T - 1:T] if rows == 1 else np.take(buf.output, buf.last[:rows], axis=0,
