@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import hearthlm
 import tiny_models
+import tool_models
 from hearthlm import InvalidInputError
 from hearthlm import speculative as sp
 from hearthlm.demo import demo_model_path
@@ -25,6 +26,7 @@ from hearthlm.serve.scheduler import Delta, Failed, Finished, Job, Scheduler
 from hearthlm.session import SessionGroup
 from serve_util import serve, serve_process, slow_steps
 from test_speculative import N_SAMPLES, N_TOKENS, SAMPLED, chi_square_p, exact_distribution
+from tool_models import MESSAGES, TOOLS
 
 PASSAGE = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
@@ -213,6 +215,29 @@ def test_cancelling_mid_round_frees_the_slot(servers, plain_replies):
         restore()
     assert server.scheduler.stats.finished["cancelled"] >= 1
     assert ask(client, "completions", dict(reqs["grounded"][1]))[0] == plain["grounded"][0]
+
+
+def test_tool_calls_are_the_plain_servers(tmp_path_factory):
+    """Tool calls (the constraint's trigger and JSON arguments) with prompt lookup,
+    greedy and seeded, sent at once."""
+    model = hearthlm.load(tool_models.build("qwen2.5", str(tmp_path_factory.mktemp("qwen"))), n_threads=1)
+    choices = ["required", {"type": "function", "function": {"name": "add"}}, "auto"]
+
+    def calls(url, i):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="qwen", messages=MESSAGES, tools=TOOLS, tool_choice=choices[i % 3],
+                                           max_tokens=100, temperature=0 if i < 3 else 0.8, seed=i)
+        c = r.choices[0]
+        return c.finish_reason, c.message.content, [(t.function.name, t.function.arguments)
+                                                    for t in c.message.tool_calls or []]
+
+    replies = []
+    for spec in (None, {"speculative": "prompt-lookup"}):
+        with serve(create_app(model, model_name="qwen", parallel=3, max_tokens=100, speculation=spec)) as s:
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                replies.append(list(pool.map(lambda i: calls(s.url, i), range(6))))
+    assert replies[0] == replies[1]
+    assert sum(reason == "tool_calls" for reason, _, _ in replies[0]) >= 4
 
 
 # -- the scheduler: sampling with a draft model keeps the target's distribution ------------
