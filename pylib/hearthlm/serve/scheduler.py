@@ -307,7 +307,7 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             rows = self._forward_step([(s, chunk + s.drafts.drafts if s.drafts else chunk) for s, chunk in batch],
-                                      tails)
+                                      tails if self.drafting is not None else None)
         except Exception as e:  # noqa: BLE001  the requests of this step fail; the server goes on
             for slot, _ in batch:
                 slot.session.reset()
@@ -340,10 +340,10 @@ class Scheduler:
         if decoding:
             self.drafting.propose(decoding, other)
 
-    def _forward_step(self, batch: list[tuple[Slot, list[int]]], tails: list[int]) -> np.ndarray:
+    def _forward_step(self, batch: list[tuple[Slot, list[int]]], tails: Optional[list[int]]) -> np.ndarray:
         """Feed each slot its tokens (appended to its cache) in one forward for the whole
-        batch; -> the logits after each slot's last tails[i] tokens, slot by slot, valid
-        until the next step."""
+        batch; -> the logits after each slot's last tails[i] tokens (None: its last
+        one), slot by slot, valid until the next step."""
         return self.group.feed([(slot.session, tokens) for slot, tokens in batch], tails)
 
     def _sample(self, slot: Slot, rows: np.ndarray) -> int:
