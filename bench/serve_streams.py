@@ -23,10 +23,12 @@ its rounds interleaved with hearthlm's (both servers are up; the idle one sleeps
 With --lookup (and/or --draft MODEL), `hearthlm serve --lookup` (`--draft MODEL`) runs
 beside the plain server, rounds interleaved, for each of --prompts: "grounded" (a
 passage, then an instruction to repeat it: what prompt lookup is for) and "free" (a
-short prompt, free text). The table gives each engine's ratio to the plain server on
-the same prompt and streams, and the acceptance (drafted tokens kept, from the usage's
-completion_tokens_details). Random weights do not copy a passage, so only a trained
-model shows the grounded gain; on random weights, lookup gains where greedy decoding
+short prompt, free text). The table gives each engine's ratio to the same server
+without speculation ("× plain") on the same prompt and streams, and the acceptance
+(drafted tokens kept, from the usage's completion_tokens_details). With --llama-server
+too, `llama-server --spec-type ngram-simple` (llama.cpp's prompt lookup) joins (its
+acceptance is not in its usage: "–"). Random weights do not copy a passage, so only a
+trained model shows the grounded gain; on random weights, lookup gains where greedy decoding
 falls into loops, which it copies.
 """
 import argparse
@@ -148,6 +150,9 @@ def main():
         from hearthlm.gguf_export import export_gguf
         gguf = export_gguf(folder, args.dtype or "bf16")
         engines["llama-server"] = lambda n: llama_server(args.llama_server, gguf, n, args.threads, per_slot * n)
+        if args.lookup:  # llama.cpp's own prompt lookup
+            engines["llama-server ngram-simple"] = lambda n: llama_server(
+                args.llama_server, gguf, n, args.threads, per_slot * n, "--spec-type", "ngram-simple")
     rows = []
     for n in [int(s) for s in args.streams.split(",")]:
         with contextlib.ExitStack() as stack:
@@ -170,7 +175,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["engine"] == r["engine"] and b["prompt"] == r["prompt"])["aggregate_tps"]
-        plain = next(b for b in rows if b["engine"] == "hearthlm" and b["prompt"] == r["prompt"]
+        plain = next(b for b in rows if b["engine"] == r["engine"].split(" ")[0] and b["prompt"] == r["prompt"]
                      and b["streams"] == r["streams"])["aggregate_tps"]
         kept = "–" if r["acceptance"] != r["acceptance"] else f"{100 * r['acceptance']:.0f} %"
         print(f"| {r['engine']} | {r['prompt']} | {r['streams']} | {r['aggregate_tps']:.1f} | "
@@ -179,12 +184,12 @@ def main():
 
 
 @contextlib.contextmanager
-def llama_server(binary: str, gguf: str, parallel: int, threads, n_ctx: int):
+def llama_server(binary: str, gguf: str, parallel: int, threads, n_ctx: int, *extra: str):
     """llama-server on a free loopback port -> (url, process), as serve_process does."""
     port = free_port()
     cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
-           "-c", str(n_ctx), "-b", "512", "--no-webui", "-cb"] + (["-t", str(threads), "-tb", str(threads)]
-                                                                 if threads else [])
+           "-c", str(n_ctx), "-b", "512", "--no-webui", "-cb", *extra] + (["-t", str(threads), "-tb", str(threads)]
+                                                                         if threads else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

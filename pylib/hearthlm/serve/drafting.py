@@ -114,7 +114,7 @@ class Drafting:
         for state, k in chosen:
             todo[id(state)] = state.draft.catch_up(state.text, k, state.known)
             state.known = len(state.text)
-            state.sampler.start(state.text)
+            state.sampler.start(state.text[-max(state.sampler.config.repeat_last_n, 1):])
             state.qs = None if state.greedy else []
         while any(len(ids) > self.chunk for ids in todo.values()):  # long catch-ups (a prompt) in parts
             part = [(state, todo[id(state)][:self.chunk]) for state, _ in chosen if len(todo[id(state)]) > self.chunk]
