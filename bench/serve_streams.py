@@ -27,7 +27,9 @@ short prompt, free text). The table gives each engine's ratio to the same server
 without speculation ("× plain") on the same prompt and streams, and the acceptance
 (drafted tokens kept, from the usage's completion_tokens_details). With --llama-server
 too, `llama-server --spec-type ngram-simple` (llama.cpp's prompt lookup) joins (its
-acceptance is not in its usage: "–"). Random weights do not copy a passage, so only a
+acceptance is not in its usage: "–"). "tokens per step": the round's tokens over
+hearthlm's scheduler steps (from /metrics; prefill steps included), which load on the
+machine does not change: N streams decoding plainly make about N. Random weights do not copy a passage, so only a
 trained model shows the grounded gain; on random weights, lookup gains where greedy decoding
 falls into loops, which it copies.
 """
@@ -82,15 +84,28 @@ def one_stream(url: str, prompt, tokens: int, per_token: bool) -> dict:
 
 
 def run_round(url: str, streams: int, prompt, tokens: int, per_token: bool) -> dict:
+    before = counters(url)
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(lambda _: one_stream(url, prompt, tokens, per_token), range(streams)))
     wall = time.perf_counter() - t0
+    after = counters(url)
     drafted = sum(r["drafted"] for r in results)
+    steps = after.get("hearthlm_forward_steps_total", 0) - before.get("hearthlm_forward_steps_total", 0)
     return {"aggregate_tps": sum(r["tokens"] for r in results) / wall,
             "stream_decode_tps": statistics.median(r["decode_tps"] for r in results),
             "ttft": statistics.median(r["ttft"] for r in results),
-            "acceptance": sum(r["accepted"] for r in results) / drafted if drafted else float("nan")}
+            "acceptance": sum(r["accepted"] for r in results) / drafted if drafted else float("nan"),
+            "tokens_per_step": sum(r["tokens"] for r in results) / steps if steps else float("nan")}
+
+
+def counters(url: str) -> dict:
+    """hearthlm serve's Prometheus counters ({} from a server without them)."""
+    r = httpx.get(url + "/metrics", timeout=30)
+    if r.status_code != 200 or "hearthlm_forward_steps_total" not in r.text:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+    return {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
 
 
 def prompts_for(kinds: list, has_tokenizer: bool, n_prompt: int) -> dict:
@@ -171,16 +186,17 @@ def main():
         print(json.dumps(rows, indent=2))
         return
     print("| engine | prompt | streams | aggregate tok/s | × plain | × its 1st row | per-stream decode tok/s | "
-          "TTFT ms | drafts kept |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "TTFT ms | drafts kept | tokens per step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["engine"] == r["engine"] and b["prompt"] == r["prompt"])["aggregate_tps"]
         plain = next(b for b in rows if b["engine"] == r["engine"].split(" ")[0] and b["prompt"] == r["prompt"]
                      and b["streams"] == r["streams"])["aggregate_tps"]
         kept = "–" if r["acceptance"] != r["acceptance"] else f"{100 * r['acceptance']:.0f} %"
+        per_step = "–" if r["tokens_per_step"] != r["tokens_per_step"] else f"{r['tokens_per_step']:.2f}"
         print(f"| {r['engine']} | {r['prompt']} | {r['streams']} | {r['aggregate_tps']:.1f} | "
               f"{r['aggregate_tps'] / plain:.2f} | {r['aggregate_tps'] / base:.2f} | {r['stream_decode_tps']:.1f} | "
-              f"{r['ttft'] * 1000:.0f} | {kept} |")
+              f"{r['ttft'] * 1000:.0f} | {kept} | {per_step} |")
 
 
 @contextlib.contextmanager

@@ -355,6 +355,18 @@ def test_a_job_whose_drafts_fail_stops_drafting_but_probes(demo, monkeypatch):
     assert [b for _, b in drafted].count(1) == 2 and [b for _, b in drafted].count(0) == 2 * sp.PROBE_EVERY - 2
 
 
+def test_a_new_job_starts_from_the_servers_acceptance(demo):
+    d = drafting.Drafting(demo, 2, 128, 64, "f32", speculative="prompt-lookup")
+    prompt = [5, 6, 7, 8, 5, 6, 7]
+    first = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 0, prompt)
+    for _ in range(5):
+        first.kind, first.drafts = 3, [1, 2, 3, 4]
+        first.update(0)  # all rejected
+    assert first.drafts == [] and d.acceptance.of(3) == first.acceptance.of(3) < 0.2
+    second = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 1, prompt)
+    assert second.acceptance.of(3) == d.acceptance.of(3) and second.acceptance.of(2) == sp.PRIOR_RATE
+
+
 def test_bad_speculation_options_are_refused_by_name(demo, small_vocab):
     with pytest.raises(InvalidInputError, match="speculative: expected one of prompt-lookup"):
         Scheduler(demo, 1, speculative="ngram")

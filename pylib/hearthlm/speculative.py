@@ -202,10 +202,11 @@ def smoothed(mean: float, value: float) -> float:
 
 
 class Acceptance:
-    """The acceptance rate of drafts per drafter kind (a running mean)."""
+    """The acceptance rate of drafts per drafter kind (a running mean), starting from
+    `start`'s rates (or PRIOR_RATE)."""
 
-    def __init__(self):
-        self.rate: dict = {}
+    def __init__(self, start: Optional["Acceptance"] = None):
+        self.rate: dict = dict(start.rate) if start is not None else {}
 
     def of(self, kind) -> float:
         return min(self.rate.get(kind, PRIOR_RATE), 0.99)

@@ -7,9 +7,10 @@ verify_token keep the drafts the model agrees with, exactly as model.generate do
 the scheduler rewinds the rest (Session.rewind: nothing is copied).
 
 How many tokens each job drafts is speculative.draft_lengths: the split with the most
-expected tokens per second, from each job's acceptance rate and the measured cost of
-forwards of M tokens (which the step's other jobs share). A job whose drafts are rarely
-kept stops drafting, with a one-token probe every PROBE_EVERY steps. Drafts never pass
+expected tokens per second, from each job's acceptance rate (starting from the rate over
+all jobs so far) and the measured cost of forwards of M tokens (which the step's other
+jobs share). A job whose drafts are rarely kept stops drafting, with a one-token probe
+every PROBE_EVERY steps. Drafts never pass
 max_tokens or the slot's context, and `max_draft` (the request's speculative.n_max)
 caps them.
 
@@ -35,9 +36,10 @@ class JobDrafts:
     """One job's speculation: its text so far, its acceptance, its drafter's state and
     this step's drafts."""
 
-    def __init__(self, job, prompt: list[int], draft: Optional[DraftSession]):
+    def __init__(self, job, prompt: list[int], draft: Optional[DraftSession], served: Acceptance):
         self.text = list(prompt)  # the prompt and the tokens generated
-        self.acceptance = Acceptance()
+        self.served = served      # the acceptance over every job so far: where a new job's starts
+        self.acceptance = Acceptance(served)
         self.idle = 0             # steps without drafting since the last probe
         self.rng = np.random.default_rng(job.sampler.seed)
         self.greedy = job.sampler.config.temperature == 0
@@ -57,6 +59,7 @@ class JobDrafts:
         """The first `accepted` of this step's drafts were kept."""
         if self.drafts:
             self.acceptance.update(self.kind, len(self.drafts), accepted)
+            self.served.update(self.kind, len(self.drafts), accepted)
         self.drafts, self.qs = [], None
 
 
@@ -79,10 +82,11 @@ class Drafting:
             self.sessions = [DraftSession(s) for s in self.group.sessions]
         self.chunk = max_tokens // n_slots  # tokens a draft session catches up per forward
         self.costs = ForwardCosts(max_tokens)
+        self.acceptance = Acceptance()  # over every job
         self.draft_seconds = 0.0  # per draft position (0 for prompt lookup)
 
     def start(self, job, slot_index: int, prompt: list[int]) -> JobDrafts:
-        return JobDrafts(job, prompt, self.sessions[slot_index])
+        return JobDrafts(job, prompt, self.sessions[slot_index], self.acceptance)
 
     def propose(self, decoding: list, other_tokens: int) -> None:
         """decoding: (JobDrafts, the most drafts its slot allows now) of each decoding
