@@ -36,8 +36,9 @@ class Buffers:
         self.slots = np.zeros(T, np.int64)        # each token's cache slot
         self.ranges = np.zeros((T, 2), np.int64)  # the slots it attends: (first, count)
         self.last = np.zeros(max_sequences, np.int64)  # each sequence's last token
-        self.picked = np.zeros(max_logits, np.int64)  # the tokens whose logits are wanted
-        self.last_rows = np.zeros((max(max_sequences, max_logits), self.output.shape[1]), np.float32)  # their hidden states
+        self.picked = np.zeros(max_logits, np.int64)  # the tokens whose logits are wanted (tails)
+        # the hidden states of those tokens (or of each sequence's last)
+        self.last_rows = np.zeros((max(max_sequences, max_logits), self.output.shape[1]), np.float32)
         self.placer = Placer(self.ids, self.positions, self.slots, self.ranges, self.last)
 
     @property

@@ -105,7 +105,7 @@ class Slot:
         self.job: Optional[Job] = None
         self.pending: list[int] = []   # tokens to feed at the next steps
         self.last_used = 0
-        self.drafts = None             # the job's JobDrafts when the server speculates
+        self.spec = None               # the job's JobDrafts when the server speculates
 
 
 class Stats:
@@ -288,7 +288,7 @@ class Scheduler:
         slot.job, slot.pending, slot.last_used = job, prompt[keep:], next(self._clock)
         job.cached_tokens = keep
         if self.drafting is not None:
-            slot.drafts = self.drafting.start(job, self.slots.index(slot), prompt)
+            slot.spec = self.drafting.start(job, self.slots.index(slot), prompt)
         job.sampler.start(prompt)
         self.stats.prompt_tokens += len(prompt)
         self.stats.cached_tokens += keep
@@ -303,10 +303,10 @@ class Scheduler:
         batch = [(s, s.pending[:self.prefill_chunk]) for s in busy]
         if self.drafting is not None:
             self._propose(batch)
-        tails = [1 + len(s.drafts.drafts) if s.drafts else 1 for s in busy]
+        tails = [1 + len(s.spec.drafts) if s.spec else 1 for s in busy]
         t0 = time.perf_counter()
         try:
-            rows = self._forward_step([(s, chunk + s.drafts.drafts if s.drafts else chunk) for s, chunk in batch],
+            rows = self._forward_step([(s, chunk + s.spec.drafts if s.spec else chunk) for s, chunk in batch],
                                       tails if self.drafting is not None else None)
         except Exception as e:  # noqa: BLE001  the requests of this step fail; the server goes on
             for slot, _ in batch:
@@ -336,7 +336,7 @@ class Scheduler:
             limit = min(job.max_tokens - job.completion_tokens - 1,  # the round stays within max_tokens,
                         self.n_ctx - cache.length - 1,               # the context (no shift),
                         cache.ring_size - 1, self.prefill_chunk - 1)  # and the step's token budget
-            decoding.append((slot.drafts, limit))
+            decoding.append((slot.spec, limit))
         if decoding:
             self.drafting.propose(decoding, other)
 
@@ -349,7 +349,7 @@ class Scheduler:
     def _sample(self, slot: Slot, rows: np.ndarray) -> int:
         """The slot's next tokens from the logits after its pending token (and after each
         of its drafts): emit them, rewind the rejected drafts; -> tokens generated."""
-        job, state = slot.job, slot.drafts
+        job, state = slot.job, slot.spec
         drafts, qs = (state.drafts, state.qs) if state else ([], None)
         rng = state.rng if state else None
 
@@ -386,8 +386,8 @@ class Scheduler:
             job.constraint.accept(token)
         job.completion_tokens += 1
         self.stats.completion_tokens += 1
-        if slot.drafts:
-            slot.drafts.text.append(token)
+        if slot.spec:
+            slot.spec.text.append(token)
         text, stopped = job.reply.add(token)
         logprobs = [token_logprob(logits, token, job.top_logprobs)] if job.top_logprobs is not None else []
         self._emit(job, Delta(text, logprobs, token))
@@ -414,7 +414,7 @@ class Scheduler:
         self._end(slot, Finished(reason, len(job.prompt_ids), job.cached_tokens, job.completion_tokens, *drafts))
 
     def _end(self, slot: Slot, event) -> None:
-        job, slot.job, slot.pending, slot.drafts = slot.job, None, [], None
+        job, slot.job, slot.pending, slot.spec = slot.job, None, [], None
         if isinstance(event, Finished):
             self.stats.finished[event.reason] += 1
         else:
