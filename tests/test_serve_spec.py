@@ -376,11 +376,49 @@ def test_bad_speculation_options_are_refused_by_name(demo, small_vocab):
         Scheduler(demo, 1, draft_model=small_vocab[0])
 
 
-def test_hearthlm_serve_lookup_flag():
-    with serve_process("--lookup", "--parallel", "2") as (url, _):
+@pytest.mark.parametrize("flags", [["--lookup"], ["--draft", demo_model_path()]], ids=["lookup", "draft"])
+def test_hearthlm_serve_speculation_flags(flags):
+    with serve_process(*flags, "--parallel", "2") as (url, _):
         body = {"prompt": f"Repeat after me: {PASSAGE} Again: {PASSAGE}", "max_tokens": 30, "temperature": 0,
                 "ignore_eos": True}
         r = httpx.post(url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 200
         details = r.json()["usage"]["completion_tokens_details"]
         assert details["accepted_prediction_tokens"] + details["rejected_prediction_tokens"] > 0
+
+
+def test_a_prompt_prefilled_in_chunks_joins_drafting_jobs(demo, draft):
+    """A long prompt's chunks share steps with other jobs' drafts (scheduler level,
+    16-token chunks); every job's tokens are the plain scheduler's."""
+    tokenizer = demo.tokenizer
+    first = tokenizer.encode(f"Repeat after me: {PASSAGE} Again:")
+    second = tokenizer.encode(f"{PASSAGE} {PASSAGE[:40]}")
+
+    def run(scheduler):
+        out, started = {}, threading.Event()
+        done = threading.Semaphore(0)
+
+        def job(name, prompt):
+            tokens = out.setdefault(name, [])
+
+            def emit(ev):
+                if isinstance(ev, Delta) and ev.token is not None:
+                    tokens.append(ev.token)
+                    if len(tokens) == 3:
+                        started.set()
+                elif isinstance(ev, (Finished, Failed)):
+                    assert isinstance(ev, Finished), ev
+                    done.release()
+            return Job(prompt, 40, make_sampler(demo, {"temperature": 0}), emit, ignore_eos=True)
+        scheduler.submit(job("first", first))
+        assert started.wait(30)
+        scheduler.submit(job("second", second))  # prefilled in chunks while "first" drafts
+        done.acquire()
+        done.acquire()
+        scheduler.close()
+        return out
+
+    plain = run(Scheduler(demo, 2, n_ctx=256, prefill_chunk=16))
+    for spec in ({"speculative": "prompt-lookup"}, {"draft_model": draft}):
+        s = Scheduler(demo, 2, n_ctx=256, prefill_chunk=16, **spec)
+        assert run(s) == plain and s.stats.accepted_tokens > 0
