@@ -12,11 +12,13 @@
 //               driver built with EMULATE_AVX512=1 (tools/build_kernel_driver.sh).
 // Ends with a pytest-like line "N passed, M failed"; exit status 1 if any failed.
 //
-// A new KernelTable entry needs a check_* function and a line in kChecks (bottom).
+// A new KernelTable entry needs a check_* function and a line in kChecks (bottom); the
+// driver fails while an entry of HEARTHLM_KERNEL_ENTRIES (kernels.h) has none.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -411,20 +413,53 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
 // ---- the list: one line per KernelTable entry. Add new kernels here. ---------------
 
 struct Check {
-  const char* entry;
+  const char* entries;  // the KernelTable members it covers, space-separated
   void (*run)(const KernelTable& t, const KernelTable& ref, Report& r);
-  size_t pointers;  // function pointers of KernelTable this check covers
 };
 const Check kChecks[] = {
-    {"matmul_f32", check_matmul_f32, 1},   {"matmul_bf16", check_matmul_bf16, 1},
-    {"matmul_f16", check_matmul_f16, 1},   {"rmsnorm", check_rmsnorm, 1},
-    {"layernorm", check_layernorm, 1},     {"rope", check_rope, 1},
-    {"attention[kKVTypes]", check_attention, kKVTypes},
-    {"swiglu", check_swiglu, 1},           {"gelu_tanh_glu", check_gelu_tanh_glu, 1},
-    {"add", check_add, 1},
-    {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
-    {"quantize_act + matmul_q[kQuantFormats]", check_matmul_q, 1 + kQuantFormats},
+    {"matmul_f32", check_matmul_f32},   {"matmul_bf16", check_matmul_bf16},
+    {"matmul_f16", check_matmul_f16},   {"rmsnorm", check_rmsnorm},
+    {"layernorm", check_layernorm},     {"rope", check_rope},
+    {"attention", check_attention},     {"swiglu", check_swiglu},
+    {"gelu_tanh_glu", check_gelu_tanh_glu}, {"add", check_add},
+    {"bf16_to_f32", check_bf16_to_f32}, {"f16_to_f32", check_f16_to_f32},
+    {"quantize_act matmul_q", check_matmul_q},
 };
+
+bool covered(const std::string& entry) {
+  for (const Check& c : kChecks)
+    if ((" " + std::string(c.entries) + " ").find(" " + entry + " ") != std::string::npos) return true;
+  return false;
+}
+
+// Dispatch's null check: a complete table passes, and a copy of it with any one entry
+// null is refused with an error naming the ISA and that entry.
+void check_null_entries(const KernelTable& ref, Report& r) {
+  bool complete = true;
+  try {
+    check_kernel_table(ref, ref.isa);
+  } catch (const std::exception& e) {
+    complete = false;
+    r.check(false, std::string("check_kernel_table(") + ref.isa + ")", e.what());
+  }
+  if (complete) r.check(true, std::string("check_kernel_table(") + ref.isa + ")");
+  for_each_entry(ref, [&](const char* name, int slot, const auto&) {
+    KernelTable t = ref;
+    for_each_entry(t, [&](const char* n, int s, auto& entry) {
+      if (std::strcmp(n, name) == 0 && s == slot) entry = nullptr;
+    });
+    const std::string what = "null " + std::string(name) + "[" + std::to_string(slot) + "] refused";
+    try {
+      check_kernel_table(t, ref.isa);
+      r.check(false, what, "accepted");
+    } catch (const std::logic_error& e) {
+      const std::string msg = e.what();
+      r.check(msg.find(std::string("'") + ref.isa + "'") != std::string::npos &&
+                  msg.find(std::string(" ") + name + (slot < 0 ? " " : "[")) != std::string::npos,
+              what, "message: " + msg);
+    }
+  });
+}
 
 }  // namespace
 
@@ -484,14 +519,10 @@ int main(int argc, char** argv) {
     for (const Check& c : kChecks) c.run(*t, ref, r);
   }
 
-  // KernelTable is `const char* isa` followed by function pointers: say if it has grown
-  // entries this driver does not check yet.
-  const size_t table_entries = (sizeof(KernelTable) - sizeof(const char*)) / sizeof(void (*)());
-  size_t checked = 0;
-  for (const Check& c : kChecks) checked += c.pointers;
-  if (table_entries != checked)
-    std::printf("note: KernelTable has %zu function pointers, this driver checks %zu: add the new ones to kChecks\n",
-                table_entries, checked);
+  check_null_entries(ref, r);
+  for_each_entry(ref, [&](const char* name, int slot, const auto&) {
+    if (slot <= 0) r.check(covered(name), std::string("kChecks covers ") + name, "add a check_* for it");
+  });
 
   std::printf("%d passed, %d failed\n", r.passed, r.failed);
   return r.failed ? 1 : 0;

@@ -242,25 +242,33 @@ static void matmul_q6k(float* y, const BlockQ8Act* xq, const void* w, const floa
 }  // namespace scalar
 
 const KernelTable* scalar_kernels() {
-  static const KernelTable table = {
-      "scalar",
-      scalar::matmul_f32,
-      scalar::matmul_bf16,
-      scalar::matmul_f16,
-      scalar::rmsnorm,
-      scalar::layernorm,
-      scalar::rope,
-      {scalar::attention<scalar::ReadF32>, scalar::attention<scalar::ReadF16>,
-       scalar::attention<scalar::ReadBF16>, scalar::attention<scalar::ReadQ8>},
-      scalar::swiglu,
-      scalar::gelu_tanh_glu,
-      scalar::add,
-      scalar::bf16_to_f32,
-      scalar::f16_to_f32,
-      scalar::quantize_act,
-      {scalar::matmul_q<BlockQ8x8>, scalar::matmul_q<BlockQ4x8>, scalar::matmul_affine_k<BlockQ4Kx8>,
-       scalar::matmul_q6k, scalar::matmul_affine_k<BlockQ5Kx8>},
-  };
+  static const KernelTable table = [] {
+    using namespace scalar;
+    KernelTable t{};
+    t.isa = "scalar";
+    t.matmul_f32 = matmul_f32;
+    t.matmul_bf16 = matmul_bf16;
+    t.matmul_f16 = matmul_f16;
+    t.rmsnorm = rmsnorm;
+    t.layernorm = layernorm;
+    t.rope = rope;
+    t.attention[kKVf32] = attention<ReadF32>;
+    t.attention[kKVf16] = attention<ReadF16>;
+    t.attention[kKVbf16] = attention<ReadBF16>;
+    t.attention[kKVq8] = attention<ReadQ8>;
+    t.swiglu = swiglu;
+    t.gelu_tanh_glu = gelu_tanh_glu;
+    t.add = add;
+    t.bf16_to_f32 = bf16_to_f32;
+    t.f16_to_f32 = f16_to_f32;
+    t.quantize_act = quantize_act;
+    t.matmul_q[kQ8] = matmul_q<BlockQ8x8>;
+    t.matmul_q[kQ4] = matmul_q<BlockQ4x8>;
+    t.matmul_q[kQ4K] = matmul_affine_k<BlockQ4Kx8>;
+    t.matmul_q[kQ6K] = matmul_q6k;
+    t.matmul_q[kQ5K] = matmul_affine_k<BlockQ5Kx8>;
+    return t;
+  }();
   return &table;
 }
 
