@@ -75,6 +75,7 @@ class Drafting:
         if (speculative is None) == (draft_model is None):
             raise InvalidInputError("speculative, draft_model: give one of them")
         self.sessions: list[Optional[DraftSession]] = [None] * n_slots
+        self.group = None  # the draft model's sessions, one per slot
         if draft_model is not None:
             check_draft_model(model, draft_model)
             self.group = SessionGroup(draft_model, n_slots, n_ctx=min(n_ctx, draft_model.args.max_position_embeddings),
@@ -106,7 +107,7 @@ class Drafting:
         chosen = [(state, k) for (state, _), k in zip(decoding, ks) if k > 0]
         if not chosen:
             return
-        if chosen[0][0].draft is None:
+        if self.group is None:
             for state, k in chosen:
                 state.drafts, state.qs = state.lookup.draft(state.text, k)
         else:
