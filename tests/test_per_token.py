@@ -56,33 +56,34 @@ def test_ring_keeps_every_token_in_one_slot(model_dir, n_keep):
     model = hearthlm.load(model_dir("llama-mha"))
     pool = KVPool(model.args, 7, 2)
     cache = pool.sequence(1, n_keep)
+    ring = cache.rings[0]
     t = model.transformer
     rng = np.random.default_rng(n_keep)
     slots = np.zeros(7, np.int64)
     for step in range(60):
-        room = cache.capacity - cache.length
+        room = ring.capacity - ring.length
         op = rng.integers(3)
         if op == 0 and room:
             n = int(rng.integers(1, room + 1))
-            start = cache.length
-            cache.reserve(n, slots)
-            order = cache.order()
-            assert (slots[:n] == cache.first + order[start:start + n]).all()
+            start = ring.length
+            ring.reserve(n, slots)
+            order = ring.order()
+            assert (slots[:n] == ring.first + order[start:start + n]).all()
         elif op == 1 and cache.length:
             cache.truncate(int(rng.integers(0, cache.length + 1)))
         elif cache.length > n_keep:
             n = int(rng.integers(1, cache.length - n_keep + 1))
             cache.shift(n, t.shift_rotations(n, 8), 1)
-        order = cache.order()
-        assert held(cache) == {int(s): i for i, s in enumerate(order)}
-        assert all(int(cache.slot_of(i)) == s for i, s in enumerate(order))
-        assert (order[:n_keep] == np.arange(min(n_keep, cache.length))).all()
-    assert (pool.slot_pos[:7] == -1).all()  # the other sequence's region is untouched
+        order = ring.order()
+        assert held(ring) == {int(s): i for i, s in enumerate(order)}
+        assert all(int(ring.slot_of(i)) == s for i, s in enumerate(order))
+        assert (order[:n_keep] == np.arange(min(n_keep, ring.length))).all()
+    assert (pool.groups[0].slot_pos[:7] == -1).all()  # the other sequence's region is untouched
 
 
 def test_ring_refuses_what_does_not_fit(model_dir):
     model = hearthlm.load(model_dir("llama-mha"))
-    cache = KVPool(model.args, 4, 1).sequence(0, 1)
+    cache = KVPool(model.args, 4, 1).sequence(0, 1).rings[0]
     slots = np.zeros(8, np.int64)
     cache.reserve(3, slots)
     with pytest.raises(InvalidInputError, match="5 tokens exceed the cache of 4; shift first"):
@@ -105,12 +106,12 @@ def test_batch_refused_before_any_cache_changes(model_dir):
     buf = t.buffers(8, 2)
     logits = np.zeros((2, model.vocab_size), np.float32)
     t.forward_batch([(np.array([1, 2, 3], np.int32), b)], buf, logits)
-    before = pool.slot_pos.copy()
-    with pytest.raises(InvalidInputError, match=r"items\[1\]: 2 tokens for a cache holding 3 of 4"):
+    before = pool.groups[0].slot_pos.copy()
+    with pytest.raises(InvalidInputError, match=r"items\[1\]: 5 tokens exceed the cache of 4; shift first"):
         t.forward_batch([(np.array([5], np.int32), a), (np.array([6, 7], np.int32), b)], buf, logits)
     with pytest.raises(InvalidInputError, match="items: expected 1 to 2 sequences, got 3"):
         t.forward_batch([(np.array([5], np.int32), a)] * 3, buf, logits)
-    assert a.length == 0 and b.length == 3 and (pool.slot_pos == before).all()
+    assert a.length == 0 and b.length == 3 and (pool.groups[0].slot_pos == before).all()
 
 
 def test_buffers_sized_by_sequences(model_dir):
