@@ -297,6 +297,20 @@ def test_windowed_batched_group_decode(model_dir):
         close(np.stack(r[1:]), eager_logits(folder, t)[-20:])
 
 
+def test_group_window_caches_sized_per_session(model_dir):
+    from hearthlm.errors import InvalidInputError
+    from hearthlm.session import SessionGroup
+    model = hearthlm.load(model_dir("gemma3"))
+    group = SessionGroup(model, 2, n_ctx=64, max_tokens=10, max_session_tokens=5)
+    assert [g.capacity for g in group.pool.groups] == [64, 4 + 6 + 5 - 1]
+    a, b = group.sessions
+    group.feed([(a, [1, 2, 3, 4, 5]), (b, [6, 7, 8])])
+    with pytest.raises(InvalidInputError, match="batch: 6 ids exceed the 5 a session's cache takes at once"):
+        group.feed([(a, [1] * 6)])
+    with pytest.raises(InvalidInputError, match="max_session_tokens: expected a positive integer, got -1"):
+        SessionGroup(model, 2, n_ctx=64, max_session_tokens=-1)
+
+
 def test_windowed_rewind_within_and_beyond_the_spare_slots(model_dir, monkeypatch):
     """Rewinds of up to max_batch tokens keep the caches as they are (nothing is
     recomputed); a longer one recomputes, and the logits stay transformers'."""

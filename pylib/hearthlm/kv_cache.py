@@ -5,7 +5,7 @@ Cache groups: the layers of one attention kind share a slot layout. The full-att
 layers (window 0) hold all n_ctx tokens; the layers of a sliding window of W tokens
 (Gemma 2/3's local layers, Mistral-style `sliding_window`) need only the sinks, the
 last W - 1 tokens and the tokens of one feed: n_keep + W + max_feed - 1 slots, newer
-tokens overwriting the oldest (kv_cache.Ring in _per_token.pyx).
+tokens overwriting the oldest (the Ring of _per_token.pyx).
 
 Layout of a group: k, v: [layers, n_kv_heads, capacity, row] in the storage type
 (`kv_dtype`), so each kv head of each layer is one sequential stream for attention,

@@ -318,15 +318,18 @@ class SessionGroup:
     pass over the weights (Transformer.forward_batch). Each session also works alone."""
 
     def __init__(self, model, n_sessions: int, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH):
-        """max_tokens: the most tokens one feed() runs, all sessions together (it also
-        sizes the caches of sliding-window layers, as a Session's max_batch does)."""
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH,
+                 max_session_tokens: Optional[int] = None):
+        """max_tokens: the most tokens one feed() runs, all sessions together;
+        max_session_tokens: the most of them for one session (default max_tokens),
+        which sizes the caches of sliding-window layers, as a Session's max_batch does."""
         args = model.args
         n_ctx, n_keep = context_size(args, n_ctx, n_keep)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise InvalidInputError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+        for name, value in (("max_tokens", max_tokens), ("max_session_tokens", max_session_tokens or max_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name}: expected a positive integer, got {value!r}")
         self.model = model
-        self.pool = KVPool(args, n_ctx, n_sessions, kv_dtype, n_keep, max_tokens)
+        self.pool = KVPool(args, n_ctx, n_sessions, kv_dtype, n_keep, max_session_tokens or max_tokens)
         self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i))
                          for i in range(n_sessions)]
         self.max_tokens = max_tokens
