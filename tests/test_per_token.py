@@ -45,7 +45,7 @@ def test_check_ids_writes_into_out_when_it_fits():
 
 
 def held(cache):
-    """{slot: position} of the occupied slots, from the cache's slot_pos."""
+    """{slot: position} of the occupied slots, from the ring's slot_pos."""
     return {int(s): int(p) for s, p in enumerate(cache.slot_pos) if p >= 0}
 
 
@@ -79,6 +79,42 @@ def test_ring_keeps_every_token_in_one_slot(model_dir, n_keep):
         assert all(int(ring.slot_of(i)) == s for i, s in enumerate(order))
         assert (order[:n_keep] == np.arange(min(n_keep, ring.length))).all()
     assert (pool.groups[0].slot_pos[:7] == -1).all()  # the other sequence's region is untouched
+
+
+@pytest.mark.parametrize("n_keep", [0, 2])
+def test_window_ring_holds_the_newest_tokens(n_keep):
+    """A ring of n_keep + 6 slots for a window of 3 in a context of 40: through random
+    reserves (up to max_feed = 4), truncates and drops, it holds the sinks and the
+    newest middle tokens [start, length) in distinct slots, a token is lost only when
+    overwritten, and `intact` says whether the window before the end is all held."""
+    from hearthlm._per_token import Ring
+    slot_pos = np.full(n_keep + 6, -1, np.int32)
+    ring = Ring(slot_pos, 0, n_keep, 40, 3)
+    assert ring.max_feed == 4
+    rng = np.random.default_rng(n_keep)
+    slots = np.zeros(8, np.int64)
+    lost = set()  # logical tokens overwritten or dropped
+    for step in range(400):
+        op = rng.integers(3)
+        if op == 0 and ring.length < 40:
+            n = int(rng.integers(1, min(4, 40 - ring.length) + 1))
+            before = set(ring.held().tolist())
+            ring.reserve(n, slots)
+            lost |= before - set(ring.held().tolist())
+        elif op == 1 and ring.length:
+            ring.truncate(int(rng.integers(max(0, ring.length - 8), ring.length + 1)))
+            lost = {i for i in lost if i < ring.length}
+        elif op == 2 and ring.length > n_keep:
+            d = int(rng.integers(1, ring.length - n_keep + 1))
+            ring.drop(d)
+            lost = {i if i < n_keep else i - d for i in lost if i < n_keep or i >= n_keep + d}
+        kept = ring.held().tolist()
+        assert kept == list(range(min(ring.length, n_keep))) + list(range(ring.start, ring.length))
+        assert ring.length - ring.start <= 6 and not lost & set(kept)
+        assert set(kept) | lost == set(range(ring.length))
+        assert held(ring) == {int(s): i for s, i in zip(ring.order(), kept)}
+        assert ring.intact == all(i in kept for i in range(max(0, ring.length - 2), ring.length))
+        assert ring.free_rewind == (max(0, ring.length - (ring.start + 2)) if lost else ring.length)
 
 
 def test_ring_refuses_what_does_not_fit(model_dir):

@@ -123,18 +123,6 @@ cdef class Ring:
         i = self.held()
         return np.where(i < self.n_keep, i, self.n_keep + (self.tail + i - self.n_keep) % max(self.ring_size, 1))
 
-    def segments(self, Py_ssize_t start, Py_ssize_t count) -> list:
-        """Logical tokens [start, start+count) (held ones) as (offset, slot slice) runs of
-        contiguous slots: at most three (sinks, ring before wrap, ring after wrap)."""
-        out = []
-        cdef Py_ssize_t i = start, s, n
-        while i < start + count:
-            s = self.slot(i)
-            n = min(start + count - i, (self.n_keep if i < self.n_keep else self.capacity) - s)
-            out.append((i - start, slice(s, s + n)))
-            i += n
-        return out
-
     cdef inline bint fits(self, Py_ssize_t n) noexcept:
         return self.length + n <= self.n_ctx and n <= self.max_feed
 
