@@ -170,6 +170,7 @@ class Scheduler:
         speculating = speculative is not None or draft_model is not None
         self.group = SessionGroup(model, parallel, n_ctx=n_ctx, kv_dtype=kv_dtype,
                                   max_tokens=parallel * prefill_chunk,
+                                  max_session_tokens=prefill_chunk + MAX_DRAFT,  # a chunk, or a token and its drafts
                                   max_logits=parallel * (MAX_DRAFT + 1) if speculating else None)
         self.slots = [Slot(session) for session in self.group.sessions]
         self.n_ctx = self.slots[0].session.n_ctx
