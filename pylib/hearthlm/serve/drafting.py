@@ -76,12 +76,13 @@ class Drafting:
             raise InvalidInputError("speculative, draft_model: give one of them")
         self.sessions: list[Optional[DraftSession]] = [None] * n_slots
         self.group = None  # the draft model's sessions, one per slot
+        self.chunk = max_tokens // n_slots  # tokens a draft session catches up per forward
         if draft_model is not None:
             check_draft_model(model, draft_model)
             self.group = SessionGroup(draft_model, n_slots, n_ctx=min(n_ctx, draft_model.args.max_position_embeddings),
-                                      n_keep=0, kv_dtype=kv_dtype, max_tokens=max_tokens)
+                                      n_keep=0, kv_dtype=kv_dtype, max_tokens=max_tokens,
+                                      max_session_tokens=self.chunk)
             self.sessions = [DraftSession(s) for s in self.group.sessions]
-        self.chunk = max_tokens // n_slots  # tokens a draft session catches up per forward
         self.costs = ForwardCosts(max_tokens)
         self.acceptance = Acceptance()  # over every job
         self.draft_seconds = 0.0  # per draft position (0 for prompt lookup)
