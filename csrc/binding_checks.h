@@ -97,11 +97,12 @@ inline Activation activation_arg(const std::string& name) {
 }
 
 inline KVType kv_type(const std::string& name) {
-  if (name == "f32") return kKVf32;
-  if (name == "f16") return kKVf16;
-  if (name == "bf16") return kKVbf16;
-  if (name == "q8") return kKVq8;
-  throw py::value_error("kv_dtype: expected 'f32', 'f16', 'bf16' or 'q8', got '" + name + "'");
+  std::string known;
+  for (int t = 0; t < kKVTypes; ++t) {
+    if (name == kKVTypeNames[t]) return KVType(t);
+    known += std::string(t ? ", '" : "'") + kKVTypeNames[t] + "'";
+  }
+  throw py::value_error("kv_dtype: expected one of " + known + ", got '" + name + "'");
 }
 
 // A K or V cache [n_kv_heads, n_slots, row_stride] in its storage type, with float32

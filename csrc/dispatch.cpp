@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "cpu_features.h"
+#include "formats.h"
 
 namespace hearthlm {
 namespace {
@@ -43,16 +44,44 @@ const Path& find_path(const std::string& name) {
   throw std::invalid_argument("unknown ISA '" + name + "'; this build has: " + known);
 }
 
+// "matmul_q[q4k]", "attention[bf16]", "rope": an entry of the table by name.
+std::string entry_name(const char* name, int slot) {
+  if (slot < 0) return name;
+  std::string what = std::to_string(slot);
+  if (std::string(name) == "attention" && slot < kKVTypes) what = kKVTypeNames[slot];
+  if (std::string(name) == "matmul_q")
+    for (const WeightFormat& f : weight_formats())
+      if (f.quant == slot) what = f.name;
+  return std::string(name) + "[" + what + "]";
+}
+
+// A path's table, after checking that it fills every entry.
+const KernelTable* checked(const Path& p) {
+  const KernelTable* t = p.table();
+  check_kernel_table(*t, p.name);
+  return t;
+}
+
 const KernelTable* best_table() {
-  const KernelTable* best = scalar_kernels();
+  const KernelTable* best = checked(paths().front());
   for (const Path& p : paths())
-    if (p.supported(cpu_features())) best = p.table();
+    if (p.supported(cpu_features())) best = checked(p);
   return best;
 }
 
 const KernelTable* g_active = nullptr;
 
 }  // namespace
+
+void check_kernel_table(const KernelTable& t, const std::string& isa) {
+  if (!t.isa || isa != t.isa)
+    throw std::logic_error("kernel table of ISA '" + isa + "' is named '" + (t.isa ? t.isa : "(null)") + "'");
+  for_each_entry(t, [&](const char* name, int slot, const auto& entry) {
+    if (!entry)
+      throw std::logic_error("kernel table of ISA '" + isa + "' leaves " + entry_name(name, slot) +
+                             " null: fill it in csrc/kernels/ (kernels_" + isa + ".cpp)");
+  });
+}
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
@@ -72,7 +101,7 @@ const KernelTable& kernels_for(const std::string& name) {
   if (!p.supported(cpu_features()))
     throw std::invalid_argument("ISA '" + name + "' needs " + p.requires_ +
                                 ", which this CPU/OS does not provide");
-  return *p.table();
+  return *checked(p);
 }
 
 void select_isa(const std::string& name) { g_active = &kernels_for(name); }

@@ -14,6 +14,9 @@ std::vector<std::string> compiled_isas();
 // Select a path by name; throws std::invalid_argument naming what is missing.
 void select_isa(const std::string& name);
 const KernelTable& active_kernels();
+// Throws std::logic_error naming the ISA and the entry if t leaves an entry null
+// (every table is checked so before its first use).
+void check_kernel_table(const KernelTable& t, const std::string& isa);
 // The kernel table of a named path (for tests that compare paths side by side).
 const KernelTable& kernels_for(const std::string& name);
 

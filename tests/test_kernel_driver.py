@@ -48,6 +48,18 @@ def test_scalar_path_alone(driver):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_dispatch_refuses_a_table_with_a_null_entry(driver):
+    """Dispatch checks every table before use (check_kernel_table): the driver nulls each
+    entry of a copy of the scalar table in turn and expects an error naming the ISA and
+    that entry; it also fails while an entry has no check_* of its own."""
+    exe, _ = driver
+    run = subprocess.run([exe, "--isa", "scalar", "-v"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    refused = [line for line in run.stdout.splitlines() if line.startswith("PASS null ")]
+    assert "PASS null matmul_q[4] refused" in refused and "PASS null attention[3] refused" in refused
+    assert "PASS check_kernel_table(scalar)" in run.stdout
+
+
 @pytest.mark.skipif(not shutil.which("nm"), reason="needs nm (binutils)")
 def test_isa_objects_define_no_weak_symbols(driver):
     """An inline function or template instantiated in an AVX translation unit is a weak

@@ -3,6 +3,7 @@
 // slice of the problem; ops.cpp splits work across OpenMP threads and calls these.
 // Conventions: outputs first, dimensions last; all activations are float32.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/quant.h"
@@ -12,6 +13,7 @@ namespace hearthlm {
 // Storage types of the KV cache. q8: each row of head_dim is padded to a multiple of
 // 32 int8 values, one float scale per block of 32 (value = scale * q).
 enum KVType { kKVf32 = 0, kKVf16 = 1, kKVbf16 = 2, kKVq8 = 3, kKVTypes = 4 };
+constexpr const char* kKVTypeNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};  // the kv_dtype names
 constexpr int64_t kQ8Block = 32;
 // Bytes per stored value of each KV storage type (q8's scales are kept apart).
 inline int64_t kv_element_bytes(KVType t) { return t == kKVf32 ? 4 : t == kKVq8 ? 1 : 2; }
@@ -24,8 +26,10 @@ struct KVRows {
   int64_t row_stride;  // elements per row: head_dim, or head_dim padded to 32 for q8
 };
 
+// Each ISA fills its table member by member, by name (never positionally), starting
+// from KernelTable{} (all null); dispatch.cpp refuses a table that leaves one null.
 struct KernelTable {
-  const char* isa;
+  const char* isa = nullptr;
 
   // y[m*ldy + n] = sum_k x[m*K + k] * w[n*K + k] + (bias ? bias[n] : 0)
   // for 0 <= m < M and n0 <= n < n1. W is [N, K] row-major (PyTorch Linear layout).
@@ -49,19 +53,20 @@ struct KernelTable {
   void (*rope)(float* x, const float* cos, const float* sin, int64_t n_heads, int64_t head_dim,
                int64_t rot_dim);
 
-  // Softmax attention of n_q query heads that share one kv head, one entry per
-  // KVType (the cache is read in its storage type, never converted as a whole).
-  // q, out: [n_q, head_dim]; k, v: that kv head's rows.
-  // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
-  // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
+  // Softmax attention of n_t tokens' n_q query heads that share one kv head, one entry
+  // per KVType (the cache is read in its storage type, never converted as a whole).
+  // q, out: token i's n_q rows of head_dim at q + i * ld (ld >= n_q * head_dim floats);
+  // k, v: that kv head's rows, each read once for all n_t * n_q rows (a prefill tile).
+  // Slot j is attended by token i iff 0 <= kv_pos[j] <= q_pos[i] and (window <= 0 or
+  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows, head_dim <= kMaxHeadDim.
   // score_j = scale * q·k_j, then softcap * tanh(score_j / softcap) when softcap > 0
   // (Gemma 2's logit soft-capping).
-  // lse (optional, [n_q]): log Σ_j exp(score_j) over the visible slots, -inf if none
-  // (out is then 0), so results over disjoint slot ranges can be merged.
-  void (*attention[kKVTypes])(float* out, const float* q, KVRows k, KVRows v,
-                              const int32_t* kv_pos, int64_t n_slots, int32_t q_pos,
-                              int32_t window, float scale, float softcap, int64_t n_q,
-                              int64_t head_dim, float* lse);
+  // lse (optional, [n_t, n_q]): log Σ_j exp(score_j) over the visible slots, -inf if
+  // none (out is then 0), so results over disjoint slot ranges can be merged.
+  void (*attention[kKVTypes])(float* out, const float* q, int64_t ld, KVRows k, KVRows v,
+                              const int32_t* kv_pos, int64_t n_slots, const int32_t* q_pos,
+                              int64_t n_t, int32_t window, float scale, float softcap,
+                              int64_t n_q, int64_t head_dim, float* lse);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
@@ -86,7 +91,32 @@ struct KernelTable {
                                   int64_t M, int64_t K, int64_t ldy, int64_t n0, int64_t n1);
 };
 
-constexpr int64_t kMaxGroup = 8;       // query heads per attention call
+// Every function-pointer member of KernelTable, by name (the null check, the kernel
+// driver). The static_assert below fails when a member is added here but not there.
+#define HEARTHLM_KERNEL_ENTRIES(X)                                                              \
+  X(matmul_f32) X(matmul_bf16) X(matmul_f16) X(rmsnorm) X(layernorm) X(rope) X(attention) \
+  X(swiglu) X(gelu_tanh_glu) X(add) X(bf16_to_f32) X(f16_to_f32) X(quantize_act) X(matmul_q)
+
+// Calls f(name, slot, pointer) for every function pointer of t: slot -1 for a single
+// entry, else the index into an array entry (attention: KVType, matmul_q: QuantFormat).
+template <class P, class F> void visit_entry(const char* name, P& p, F& f) { f(name, -1, p); }
+template <class P, size_t N, class F> void visit_entry(const char* name, P (&p)[N], F& f) {
+  for (int i = 0; i < int(N); ++i) f(name, i, p[i]);
+}
+template <class Table, class F> void for_each_entry(Table& t, F f) {
+#define HEARTHLM_VISIT(e) visit_entry(#e, t.e, f);
+  HEARTHLM_KERNEL_ENTRIES(HEARTHLM_VISIT)
+#undef HEARTHLM_VISIT
+}
+template <class P> struct EntryPointers { static constexpr size_t n = 1; };
+template <class P, size_t N> struct EntryPointers<P[N]> { static constexpr size_t n = N; };
+#define HEARTHLM_COUNT(e) +EntryPointers<decltype(KernelTable::e)>::n
+static_assert(sizeof(KernelTable) == sizeof(const char*) + (0 HEARTHLM_KERNEL_ENTRIES(HEARTHLM_COUNT)) * sizeof(void (*)()),
+              "a KernelTable member is missing from HEARTHLM_KERNEL_ENTRIES");
+#undef HEARTHLM_COUNT
+
+constexpr int64_t kMaxGroup = 8;       // query heads of one token per attention call
+constexpr int64_t kMaxRows = 32;       // query rows (tokens x heads) per attention call
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kAttentionBlock = 64;  // kv slots scored per online-softmax step
 

@@ -12,11 +12,13 @@
 //               driver built with EMULATE_AVX512=1 (tools/build_kernel_driver.sh).
 // Ends with a pytest-like line "N passed, M failed"; exit status 1 if any failed.
 //
-// A new KernelTable entry needs a check_* function and a line in kChecks (bottom).
+// A new KernelTable entry needs a check_* function and a line in kChecks (bottom); the
+// driver fails while an entry of HEARTHLM_KERNEL_ENTRIES (kernels.h) has none.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -254,35 +256,43 @@ KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64
 const char* const kKVNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};
 
 void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
-  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; float softcap; };
+  // n_t tokens at consecutive positions ending at q_pos (a prefill tile: the earlier
+  // tokens see fewer slots), their rows pad floats apart beyond n_q * head_dim.
+  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; float softcap; int64_t n_t, pad; };
   const C cases[] = {
-      {1, 1, 1, 0, 0, false, 0},     {1, 8, 3, 0, 0, false, 0},   {7, 22, 2, 6, 0, false, 0},
-      {63, 64, 4, 62, 0, false, 0},  {64, 64, 8, 63, 0, false, 0}, {65, 17, 1, 64, 0, false, 0},
-      {130, 40, 5, 129, 0, true, 0}, {130, 40, 5, 70, 0, false, 0},  // later slots are in the future
-      {100, 32, 2, 99, 5, false, 0}, {200, 256, 8, 199, 64, true, 0},
-      {50, 16, 3, -1, 0, false, 0},  // q_pos before every slot: nothing visible, output zeros
-      {3, 8, 1, 2, 1, false, 0},
-      {130, 40, 5, 129, 0, true, 0.5f}, {67, 22, 3, 66, 9, false, 2.0f},  // soft-capped scores
+      {1, 1, 1, 0, 0, false, 0, 1, 0},     {1, 8, 3, 0, 0, false, 0, 1, 0},   {7, 22, 2, 6, 0, false, 0, 1, 0},
+      {63, 64, 4, 62, 0, false, 0, 1, 0},  {64, 64, 8, 63, 0, false, 0, 1, 0}, {65, 17, 1, 64, 0, false, 0, 1, 0},
+      {130, 40, 5, 129, 0, true, 0, 1, 0}, {130, 40, 5, 70, 0, false, 0, 1, 0},  // later slots are in the future
+      {100, 32, 2, 99, 5, false, 0, 1, 0}, {200, 256, 8, 199, 64, true, 0, 1, 0},
+      {50, 16, 3, -1, 0, false, 0, 1, 0},  // q_pos before every slot: nothing visible, output zeros
+      {3, 8, 1, 2, 1, false, 0, 1, 0},
+      {130, 40, 5, 129, 0, true, 0.5f, 1, 0}, {67, 22, 3, 66, 9, false, 2.0f, 1, 0},  // soft-capped scores
+      // tiles of tokens
+      {130, 40, 2, 129, 0, true, 0, 16, 3}, {200, 64, 8, 150, 0, false, 0, 4, 0},   {70, 17, 1, 69, 0, false, 0, 32, 1},
+      {300, 128, 3, 299, 50, true, 0, 10, 0}, {129, 24, 4, 70, 7, false, 1.5f, 8, 2},  // windows past the block
+      {40, 8, 2, 5, 0, false, 0, 12, 0},  // the first tokens see nothing: zeros
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
     for (const C& c : cases) {
-      const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
+      const int64_t ld = c.n_q * c.head_dim + c.pad;
+      const std::vector<float> q = rng.vec(c.n_t * ld, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
                                v = rng.vec(c.n_slots * c.head_dim);
       const KVStore ks = make_kv(KVType(type), k, c.n_slots, c.head_dim);
       const KVStore vs = make_kv(KVType(type), v, c.n_slots, c.head_dim);
-      std::vector<int32_t> pos(size_t(c.n_slots));
+      std::vector<int32_t> pos(size_t(c.n_slots)), q_pos(size_t(c.n_t));
       for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
+      for (int64_t i = 0; i < c.n_t; ++i) q_pos[size_t(i)] = c.q_pos - int32_t(c.n_t - 1 - i);
       const float scale = 1.0f / std::sqrt(float(c.head_dim));
-      std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
-      std::vector<float> lse(size_t(c.n_q), -7.0f), lse_ref(lse);
-      ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
-                          scale, c.softcap, c.n_q, c.head_dim, lse_ref.data());
-      t.attention[type](out.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window, scale,
-                        c.softcap, c.n_q, c.head_dim, lse.data());
-      std::string d =
+      std::vector<float> out(size_t(c.n_t * ld), -7.0f), out_ref(out.size(), -7.0f);
+      std::vector<float> lse(size_t(c.n_t * c.n_q), -7.0f), lse_ref(lse);
+      ref.attention[type](out_ref.data(), q.data(), ld, ks.rows, vs.rows, pos.data(), c.n_slots, q_pos.data(), c.n_t,
+                          c.window, scale, c.softcap, c.n_q, c.head_dim, lse_ref.data());
+      t.attention[type](out.data(), q.data(), ld, ks.rows, vs.rows, pos.data(), c.n_slots, q_pos.data(), c.n_t,
+                        c.window, scale, c.softcap, c.n_q, c.head_dim, lse.data());
+      std::string d =  // the padding between rows untouched too (-7 in both)
           compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
-      for (int64_t g = 0; d.empty() && g < c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
+      for (int64_t g = 0; d.empty() && g < c.n_t * c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
         if (std::isinf(lse_ref[size_t(g)]) ? lse[size_t(g)] != lse_ref[size_t(g)]
                                            : !(std::fabs(lse[size_t(g)] - lse_ref[size_t(g)]) <= 1e-5 * (1 + std::fabs(lse_ref[size_t(g)]))))
           d = "lse[" + std::to_string(g) + "]: got " + std::to_string(lse[size_t(g)]) + ", reference " +
@@ -290,7 +300,7 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
                              sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
                                     {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes},
-                                    {"softcap", int64_t(c.softcap * 10)}}), d);
+                                    {"softcap", int64_t(c.softcap * 10)}, {"tokens", c.n_t}, {"pad", c.pad}}), d);
     }
   }
 }
@@ -403,20 +413,53 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
 // ---- the list: one line per KernelTable entry. Add new kernels here. ---------------
 
 struct Check {
-  const char* entry;
+  const char* entries;  // the KernelTable members it covers, space-separated
   void (*run)(const KernelTable& t, const KernelTable& ref, Report& r);
-  size_t pointers;  // function pointers of KernelTable this check covers
 };
 const Check kChecks[] = {
-    {"matmul_f32", check_matmul_f32, 1},   {"matmul_bf16", check_matmul_bf16, 1},
-    {"matmul_f16", check_matmul_f16, 1},   {"rmsnorm", check_rmsnorm, 1},
-    {"layernorm", check_layernorm, 1},     {"rope", check_rope, 1},
-    {"attention[kKVTypes]", check_attention, kKVTypes},
-    {"swiglu", check_swiglu, 1},           {"gelu_tanh_glu", check_gelu_tanh_glu, 1},
-    {"add", check_add, 1},
-    {"bf16_to_f32", check_bf16_to_f32, 1}, {"f16_to_f32", check_f16_to_f32, 1},
-    {"quantize_act + matmul_q[kQuantFormats]", check_matmul_q, 1 + kQuantFormats},
+    {"matmul_f32", check_matmul_f32},   {"matmul_bf16", check_matmul_bf16},
+    {"matmul_f16", check_matmul_f16},   {"rmsnorm", check_rmsnorm},
+    {"layernorm", check_layernorm},     {"rope", check_rope},
+    {"attention", check_attention},     {"swiglu", check_swiglu},
+    {"gelu_tanh_glu", check_gelu_tanh_glu}, {"add", check_add},
+    {"bf16_to_f32", check_bf16_to_f32}, {"f16_to_f32", check_f16_to_f32},
+    {"quantize_act matmul_q", check_matmul_q},
 };
+
+bool covered(const std::string& entry) {
+  for (const Check& c : kChecks)
+    if ((" " + std::string(c.entries) + " ").find(" " + entry + " ") != std::string::npos) return true;
+  return false;
+}
+
+// Dispatch's null check: a complete table passes, and a copy of it with any one entry
+// null is refused with an error naming the ISA and that entry.
+void check_null_entries(const KernelTable& ref, Report& r) {
+  bool complete = true;
+  try {
+    check_kernel_table(ref, ref.isa);
+  } catch (const std::exception& e) {
+    complete = false;
+    r.check(false, std::string("check_kernel_table(") + ref.isa + ")", e.what());
+  }
+  if (complete) r.check(true, std::string("check_kernel_table(") + ref.isa + ")");
+  for_each_entry(ref, [&](const char* name, int slot, const auto&) {
+    KernelTable t = ref;
+    for_each_entry(t, [&](const char* n, int s, auto& entry) {
+      if (std::strcmp(n, name) == 0 && s == slot) entry = nullptr;
+    });
+    const std::string what = "null " + std::string(name) + "[" + std::to_string(slot) + "] refused";
+    try {
+      check_kernel_table(t, ref.isa);
+      r.check(false, what, "accepted");
+    } catch (const std::logic_error& e) {
+      const std::string msg = e.what();
+      r.check(msg.find(std::string("'") + ref.isa + "'") != std::string::npos &&
+                  msg.find(std::string(" ") + name + (slot < 0 ? " " : "[")) != std::string::npos,
+              what, "message: " + msg);
+    }
+  });
+}
 
 }  // namespace
 
@@ -476,14 +519,10 @@ int main(int argc, char** argv) {
     for (const Check& c : kChecks) c.run(*t, ref, r);
   }
 
-  // KernelTable is `const char* isa` followed by function pointers: say if it has grown
-  // entries this driver does not check yet.
-  const size_t table_entries = (sizeof(KernelTable) - sizeof(const char*)) / sizeof(void (*)());
-  size_t checked = 0;
-  for (const Check& c : kChecks) checked += c.pointers;
-  if (table_entries != checked)
-    std::printf("note: KernelTable has %zu function pointers, this driver checks %zu: add the new ones to kChecks\n",
-                table_entries, checked);
+  check_null_entries(ref, r);
+  for_each_entry(ref, [&](const char* name, int slot, const auto&) {
+    if (slot <= 0) r.check(covered(name), std::string("kChecks covers ") + name, "add a check_* for it");
+  });
 
   std::printf("%d passed, %d failed\n", r.passed, r.failed);
   return r.failed ? 1 : 0;

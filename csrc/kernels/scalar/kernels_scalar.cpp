@@ -89,39 +89,42 @@ struct ReadQ8 {
 };
 
 template <class Read>
-static void attention(float* out, const float* q, KVRows k, KVRows v, const int32_t* kv_pos,
-                      int64_t n_slots, int32_t q_pos, int32_t window, float scale, float softcap,
-                      int64_t n_q, int64_t head_dim, float* lse) {
-  auto visible = [&](int64_t j) {
-    const int32_t p = kv_pos[j];
-    return p >= 0 && p <= q_pos && (window <= 0 || q_pos - p < window);
-  };
+static void attention(float* out, const float* q, int64_t ld, KVRows k, KVRows v, const int32_t* kv_pos,
+                      int64_t n_slots, const int32_t* q_pos, int64_t n_t, int32_t window, float scale,
+                      float softcap, int64_t n_q, int64_t head_dim, float* lse) {
   auto score = [&](const float* qg, int64_t j) {
     float s = 0.0f;
     for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * Read::at(k, j, d);
     s *= scale;
     return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
   };
-  for (int64_t g = 0; g < n_q; ++g) {
-    const float* qg = q + g * head_dim;
-    float* og = out + g * head_dim;
-    // Two passes: the maximum score, then exp-weighted sums.
-    float max_score = -INFINITY;
-    for (int64_t j = 0; j < n_slots; ++j)
-      if (visible(j)) max_score = fmaxf(max_score, score(qg, j));
-    for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
-    if (lse) lse[g] = -INFINITY;
-    if (max_score == -INFINITY) continue;  // nothing visible
-    double denom = 0.0;
-    for (int64_t j = 0; j < n_slots; ++j) {
-      if (!visible(j)) continue;
-      const float e = expf(score(qg, j) - max_score);
-      denom += e;
-      for (int64_t d = 0; d < head_dim; ++d) og[d] += e * Read::at(v, j, d);
+  for (int64_t i = 0; i < n_t; ++i) {
+    auto visible = [&](int64_t j) {
+      const int32_t p = kv_pos[j];
+      return p >= 0 && p <= q_pos[i] && (window <= 0 || q_pos[i] - p < window);
+    };
+    for (int64_t g = 0; g < n_q; ++g) {
+      const float* qg = q + i * ld + g * head_dim;
+      float* og = out + i * ld + g * head_dim;
+      float* lg = lse ? lse + i * n_q + g : nullptr;
+      // Two passes: the maximum score, then exp-weighted sums.
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < n_slots; ++j)
+        if (visible(j)) max_score = fmaxf(max_score, score(qg, j));
+      for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
+      if (lg) *lg = -INFINITY;
+      if (max_score == -INFINITY) continue;  // nothing visible
+      double denom = 0.0;
+      for (int64_t j = 0; j < n_slots; ++j) {
+        if (!visible(j)) continue;
+        const float e = expf(score(qg, j) - max_score);
+        denom += e;
+        for (int64_t d = 0; d < head_dim; ++d) og[d] += e * Read::at(v, j, d);
+      }
+      const float inv = float(1.0 / denom);
+      for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
+      if (lg) *lg = max_score + float(log(denom));
     }
-    const float inv = float(1.0 / denom);
-    for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
-    if (lse) lse[g] = max_score + float(log(denom));
   }
 }
 
@@ -239,25 +242,33 @@ static void matmul_q6k(float* y, const BlockQ8Act* xq, const void* w, const floa
 }  // namespace scalar
 
 const KernelTable* scalar_kernels() {
-  static const KernelTable table = {
-      "scalar",
-      scalar::matmul_f32,
-      scalar::matmul_bf16,
-      scalar::matmul_f16,
-      scalar::rmsnorm,
-      scalar::layernorm,
-      scalar::rope,
-      {scalar::attention<scalar::ReadF32>, scalar::attention<scalar::ReadF16>,
-       scalar::attention<scalar::ReadBF16>, scalar::attention<scalar::ReadQ8>},
-      scalar::swiglu,
-      scalar::gelu_tanh_glu,
-      scalar::add,
-      scalar::bf16_to_f32,
-      scalar::f16_to_f32,
-      scalar::quantize_act,
-      {scalar::matmul_q<BlockQ8x8>, scalar::matmul_q<BlockQ4x8>, scalar::matmul_affine_k<BlockQ4Kx8>,
-       scalar::matmul_q6k, scalar::matmul_affine_k<BlockQ5Kx8>},
-  };
+  static const KernelTable table = [] {
+    using namespace scalar;
+    KernelTable t{};
+    t.isa = "scalar";
+    t.matmul_f32 = matmul_f32;
+    t.matmul_bf16 = matmul_bf16;
+    t.matmul_f16 = matmul_f16;
+    t.rmsnorm = rmsnorm;
+    t.layernorm = layernorm;
+    t.rope = rope;
+    t.attention[kKVf32] = attention<ReadF32>;
+    t.attention[kKVf16] = attention<ReadF16>;
+    t.attention[kKVbf16] = attention<ReadBF16>;
+    t.attention[kKVq8] = attention<ReadQ8>;
+    t.swiglu = swiglu;
+    t.gelu_tanh_glu = gelu_tanh_glu;
+    t.add = add;
+    t.bf16_to_f32 = bf16_to_f32;
+    t.f16_to_f32 = f16_to_f32;
+    t.quantize_act = quantize_act;
+    t.matmul_q[kQ8] = matmul_q<BlockQ8x8>;
+    t.matmul_q[kQ4] = matmul_q<BlockQ4x8>;
+    t.matmul_q[kQ4K] = matmul_affine_k<BlockQ4Kx8>;
+    t.matmul_q[kQ6K] = matmul_q6k;
+    t.matmul_q[kQ5K] = matmul_affine_k<BlockQ5Kx8>;
+    return t;
+  }();
   return &table;
 }
 
