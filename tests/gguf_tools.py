@@ -3,7 +3,8 @@
 (models/ggml-vocab-*.gguf with .inp/.out token ids) from the llama-cpp-python sdist,
 downloaded once with pip into $HEARTHLM_CACHE/llama.cpp (or $HEARTHLM_LLAMA_CPP_SRC: a
 llama.cpp source tree); and a quantizer: llama-cpp-python's llama_model_quantize if
-installed, else a llama-quantize binary ($HEARTHLM_LLAMA_QUANTIZE or on PATH)."""
+installed (tools/install_llama_cpp.sh builds it, as CI does), else a llama-quantize binary
+($HEARTHLM_LLAMA_QUANTIZE or on PATH)."""
 from __future__ import annotations
 
 import glob
