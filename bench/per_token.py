@@ -127,9 +127,8 @@ def parts(threads: int, clock) -> dict:
         s.rewind(1)
     pieces = {
         "feed+rewind": feed,
-        "layer program": lambda: t.native.forward(buf.native, 1, buf.scratch, pool.k, pool.k_scales, pool.v,
-                                                  pool.v_scales, pool.kv_dtype, pool.slot_pos, buf.positions[:1],
-                                                  tables, buf.slots, buf.ranges, threads),
+        "layer program": lambda: t.native.forward(buf.native, 1, buf.scratch, buf.caches(pool), pool.kv_dtype,
+                                                  buf.positions[:1], tables, threads),
         "lm head": lambda: hearthlm._kernels.matmul(head, hidden, t.lm_head.weight, t.lm_head.bias,
                                                     t.lm_head.wtype, threads),
         "sample": lambda: sampler.sample(logits),

@@ -57,7 +57,7 @@ def main():
     per_token = {}
     for kv in ("f32", "f16", "bf16", "q8"):
         c = model.session(n_ctx=256, kv_dtype=kv).cache
-        per_token[kv] = (c.memory_bytes - c.slot_pos.nbytes) / c.capacity
+        per_token[kv] = (c.memory_bytes - sum(g.slot_pos.nbytes for g in c.pool.groups)) / c.n_ctx
 
     speed = {}
     for ctx in (128, 2000):

@@ -44,12 +44,9 @@ def test_gemm_prefill(benchmark, threads, wtype):
     benchmark.extra_info["gflop_s"] = round(2 * m * n * k / benchmark.stats.stats.median / 1e9, 1)
 
 
-@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
-@pytest.mark.parametrize("context", [128, 2048])
-def test_attention_decode(benchmark, threads, kv_dtype, context):
+def kv_cache(context, kv_dtype):
+    """K and V of `context` tokens in kv_dtype ([kv heads, slots, row], scales or None)."""
     from hearthlm.kv_cache import KV_DTYPES, Q8_BLOCK
-    q = rng.standard_normal((1, HEADS, HEAD_DIM), dtype=np.float32)
-    out = np.empty_like(q)
     x = rng.standard_normal((context, KV_HEADS, HEAD_DIM), dtype=np.float32)
     row = HEAD_DIM if kv_dtype != "q8" else -(-HEAD_DIM // Q8_BLOCK) * Q8_BLOCK
     cache = [np.zeros((KV_HEADS, context, row), KV_DTYPES[kv_dtype]) for _ in range(2)]
@@ -57,11 +54,35 @@ def test_attention_decode(benchmark, threads, kv_dtype, context):
               for _ in range(2)]
     for c, s in zip(cache, scales):
         K.kv_store(c, s, kv_dtype, x, 0)
+    return cache, scales
+
+
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
+@pytest.mark.parametrize("context", [128, 2048])
+def test_attention_decode(benchmark, threads, kv_dtype, context):
+    q = rng.standard_normal((1, HEADS, HEAD_DIM), dtype=np.float32)
+    out = np.empty_like(q)
+    cache, scales = kv_cache(context, kv_dtype)
     pos = np.arange(context, dtype=np.int32)
     benchmark(K.attention, out, q, cache[0], scales[0], cache[1], scales[1], kv_dtype, pos,
               pos[-1:], 0, HEAD_DIM ** -0.5, threads)
     read = sum(c.nbytes for c in cache) + sum(s.nbytes for s in scales if s is not None)
     benchmark.extra_info["gb_s"] = round(read / benchmark.stats.stats.median / 1e9, 1)
+
+
+@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
+def test_attention_prefill(benchmark, threads, kv_dtype):
+    """The last 512-token chunk of a 4096-token prompt: GFLOP/s of q·k and p·v over the
+    causally visible pairs."""
+    context, T = 4096, 512
+    q = rng.standard_normal((T, HEADS, HEAD_DIM), dtype=np.float32)
+    out = np.empty_like(q)
+    cache, scales = kv_cache(context, kv_dtype)
+    pos = np.arange(context, dtype=np.int32)
+    benchmark(K.attention, out, q, cache[0], scales[0], cache[1], scales[1], kv_dtype, pos,
+              pos[-T:], 0, HEAD_DIM ** -0.5, threads)
+    pairs = sum(int(p) + 1 for p in pos[-T:])
+    benchmark.extra_info["gflop_s"] = round(4 * pairs * HEADS * HEAD_DIM / benchmark.stats.stats.median / 1e9, 1)
 
 
 def test_rmsnorm(benchmark, threads):

@@ -281,51 +281,57 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
                const SlotRange* ranges, float* partials) {
-  // Each task: one token, one kv head, a group of up to kMaxGroup of its query heads,
-  // and (one token only) one range of the cache.
+  // Each task: one kv head, a group of up to kMaxGroup of its query heads, a tile of
+  // consecutive tokens (so each K and V block is read once for the whole tile, not once
+  // per token: prefill and verify steps), and (one token only) one range of the cache.
   const int64_t n_kv_heads = k.n_kv_heads;
   const int64_t n_slots = ranges ? ranges[0].count : k.n_slots;  // the one token's (chunked path)
   if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads, threads = team_size();
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
-  const int64_t head_tasks = T * n_kv_heads * ceil_div(n_rep, group);
-  const int64_t n_chunks = T == 1 && head_tasks < 2 * threads
-      ? std::max(int64_t(1), std::min({ceil_div(4 * threads, head_tasks), kMaxCacheChunks,
+  int64_t tile = kMaxRows / group;  // tokens per task
+  auto head_tasks = [&] { return ceil_div(T, tile) * n_kv_heads * ceil_div(n_rep, group); };
+  while (tile > 1 && head_tasks() < 2 * threads) tile = ceil_div(tile, 2);
+  const int64_t n_chunks = T == 1 && head_tasks() < 2 * threads
+      ? std::max(int64_t(1), std::min({ceil_div(4 * threads, head_tasks()), kMaxCacheChunks,
                                         ceil_div(n_slots, kMinChunkSlots)}))  // n_slots may be 0
       : 1;
   // Too few tasks and too short a cache to cut: split the query-head groups instead.
-  while (n_chunks == 1 && group > 1 && T * n_kv_heads * ceil_div(n_rep, group) < 2 * threads)
-    group = ceil_div(group, 2);
-  const int64_t groups_per_kv = ceil_div(n_rep, group);
+  while (n_chunks == 1 && group > 1 && head_tasks() < 2 * threads) group = ceil_div(group, 2);
+  const int64_t groups_per_kv = ceil_div(n_rep, group), n_tiles = ceil_div(T, tile);
   const int64_t chunk = ceil_div(ceil_div(n_slots, n_chunks), kAttentionBlock) * kAttentionBlock;
-  const int64_t n_tasks = T * n_kv_heads * groups_per_kv * n_chunks;
+  const int64_t n_tasks = n_tiles * n_kv_heads * groups_per_kv * n_chunks;
+  const int64_t ld = n_heads * head_dim;
   float* part_out = partials;                                  // [n_chunks, n_heads, head_dim]
   float* part_lse = partials + n_chunks * n_heads * head_dim;  // [n_chunks, n_heads]
   const auto kernel = kt.attention[k.type];
 #pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < n_tasks; ++task) {
     const int64_t c = task % n_chunks, head_task = task / n_chunks;
-    const int64_t t = head_task / (n_kv_heads * groups_per_kv);
+    const int64_t t0 = head_task / (n_kv_heads * groups_per_kv) * tile, t1 = std::min(T, t0 + tile);
     const int64_t kvh = (head_task / groups_per_kv) % n_kv_heads;
     const int64_t h0 = kvh * n_rep + (head_task % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
-    const int64_t offset = (t * n_heads + h0) * head_dim;
-    const int64_t first = ranges ? ranges[t].first : 0;
     if (n_chunks == 1) {
-      const int64_t count = ranges ? ranges[t].count : k.n_slots;
-      kernel(out + offset, q + offset, rows_from(head_rows(k, kvh), k.type, first),
-             rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos[t], window, scale,
-             softcap, n_q, head_dim, nullptr);
+      for (int64_t t = t0, u; t < t1; t = u) {  // runs of tokens that attend the same slots
+        const int64_t first = ranges ? ranges[t].first : 0, count = ranges ? ranges[t].count : k.n_slots;
+        for (u = t + 1; u < t1 && (!ranges || (ranges[u].first == first && ranges[u].count == count));) ++u;
+        const int64_t offset = t * ld + h0 * head_dim;
+        kernel(out + offset, q + offset, ld, rows_from(head_rows(k, kvh), k.type, first),
+               rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos + t, u - t, window,
+               scale, softcap, n_q, head_dim, nullptr);
+      }
       continue;
     }
+    const int64_t first = ranges ? ranges[0].first : 0;
     const int64_t j0 = first + c * chunk, len = std::min(chunk, first + n_slots - j0);
     float* lse = part_lse + c * n_heads + h0;
     if (len <= 0) {  // past the end of the cache
       for (int64_t g = 0; g < n_q; ++g) lse[g] = -INFINITY;
       continue;
     }
-    kernel(part_out + (c * n_heads + h0) * head_dim, q + offset, rows_from(head_rows(k, kvh), k.type, j0),
-           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos[0], window, scale, softcap,
+    kernel(part_out + (c * n_heads + h0) * head_dim, q + h0 * head_dim, ld, rows_from(head_rows(k, kvh), k.type, j0),
+           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos, 1, window, scale, softcap,
            n_q, head_dim, lse);
   }
   if (n_chunks == 1) return;

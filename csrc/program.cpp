@@ -5,7 +5,7 @@ namespace {
 
 constexpr int64_t kParallelMin = 1 << 16;  // multiply-adds per call below which one thread is faster
 
-// Layer i's cache, given layer 0's.
+// Layer i of a cache group, given its first layer.
 KVLayer layer_cache(const KVLayer& first, int64_t i) {
   const int64_t rows = first.n_kv_heads * first.n_slots;
   KVLayer c = first;
@@ -32,8 +32,7 @@ void matmul(const KernelTable& kt, const Op& op, const ProgramStep& s) {
   }
 }
 
-void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths, const KVLayer& k_cache,
-         const KVLayer& v_cache, const ProgramStep& s) {
+void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths, const ProgramStep& s) {
   const int64_t T = s.T;
   float* out = op.out >= 0 ? s.buffers[op.out] : nullptr;
   float* in = op.in >= 0 ? s.buffers[op.in] : nullptr;
@@ -54,15 +53,18 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
       team::rope(kt, in, t.cos, t.sin, s.positions, T, op.n_heads, op.head_dim, op.rotary_dim, op.wait);
       break;
     }
-    case OpKind::kv_store:
-      team::kv_store(layer_cache(k_cache, op.layer), layer_cache(v_cache, op.layer), in, in2, T, op.head_dim,
-                     s.slots);
+    case OpKind::kv_store: {
+      const CacheGroup& c = s.caches[op.cache_group];
+      team::kv_store(layer_cache(c.k, op.layer), layer_cache(c.v, op.layer), in, in2, T, op.head_dim, c.slots);
       break;
-    case OpKind::attention:
-      team::attention(kt, out, in, layer_cache(k_cache, op.layer), layer_cache(v_cache, op.layer), s.slot_pos,
-                      s.positions, T, op.n_heads, op.head_dim, op.window, op.attn_scale, op.softcap, s.ranges,
+    }
+    case OpKind::attention: {
+      const CacheGroup& c = s.caches[op.cache_group];
+      team::attention(kt, out, in, layer_cache(c.k, op.layer), layer_cache(c.v, op.layer), c.slot_pos,
+                      s.positions, T, op.n_heads, op.head_dim, op.window, op.attn_scale, op.softcap, c.ranges,
                       s.attention_partials);
       break;
+    }
     case OpKind::glu:
       team::glu(kt, op.act, out, in, in2, T, widths[op.out], xq);
       break;
@@ -82,11 +84,10 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
 }  // namespace
 
 void run_program(const KernelTable& kt, const std::vector<Op>& ops, const std::vector<int64_t>& widths,
-                 int64_t work_per_token, const KVLayer& k_cache, const KVLayer& v_cache,
-                 const ProgramStep& step, int n_threads) {
+                 int64_t work_per_token, const ProgramStep& step, int n_threads) {
   if (step.T <= 0) return;
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1 && step.T * work_per_token >= kParallelMin)
-  for (const Op& op : ops) run(kt, op, widths, k_cache, v_cache, step);
+  for (const Op& op : ops) run(kt, op, widths, step);
 }
 
 }  // namespace hearthlm

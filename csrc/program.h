@@ -44,8 +44,9 @@ struct Op {
   int n_lin = 0;
   Linear lin[team::kMaxJobs];
   int outs[team::kMaxJobs];
-  // rope / attention / kv_store
+  // rope / attention / kv_store: `layer` is the index within cache group `cache_group`
   int64_t n_heads = 0, head_dim = 0, rotary_dim = 0, layer = 0;
+  int cache_group = 0;
   int table = 0;
   int32_t window = 0;  // sliding window in tokens, 0 = full attention
   float attn_scale = 0.0f, softcap = 0.0f;
@@ -67,19 +68,27 @@ struct RopeTable {  // cos, sin [n_positions, half]
   const float *cos, *sin;
 };
 
+// The caches of one group of layers that share a slot layout (the full-context layers,
+// or the layers of one sliding window, whose cache holds only the recent tokens):
+// token t is stored in slot slots[t] and attends the slots ranges[t] (its own
+// sequence's); slot_pos[k.n_slots] is the position held by each slot, already
+// including the new tokens (-1 = empty). k, v: the group's first layer, the others
+// following in order.
+struct CacheGroup {
+  KVLayer k, v;
+  const int32_t* slot_pos;
+  const int64_t* slots;
+  const SlotRange* ranges;
+};
+
 // One call: T tokens, of one sequence or of several: token t has position
-// positions[t], is stored in cache slot slots[t] and attends the slots ranges[t] (its
-// own sequence's). slot_pos[n_slots] is the position held by each cache slot, already
-// including the new tokens (-1 = empty). buffers[i]: [T, width_i] row-major. k_cache,
-// v_cache: layer 0's cache, the other layers following in order.
+// positions[t]. buffers[i]: [T, width_i] row-major; caches: one per cache group.
 struct ProgramStep {
   int64_t T;
   float* const* buffers;
   const int32_t* positions;
   const RopeTable* tables;
-  const int32_t* slot_pos;
-  const int64_t* slots;
-  const SlotRange* ranges;
+  const CacheGroup* caches;
   BlockQ8Act* xq;             // T * ceil(max K / 32) activation blocks
   float* attention_partials;  // attention_partials_floats of the widest attention op
   void* moe_scratch;          // moe_scratch_bytes of the largest moe op
@@ -88,7 +97,6 @@ struct ProgramStep {
 // work_per_token: multiply-adds of the program's matmuls for one token (below
 // kParallelMin per call it runs on one thread).
 void run_program(const KernelTable& kt, const std::vector<Op>& ops, const std::vector<int64_t>& widths,
-                 int64_t work_per_token, const KVLayer& k_cache, const KVLayer& v_cache,
-                 const ProgramStep& step, int n_threads);
+                 int64_t work_per_token, const ProgramStep& step, int n_threads);
 
 }  // namespace hearthlm

@@ -22,11 +22,20 @@ using namespace checks;
 
 class LayerProgram {
  public:
+  // layer_groups[i]: the cache group of layer i (groups numbered from 0, none empty).
   LayerProgram(const std::vector<std::pair<std::string, int64_t>>& buffers, const py::list& ops,
-               int64_t n_layers, int64_t n_kv_heads, int64_t head_dim)
-      : n_layers_(n_layers), n_kv_heads_(n_kv_heads), head_dim_(head_dim) {
-    expect(n_layers >= 1 && n_kv_heads >= 1 && head_dim >= 1, "cache: layers, kv heads and head_dim must be positive");
+               const std::vector<int>& layer_groups, int64_t n_kv_heads, int64_t head_dim)
+      : n_layers_(int64_t(layer_groups.size())), n_kv_heads_(n_kv_heads), head_dim_(head_dim) {
+    expect(n_layers_ >= 1 && n_kv_heads >= 1 && head_dim >= 1, "cache: layers, kv heads and head_dim must be positive");
     expect(head_dim <= kMaxHeadDim, "head_dim " + std::to_string(head_dim) + " exceeds " + std::to_string(kMaxHeadDim));
+    for (const int g : layer_groups) {
+      expect(g >= 0 && g < n_layers_, "layer_groups: group " + std::to_string(g) + " outside [0, n_layers)");
+      if (size_t(g) >= group_layers_.size()) group_layers_.resize(size_t(g) + 1, 0);
+      layer_index_.push_back(group_layers_[size_t(g)]++);
+    }
+    layer_group_ = layer_groups;
+    for (size_t g = 0; g < group_layers_.size(); ++g)
+      expect(group_layers_[g] > 0, "layer_groups: group " + std::to_string(g) + " has no layer");
     for (const auto& [name, width] : buffers) {
       expect(width > 0, "buffers: '" + name + "' must have a positive width");
       expect(!ids_.count(name), "buffers: '" + name + "' named twice");
@@ -42,10 +51,9 @@ class LayerProgram {
   int64_t scratch_bytes(int64_t T) const { return moe_offset(T) + moe_bytes(T); }
   size_t n_ops() const { return ops_.size(); }
 
-  void forward(const py::sequence& buffers, int64_t T, py::array scratch, py::array k_cache, py::object k_scales,
-               py::array v_cache, py::object v_scales, const std::string& kv_dtype, py::array slot_pos,
-               py::array positions, const py::sequence& tables, py::array slots, py::array ranges,
-               int n_threads) {
+  // caches: per cache group (k, k_scales, v, v_scales, slot_pos, slots, ranges).
+  void forward(const py::sequence& buffers, int64_t T, py::array scratch, const py::sequence& caches,
+               const std::string& kv_dtype, py::array positions, const py::sequence& tables, int n_threads) {
     expect(T >= 1, "T: at least one token, got " + std::to_string(T));
     expect(buffers.size() == widths_.size(),
            "buffers: expected " + std::to_string(widths_.size()) + " arrays, got " + std::to_string(buffers.size()));
@@ -62,18 +70,11 @@ class LayerProgram {
     expect(scratch.shape(0) >= scratch_bytes(T) && scratch.writeable(),
            "scratch: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes");
     char* scratch_p = static_cast<char*>(scratch.mutable_data());
+    expect(caches.size() == group_layers_.size(), "caches: expected " + std::to_string(group_layers_.size()) +
+           " cache groups, got " + std::to_string(caches.size()));
+    std::vector<CacheGroup> groups;
+    for (size_t g = 0; g < caches.size(); ++g) groups.push_back(cache_group(caches[g], g, kv_dtype, T));
 
-    const KVLayer k0 = kv_layer(k_cache, k_scales, kv_dtype, head_dim_, "k_cache", 4);
-    const KVLayer v0 = kv_layer(v_cache, v_scales, kv_dtype, head_dim_, "v_cache", 4);
-    expect(k_cache.shape(0) == n_layers_ && k0.n_kv_heads == n_kv_heads_,
-           "k_cache: expected " + std::to_string(n_layers_) + " layers of " + std::to_string(n_kv_heads_) +
-               " kv heads, got " + shape_str(k_cache));
-    expect(v_cache.shape(0) == k_cache.shape(0) && v0.n_kv_heads == k0.n_kv_heads && v0.n_slots == k0.n_slots,
-           "v_cache: shape " + shape_str(v_cache) + " differs from k_cache " + shape_str(k_cache));
-    expect(k_cache.writeable() && v_cache.writeable(), "k_cache/v_cache: arrays are read-only");
-
-    const int32_t* slot_pos_p = in_i32(slot_pos, "slot_pos");
-    expect(slot_pos.shape(0) == k0.n_slots, "slot_pos: expected " + std::to_string(k0.n_slots) + " slots");
     const int32_t* pos = in_i32(positions, "positions");
     expect(positions.shape(0) == T, "positions: expected " + std::to_string(T) + " positions");
     expect(tables.size() == table_half_.size(),
@@ -98,32 +99,51 @@ class LayerProgram {
              "positions: position " + std::to_string(pos[t]) + " outside the RoPE tables of " +
                  std::to_string(n_positions) + " positions");
 
-    check_layout(slots, "slots", 'i', 8, 1);
-    check_layout(ranges, "ranges", 'i', 8, 2);
+    threads_arg(n_threads);
+
+    const ProgramStep step{T, bufs.data(), pos, rope.data(), groups.data(), reinterpret_cast<BlockQ8Act*>(scratch_p),
+                           reinterpret_cast<float*>(scratch_p + xq_bytes(T)), scratch_p + moe_offset(T)};
+    const KernelTable& kt = active_kernels();
+    py::gil_scoped_release release;
+    run_program(kt, ops_, widths_, work_per_token_ / n_layers_, step, n_threads);
+  }
+
+ private:
+  CacheGroup cache_group(const py::handle& spec, size_t g, const std::string& kv_dtype, int64_t T) const {
+    const std::string at = "caches[" + std::to_string(g) + "]";
+    const py::tuple c = spec.cast<py::tuple>();
+    expect(c.size() == 7, at + ": expected (k, k_scales, v, v_scales, slot_pos, slots, ranges)");
+    const py::array k = c[0].cast<py::array>(), v = c[2].cast<py::array>();
+    const py::array slot_pos = c[4].cast<py::array>(), slots = c[5].cast<py::array>(), ranges = c[6].cast<py::array>();
+    const KVLayer k0 = kv_layer(k, py::object(c[1]), kv_dtype, head_dim_, (at + ".k").c_str(), 4);
+    const KVLayer v0 = kv_layer(v, py::object(c[3]), kv_dtype, head_dim_, (at + ".v").c_str(), 4);
+    const int64_t layers = group_layers_[g];
+    expect(k.shape(0) == layers && k0.n_kv_heads == n_kv_heads_,
+           at + ".k: expected " + std::to_string(layers) + " layers of " + std::to_string(n_kv_heads_) +
+               " kv heads, got " + shape_str(k));
+    expect(v.shape(0) == k.shape(0) && v0.n_kv_heads == k0.n_kv_heads && v0.n_slots == k0.n_slots,
+           at + ".v: shape " + shape_str(v) + " differs from k " + shape_str(k));
+    expect(k.writeable() && v.writeable(), at + ": k/v arrays are read-only");
+    const int32_t* slot_pos_p = in_i32(slot_pos, (at + ".slot_pos").c_str());
+    expect(slot_pos.shape(0) == k0.n_slots, at + ".slot_pos: expected " + std::to_string(k0.n_slots) + " slots");
+    check_layout(slots, (at + ".slots").c_str(), 'i', 8, 1);
+    check_layout(ranges, (at + ".ranges").c_str(), 'i', 8, 2);
     expect(slots.shape(0) >= T && ranges.shape(0) >= T && ranges.shape(1) == 2,
-           "slots/ranges: expected " + std::to_string(T) + " slots and [" + std::to_string(T) +
+           at + ".slots/ranges: expected " + std::to_string(T) + " slots and [" + std::to_string(T) +
                ", 2] (first, count) ranges, got " + shape_str(slots) + "/" + shape_str(ranges));
     const auto* slot = static_cast<const int64_t*>(slots.data());
     const auto* range = static_cast<const SlotRange*>(ranges.data());
     for (int64_t t = 0; t < T; ++t) {
       const SlotRange& r = range[t];
       expect(r.first >= 0 && r.count >= 1 && r.first + r.count <= k0.n_slots,
-             "ranges: token " + std::to_string(t) + "'s range (" + std::to_string(r.first) + ", " +
+             at + ".ranges: token " + std::to_string(t) + "'s range (" + std::to_string(r.first) + ", " +
                  std::to_string(r.count) + ") is outside the cache of " + std::to_string(k0.n_slots) + " slots");
       expect(slot[t] >= r.first && slot[t] < r.first + r.count,
-             "slots: token " + std::to_string(t) + "'s slot " + std::to_string(slot[t]) + " is outside its range");
+             at + ".slots: token " + std::to_string(t) + "'s slot " + std::to_string(slot[t]) + " is outside its range");
     }
-    threads_arg(n_threads);
-
-    const ProgramStep step{T, bufs.data(), pos, rope.data(), slot_pos_p, slot, range,
-                           reinterpret_cast<BlockQ8Act*>(scratch_p),
-                           reinterpret_cast<float*>(scratch_p + xq_bytes(T)), scratch_p + moe_offset(T)};
-    const KernelTable& kt = active_kernels();
-    py::gil_scoped_release release;
-    run_program(kt, ops_, widths_, work_per_token_ / n_layers_, k0, v0, step, n_threads);
+    return CacheGroup{k0, v0, slot_pos_p, slot, range};
   }
 
- private:
   int64_t xq_bytes(int64_t T) const { return T * q_blocks(max_k_) * int64_t(sizeof(BlockQ8Act)); }
   int64_t moe_offset(int64_t T) const {  // after the activation blocks and attention partials, 64-byte aligned
     return (xq_bytes(T) + partial_floats_ * int64_t(sizeof(float)) + 63) / 64 * 64;
@@ -220,7 +240,7 @@ class LayerProgram {
       op.kind = OpKind::kv_store;
       op.in = buffer(d, "k", at);
       op.in2 = buffer(d, "v", at);
-      op.layer = cache_layer(d, at);
+      cache_layer(d, at, op);
       op.head_dim = head_dim_;
       expect_width(op.in, n_kv_heads_ * head_dim_, at);
       expect_width(op.in2, n_kv_heads_ * head_dim_, at);
@@ -228,7 +248,7 @@ class LayerProgram {
       op.kind = OpKind::attention;
       op.out = buffer(d, "out", at);
       op.in = buffer(d, "q", at);
-      op.layer = cache_layer(d, at);
+      cache_layer(d, at, op);
       op.n_heads = field(d, "heads", at).cast<int64_t>();
       op.head_dim = head_dim_;
       op.window = field(d, "window", at).cast<int32_t>();
@@ -298,11 +318,13 @@ class LayerProgram {
     work_per_token_ += E * H + op.top_k * 3 * op.inter * H;
   }
 
-  int64_t cache_layer(const py::dict& d, const std::string& at) const {
+  // The op's model layer as (cache group, index within the group).
+  void cache_layer(const py::dict& d, const std::string& at, Op& op) const {
     const int64_t layer = field(d, "layer", at).cast<int64_t>();
     expect(layer >= 0 && layer < n_layers_, at + ": cache layer " + std::to_string(layer) + " outside [0, " +
            std::to_string(n_layers_) + ")");
-    return layer;
+    op.cache_group = layer_group_[size_t(layer)];
+    op.layer = layer_index_[size_t(layer)];
   }
 
   // add(x += f·d) then norm(out = norm(x)) over whole rows: one op, one pass over x.
@@ -375,6 +397,9 @@ class LayerProgram {
   }
 
   int64_t n_layers_, n_kv_heads_, head_dim_;
+  std::vector<int> layer_group_;           // each layer's cache group
+  std::vector<int64_t> layer_index_;       // ... and its index within the group
+  std::vector<int64_t> group_layers_;      // layers of each group
   std::map<std::string, int> ids_;
   std::vector<std::string> names_;
   std::vector<int64_t> widths_;
@@ -388,21 +413,22 @@ class LayerProgram {
 
 void bind_program(py::module_& m) {
   py::class_<LayerProgram>(m, "LayerProgram")
-      .def(py::init<const std::vector<std::pair<std::string, int64_t>>&, const py::list&, int64_t, int64_t,
-                    int64_t>(),
-           py::arg("buffers"), py::arg("ops"), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
+      .def(py::init<const std::vector<std::pair<std::string, int64_t>>&, const py::list&, const std::vector<int>&,
+                    int64_t, int64_t>(),
+           py::arg("buffers"), py::arg("ops"), py::arg("layer_groups"), py::arg("n_kv_heads"), py::arg("head_dim"),
            "buffers: [(name, width)] of the float32 activation rows; ops: one dict per op (see "
-           "hearthlm/models/program.py); n_layers, n_kv_heads, head_dim: the KV cache's geometry.")
+           "hearthlm/models/program.py); layer_groups: each layer's cache group (0, 1, ...), n_kv_heads, "
+           "head_dim: the KV cache's geometry.")
       .def("scratch_bytes", &LayerProgram::scratch_bytes, py::arg("T"),
            "Bytes of the scratch buffer forward() needs for T tokens.")
       .def_property_readonly("n_ops", &LayerProgram::n_ops, "Ops after fusing each add with the norm after it.")
       .def("forward", &LayerProgram::forward, py::arg("buffers"), py::arg("T"), py::arg("scratch"),
-           py::arg("k_cache"), py::arg("k_scales"), py::arg("v_cache"), py::arg("v_scales"), py::arg("kv_dtype"),
-           py::arg("slot_pos"), py::arg("positions"), py::arg("tables"), py::arg("slots"), py::arg("ranges"),
-           py::arg("n_threads"),
+           py::arg("caches"), py::arg("kv_dtype"), py::arg("positions"), py::arg("tables"), py::arg("n_threads"),
            "Run the program on the first T rows of every buffer (buffers in declaration order): token t "
-           "at positions[t], its k, v written to cache slot slots[t] (int64), attending the slots "
-           "ranges[t] = (first, count) (int64 [T, 2]) that hold its own sequence.");
+           "at positions[t]. caches: per cache group (k, k_scales, v, v_scales, slot_pos, slots, ranges): "
+           "the group's layers [layers, kv heads, slots, row] (scales None unless q8), each slot's position "
+           "(int32, -1 empty), and per token its slot slots[t] (int64) and the slots ranges[t] = (first, "
+           "count) (int64 [T, 2]) that hold its own sequence.");
 }
 
 }  // namespace hearthlm

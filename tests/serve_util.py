@@ -64,11 +64,11 @@ def slow_steps(scheduler, seconds: float, batches: list | None = None):
     recording each step's batch size in `batches`."""
     forward = scheduler._forward_step
 
-    def slowed(batch):
+    def slowed(batch, *rest):
         if batches is not None:
             batches.append(len(batch))
         time.sleep(seconds)
-        return forward(batch)
+        return forward(batch, *rest)
 
     scheduler._forward_step = slowed
     return lambda: vars(scheduler).pop("_forward_step", None)

@@ -67,3 +67,26 @@ def test_gguf_export_permutes_q_and_k_back_to_llama_cpp_order(tiny_folder):
     q = bf16_bits_to_f32(files.array("model.layers.1.self_attn.q_proj.weight"))
     np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_q.weight"].data), permute_for_gguf(q, 4))
     assert len(tensors) == len(files.where)
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa-tied", "phi3-longrope", "gemma3-multimodal", "qwen3-moe"])
+@pytest.mark.parametrize("dtype", ["f32", "q4"])
+def test_weight_bytes_per_token_count_each_matrix_read_once(model_dir, variant, dtype):
+    """The bytes one decoded token reads: every stored matrix once (a fused projection
+    cut into views counts once), the LM head (the embedding when tied) once, of a
+    mixture of experts only the chosen top_k; the embedding table of an untied model
+    (one row gathered) not at all. (Phi-3 with every cut on a multiple of 8 rows: a
+    quantized part not on one is repacked into blocks of 8 rows, padding included.)"""
+    import hearthlm
+    from hearthlm.bench import weight_bytes_per_token
+    sizes = dict(intermediate_size=96) if variant.startswith("phi3") else {}
+    model = hearthlm.load(model_dir(variant, **sizes), dtype=dtype)
+    t, a = model.transformer, model.args
+    embed = f"{a.prefix}model.embed_tokens.weight"
+    expected = 0
+    for name, shape in t.weights.specs.items():
+        if len(shape) != 2 or (name == embed and not a.tie_word_embeddings):
+            continue
+        share = a.top_k / a.num_experts if ".experts." in name else 1
+        expected += t.weights.tensors[name].nbytes * share
+    assert weight_bytes_per_token(model) == expected

@@ -183,3 +183,228 @@ def test_head_dim_256_the_kernels_maximum(model_dir):
     ref = tiny_models.reference_logits(folder, ids)
     assert model.args.head_dim == 256
     assert np.abs(model.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+# -- window-sized caches of sliding-window layers ----------------------------------------
+
+WINDOWED = ["gemma2", "gemma3", "mistral-window", "qwen3-window-bias"]
+
+
+def windowed(model, n_ctx=64, max_batch=4, **kwargs):
+    """A session whose sliding-window layers' caches hold n_keep + window + max_batch - 1
+    slots, fewer than n_ctx."""
+    s = model.session(n_ctx=n_ctx, max_batch=max_batch, **kwargs)
+    local = [g for g in s.cache.pool.groups if g.window]
+    assert local and all(g.capacity == s.cache.n_keep + g.window + max_batch - 1 < n_ctx for g in local)
+    return s
+
+
+def full_cache(model, n_ctx=64, max_batch=4, n_keep=4, kv_dtype="f32", **kwargs):
+    """The same session over caches of n_ctx slots for every layer (the path before)."""
+    from hearthlm.kv_cache import KVCache
+    from hearthlm.session import Session
+    s = Session(model, cache=KVCache.alone(model.args, n_ctx, n_keep, kv_dtype), max_batch=max_batch, **kwargs)
+    assert all(g.capacity == n_ctx for g in s.cache.pool.groups)
+    return s
+
+
+def eager_logits(folder, ids):
+    """transformers' float32 logits with its eager (sliding-window masked) attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return hf(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def close(got, ref, bound=1e-4):
+    assert np.abs(got - ref).max() <= bound * np.abs(ref).max()
+
+
+def feed_then_decode(s, ids, n_prefill):
+    """Logits of every position: a prefill of n_prefill (chunks of max_batch), then one at a time."""
+    rows = [s.feed(ids[:n_prefill], all_logits=True)] if n_prefill else []
+    rows += [s.feed([t]).copy()[None] for t in ids[n_prefill:]]
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("variant", WINDOWED)
+def test_windowed_prefill_and_decode_match_transformers(model_dir, variant):
+    """A prefill of 13 tokens (longer than every window, in chunks of 4), then 30 tokens
+    one at a time: the local rings wrap several times."""
+    folder = model_dir(variant)
+    model = hearthlm.load(folder)
+    ids = np.random.default_rng(3).integers(0, model.vocab_size, 43).tolist()
+    close(feed_then_decode(windowed(model), ids, 13), eager_logits(folder, ids))
+
+
+@pytest.mark.parametrize("variant,kv_dtype", [("gemma3", "f32"), ("gemma2", "q8"), ("mistral-window", "f16")])
+def test_windowed_equals_the_full_cache_path(model_dir, variant, kv_dtype):
+    model = hearthlm.load(model_dir(variant))
+    ids = np.random.default_rng(4).integers(0, model.vocab_size, 40).tolist()
+    a = feed_then_decode(windowed(model, kv_dtype=kv_dtype), ids, 9)
+    b = feed_then_decode(full_cache(model, kv_dtype=kv_dtype), ids, 9)
+    close(a, b, 1e-5)
+
+
+def test_windowed_memory_is_smaller(model_dir):
+    """Session.memory_bytes counts the smaller caches: gemma3's layers are sliding,
+    sliding, full, sliding (window 6), one kv head of 18."""
+    model = hearthlm.load(model_dir("gemma3"))
+    s, full = windowed(model, n_ctx=64, max_batch=4), full_cache(model, n_ctx=64)
+    per_slot = 2 * 18 * 4  # K and V of one layer, f32
+    local = 4 + 6 + 4 - 1
+    assert s.cache.memory_bytes == 64 * per_slot + 3 * local * per_slot + 4 * (64 + local)
+    assert full.cache.memory_bytes == 4 * 64 * per_slot + 4 * 2 * 64
+    assert s.memory_bytes - s.cache.memory_bytes == model.session(n_ctx=64, max_batch=4).memory_bytes - \
+        model.session(n_ctx=64, max_batch=4).cache.memory_bytes  # the rest does not depend on the cache
+
+
+@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
+def test_gemma3_1b_shape_kv_bytes(kv_dtype):
+    """Gemma 3 1B: 26 layers, 22 local of window 512; one kv head of 256."""
+    from hearthlm.kv_cache import KVPool, Q8_BLOCK
+    from hearthlm.models import model_args
+    from hearthlm.shapes import config_for
+    args = model_args(config_for("gemma3-1b"), "gemma3-1b")
+    assert args.sliding_windows.count(512) == 22 and args.sliding_windows.count(0) == 4
+    row = 256 * 4 if kv_dtype == "f32" else 256 + 256 // Q8_BLOCK * 4
+    for n_ctx in (8192, 32768):
+        pool = KVPool(args, n_ctx, 1, kv_dtype, n_keep=4, max_feed=512)
+        local = 4 + 512 + 511
+        assert pool.memory_bytes == 2 * row * (4 * n_ctx + 22 * local) + 4 * (n_ctx + local)
+
+
+def test_windowed_batched_group_decode(model_dir):
+    """Three sequences of a SessionGroup (max_tokens 10 sizes its window caches) decode
+    together past the window; each equals transformers."""
+    from hearthlm.session import SessionGroup
+    folder = model_dir("gemma3")
+    model = hearthlm.load(folder)
+    group = SessionGroup(model, 3, n_ctx=64, max_tokens=10)
+    assert [g.capacity for g in group.pool.groups] == [64, 4 + 6 + 10 - 1]
+    rng = np.random.default_rng(6)
+    texts = [rng.integers(0, model.vocab_size, n).tolist() for n in (3, 5, 2)]
+    logits = group.feed([(s, t) for s, t in zip(group.sessions, texts)]).copy()
+    rows = [[row] for row in logits]
+    for _ in range(20):
+        nxt = [int(rng.integers(model.vocab_size)) for _ in texts]
+        for t, n in zip(texts, nxt):
+            t.append(n)
+        for r, row in zip(rows, group.feed([(s, [n]) for s, n in zip(group.sessions, nxt)])):
+            r.append(row.copy())
+    for t, r in zip(texts, rows):
+        close(np.stack(r[1:]), eager_logits(folder, t)[-20:])
+
+
+def test_group_window_caches_sized_per_session(model_dir):
+    from hearthlm.errors import InvalidInputError
+    from hearthlm.session import SessionGroup
+    model = hearthlm.load(model_dir("gemma3"))
+    group = SessionGroup(model, 2, n_ctx=64, max_tokens=10, max_session_tokens=5)
+    assert [g.capacity for g in group.pool.groups] == [64, 4 + 6 + 5 - 1]
+    a, b = group.sessions
+    group.feed([(a, [1, 2, 3, 4, 5]), (b, [6, 7, 8])])
+    with pytest.raises(InvalidInputError, match="batch: 6 ids exceed the 5 a session's cache takes at once"):
+        group.feed([(a, [1] * 6)])
+    with pytest.raises(InvalidInputError, match="max_session_tokens: expected a positive integer, got -1"):
+        SessionGroup(model, 2, n_ctx=64, max_session_tokens=-1)
+
+
+def test_windowed_rewind_within_and_beyond_the_spare_slots(model_dir, monkeypatch):
+    """Rewinds of up to max_batch tokens keep the caches as they are (nothing is
+    recomputed); a longer one recomputes, and the logits stay transformers'."""
+    from hearthlm.session import Session
+    folder = model_dir("gemma2")
+    model = hearthlm.load(folder)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, model.vocab_size, 30).tolist()
+    s = windowed(model, max_batch=4)
+    feed_then_decode(s, ids, 8)
+    recomputed = []
+    original = Session._recompute
+    monkeypatch.setattr(Session, "_recompute", lambda self: recomputed.append(1) or original(self))
+    for back in (1, 4, 3):  # within the spare slots: no recompute
+        s.rewind(back)
+        del ids[-back:]
+        assert s.cache.intact
+        new = rng.integers(0, model.vocab_size, back).tolist()
+        ids += new
+        close(feed_then_decode(s, new, 0), eager_logits(folder, ids)[-back:])
+    assert not recomputed
+    s.rewind(9)  # beyond them: the window before the new end is gone, recomputed
+    del ids[-9:]
+    assert recomputed == [1] and s.cache.intact and s.tokens == ids
+    close(s.last_logits[0], eager_logits(folder, ids)[-1])
+    new = rng.integers(0, model.vocab_size, 5).tolist()
+    close(feed_then_decode(s, new, 2), eager_logits(folder, ids + new)[-5:])
+
+
+def test_windowed_sync_to_a_shorter_prefix(model_dir):
+    folder = model_dir("gemma3")
+    model = hearthlm.load(folder)
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, model.vocab_size, 35).tolist()
+    s = windowed(model, max_batch=4)
+    feed_then_decode(s, ids, 10)
+    for keep in (33, 12):  # the second one recomputes
+        other = ids[:keep] + rng.integers(0, model.vocab_size, 3).tolist()
+        close(s.sync(other), eager_logits(folder, other)[-1])
+        assert s.tokens == other
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3"])
+def test_windowed_context_shift_matches_independent_reference(model_dir, variant):
+    """test_context_shift_matches_independent_reference with window caches of
+    4 + window + 2 slots, well under n_ctx = 24: the local rings shift too."""
+    folder = model_dir(variant)
+    model = hearthlm.load(folder)
+    ids = np.random.default_rng(5).integers(0, model.vocab_size, 60).tolist()
+    s = windowed(model, n_ctx=24, max_batch=3, n_keep=4, n_discard=6)
+    assert_follows(s, GemmaStreamingReference(folder, n_ctx=24, n_keep=4, n_discard=6), ids)
+
+
+@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
+def test_windowed_save_and_load_round_trip(model_dir, tmp_path, kv_dtype):
+    """Saved after the local rings wrapped and a context shift, loaded, the session
+    continues with the very same logits."""
+    model = hearthlm.load(model_dir("gemma3"))
+    ids = np.random.default_rng(9).integers(0, model.vocab_size, 50).tolist()
+    s = windowed(model, n_ctx=32, max_batch=3, kv_dtype=kv_dtype)
+    feed_then_decode(s, ids[:40], 7)
+    s.save(str(tmp_path / "s.hls"))
+    t = model.load_session(str(tmp_path / "s.hls"))
+    assert t.tokens == s.tokens and t.cache.memory_bytes == s.cache.memory_bytes
+    np.testing.assert_array_equal(feed_then_decode(t, ids[40:], 2), feed_then_decode(s, ids[40:], 2))
+
+
+def test_windowed_speculative_greedy_identical_to_plain(model_dir, monkeypatch):
+    """Speculative rounds (prompt lookup and a draft model, up to 5 drafts) rewind
+    their rejected drafts within the spare slots of 6-token window caches."""
+    from hearthlm import speculative as sp
+    from hearthlm.session import Session
+    monkeypatch.setattr(sp.DraftLength, "choose", lambda self, kind, limit, seconds: 0 if kind is None
+                        else max(0, min(limit, 5)))
+    folder = model_dir("gemma3")
+    model, draft = hearthlm.load(folder), hearthlm.load(folder, dtype="q4")
+    monkeypatch.setattr(model, "session", lambda n_ctx=None, **kw: Session(model, n_ctx=n_ctx, max_batch=6, **kw))
+    monkeypatch.setattr(Session, "_recompute", lambda self: pytest.fail("a speculative rewind recomputed"))
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, 14).tolist()
+    prompt = ids + ids[:9]
+    plain = model.generate(prompt, max_new_tokens=40, return_result=True, temperature=0.0)
+    assert model.session(n_ctx=64).cache.pool.groups[1].capacity < 64
+    for option in (dict(speculative="prompt-lookup"), dict(draft_model=draft)):
+        g = model.generate(prompt, max_new_tokens=40, return_result=True, temperature=0.0, **option)
+        assert g.token_ids == plain.token_ids and g.drafted_tokens > 0
+
+
+def test_free_rewind_says_what_rewinds_recompute(model_dir):
+    model = hearthlm.load(model_dir("gemma2"))  # window 5
+    s = windowed(model, max_batch=4)
+    s.feed(list(range(8)))
+    assert s.free_rewind == 8  # nothing overwritten yet: 4 sinks + 8 - 4 of 4 + 5 + 3 ring slots
+    s.feed(list(range(30)))
+    assert s.free_rewind == 4  # the window and 4 spare slots
+    s.rewind(4)
+    assert s.cache.intact and s.free_rewind == 0
+    assert model.session(n_ctx=64).free_rewind == 0 == len(model.session(n_ctx=64).tokens)

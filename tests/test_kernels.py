@@ -182,6 +182,27 @@ def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window, so
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (16, 2, 64), (9, 3, 33)])
+@pytest.mark.parametrize("window", [0, 40])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prefill_attention_in_token_tiles(isa, kv_dtype, heads, kv_heads, head_dim, window, threads):
+    """Many tokens: each task attends a tile of consecutive tokens, reading every K/V
+    block once for the tile; the tokens' causal masks differ inside a block, and the
+    first tokens see few slots."""
+    n_slots, T = 230, 77
+    q = rand(T, heads, head_dim)
+    k, kscale, kvals = kv_cache_of(rand(kv_heads, n_slots, head_dim), kv_dtype)
+    v, vscale, vvals = kv_cache_of(rand(kv_heads, n_slots, head_dim), kv_dtype)
+    kv_pos = np.arange(n_slots, dtype=np.int32)
+    q_pos = np.arange(n_slots - T, n_slots, dtype=np.int32)
+    out = np.full_like(q, np.nan)
+    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, threads, isa)
+    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kv_dtype", ["f32", "bf16", "q8"])
 @pytest.mark.parametrize("n_slots, window, q_pos", [(1000, 0, 990), (1333, 300, 1200), (777, 0, 100),
                                                     (600, 50, 599)])

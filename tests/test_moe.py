@@ -51,12 +51,13 @@ def run_moe(x, router, experts, top_k, norm_topk, n_threads):
     T = len(x)
     p = Program(dict(x=H, y=H), input="x", output="y")
     p.moe("y", "x", router, experts, I, top_k, norm_topk)
-    native = p.native(1, 1, 2)
+    native = p.native([0], 1, 2)
     y = np.full((T, H), np.nan, f32)
     cache = np.zeros((1, 1, 64, 2), f32)
-    native.forward([x, y], T, np.zeros(native.scratch_bytes(T), np.uint8), cache, None, cache.copy(), None,
-                   "f32", np.full(64, -1, np.int32), np.arange(T, dtype=np.int32), (), np.arange(T, dtype=np.int64),
-                   np.array([[0, 64]] * T, np.int64), n_threads)
+    caches = [(cache, None, cache.copy(), None, np.full(64, -1, np.int32), np.arange(T, dtype=np.int64),
+               np.array([[0, 64]] * T, np.int64))]
+    native.forward([x, y], T, np.zeros(native.scratch_bytes(T), np.uint8), caches, "f32",
+                   np.arange(T, dtype=np.int32), (), n_threads)
     return y
 
 
@@ -82,7 +83,7 @@ def test_moe_op_checked_when_built():
     def build(router=None, experts=None, top_k=2, out="y"):
         p = Program(dict(x=H, y=H, z=H + 1), input="x", output="y")
         p.moe(out, "x", router or lin(3, H), experts or [expert] * 3, I, top_k, True)
-        return p.native(1, 1, 2)
+        return p.native([0], 1, 2)
 
     with pytest.raises(ValueError, match=r"ops\[0\] \(moe\): top_k 4 must be in \[1, the 3 experts\]"):
         build(top_k=4)

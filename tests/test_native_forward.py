@@ -18,51 +18,62 @@ def parts(model_dir):
     model = hearthlm.load(model_dir("llama-gqa-tied"))
     session = model.session(n_ctx=16)
     t = model.transformer
-    buf, cache = session.buf, session.cache
+    buf, group = session.buf, session.cache.pool.groups[0]
     T = 3
-    args = dict(buffers=buf.native, T=T, scratch=buf.scratch, k_cache=cache.k, k_scales=None,
-                v_cache=cache.v, v_scales=None, kv_dtype="f32", slot_pos=cache.slot_pos,
-                positions=np.arange(T, dtype=np.int32), tables=t.ensure_rope(16),
-                slots=np.arange(T, dtype=np.int64), ranges=np.array([[0, 16]] * T, np.int64), n_threads=2)
-    return t.native, args, buf
+    args = dict(buffers=buf.native, T=T, scratch=buf.scratch, kv_dtype="f32",
+                positions=np.arange(T, dtype=np.int32), tables=t.ensure_rope(16), n_threads=2)
+    cache = dict(k=group.k, k_scales=None, v=group.v, v_scales=None, slot_pos=group.slot_pos,
+                 slots=np.arange(T, dtype=np.int64), ranges=np.array([[0, 16]] * T, np.int64))
+    return t.native, args, cache, buf
+
+
+def call(program, args, cache, **change):
+    """forward() with some arguments, or some of the one cache group's, changed."""
+    group = {**cache, **{k: v for k, v in change.items() if k in cache}}
+    program.forward(**{**args, **{k: v for k, v in change.items() if k not in cache}},
+                    caches=[tuple(group.values())])
 
 
 def test_valid_call_runs(parts):
-    program, args, buf = parts
+    program, args, cache, buf = parts
     buf.output[:] = np.nan
-    program.forward(**args)
+    call(program, args, cache)
     assert np.isfinite(buf.output[:3]).all()
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(slots=np.arange(2, dtype=np.int64)), "slots/ranges: expected 3 slots"),
-    (dict(slots=np.array([0, 1, 16], np.int64)), "slots: token 2's slot 16 is outside its range"),
-    (dict(ranges=np.array([[0, 16], [0, 16], [8, 9]], np.int64)), r"ranges: token 2's range \(8, 9\) is outside"),
+    (dict(slots=np.arange(2, dtype=np.int64)), r"caches\[0\].slots/ranges: expected 3 slots"),
+    (dict(slots=np.array([0, 1, 16], np.int64)), r"caches\[0\].slots: token 2's slot 16 is outside its range"),
+    (dict(ranges=np.array([[0, 16], [0, 16], [8, 9]], np.int64)),
+     r"caches\[0\].ranges: token 2's range \(8, 9\) is outside"),
     (dict(ranges=np.array([[0, 16], [0, 16], [3, 4]], np.int64)), "slots: token 2's slot 2 is outside its range"),
+    (dict(slot_pos=np.full(8, -1, np.int32)), r"caches\[0\].slot_pos: expected 16 slots"),
     (dict(positions=np.array([0, 1, 99], np.int32)), "positions: position 99"),
     (dict(positions=np.array([0, 1], np.int32)), "positions: expected 3"),
     (dict(scratch=np.zeros(8, np.uint8)), "scratch: expected a writable buffer"),
-    (dict(kv_dtype="q8"), "k_cache"),
+    (dict(kv_dtype="q8"), r"caches\[0\].k"),
     (dict(n_threads=0), "n_threads"),
     (dict(T=0), "T: at least one token"),
     (dict(tables=()), r"tables: expected 1 \(cos, sin\) pairs"),
 ])
 def test_bad_arguments_are_named(parts, change, message):
-    program, args, _ = parts
+    program, args, cache, _ = parts
     with pytest.raises((ValueError, TypeError), match=message):
-        program.forward(**{**args, **change})
+        call(program, args, cache, **change)
 
 
 def test_mismatched_buffers_are_named(parts):
-    program, args, buf = parts
+    program, args, cache, buf = parts
     bufs = list(args["buffers"])
     bufs[6] = bufs[6][:2]  # gate
     with pytest.raises(ValueError, match=r"buffers\['gate'\]: expected at least \(3, "):
-        program.forward(**dict(args, buffers=bufs))
+        call(program, args, cache, buffers=bufs)
     with pytest.raises(ValueError, match="buffers: expected 8 arrays"):
-        program.forward(**dict(args, buffers=bufs[:7]))
-    with pytest.raises(ValueError, match="k_cache: expected 2 layers"):
-        program.forward(**dict(args, k_cache=args["k_cache"][:1]))
+        call(program, args, cache, buffers=bufs[:7])
+    with pytest.raises(ValueError, match=r"caches\[0\].k: expected 2 layers"):
+        call(program, args, cache, k=cache["k"][:1])
+    with pytest.raises(ValueError, match="caches: expected 1 cache groups, got 2"):
+        program.forward(**args, caches=[tuple(cache.values())] * 2)
 
 
 def tiny_program(**changes) -> Program:
@@ -83,22 +94,24 @@ def tiny_program(**changes) -> Program:
 
 
 def test_program_checked_when_built():
-    program = tiny_program().native(1, 1, 2)
+    program = tiny_program().native([0], 1, 2)
     assert program.n_ops == 8  # the last add and norm are fused
     with pytest.raises(ValueError, match=r"ops\[1\] \(matmul\)\.linears\[0\]\.weight: expected \(4, 4\)"):
-        tiny_program(q=Linear(np.zeros((2, 4), f32), "f32")).native(1, 1, 2)
+        tiny_program(q=Linear(np.zeros((2, 4), f32), "f32")).native([0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[1\] \(matmul\)\.linears\[0\]\.bias: expected 4 elements"):
-        tiny_program(q=Linear(np.zeros((4, 4), f32), "f32", np.zeros(3, f32))).native(1, 1, 2)
+        tiny_program(q=Linear(np.zeros((4, 4), f32), "f32", np.zeros(3, f32))).native([0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[4\] \(kv_store\): cache layer 3 outside \[0, 1\)"):
-        tiny_program(layer=3).native(1, 1, 2)
+        tiny_program(layer=3).native([0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[5\] \(attention\): buffer 'q' has width 4, expected 6"):
-        tiny_program(heads=3).native(1, 1, 2)
+        tiny_program(heads=3).native([0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[8\] \(norm\): weight must be \[1 or 1, 4\], got \(2, 4\)"):
-        tiny_program(final=Norm(np.ones(8, f32), None, 1e-5)).native(1, 1, 2)
+        tiny_program(final=Norm(np.ones(8, f32), None, 1e-5)).native([0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[0\] \(norm\).in: no buffer named 'y'"):
-        K.LayerProgram([("x", 4)], [{"op": "norm", "out": "x", "in": "y"}], 1, 1, 2)
+        K.LayerProgram([("x", 4)], [{"op": "norm", "out": "x", "in": "y"}], [0], 1, 2)
     with pytest.raises(ValueError, match=r"ops\[0\] \(swirl\): unknown op"):
-        K.LayerProgram([("x", 4)], [{"op": "swirl"}], 1, 1, 2)
+        K.LayerProgram([("x", 4)], [{"op": "swirl"}], [0], 1, 2)
+    with pytest.raises(ValueError, match="layer_groups: group 0 has no layer"):
+        K.LayerProgram([("x", 4)], [], [1, 1], 1, 2)
 
 
 def test_program_prints_the_network(model_dir):

@@ -45,7 +45,7 @@ def test_check_ids_writes_into_out_when_it_fits():
 
 
 def held(cache):
-    """{slot: position} of the occupied slots, from the cache's slot_pos."""
+    """{slot: position} of the occupied slots, from the ring's slot_pos."""
     return {int(s): int(p) for s, p in enumerate(cache.slot_pos) if p >= 0}
 
 
@@ -56,33 +56,70 @@ def test_ring_keeps_every_token_in_one_slot(model_dir, n_keep):
     model = hearthlm.load(model_dir("llama-mha"))
     pool = KVPool(model.args, 7, 2)
     cache = pool.sequence(1, n_keep)
+    ring = cache.rings[0]
     t = model.transformer
     rng = np.random.default_rng(n_keep)
     slots = np.zeros(7, np.int64)
     for step in range(60):
-        room = cache.capacity - cache.length
+        room = ring.capacity - ring.length
         op = rng.integers(3)
         if op == 0 and room:
             n = int(rng.integers(1, room + 1))
-            start = cache.length
-            cache.reserve(n, slots)
-            order = cache.order()
-            assert (slots[:n] == cache.first + order[start:start + n]).all()
+            start = ring.length
+            ring.reserve(n, slots)
+            order = ring.order()
+            assert (slots[:n] == ring.first + order[start:start + n]).all()
         elif op == 1 and cache.length:
             cache.truncate(int(rng.integers(0, cache.length + 1)))
         elif cache.length > n_keep:
             n = int(rng.integers(1, cache.length - n_keep + 1))
             cache.shift(n, t.shift_rotations(n, 8), 1)
-        order = cache.order()
-        assert held(cache) == {int(s): i for i, s in enumerate(order)}
-        assert all(int(cache.slot_of(i)) == s for i, s in enumerate(order))
-        assert (order[:n_keep] == np.arange(min(n_keep, cache.length))).all()
-    assert (pool.slot_pos[:7] == -1).all()  # the other sequence's region is untouched
+        order = ring.order()
+        assert held(ring) == {int(s): i for i, s in enumerate(order)}
+        assert all(int(ring.slot_of(i)) == s for i, s in enumerate(order))
+        assert (order[:n_keep] == np.arange(min(n_keep, ring.length))).all()
+    assert (pool.groups[0].slot_pos[:7] == -1).all()  # the other sequence's region is untouched
+
+
+@pytest.mark.parametrize("n_keep", [0, 2])
+def test_window_ring_holds_the_newest_tokens(n_keep):
+    """A ring of n_keep + 6 slots for a window of 3 in a context of 40: through random
+    reserves (up to max_feed = 4), truncates and drops, it holds the sinks and the
+    newest middle tokens [start, length) in distinct slots, a token is lost only when
+    overwritten, and `intact` says whether the window before the end is all held."""
+    from hearthlm._per_token import Ring
+    slot_pos = np.full(n_keep + 6, -1, np.int32)
+    ring = Ring(slot_pos, 0, n_keep, 40, 3)
+    assert ring.max_feed == 4
+    rng = np.random.default_rng(n_keep)
+    slots = np.zeros(8, np.int64)
+    lost = set()  # logical tokens overwritten or dropped
+    for step in range(400):
+        op = rng.integers(3)
+        if op == 0 and ring.length < 40:
+            n = int(rng.integers(1, min(4, 40 - ring.length) + 1))
+            before = set(ring.held().tolist())
+            ring.reserve(n, slots)
+            lost |= before - set(ring.held().tolist())
+        elif op == 1 and ring.length:
+            ring.truncate(int(rng.integers(max(0, ring.length - 8), ring.length + 1)))
+            lost = {i for i in lost if i < ring.length}
+        elif op == 2 and ring.length > n_keep:
+            d = int(rng.integers(1, ring.length - n_keep + 1))
+            ring.drop(d)
+            lost = {i if i < n_keep else i - d for i in lost if i < n_keep or i >= n_keep + d}
+        kept = ring.held().tolist()
+        assert kept == list(range(min(ring.length, n_keep))) + list(range(ring.start, ring.length))
+        assert ring.length - ring.start <= 6 and not lost & set(kept)
+        assert set(kept) | lost == set(range(ring.length))
+        assert held(ring) == {int(s): i for s, i in zip(ring.order(), kept)}
+        assert ring.intact == all(i in kept for i in range(max(0, ring.length - 2), ring.length))
+        assert ring.free_rewind == (max(0, ring.length - (ring.start + 2)) if lost else ring.length)
 
 
 def test_ring_refuses_what_does_not_fit(model_dir):
     model = hearthlm.load(model_dir("llama-mha"))
-    cache = KVPool(model.args, 4, 1).sequence(0, 1)
+    cache = KVPool(model.args, 4, 1).sequence(0, 1).rings[0]
     slots = np.zeros(8, np.int64)
     cache.reserve(3, slots)
     with pytest.raises(InvalidInputError, match="5 tokens exceed the cache of 4; shift first"):
@@ -105,12 +142,12 @@ def test_batch_refused_before_any_cache_changes(model_dir):
     buf = t.buffers(8, 2)
     logits = np.zeros((2, model.vocab_size), np.float32)
     t.forward_batch([(np.array([1, 2, 3], np.int32), b)], buf, logits)
-    before = pool.slot_pos.copy()
-    with pytest.raises(InvalidInputError, match=r"items\[1\]: 2 tokens for a cache holding 3 of 4"):
+    before = pool.groups[0].slot_pos.copy()
+    with pytest.raises(InvalidInputError, match=r"items\[1\]: 5 tokens exceed the cache of 4; shift first"):
         t.forward_batch([(np.array([5], np.int32), a), (np.array([6, 7], np.int32), b)], buf, logits)
     with pytest.raises(InvalidInputError, match="items: expected 1 to 2 sequences, got 3"):
         t.forward_batch([(np.array([5], np.int32), a)] * 3, buf, logits)
-    assert a.length == 0 and b.length == 3 and (pool.slot_pos == before).all()
+    assert a.length == 0 and b.length == 3 and (pool.groups[0].slot_pos == before).all()
 
 
 def test_buffers_sized_by_sequences(model_dir):

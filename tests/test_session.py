@@ -83,14 +83,14 @@ def test_long_stream_constant_memory(model_dir):
     import resource
     model = hearthlm.load(model_dir("llama-mha"))
     s = model.session(n_ctx=128, n_keep=4)
-    k_buffer = s.cache.k
+    k_buffer = s.cache.pool.groups[0].k
     rng = np.random.default_rng(0)
     rss = []
     for i in range(2000):  # 100 000 tokens in chunks of 50
         s.feed(rng.integers(0, model.vocab_size, 50).tolist())
         if i in (200, 1999):
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    assert s.cache.k is k_buffer and len(s.tokens) <= 128
+    assert s.cache.pool.groups[0].k is k_buffer and len(s.tokens) <= 128
     assert rss[1] - rss[0] < 20 * 1024  # KiB: no growth beyond noise
     assert np.isfinite(s.feed([1])).all()
 

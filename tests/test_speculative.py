@@ -260,13 +260,13 @@ def test_a_wrong_rule_fails_the_distribution_test(small_vocab, always_draft, mon
     prompt = [1, 2, 3, 4, 1, 2, 3]
     settings = SAMPLED[0]
 
-    def no_residual(self, row, d, q):
-        ids, probs = self.sampler.distribution(row)
-        if self.rng.random() * float(q[1][q[0] == d].sum()) < float(probs[ids == d].sum()):
-            self.accept(d)
-            return d
-        return self.choose(row)
-    monkeypatch.setattr(sp.SpeculativeDecoder, "_leviathan", no_residual)
+    def no_residual(row, sampler, mask, rng, draft=None, q=None):
+        if q is not None:
+            ids, probs = sampler.distribution(row, mask)
+            if rng.random() * float(q[1][q[0] == draft].sum()) < float(probs[ids == draft].sum()):
+                return draft
+        return sampler.sample(row, mask)
+    monkeypatch.setattr(sp, "verify_token", no_residual)
     exact = exact_distribution(model, prompt, settings)
     assert chi_square_p(sample_counts(model, prompt, settings, draft_model=draft), exact, N_SAMPLES) < 1e-6
 

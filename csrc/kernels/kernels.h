@@ -53,19 +53,20 @@ struct KernelTable {
   void (*rope)(float* x, const float* cos, const float* sin, int64_t n_heads, int64_t head_dim,
                int64_t rot_dim);
 
-  // Softmax attention of n_q query heads that share one kv head, one entry per
-  // KVType (the cache is read in its storage type, never converted as a whole).
-  // q, out: [n_q, head_dim]; k, v: that kv head's rows.
-  // Slot j is attended iff 0 <= kv_pos[j] <= q_pos and (window <= 0 or
-  // q_pos - kv_pos[j] < window). n_q <= kMaxGroup, head_dim <= kMaxHeadDim.
+  // Softmax attention of n_t tokens' n_q query heads that share one kv head, one entry
+  // per KVType (the cache is read in its storage type, never converted as a whole).
+  // q, out: token i's n_q rows of head_dim at q + i * ld (ld >= n_q * head_dim floats);
+  // k, v: that kv head's rows, each read once for all n_t * n_q rows (a prefill tile).
+  // Slot j is attended by token i iff 0 <= kv_pos[j] <= q_pos[i] and (window <= 0 or
+  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows, head_dim <= kMaxHeadDim.
   // score_j = scale * q·k_j, then softcap * tanh(score_j / softcap) when softcap > 0
   // (Gemma 2's logit soft-capping).
-  // lse (optional, [n_q]): log Σ_j exp(score_j) over the visible slots, -inf if none
-  // (out is then 0), so results over disjoint slot ranges can be merged.
-  void (*attention[kKVTypes])(float* out, const float* q, KVRows k, KVRows v,
-                              const int32_t* kv_pos, int64_t n_slots, int32_t q_pos,
-                              int32_t window, float scale, float softcap, int64_t n_q,
-                              int64_t head_dim, float* lse);
+  // lse (optional, [n_t, n_q]): log Σ_j exp(score_j) over the visible slots, -inf if
+  // none (out is then 0), so results over disjoint slot ranges can be merged.
+  void (*attention[kKVTypes])(float* out, const float* q, int64_t ld, KVRows k, KVRows v,
+                              const int32_t* kv_pos, int64_t n_slots, const int32_t* q_pos,
+                              int64_t n_t, int32_t window, float scale, float softcap,
+                              int64_t n_q, int64_t head_dim, float* lse);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
@@ -114,7 +115,8 @@ static_assert(sizeof(KernelTable) == sizeof(const char*) + (0 HEARTHLM_KERNEL_EN
               "a KernelTable member is missing from HEARTHLM_KERNEL_ENTRIES");
 #undef HEARTHLM_COUNT
 
-constexpr int64_t kMaxGroup = 8;       // query heads per attention call
+constexpr int64_t kMaxGroup = 8;       // query heads of one token per attention call
+constexpr int64_t kMaxRows = 32;       // query rows (tokens x heads) per attention call
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kAttentionBlock = 64;  // kv slots scored per online-softmax step
 

@@ -256,35 +256,43 @@ KVStore make_kv(KVType type, const std::vector<float>& x, int64_t n_slots, int64
 const char* const kKVNames[kKVTypes] = {"f32", "f16", "bf16", "q8"};
 
 void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
-  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; float softcap; };
+  // n_t tokens at consecutive positions ending at q_pos (a prefill tile: the earlier
+  // tokens see fewer slots), their rows pad floats apart beyond n_q * head_dim.
+  struct C { int64_t n_slots, head_dim, n_q; int32_t q_pos, window; bool holes; float softcap; int64_t n_t, pad; };
   const C cases[] = {
-      {1, 1, 1, 0, 0, false, 0},     {1, 8, 3, 0, 0, false, 0},   {7, 22, 2, 6, 0, false, 0},
-      {63, 64, 4, 62, 0, false, 0},  {64, 64, 8, 63, 0, false, 0}, {65, 17, 1, 64, 0, false, 0},
-      {130, 40, 5, 129, 0, true, 0}, {130, 40, 5, 70, 0, false, 0},  // later slots are in the future
-      {100, 32, 2, 99, 5, false, 0}, {200, 256, 8, 199, 64, true, 0},
-      {50, 16, 3, -1, 0, false, 0},  // q_pos before every slot: nothing visible, output zeros
-      {3, 8, 1, 2, 1, false, 0},
-      {130, 40, 5, 129, 0, true, 0.5f}, {67, 22, 3, 66, 9, false, 2.0f},  // soft-capped scores
+      {1, 1, 1, 0, 0, false, 0, 1, 0},     {1, 8, 3, 0, 0, false, 0, 1, 0},   {7, 22, 2, 6, 0, false, 0, 1, 0},
+      {63, 64, 4, 62, 0, false, 0, 1, 0},  {64, 64, 8, 63, 0, false, 0, 1, 0}, {65, 17, 1, 64, 0, false, 0, 1, 0},
+      {130, 40, 5, 129, 0, true, 0, 1, 0}, {130, 40, 5, 70, 0, false, 0, 1, 0},  // later slots are in the future
+      {100, 32, 2, 99, 5, false, 0, 1, 0}, {200, 256, 8, 199, 64, true, 0, 1, 0},
+      {50, 16, 3, -1, 0, false, 0, 1, 0},  // q_pos before every slot: nothing visible, output zeros
+      {3, 8, 1, 2, 1, false, 0, 1, 0},
+      {130, 40, 5, 129, 0, true, 0.5f, 1, 0}, {67, 22, 3, 66, 9, false, 2.0f, 1, 0},  // soft-capped scores
+      // tiles of tokens
+      {130, 40, 2, 129, 0, true, 0, 16, 3}, {200, 64, 8, 150, 0, false, 0, 4, 0},   {70, 17, 1, 69, 0, false, 0, 32, 1},
+      {300, 128, 3, 299, 50, true, 0, 10, 0}, {129, 24, 4, 70, 7, false, 1.5f, 8, 2},  // windows past the block
+      {40, 8, 2, 5, 0, false, 0, 12, 0},  // the first tokens see nothing: zeros
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
     for (const C& c : cases) {
-      const std::vector<float> q = rng.vec(c.n_q * c.head_dim, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
+      const int64_t ld = c.n_q * c.head_dim + c.pad;
+      const std::vector<float> q = rng.vec(c.n_t * ld, 2.0f), k = rng.vec(c.n_slots * c.head_dim, 2.0f),
                                v = rng.vec(c.n_slots * c.head_dim);
       const KVStore ks = make_kv(KVType(type), k, c.n_slots, c.head_dim);
       const KVStore vs = make_kv(KVType(type), v, c.n_slots, c.head_dim);
-      std::vector<int32_t> pos(size_t(c.n_slots));
+      std::vector<int32_t> pos(size_t(c.n_slots)), q_pos(size_t(c.n_t));
       for (int64_t j = 0; j < c.n_slots; ++j) pos[size_t(j)] = c.holes && j % 3 == 1 ? -1 : int32_t(j);
+      for (int64_t i = 0; i < c.n_t; ++i) q_pos[size_t(i)] = c.q_pos - int32_t(c.n_t - 1 - i);
       const float scale = 1.0f / std::sqrt(float(c.head_dim));
-      std::vector<float> out(size_t(c.n_q * c.head_dim), -7.0f), out_ref(out.size(), -7.0f);
-      std::vector<float> lse(size_t(c.n_q), -7.0f), lse_ref(lse);
-      ref.attention[type](out_ref.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window,
-                          scale, c.softcap, c.n_q, c.head_dim, lse_ref.data());
-      t.attention[type](out.data(), q.data(), ks.rows, vs.rows, pos.data(), c.n_slots, c.q_pos, c.window, scale,
-                        c.softcap, c.n_q, c.head_dim, lse.data());
-      std::string d =
+      std::vector<float> out(size_t(c.n_t * ld), -7.0f), out_ref(out.size(), -7.0f);
+      std::vector<float> lse(size_t(c.n_t * c.n_q), -7.0f), lse_ref(lse);
+      ref.attention[type](out_ref.data(), q.data(), ld, ks.rows, vs.rows, pos.data(), c.n_slots, q_pos.data(), c.n_t,
+                          c.window, scale, c.softcap, c.n_q, c.head_dim, lse_ref.data());
+      t.attention[type](out.data(), q.data(), ld, ks.rows, vs.rows, pos.data(), c.n_slots, q_pos.data(), c.n_t,
+                        c.window, scale, c.softcap, c.n_q, c.head_dim, lse.data());
+      std::string d =  // the padding between rows untouched too (-7 in both)
           compare(out.data(), out_ref.data(), std::vector<double>(out.size(), 2e-5), int64_t(out.size()));
-      for (int64_t g = 0; d.empty() && g < c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
+      for (int64_t g = 0; d.empty() && g < c.n_t * c.n_q; ++g)  // log-sum-exp: -inf exactly when nothing is visible
         if (std::isinf(lse_ref[size_t(g)]) ? lse[size_t(g)] != lse_ref[size_t(g)]
                                            : !(std::fabs(lse[size_t(g)] - lse_ref[size_t(g)]) <= 1e-5 * (1 + std::fabs(lse_ref[size_t(g)]))))
           d = "lse[" + std::to_string(g) + "]: got " + std::to_string(lse[size_t(g)]) + ", reference " +
@@ -292,7 +300,7 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       r.check(d.empty(), std::string("attention_") + kKVNames[type] + "[" + t.isa + "] " +
                              sizes({{"slots", c.n_slots}, {"head_dim", c.head_dim}, {"n_q", c.n_q},
                                     {"q_pos", c.q_pos}, {"window", c.window}, {"holes", c.holes},
-                                    {"softcap", int64_t(c.softcap * 10)}}), d);
+                                    {"softcap", int64_t(c.softcap * 10)}, {"tokens", c.n_t}, {"pad", c.pad}}), d);
     }
   }
 }

@@ -15,7 +15,7 @@ from .models import ModelArgs, model_args, read_config
 from .safetensors_io import CheckpointFiles
 from .tokenizer import Tokenizer, read_json
 from .quant import QUANT_DTYPES, check_head_dtype, read_quant_metadata
-from .session import Session, fingerprint
+from .session import MAX_BATCH, Session, fingerprint
 from .transformer import Transformer
 from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
 
@@ -62,9 +62,10 @@ class Model:
         return self.session(n_ctx=len(ids), n_keep=0).feed(ids, all_logits=True)
 
     def session(self, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                n_discard: Optional[int] = None, kv_dtype: str = "f32") -> Session:
+                n_discard: Optional[int] = None, kv_dtype: str = "f32", max_batch: int = MAX_BATCH) -> Session:
         """A new conversation state with its own KV cache (see hearthlm.session)."""
-        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard, kv_dtype=kv_dtype)
+        return Session(self, n_ctx=n_ctx, n_keep=n_keep, n_discard=n_discard, kv_dtype=kv_dtype,
+                       max_batch=max_batch)
 
     def load_session(self, path: str) -> Session:
         """A session saved with Session.save(); refused if saved from another model."""

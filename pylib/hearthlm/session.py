@@ -5,6 +5,9 @@
     logits = s.feed([next_id])         # decode
     s.rewind(3); s.sync(new_full_ids); s.save("chat.hls"); model.load_session("chat.hls")
 
+Sliding-window layers (Gemma 2/3's local layers, Mistral-style windows) cache only
+their window plus one feed's tokens (kv_cache), so rewinds beyond max_batch recompute.
+
 Each session owns its cache and scratch buffers; many sessions (also in different
 threads) can share one model's read-only weights. A session itself is used by one
 thread at a time: a second thread gets SessionBusyError instead of corrupted state.
@@ -25,7 +28,7 @@ from ._per_token import check_ids
 from .kv_cache import KVCache, KVPool
 
 SESSION_MAGIC = b"HEARTHLM-SESSION\n"
-SESSION_VERSION = 1
+SESSION_VERSION = 2  # 2: K/V per cache group (sliding-window layers hold only their window)
 MAX_BATCH = 512  # tokens per forward call; longer inputs are fed in chunks
 
 
@@ -52,21 +55,26 @@ class Session:
         n_discard: tokens dropped per shift (default: half of the n_ctx - n_keep ring).
         kv_dtype: cache storage, "f32" (default), "f16" / "bf16" (half the memory) or
         "q8" (int8 blocks of 32 with a scale: about 0.28x f32).
+        max_batch: the most tokens per forward call; it also sizes the caches of
+        sliding-window layers (n_keep + window + max_batch - 1 slots, not n_ctx), which
+        makes rewinds of up to max_batch tokens free; a longer rewind recomputes.
         cache: a sequence of a KVPool to use instead of a cache of its own (SessionGroup);
         n_ctx, n_keep and kv_dtype are then its own."""
         self.model = model
         args = model.args
         if cache is not None:
-            n_ctx, n_keep = cache.capacity, cache.n_keep
+            n_ctx, n_keep = cache.n_ctx, cache.n_keep
         n_ctx, n_keep = context_size(args, n_ctx, n_keep)
-        self.cache = cache if cache is not None else KVCache.alone(args, n_ctx, n_keep, kv_dtype)
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise InvalidInputError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        self.cache = cache if cache is not None else KVCache.alone(args, n_ctx, n_keep, kv_dtype, max_batch)
         ring = self.cache.ring_size
         if n_discard is None:
             n_discard = max(1, ring // 2)
         if not isinstance(n_discard, int) or not 1 <= n_discard <= ring:
             raise InvalidInputError(f"n_discard: expected an integer in [1, {ring}], got {n_discard!r}")
         self.n_discard = n_discard
-        self.max_batch = max(1, min(max_batch, ring))
+        self.max_batch = max(1, min(max_batch, ring, self.cache.max_feed))
         # A session of a SessionGroup makes its own buffers only if it is ever fed alone.
         self.buf = model.transformer.buffers(self.max_batch, 1) if cache is None else None
         self.last_logits = np.zeros((1, args.vocab_size), np.float32)
@@ -86,7 +94,14 @@ class Session:
 
     @property
     def n_ctx(self) -> int:
-        return self.cache.capacity
+        return self.cache.n_ctx
+
+    @property
+    def free_rewind(self) -> int:
+        """The most tokens rewind() (or sync() to a shorter prefix) can drop without
+        recomputing: all of them, except with sliding-window layers (at least
+        max_batch)."""
+        return self.cache.free_rewind
 
     @property
     def memory_bytes(self) -> int:
@@ -114,8 +129,6 @@ class Session:
             ids = check_ids(token_ids, self.model.vocab_size, "token_ids", self._staged)
             if len(ids) == 0:
                 raise InvalidInputError("token_ids: empty")
-            if self.buf is None:
-                self.buf = self.model.transformer.buffers(self.max_batch, 1)
             if out is not None:
                 if not all_logits:
                     raise InvalidInputError("out: only with all_logits=True")
@@ -128,34 +141,55 @@ class Session:
                 out = out[:len(ids)]
             elif all_logits:
                 out = np.empty((len(ids), self.model.vocab_size), np.float32)
-            for start in range(0, len(ids), self.max_batch):
-                chunk = ids[start:start + self.max_batch]
-                self._make_room(len(chunk))
-                dest = out[start:start + len(chunk)] if all_logits else self.last_logits
-                self.model.transformer.forward(chunk, self.cache, self.buf, dest)
-                self._tokens.extend(chunk.tolist())
+            self._run(ids, out)
             if all_logits:
                 self.last_logits[0] = out[-1]
                 return out
             return self._last_view
 
+    def _run(self, ids: np.ndarray, out: Optional[np.ndarray]) -> None:
+        """Feed ids (the session held); out: [len(ids), vocab] for every row's logits,
+        or None for the last row's only, in last_logits."""
+        if self.buf is None:
+            self.buf = self.model.transformer.buffers(self.max_batch, 1)
+        for start in range(0, len(ids), self.max_batch):
+            chunk = ids[start:start + self.max_batch]
+            self._make_room(len(chunk))
+            dest = out[start:start + len(chunk)] if out is not None else self.last_logits
+            self.model.transformer.forward(chunk, self.cache, self.buf, dest)
+            self._tokens.extend(chunk.tolist())
+
     def _make_room(self, n: int) -> None:
         cache = self.cache
-        overflow = cache.length + n - cache.capacity
+        overflow = cache.length + n - cache.n_ctx
         if overflow <= 0:
             return
         drop = min(max(overflow, self.n_discard), cache.length - cache.n_keep)
         t = self.model.transformer
-        cache.shift(drop, t.shift_rotations(drop, cache.capacity), t.n_threads)
+        cache.shift(drop, t.shift_rotations(drop, cache.n_ctx), t.n_threads)
         del self._tokens[cache.n_keep:cache.n_keep + drop]
 
     def rewind(self, n: int) -> None:
-        """Drop the last n tokens (undo / regenerate)."""
+        """Drop the last n tokens (undo / regenerate). Free up to free_rewind tokens; a
+        model with sliding-window layers rewound further no longer has the window
+        before the new end cached, and recomputes the tokens after the sinks (a
+        prefill of what remains; after context shifts, of the tokens as they are now)."""
         if not isinstance(n, int) or not 0 <= n <= len(self._tokens):
             raise InvalidInputError(f"rewind: n must be in [0, {len(self._tokens)}], got {n!r}")
         with self._exclusive():
             self.cache.truncate(len(self._tokens) - n)
             del self._tokens[len(self._tokens) - n:]
+            if not self.cache.intact:
+                self._recompute()
+
+    def _recompute(self) -> None:
+        """Feed again every token after the sinks (the session held)."""
+        keep = self.cache.n_keep
+        again = np.array(self._tokens[keep:], np.int32)
+        self.cache.truncate(keep)
+        del self._tokens[keep:]
+        if len(again):
+            self._run(again, None)
 
     def reset(self) -> None:
         with self._exclusive():
@@ -183,30 +217,33 @@ class Session:
     # -- persistence ----------------------------------------------------------------
 
     def save(self, path: str) -> None:
-        """Write the session (tokens and their cached K/V) to `path`."""
+        """Write the session (tokens and their cached K/V) to `path`: per cache group,
+        the K/V of the tokens it holds, in logical order."""
         with self._exclusive():
             cache = self.cache
-            order = cache.first + cache.order()  # pool slots
+            groups = cache.pool.groups
             header = {
                 "version": SESSION_VERSION,
                 "model": self.model.fingerprint,
                 "dtype": self.model.dtype,
                 "kv_dtype": cache.kv_dtype,
-                "n_ctx": cache.capacity,
+                "n_ctx": cache.n_ctx,
                 "n_keep": cache.n_keep,
                 "n_discard": self.n_discard,
+                "max_batch": self.max_batch,
                 "tokens": self._tokens,
-                "ring_tail": cache.tail,
-                "kv_shape": [int(d) for d in cache.k.shape[:2]] + [len(order), int(cache.k.shape[3])],
+                "rings": [{"tail": r.tail, "start": r.start} for r in cache.rings],
             }
             raw = json.dumps(header).encode()
             tmp = f"{path}.tmp-{os.getpid()}"
             try:
                 with open(tmp, "wb") as f:
                     f.write(SESSION_MAGIC + len(raw).to_bytes(8, "little") + raw)
-                    for layer in range(cache.k.shape[0]):
-                        for part in cache.arrays:
-                            f.write(np.ascontiguousarray(part[layer][:, order]).tobytes())
+                    for g, ring in zip(groups, cache.rings):
+                        slots = ring.first + ring.order()
+                        for j in range(len(g.layers)):
+                            for part in g.arrays:
+                                f.write(np.ascontiguousarray(part[j][:, slots]).tobytes())
                 os.replace(tmp, path)
             except OSError as e:
                 raise FileWriteError(f"{path}: cannot save the session: {e.strerror}") from None
@@ -241,30 +278,36 @@ class Session:
                                        f"({header.get('dtype')}); it cannot be used with this one")
             try:
                 s = cls(model, n_ctx=int(header["n_ctx"]), n_keep=int(header["n_keep"]),
-                        n_discard=int(header["n_discard"]), kv_dtype=str(header["kv_dtype"]))
+                        n_discard=int(header["n_discard"]), kv_dtype=str(header["kv_dtype"]),
+                        max_batch=int(header["max_batch"]))
                 tokens = [int(t) for t in header["tokens"]]
-                kv_shape = [int(d) for d in header["kv_shape"]]
+                rings = [(int(r["tail"]), int(r["start"])) for r in header["rings"]]
             except (KeyError, TypeError, ValueError) as e:
                 raise ModelFormatError(f"{path}: session header is incomplete: {e}") from None
-            layers, heads, n, hd = s.cache.k.shape[0], s.cache.k.shape[1], len(tokens), s.cache.k.shape[3]
-            if kv_shape != [layers, heads, n, hd] or n > s.n_ctx:
-                raise ModelFormatError(f"{path}: cached K/V shape {kv_shape} does not match the model")
+            n = len(tokens)
+            if n > s.n_ctx or len(rings) != len(s.cache.rings):
+                raise ModelFormatError(f"{path}: {n} tokens in {len(rings)} cache groups do not fit this model's "
+                                       f"{len(s.cache.rings)} groups of n_ctx={s.n_ctx}")
             s.model.check_ids(tokens, "session tokens")
-            tail = header.get("ring_tail")
-            if not isinstance(tail, int) or not 0 <= tail < max(s.cache.ring_size, 1):
-                raise ModelFormatError(f"{path}: bad ring_tail {tail!r}")
-            # Same slots as when saved, so attention sums in the same order: exact round trip.
-            s.cache.tail, s.cache.length = tail, n
-            order = s.cache.order()
-            pool_slots = s.cache.first + order
-            for layer in range(layers):
-                for part in s.cache.arrays:
-                    per = heads * n * part.shape[3] * part.itemsize
-                    data = f.read(per)
-                    if len(data) != per:
-                        raise ModelFormatError(f"{path}: truncated session file")
-                    part[layer][:, pool_slots] = np.frombuffer(data, part.dtype).reshape(heads, n, part.shape[3])
-            s.cache.slot_pos[order] = np.arange(n, dtype=np.int32)
+            for ring, (tail, start) in zip(s.cache.rings, rings):
+                lowest = max(s.cache.n_keep, n - ring.ring_size) if ring.window else s.cache.n_keep
+                if not 0 <= tail < max(ring.ring_size, 1) or not lowest <= start <= max(s.cache.n_keep, n):
+                    raise ModelFormatError(f"{path}: bad ring tail {tail} / start {start}")
+                # Same slots as when saved, so attention sums in the same order: exact round trip.
+                ring.tail, ring.length, ring.start = tail, n, start
+            for g, ring in zip(s.cache.pool.groups, s.cache.rings):
+                order, held = ring.order(), ring.held()
+                for j in range(len(g.layers)):
+                    for part in g.arrays:
+                        rows = (part.shape[1], len(order), part.shape[3])
+                        per = int(np.prod(rows)) * part.itemsize
+                        data = f.read(per)
+                        if len(data) != per:
+                            raise ModelFormatError(f"{path}: truncated session file")
+                        part[j][:, ring.first + order] = np.frombuffer(data, part.dtype).reshape(rows)
+                ring.slot_pos[order] = held.astype(np.int32)
+            if f.read(1):
+                raise ModelFormatError(f"{path}: the cached K/V does not match the model (bytes left over)")
             s._tokens = tokens
             return s
 
@@ -275,25 +318,33 @@ class SessionGroup:
     pass over the weights (Transformer.forward_batch). Each session also works alone."""
 
     def __init__(self, model, n_sessions: int, n_ctx: Optional[int] = None, n_keep: Optional[int] = None,
-                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH):
-        """max_tokens: the most tokens one feed() runs, all sessions together."""
+                 n_discard: Optional[int] = None, kv_dtype: str = "f32", max_tokens: int = MAX_BATCH,
+                 max_session_tokens: Optional[int] = None, max_logits: Optional[int] = None):
+        """max_tokens: the most tokens one feed() runs, all sessions together;
+        max_session_tokens: the most of them for one session (default max_tokens),
+        which sizes the caches of sliding-window layers, as a Session's max_batch does;
+        max_logits: the most rows of logits one feed() returns (default n_sessions)."""
         args = model.args
         n_ctx, n_keep = context_size(args, n_ctx, n_keep)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise InvalidInputError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+        for name, value in (("max_tokens", max_tokens), ("max_session_tokens", max_session_tokens or max_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name}: expected a positive integer, got {value!r}")
         self.model = model
-        self.pool = KVPool(args, n_ctx, n_sessions, kv_dtype)
-        self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i, n_keep))
+        self.pool = KVPool(args, n_ctx, n_sessions, kv_dtype, n_keep, max_session_tokens or max_tokens)
+        self.sessions = [Session(model, n_discard=n_discard, cache=self.pool.sequence(i))
                          for i in range(n_sessions)]
         self.max_tokens = max_tokens
-        self.buf = model.transformer.buffers(max_tokens, n_sessions)
-        self.logits = np.zeros((n_sessions, args.vocab_size), np.float32)
+        max_logits = max_logits or n_sessions
+        self.buf = model.transformer.buffers(max_tokens, n_sessions, max_logits)
+        self.logits = np.zeros((max_logits, args.vocab_size), np.float32)
 
-    def feed(self, batch) -> np.ndarray:
+    def feed(self, batch, tails: Optional[Sequence[int]] = None) -> np.ndarray:
         """batch: (session, token ids) pairs, each session of this group at most once,
         at most max_tokens ids in all. Appends the ids to each session and runs them in
         one forward; returns logits [len(batch), vocab], row i after batch[i]'s last id
-        (a view of the group's buffer, valid until the next feed)."""
+        (a view of the group's buffer, valid until the next feed). With tails (per
+        pair, how many of its last ids want logits; at most max_logits in all): the
+        rows after each of those ids, pair by pair, [sum(tails), vocab]."""
         if not batch or len(batch) > len(self.sessions):
             raise InvalidInputError(f"batch: expected 1 to {len(self.sessions)} (session, ids) pairs")
         if len({id(s) for s, _ in batch}) != len(batch) or any(s.cache.pool is not self.pool for s, _ in batch):
@@ -308,13 +359,22 @@ class SessionGroup:
             if total > self.max_tokens or min(len(ids) for _, ids in items) < 1:
                 raise InvalidInputError(f"batch: {total} token ids (at least one per session) exceed the group's "
                                         f"max_tokens={self.max_tokens}")
+            if tails is not None:
+                tails = list(tails)
+                if len(tails) != len(items) or not all(isinstance(n, int) and 1 <= n <= len(ids)
+                                                       for n, (_, ids) in zip(tails, items)):
+                    raise InvalidInputError("tails: expected, per pair, an integer from 1 to its number of ids")
+                if sum(tails) > len(self.logits):
+                    raise InvalidInputError(f"tails: {sum(tails)} rows of logits exceed the group's "
+                                            f"max_logits={len(self.logits)}")
             for s, ids in items:
-                if len(ids) > s.cache.ring_size:
-                    raise InvalidInputError(f"batch: {len(ids)} ids exceed a session's ring of "
-                                            f"{s.cache.ring_size} tokens; feed them in parts")
+                if len(ids) > s.cache.max_feed:
+                    raise InvalidInputError(f"batch: {len(ids)} ids exceed the {s.cache.max_feed} a session's "
+                                            "cache takes at once; feed them in parts")
                 s._make_room(len(ids))
-            logits = self.logits[:len(items)]
-            self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits)
+            logits = self.logits[:len(items) if tails is None else sum(tails)]
+            self.model.transformer.forward_batch([(ids, s.cache) for s, ids in items], self.buf, logits,
+                                                 tails=tails)
             for s, ids in items:
                 s._tokens.extend(ids.tolist())
             return logits

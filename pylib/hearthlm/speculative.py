@@ -35,9 +35,11 @@ same token as without speculation.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 import time
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -50,6 +52,7 @@ SPECULATION_OPTIONS = ("speculative", "draft_model")
 MAX_DRAFT = 10         # drafted tokens per round, at most
 LOOKUP_NGRAM = 3       # prompt lookup matches the last 3, 2 or 1 tokens
 PROBE_EVERY = 16       # rounds without drafting before a one-token probe
+PRIOR_RATE = 0.6       # acceptance rate assumed before any draft is checked
 SMOOTHING = 0.3        # weight of the newest measurement in the running means
 
 
@@ -100,14 +103,23 @@ class DraftSession:
     (rejected drafts) and fed the rest; a new window of half its context when the
     text outgrows it. It never shifts by itself."""
 
-    def __init__(self, model, n_ctx: int):
-        self.session = model.session(n_ctx=n_ctx, n_keep=0)
+    def __init__(self, session):
+        self.session = session
         self.held: list[int] = []  # the tokens the session holds
         self.start = 0             # the index in the text of held[0]
+
+    @classmethod
+    def of(cls, model, n_ctx: int) -> "DraftSession":
+        return cls(model.session(n_ctx=n_ctx, n_keep=0))
 
     def sync(self, text: list[int], room: int, known: int = 0) -> np.ndarray:
         """Hold `text` with room for `room` more tokens -> the logits after it.
         known: leading tokens of `text` that are as they were at the last sync."""
+        return self.feed(self.catch_up(text, room, known))
+
+    def catch_up(self, text: list[int], room: int, known: int = 0) -> list[int]:
+        """Rewind the session to where it and `text` part -> the tokens of `text` to
+        feed next (at least one, for the logits after it)."""
         s, held = self.session, self.held
         same = max(0, min(known - self.start, len(held)))
         for a, b in zip(held[same:], text[self.start + same:]):
@@ -115,17 +127,36 @@ class DraftSession:
                 break
             same += 1
         same = min(same, len(text) - self.start - 1)  # feed at least one token, for its logits
-        if len(text) - self.start + room > s.n_ctx:
+        if same < 0 or len(text) - self.start + room > s.n_ctx:  # same < 0: the text ends before the window
             self.start, same = max(0, len(text) - s.n_ctx // 2), 0
             s.reset()
             held.clear()
         s.rewind(len(held) - same)
         del held[same:]
-        return self.feed(text[self.start + same:])
+        return text[self.start + same:]
 
     def feed(self, ids: list[int]) -> np.ndarray:
         self.held.extend(ids)
         return self.session.feed(ids)
+
+
+def draft_sampler(sampler: Sampler, vocab_size: int) -> Sampler:
+    """A draft model's sampler: the target's settings, another seed."""
+    return Sampler(replace(sampler.config, seed=sampler.seed ^ 0x5BD1E995), vocab_size)
+
+
+def draft_token(logits: np.ndarray, sampler: Sampler, rng: np.random.Generator, greedy: bool):
+    """A draft model's next draft -> (token, q): its argmax when the target decodes
+    greedily (a point mass, q None), else a draw from its sampler's distribution q =
+    (ids, probs), accepted by that sampler."""
+    if greedy:
+        return int(np.argmax(logits)), None
+    ids, probs = sampler.distribution(logits)
+    cum = np.cumsum(probs, dtype=np.float64)
+    j = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(ids) - 1)
+    token = int(ids[j])
+    sampler.accept(token)
+    return token, (ids, probs)
 
 
 class DraftModel:
@@ -135,9 +166,8 @@ class DraftModel:
 
     def __init__(self, draft: DraftSession, sampler: Sampler, rng: np.random.Generator):
         self.draft_session, self.rng = draft, rng
-        config = sampler.config
-        self.greedy = config.temperature == 0
-        self.sampler = Sampler(replace(config, seed=sampler.seed ^ 0x5BD1E995), draft.session.model.vocab_size)
+        self.greedy = sampler.config.temperature == 0
+        self.sampler = draft_sampler(sampler, draft.session.model.vocab_size)
         self.seconds_per_token = 0.0
         self._known = 0  # the text so far only grows: what was there at the last draft is unchanged
 
@@ -158,52 +188,111 @@ class DraftModel:
         for i in range(k):
             if i:
                 logits = self.draft_session.feed(drafts[-1:])
-            if self.greedy:
-                drafts.append(int(np.argmax(logits)))
-                continue
-            ids, probs = self.sampler.distribution(logits)
-            cum = np.cumsum(probs, dtype=np.float64)
-            j = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(ids) - 1)
-            drafts.append(int(ids[j]))
-            qs.append((ids, probs))
-            self.sampler.accept(drafts[-1])
-        seconds = (time.perf_counter() - t0) / k
-        self.seconds_per_token = seconds if self.seconds_per_token == 0 else (
-            self.seconds_per_token + SMOOTHING * (seconds - self.seconds_per_token))
+            token, q = draft_token(logits, self.sampler, self.rng, self.greedy)
+            drafts.append(token)
+            if q is not None:
+                qs.append(q)
+        self.seconds_per_token = smoothed(self.seconds_per_token, (time.perf_counter() - t0) / k)
         return drafts, qs
 
 
-class DraftLength:
-    """Chooses each round's draft length: the k <= limit with the most expected tokens
-    per second. With acceptance rate a (per drafter kind), k drafts yield
-    1 + a + ... + a^k tokens for a forward of k + 1 tokens plus k drafting times."""
+def smoothed(mean: float, value: float) -> float:
+    """The running mean after `value` (the first value when mean is 0, not measured)."""
+    return value if mean == 0 else mean + SMOOTHING * (value - mean)
 
-    def __init__(self):
-        self.rate: dict = {}
-        self.cost = [0.0] * (MAX_DRAFT + 2)  # seconds per forward of M tokens; 0 = not measured yet
-        self.idle = 0
 
-    def forward_cost(self, m: int) -> float:
-        """Measured, or until then a prior (each extra token +25 %) scaled to the
-        nearest measured size."""
-        if self.cost[m] > 0:
+class Acceptance:
+    """The acceptance rate of drafts per drafter kind (a running mean), starting from
+    `start`'s rates (or PRIOR_RATE)."""
+
+    def __init__(self, start: Optional["Acceptance"] = None):
+        self.rate: dict = dict(start.rate) if start is not None else {}
+
+    def of(self, kind) -> float:
+        return min(self.rate.get(kind, PRIOR_RATE), 0.99)
+
+    def update(self, kind, k: int, accepted: int) -> None:
+        """k drafts, the first `accepted` kept: all of them checked, or up to the first rejected."""
+        if k:
+            checked = accepted + (accepted < k)
+            rate = self.rate.get(kind, PRIOR_RATE)
+            self.rate[kind] = rate + SMOOTHING * (accepted / checked - rate)
+
+
+class ForwardCosts:
+    """Seconds per forward of m tokens (running means): measured, or until then a
+    prior (each extra token +25 %) scaled to the nearest measured size."""
+
+    def __init__(self, max_tokens: int):
+        self.cost = [0.0] * (max_tokens + 1)  # 0 = not measured yet
+        self.known: list[int] = []            # the sizes measured, in order
+
+    def __call__(self, m: int) -> float:
+        if m < len(self.cost) and self.cost[m] > 0:
             return self.cost[m]
         prior = lambda n: 1 + 0.25 * (n - 1)
-        known = [j for j, c in enumerate(self.cost) if c > 0]
-        if not known:
+        if not self.known:
             return prior(m)
-        j = min(known, key=lambda j: abs(j - m))
+        at = bisect.bisect(self.known, m)
+        j = min(self.known[max(at - 1, 0):at + 1], key=lambda j: abs(j - m))
         return self.cost[j] * prior(m) / prior(j)
+
+    def measure(self, m: int, seconds: float) -> None:
+        if m >= len(self.cost):
+            return
+        if self.known:  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
+            seconds = min(seconds, 2 * self(m))
+        if self.cost[m] == 0:
+            bisect.insort(self.known, m)
+        self.cost[m] = smoothed(self.cost[m], seconds)
+
+
+def draft_lengths(sequences: Sequence[tuple[float, int]], other_tokens: int, cost: Callable[[int], float],
+                  draft_seconds: float) -> list[int]:
+    """How many tokens each decoding sequence drafts in a step, for the most expected
+    tokens per second. sequences: (acceptance rate a, most drafts allowed) each; the
+    step's forward also runs `other_tokens` tokens (prompt chunks) and costs cost(M)
+    for M tokens; drafting costs draft_seconds per draft position (the sequences'
+    drafts are made together). A sequence's j-th draft is kept with probability a^j,
+    so taking the largest of the remaining gains first gives the best split of every
+    total, and the best total is chosen among them."""
+    n_seq = len(sequences)
+    gains = [(-a, i) for i, (a, limit) in enumerate(sequences) if limit > 0]
+    heapq.heapify(gains)
+    counts = [0] * n_seq
+    order, expected, longest = [], float(n_seq), 0
+    best, best_speed = 0, n_seq / cost(other_tokens + n_seq)
+    while gains:
+        gain, i = heapq.heappop(gains)
+        counts[i] += 1
+        order.append(i)
+        expected -= gain
+        longest = max(longest, counts[i])
+        if counts[i] < sequences[i][1]:
+            heapq.heappush(gains, (gain * sequences[i][0], i))
+        speed = expected / (cost(other_tokens + n_seq + len(order)) + longest * draft_seconds)
+        if speed > best_speed:
+            best, best_speed = len(order), speed
+    ks = [0] * n_seq
+    for i in order[:best]:
+        ks[i] += 1
+    return ks
+
+
+class DraftLength:
+    """Chooses each round's draft length for one sequence (draft_lengths), from the
+    drafter's acceptance per kind and the measured forward costs; with nothing worth
+    drafting, a one-token probe every PROBE_EVERY rounds."""
+
+    def __init__(self):
+        self.acceptance = Acceptance()
+        self.cost = ForwardCosts(MAX_DRAFT + 1)
+        self.idle = 0
 
     def choose(self, kind, limit: int, draft_seconds: float) -> int:
         if kind is None or limit < 1:
             return 0
-        a = min(self.rate.get(kind, 0.6), 0.99)
-        best, best_speed = 0, 1.0 / self.forward_cost(1)
-        for k in range(1, limit + 1):
-            speed = (1 - a ** (k + 1)) / (1 - a) / (self.forward_cost(k + 1) + k * draft_seconds)
-            if speed > best_speed:
-                best, best_speed = k, speed
+        best = draft_lengths([(self.acceptance.of(kind), limit)], 0, self.cost, draft_seconds)[0]
         if best == 0:
             self.idle += 1
             if self.idle >= PROBE_EVERY:
@@ -211,13 +300,8 @@ class DraftLength:
         return best
 
     def update(self, kind, k: int, accepted: int, m: int, seconds: float) -> None:
-        if any(self.cost):  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
-            seconds = min(seconds, 2 * self.forward_cost(m))
-        self.cost[m] = seconds if self.cost[m] == 0 else self.cost[m] + SMOOTHING * (seconds - self.cost[m])
-        if k:
-            checked = accepted + (accepted < k)
-            rate = self.rate.get(kind, 0.6)
-            self.rate[kind] = rate + SMOOTHING * (accepted / checked - rate)
+        self.cost.measure(m, seconds)
+        self.acceptance.update(kind, k, accepted)
 
 
 class SpeculativeDecoder(Decoder):
@@ -269,40 +353,64 @@ class SpeculativeDecoder(Decoder):
     def _check(self, rows: np.ndarray, drafts: list[int], qs) -> int:
         """Checks drafts against rows[:len(drafts)] and draws the round's last token;
         queues the tokens kept -> how many drafts were kept."""
-        for i, row in enumerate(rows):
-            d = drafts[i] if i < len(drafts) else None
-            if d is not None and qs is not None:
-                token = self._leviathan(row, d, qs[i])
-            else:
-                token = self.choose(row)
+        kept = 0
+        for i, token in enumerate(round_tokens(rows, drafts, qs, self._token_for)):
             self.queue.append((token, self.entry, self.done))
-            if token != d or token in self.eos:  # an end-of-sequence draft is not kept
-                return i
+            if token in self.eos:  # an end-of-sequence draft is not kept
+                break
+            if i < len(drafts) and token == drafts[i]:
+                kept = i + 1
             if self.done:
-                return i + 1
-        return len(drafts)
+                break
+        return kept
 
-    def _leviathan(self, row: np.ndarray, d: int, q) -> int:
-        """Keep d ~ q with probability min(1, p(d) / q(d)); else draw from max(0, p - q)."""
+    def _token_for(self, row: np.ndarray, d: Optional[int], q) -> int:
+        if q is None:
+            return self.choose(row)
         c = self.constraint
-        ids, probs = self.sampler.distribution(row, c.next_mask() if c else None)
-        q_ids, q_probs = q
-        p_d, q_d = float(probs[ids == d].sum()), float(q_probs[q_ids == d].sum())
-        if self.rng.random() * q_d < p_d:
-            token = d
-        else:
-            both = np.union1d(ids, q_ids)
-            residual = np.zeros(len(both))
-            residual[np.searchsorted(both, ids)] += probs
-            residual[np.searchsorted(both, q_ids)] -= q_probs
-            cum = np.cumsum(np.maximum(residual, 0.0))
-            if cum[-1] <= 0:  # p == q up to rounding: any draw from p
-                return self.choose(row)
-            j = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), len(both) - 1)
-            token = int(both[j])
+        token = verify_token(row, self.sampler, c.next_mask() if c else None, self.rng, d, q)
         self.entry = None
         self.accept(token)
         return token
+
+
+def round_tokens(rows: np.ndarray, drafts: Sequence[int], qs, token_for) -> Iterator[int]:
+    """The tokens of a round, one at a time: row i's is token_for(row, draft i + 1 or
+    None, its q or None), and the round ends after the first token that is not its
+    draft (the row after the last draft always ends it). The caller accepts each token
+    (sampler, constraint) before asking for the next, and may stop early (end of
+    sequence, a stop string)."""
+    for i, row in enumerate(rows):
+        d = drafts[i] if i < len(drafts) else None
+        token = token_for(row, d, qs[i] if qs is not None and d is not None else None)
+        yield token
+        if token != d:
+            return
+
+
+def verify_token(row: np.ndarray, sampler: Sampler, mask, rng: np.random.Generator, draft: Optional[int] = None,
+                 q=None) -> int:
+    """The token for one row of a round's logits (mask: the constraint's, or None).
+    A draft drawn from q = (ids, probs) is kept with probability min(1, p(d) / q(d)),
+    else the token is drawn from max(0, p - q) normalised; without q (no draft, or one
+    proposed for sure) it is the sampler's own draw, which keeps a sure draft iff it
+    draws it."""
+    if q is None:
+        return sampler.sample(row, mask)
+    ids, probs = sampler.distribution(row, mask)
+    q_ids, q_probs = q
+    p_d, q_d = float(probs[ids == draft].sum()), float(q_probs[q_ids == draft].sum())
+    if rng.random() * q_d < p_d:
+        return draft
+    both = np.union1d(ids, q_ids)
+    residual = np.zeros(len(both))
+    residual[np.searchsorted(both, ids)] += probs
+    residual[np.searchsorted(both, q_ids)] -= q_probs
+    cum = np.cumsum(np.maximum(residual, 0.0))
+    if cum[-1] <= 0:  # p == q up to rounding: any draw from p
+        return sampler.sample(row, mask)
+    j = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(both) - 1)
+    return int(both[j])
 
 
 class Speculation:
@@ -341,7 +449,7 @@ class Speculation:
             self.check(sampler, record is not None)
             n_ctx = min(session.n_ctx, self.draft_model.args.max_position_embeddings)
             if self._draft is None or self._draft.session.n_ctx < n_ctx:
-                self._draft = DraftSession(self.draft_model, n_ctx)
+                self._draft = DraftSession.of(self.draft_model, n_ctx)
             drafter = DraftModel(self._draft, sampler, rng)
         return SpeculativeDecoder(session, sampler, constraint, eos, record, logits, drafter, prompt_ids,
                                   max_new_tokens, self.length, rng)

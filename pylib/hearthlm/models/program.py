@@ -75,8 +75,9 @@ class Program:
                 total += op["router"][0].nbytes + op["top_k"] * sum(lin[0].nbytes for lin in op["experts"][0])
         return total
 
-    def native(self, n_layers: int, n_kv_heads: int, head_dim: int) -> "K.LayerProgram":
-        return K.LayerProgram(list(self.buffers.items()), self.ops, n_layers, n_kv_heads, head_dim)
+    def native(self, layer_groups: list, n_kv_heads: int, head_dim: int) -> "K.LayerProgram":
+        """layer_groups: each layer's cache group (kv_cache.cache_groups)."""
+        return K.LayerProgram(list(self.buffers.items()), self.ops, layer_groups, n_kv_heads, head_dim)
 
     def __str__(self) -> str:
         lines = [f"buffers: {', '.join(f'{n}[{w}]' for n, w in self.buffers.items())}"]

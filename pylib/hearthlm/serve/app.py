@@ -64,7 +64,8 @@ class State:
             model = self.load()
             n_ctx = o["n_ctx"] or min(model.args.max_position_embeddings, 4096)
             parallel = o["parallel"] or default_parallel(model, n_ctx, o["kv_dtype"])
-            scheduler = Scheduler(model, parallel, n_ctx, o["max_queue"], o["kv_dtype"])
+            speculation = o["speculation"]() if callable(o["speculation"]) else o["speculation"]
+            scheduler = Scheduler(model, parallel, n_ctx, o["max_queue"], o["kv_dtype"], **speculation)
         except Exception as e:  # noqa: BLE001  reported by /health and on_load_error
             self.error = str(e) if isinstance(e, HearthlmError) else f"{type(e).__name__}: {e}"
             if self.on_load_error is not None:
@@ -144,7 +145,7 @@ class State:
 def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[int] = None,
                n_ctx: Optional[int] = None, max_queue: Optional[int] = None, api_key: Optional[str] = None,
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens: Optional[int] = None, kv_dtype: str = "f32",
-               template: Optional[str] = None,
+               template: Optional[str] = None, speculation=None,
                on_load_error: Optional[Callable[[Exception], None]] = None) -> Starlette:
     """An ASGI app serving `model`: a hearthlm Model, or a function returning one
     (called in a thread at startup; /health answers 503 until it returns).
@@ -153,11 +154,15 @@ def create_app(model, *, model_name: Optional[str] = None, parallel: Optional[in
     per slot (default: the model's context, at most 4096); max_queue: requests waiting
     for a slot before 429 (default 4 x parallel); api_key: required as
     `Authorization: Bearer KEY` (all but /health); max_tokens: the most a request may
-    ask for (default n_ctx); template: a chat template instead of the model's own."""
+    ask for (default n_ctx); template: a chat template instead of the model's own;
+    speculation: {"speculative": "prompt-lookup"} or {"draft_model": Model}, or a
+    function returning it (called at startup, after the model loads): speculative
+    decoding in every step (a request may cap it with speculative.n_max)."""
     loaded = not callable(model)
     load: Callable = (lambda: model) if loaded else model
     state = State(load, dict(model_name=model_name, parallel=parallel, n_ctx=n_ctx, max_queue=max_queue,
-                             max_tokens=max_tokens, kv_dtype=kv_dtype, template=template), on_load_error)
+                             max_tokens=max_tokens, kv_dtype=kv_dtype, template=template,
+                             speculation=speculation or {}), on_load_error)
     metrics = Metrics(lambda: state.scheduler)
 
     @contextlib.asynccontextmanager
@@ -260,7 +265,7 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
     events: asyncio.Queue = asyncio.Queue()
     job = Job(prompt, max_tokens, sampler, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
               stop=req.stop, top_logprobs=req.top_logprobs, context=context, ignore_eos=req.ignore_eos,
-              constraint=constraint)
+              constraint=constraint, max_draft=req.max_draft)
     try:
         s.scheduler.submit(job)
     except Overloaded as e:

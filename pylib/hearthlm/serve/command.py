@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..cli import DTYPES
+from ..cli_args import add_speculative_options, speculative_options
 
 API_KEY_ENV = "HEARTHLM_API_KEY"
 GRACE_SECONDS = 10  # on Ctrl-C / SIGTERM, streams still open after this are cut
@@ -45,6 +46,7 @@ def add_arguments(p) -> None:
                                         "(default: the folder's name)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: %(default)s)")
+    add_speculative_options(p)
 
 
 def run(args) -> int:
@@ -72,11 +74,12 @@ def run(args) -> int:
         print(f"hearthlm: error: {e}", file=sys.stderr)
         server.should_exit = True
 
-    threads = args.threads or max(1, physical_cores() - 1)
-    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=threads), model_name=name,
+    args.threads = args.threads or max(1, physical_cores() - 1)
+    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=args.threads), model_name=name,
                      parallel=args.parallel, n_ctx=args.ctx, max_queue=args.queue, api_key=args.api_key,
                      max_body_bytes=args.max_body, max_tokens=args.max_tokens, kv_dtype=args.kv_dtype,
-                     template=args.template, on_load_error=load_failed)
+                     template=args.template, speculation=lambda: speculative_options(args),
+                     on_load_error=load_failed)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=GRACE_SECONDS))
     print(f"hearthlm serve: loading {path}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)

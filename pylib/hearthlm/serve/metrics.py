@@ -42,6 +42,8 @@ class _SchedulerCollector:
                 ("hearthlm_prefilled_tokens", "Tokens fed to the model (prompts and generated)",
                  st.prefilled_tokens),
                 ("hearthlm_completion_tokens", "Generated tokens", st.completion_tokens),
+                ("hearthlm_draft_tokens", "Tokens drafted by speculative decoding", st.drafted_tokens),
+                ("hearthlm_draft_accepted_tokens", "Drafted tokens the model kept", st.accepted_tokens),
                 ("hearthlm_forward_steps", "Scheduler steps (one forward over the busy slots)", st.steps)):
             yield CounterMetricFamily(name, doc, value=value)
         finished = CounterMetricFamily("hearthlm_requests_finished", "Requests finished, by reason",

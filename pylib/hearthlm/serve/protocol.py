@@ -56,6 +56,7 @@ class Request:
     include_usage: bool = False
     top_logprobs: Optional[int] = None  # None: no logprobs
     ignore_eos: bool = False            # vLLM's and llama.cpp's extension: run to max_tokens
+    max_draft: Optional[int] = None     # llama-server's speculative.n_max: drafts per step (0: none)
 
 
 # -- field checks --------------------------------------------------------------------
@@ -153,7 +154,8 @@ def _common(body: dict, kind: str) -> Request:
     if seed is not None:
         sampling["seed"] = seed % 2**64
     return Request(kind=kind, model=model, sampling=sampling, stop=stop, stream=stream,
-                   include_usage=include_usage, ignore_eos=_bool(body, "ignore_eos"))
+                   include_usage=include_usage, ignore_eos=_bool(body, "ignore_eos"),
+                   max_draft=_int(body, "speculative.n_max", 0))
 
 
 def parse_chat(body) -> Request:
@@ -274,9 +276,17 @@ def now() -> int:
 
 
 def usage(finished) -> dict:
-    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": finished.cached_tokens}}
+    """OpenAI's usage block; a speculating server also gives completion_tokens_details,
+    with drafted tokens kept as accepted_prediction_tokens and the others as
+    rejected_prediction_tokens (the fields of OpenAI's predicted outputs)."""
+    out = {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
+           "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": finished.cached_tokens}}
+    if finished.drafted_tokens is not None:
+        out["completion_tokens_details"] = {
+            "accepted_prediction_tokens": finished.accepted_tokens,
+            "rejected_prediction_tokens": finished.drafted_tokens - finished.accepted_tokens}
+    return out
 
 
 def finish_reason(finished) -> str:

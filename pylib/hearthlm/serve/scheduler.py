@@ -12,6 +12,8 @@ a queued job goes to the free slot with the longest common prefix (else the leas
 recently used). One step: admit queued jobs into free slots, run one forward over every
 busy slot (the next chunk of a prompt still being prefilled, or the token sampled last),
 then sample the slots whose input is all fed. Jobs join and leave between steps.
+With speculative="prompt-lookup" or draft_model=Model, a decoding slot's input also
+carries drafted tokens, checked in that same forward (hearthlm.serve.drafting).
 
 job.emit(event) is called from the worker thread: Delta events (text released by a
 token, with its log-probabilities when asked), then exactly one Finished or Failed.
@@ -33,6 +35,8 @@ from ..errors import ContextOverflowError, HearthlmError, InvalidInputError
 from ..generation import ReplyText
 from ..sampling import Sampler
 from ..session import SessionGroup
+from ..speculative import MAX_DRAFT, round_tokens, verify_token
+from .drafting import Drafting
 
 PREFILL_CHUNK = 256   # prompt tokens a slot feeds per step, so long prompts do not stall decoding
 RATE_WINDOW = 10.0    # seconds over which tokens/s is measured
@@ -66,6 +70,8 @@ class Finished:
     prompt_tokens: int
     cached_tokens: int           # prompt tokens found in the slot's cache (not prefilled)
     completion_tokens: int
+    drafted_tokens: Optional[int] = None   # tokens drafted (None: the server does not speculate)
+    accepted_tokens: Optional[int] = None  # ... and kept
 
 
 @dataclass
@@ -84,9 +90,12 @@ class Job:
     context: Sequence[int] = ()           # ids the detokenizer continues (e.g. the prompt's tail)
     ignore_eos: bool = False              # run to max_tokens (benchmarks)
     constraint: object = None             # hearthlm.constraints / tool_calls: masks the tokens
+    max_draft: Optional[int] = None       # the most tokens drafted per step (0: none) when the server speculates
     cancelled: bool = False
     cached_tokens: int = 0
     completion_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     reply: Optional[ReplyText] = None
 
 
@@ -96,6 +105,7 @@ class Slot:
         self.job: Optional[Job] = None
         self.pending: list[int] = []   # tokens to feed at the next steps
         self.last_used = 0
+        self.spec = None               # the job's JobDrafts when the server speculates
 
 
 class Stats:
@@ -107,6 +117,8 @@ class Stats:
         self.cached_tokens = 0
         self.prefilled_tokens = 0
         self.completion_tokens = 0
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
         self.finished = collections.Counter()   # reason -> requests
         self.batch_size = 0                     # slots in the last step
         self.tokens_per_second = 0.0            # completion tokens over the last RATE_WINDOW s
@@ -141,10 +153,13 @@ def default_parallel(model, n_ctx: int, kv_dtype: str = "f32", budget_fraction: 
 
 class Scheduler:
     def __init__(self, model, parallel: int, n_ctx: Optional[int] = None, max_queue: Optional[int] = None,
-                 kv_dtype: str = "f32", prefill_chunk: int = PREFILL_CHUNK):
+                 kv_dtype: str = "f32", prefill_chunk: int = PREFILL_CHUNK, speculative: Optional[str] = None,
+                 draft_model=None):
         """parallel: slots (sequences decoded together); n_ctx: tokens per slot (default:
         the model's context, at most 4096); max_queue: jobs waiting while every slot is
-        busy before submit() refuses (default 4 x parallel)."""
+        busy before submit() refuses (default 4 x parallel); speculative
+        ("prompt-lookup") or draft_model (a Model with the same tokenizer): draft tokens
+        and check them in the batched step (the same output)."""
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
             raise InvalidInputError(f"parallel: expected a positive integer, got {parallel!r}")
         if max_queue is None:
@@ -152,10 +167,15 @@ class Scheduler:
         if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
             raise InvalidInputError(f"max_queue: expected an integer >= 0, got {max_queue!r}")
         self.model = model
+        speculating = speculative is not None or draft_model is not None
         self.group = SessionGroup(model, parallel, n_ctx=n_ctx, kv_dtype=kv_dtype,
-                                  max_tokens=parallel * prefill_chunk)
+                                  max_tokens=parallel * prefill_chunk,
+                                  max_session_tokens=prefill_chunk + MAX_DRAFT,  # a chunk, or a token and its drafts
+                                  max_logits=parallel * (MAX_DRAFT + 1) if speculating else None)
         self.slots = [Slot(session) for session in self.group.sessions]
         self.n_ctx = self.slots[0].session.n_ctx
+        self.drafting = Drafting(model, parallel, self.n_ctx, parallel * prefill_chunk, kv_dtype, speculative,
+                                 draft_model) if speculating else None
         self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
         self.stats = Stats()
         self._eos = frozenset(model.eos_token_ids)
@@ -268,6 +288,8 @@ class Scheduler:
         slot.session.rewind(len(slot.session.tokens) - keep)
         slot.job, slot.pending, slot.last_used = job, prompt[keep:], next(self._clock)
         job.cached_tokens = keep
+        if self.drafting is not None:
+            slot.spec = self.drafting.start(job, self.slots.index(slot), prompt)
         job.sampler.start(prompt)
         self.stats.prompt_tokens += len(prompt)
         self.stats.cached_tokens += keep
@@ -280,38 +302,93 @@ class Scheduler:
         if not busy:
             return
         batch = [(s, s.pending[:self.prefill_chunk]) for s in busy]
+        if self.drafting is not None:
+            self._propose(batch)
+        tails = [1 + len(s.spec.drafts) if s.spec else 1 for s in busy]
+        t0 = time.perf_counter()
         try:
-            rows = self._forward_step(batch)
+            rows = self._forward_step([(s, chunk + s.spec.drafts if s.spec else chunk) for s, chunk in batch],
+                                      tails if self.drafting is not None else None)
         except Exception as e:  # noqa: BLE001  the requests of this step fail; the server goes on
             for slot, _ in batch:
                 slot.session.reset()
                 self._end(slot, Failed(e))
             return
-        generated = 0
-        for (slot, chunk), logits in zip(batch, rows):
+        fed = sum(len(chunk) + n - 1 for (_, chunk), n in zip(batch, tails))  # with the drafts
+        if self.drafting is not None:
+            self.drafting.costs.measure(fed, time.perf_counter() - t0)
+        generated, row = 0, 0
+        for (slot, chunk), n in zip(batch, tails):
             del slot.pending[:len(chunk)]
             if not slot.pending:
-                generated += self._sample(slot, logits)
-        self.stats.record_step(len(batch), sum(len(c) for _, c in batch), generated)
+                generated += self._sample(slot, rows[row:row + n])
+            row += n
+        self.stats.record_step(len(batch), fed, generated)
 
-    def _forward_step(self, batch: list[tuple[Slot, list[int]]]) -> list[np.ndarray]:
+    def _propose(self, batch: list[tuple[Slot, list[int]]]) -> None:
+        """Drafts for the decoding slots of this step, within their limits."""
+        decoding, other = [], 0
+        for slot, chunk in batch:
+            job = slot.job
+            if job.completion_tokens == 0:  # prefilling, or the first token
+                other += len(chunk)
+                continue
+            cache = slot.session.cache
+            limit = min(job.max_tokens - job.completion_tokens - 1,  # the round stays within max_tokens,
+                        self.n_ctx - cache.length - 1,               # the context (no shift),
+                        cache.ring_size - 1, self.prefill_chunk - 1)  # and the step's token budget
+            decoding.append((slot.spec, limit))
+        if decoding:
+            self.drafting.propose(decoding, other)
+
+    def _forward_step(self, batch: list[tuple[Slot, list[int]]], tails: Optional[list[int]]) -> np.ndarray:
         """Feed each slot its tokens (appended to its cache) in one forward for the whole
-        batch; -> per slot, the logits [vocab] after its last token, valid until the
-        next step."""
-        return list(self.group.feed([(slot.session, tokens) for slot, tokens in batch]))
+        batch; -> the logits after each slot's last tails[i] tokens (None: its last
+        one), slot by slot, valid until the next step."""
+        return self.group.feed([(slot.session, tokens) for slot, tokens in batch], tails)
 
-    def _sample(self, slot: Slot, logits: np.ndarray) -> int:
-        """Sample the slot's next token, emit its text; -> tokens generated (0 or 1)."""
+    def _sample(self, slot: Slot, rows: np.ndarray) -> int:
+        """The slot's next tokens from the logits after its pending token (and after each
+        of its drafts): emit them, rewind the rejected drafts; -> tokens generated."""
+        job, state = slot.job, slot.spec
+        drafts, qs = (state.drafts, state.qs) if state else ([], None)
+        rng = state.rng if state else None
+
+        def token_for(row, draft, q):
+            return verify_token(row, job.sampler, job.constraint.next_mask() if job.constraint else None, rng,
+                                draft, q)
+
+        job.drafted_tokens += len(drafts)  # counted before the round's tokens, which may finish the job
+        self.stats.drafted_tokens += len(drafts)
+        drawn = kept = 0
+        before = job.completion_tokens
+        for i, token in enumerate(round_tokens(rows, drafts, qs, token_for)):
+            drawn += 1
+            if i < len(drafts) and token == drafts[i] and (token not in self._eos or job.ignore_eos):
+                kept += 1
+                job.accepted_tokens += 1
+                self.stats.accepted_tokens += 1
+            if not self._take(slot, token, rows[i]):
+                break
+        if drafts:
+            slot.session.rewind(len(drafts) + 1 - drawn)  # the cache holds what plain decoding's would
+        if state:
+            state.update(kept)
+        return job.completion_tokens - before
+
+    def _take(self, slot: Slot, token: int, logits: np.ndarray) -> bool:
+        """Emit the slot's next token -> whether its job goes on."""
         job = slot.job
-        token = job.sampler.sample(logits, job.constraint.next_mask() if job.constraint else None)
         if token in self._eos and not job.ignore_eos:
             self._finish(slot, "eos")
-            return 0
+            return False
         job.sampler.accept(token)
         if job.constraint:
             job.constraint.accept(token)
         job.completion_tokens += 1
         self.stats.completion_tokens += 1
+        if slot.spec:
+            slot.spec.text.append(token)
         text, stopped = job.reply.add(token)
         logprobs = [token_logprob(logits, token, job.top_logprobs)] if job.top_logprobs is not None else []
         self._emit(job, Delta(text, logprobs, token))
@@ -323,7 +400,8 @@ class Scheduler:
             self._finish(slot, "length")
         else:
             slot.pending = [token]
-        return 1
+            return True
+        return False
 
     def _finish(self, slot: Slot, reason: str, flush: bool = True) -> None:
         job = slot.job
@@ -333,10 +411,11 @@ class Scheduler:
                 reason = "stop"
             if text:
                 self._emit(job, Delta(text))
-        self._end(slot, Finished(reason, len(job.prompt_ids), job.cached_tokens, job.completion_tokens))
+        drafts = (job.drafted_tokens, job.accepted_tokens) if self.drafting is not None else (None, None)
+        self._end(slot, Finished(reason, len(job.prompt_ids), job.cached_tokens, job.completion_tokens, *drafts))
 
     def _end(self, slot: Slot, event) -> None:
-        job, slot.job, slot.pending = slot.job, None, []
+        job, slot.job, slot.pending, slot.spec = slot.job, None, [], None
         if isinstance(event, Finished):
             self.stats.finished[event.reason] += 1
         else:
