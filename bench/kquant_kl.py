@@ -9,6 +9,7 @@ quantize activations per 256 instead of per 32). Bytes per weight count the 2-D 
 
     [LLAMA_CPP_BIN=DIR] python bench/kquant_kl.py FOLDER [--tokens 512] [--ctx 256]
         [--calibration FILE.txt] [--llama-cpp] [--text FILE.txt] [--quantized q4k=DIR,...]
+        [--types q4k,Q4_K_M]
 
 Quantized copies go to a temporary folder ($KL_TMP if set). Token ids: the encoded
 --text if given (needs the folder's tokenizer), else random ids (seed 0). KL is the
@@ -85,10 +86,13 @@ def main() -> None:
     p.add_argument("--text", help="evaluate on this text instead of random ids")
     p.add_argument("--calibration", help="also q4k / q5k / q6k with importance weights from this text")
     p.add_argument("--llama-cpp", action="store_true")
+    p.add_argument("--types", default="q4,q4k,q5k,q6k," + ",".join(LLAMA_FTYPES),
+                   help="rows to run: hearthlm dtypes and (with --llama-cpp) llama.cpp types")
     p.add_argument("--quantized", default="", help="reuse folders already written by hearthlm quantize: "
                    "DTYPE=FOLDER,... (e.g. q4k=/tmp/tl-q4k)")
     a = p.parse_args()
     reuse = dict(item.split("=", 1) for item in a.quantized.split(",") if item)
+    types = a.types.split(",")
 
     f32 = hearthlm.load(a.folder, dtype="f32")
     if a.text:
@@ -99,9 +103,9 @@ def main() -> None:
     ref = hearthlm_logits(a.folder, ids, a.ctx, "f32")
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("KL_TMP")) as tmp:
-        runs = [(d, None) for d in ("q4", "q4k", "q5k", "q6k")]
+        runs = [(d, None) for d in ("q4", "q4k", "q5k", "q6k") if d in types]
         if a.calibration:
-            runs += [(d, a.calibration) for d in ("q4k", "q5k", "q6k")]
+            runs += [(d, a.calibration) for d in ("q4k", "q5k", "q6k") if d in types]
         for dtype, calib in runs:
             dst = reuse.get(dtype) if not calib else None
             if dst is None:
@@ -113,7 +117,7 @@ def main() -> None:
         if a.llama_cpp:
             from hearthlm.gguf_export import export_gguf
             src = export_gguf(a.folder, "f32")
-            for name in LLAMA_FTYPES:
+            for name in (t for t in LLAMA_FTYPES if t in types):
                 dst = os.path.join(tmp, f"{name}.gguf")
                 llama_quantize(src, dst, name)
                 rows.append((f"llama.cpp {name} (its blocks, hearthlm kernels)", gguf_bpw(dst),

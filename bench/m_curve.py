@@ -4,7 +4,8 @@ q, k, v, o, gate, up, down) for M = 1..32 tokens, time(M) / time(1) per weight t
 The layers' matrices are stacked into two (every K = 2048 one, then the K = 5632 down
 projections), each tiled from one quantized chunk so building them costs little; the
 weights are far larger than the caches, so every pass reads them from memory. The
-token counts are interleaved within each round; medians over the rounds.
+token counts are interleaved within each round; medians over the rounds. With q4 among
+the types, each other type also gets q4 time / its time at every M (1.0 = q4's speed).
 
     python bench/m_curve.py [--types q4,q8] [--ms 1,2,4,8,16] [--rounds 5] [--threads 2]
         [--old /path/to/old/venv/bin/python]
@@ -74,7 +75,7 @@ def measure(wtypes: list, ms: list, rounds: int, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--types", default=",".join(["f32", "bf16", "f16", "q8", "q4", "q4k", "q6k"]))
+    p.add_argument("--types", default=",".join(["f32", "bf16", "f16", "q8", "q4", "q4k", "q5k", "q6k"]))
     p.add_argument("--ms", default=",".join(str(m) for m in range(1, 33)))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -109,6 +110,10 @@ def main() -> None:
             print("  time(M)/time(1): " + "  ".join(f"{m}:{t[m] / base:.2f}" for m in ms))
         if "old" in med:
             print("  new/old time:    " + "  ".join(f"{m}:{med['new'][m] / med['old'][m]:.2f}" for m in ms))
+        if "q4" in wtypes and wtype != "q4":
+            for name, t in med.items():
+                q4 = {m: statistics.median(v) for m, v in results[name]["q4"]["times"].items()}
+                print(f"  q4 time / {wtype} time ({name}): " + "  ".join(f"{m}:{q4[m] / t[m]:.2f}" for m in ms))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

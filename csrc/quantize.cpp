@@ -137,8 +137,9 @@ void error_weights(float* wt, const float* x, const float* imp, int64_t n, bool 
 
 // x[n] ≈ s·L - mn with L in [0, nmax], s >= 0, mn >= 0: tries a range of grid steps
 // around (max - min) / nmax, fits s and mn to each rounding by weighted least squares,
-// keeps the best. Returns the weighted squared error.
-float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out, float* mn_out) {
+// keeps the best. Returns the weighted squared error; *sum_wl2 = Σ wt·L² of the best
+// rounding (how much an error in s costs: the weight of s when scales are quantized).
+float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out, float* mn_out, float* sum_wl2) {
   float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
   for (int i = 0; i < n; ++i) {
     lo = std::min(lo, x[i]);
@@ -150,9 +151,10 @@ float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out,
   if (hi == lo || sum_w <= 0.0f) {
     *s_out = hi == lo ? 0.0f : (hi - lo) / float(nmax);
     *mn_out = -lo;
+    *sum_wl2 = sum_w;
     return 0.0f;
   }
-  float best_err = INFINITY, best_s = (hi - lo) / float(nmax), best_mn = -lo;
+  float best_err = INFINITY, best_s = (hi - lo) / float(nmax), best_mn = -lo, best_l2 = sum_w;
   constexpr int kSteps = 24;
   for (int is = 0; is <= kSteps; ++is) {
     const float iscale = (float(nmax) - 1.0f + 2.5f * float(is) / float(kSteps)) / (hi - lo);
@@ -181,20 +183,24 @@ float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out,
       best_err = err;
       best_s = s;
       best_mn = -off;
+      best_l2 = sum_l2;
     }
   }
   *s_out = best_s;
   *mn_out = best_mn;
+  *sum_wl2 = best_l2;
   return best_err;
 }
 
 // x[n] ≈ s·L with L in [-nmax-1, nmax]: grid steps around max / -(nmax + 1) (the
-// largest magnitude maps to the negative end), fitted by weighted least squares.
-float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_out) {
+// largest magnitude maps to the negative end), fitted by weighted least squares;
+// *sum_wl2 as in fit_affine.
+float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_out, float* sum_wl2) {
   float m = 0.0f;
   for (int i = 0; i < n; ++i)
     if (fabsf(x[i]) > fabsf(m)) m = x[i];
   *s_out = 0.0f;
+  *sum_wl2 = 0.0f;
   if (m == 0.0f) return 0.0f;
   float best_err = INFINITY;
   constexpr int kSteps = 18;
@@ -217,13 +223,15 @@ float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_o
     if (err < best_err) {
       best_err = err;
       *s_out = s;
+      *sum_wl2 = sum_l2;
     }
   }
   return best_err;
 }
 
 // Sub-block scales v[n] >= 0 -> fp16 d and integers q in [0, nmax] (or, signed, in
-// [-nmax-1, nmax]) minimising Σ sw·(v - d·q)² over a few grid steps, with d rounded to
+// [-nmax-1, nmax]) minimising Σ sw·(v - d·q)² over a few grid steps (sw: a scale's
+// Σ wt·L², a min's Σ wt: the weighted squared error an error in it adds), with d rounded to
 // fp16 before it is judged. Returns false if d overflows fp16.
 bool quantize_scales(const float* v, const float* sw, int n, int nmax, bool is_signed, uint16_t* d16,
                      int* q) {
@@ -264,15 +272,15 @@ bool quantize_scales(const float* v, const float* sw, int n, int nmax, bool is_s
 // One row's super-block x[256] (zero-padded) -> q4k's (NMax 15) or q5k's (31) integers.
 template <int NMax>
 bool quantize_affine_row(const float* x, const float* imp, AffineKRow& o) {
-  float wt[kKBlock], s[kKSubs], mn[kKSubs], sw[kKSubs];
+  float wt[kKBlock], s[kKSubs], mn[kKSubs], sw[kKSubs], swl2[kKSubs];
   error_weights(wt, x, imp, kKBlock, false);
   for (int j = 0; j < kKSubs; ++j) {
-    fit_affine(x + j * kQBlock, wt + j * kQBlock, int(kQBlock), NMax, &s[j], &mn[j]);
+    fit_affine(x + j * kQBlock, wt + j * kQBlock, int(kQBlock), NMax, &s[j], &mn[j], &swl2[j]);
     sw[j] = 0.0f;
     for (int i = 0; i < kQBlock; ++i) sw[j] += wt[j * kQBlock + i];
   }
   int sc[kKSubs], m[kKSubs];
-  if (!quantize_scales(s, sw, kKSubs, 63, false, &o.d, sc) || !quantize_scales(mn, sw, kKSubs, 63, false, &o.dmin, m))
+  if (!quantize_scales(s, swl2, kKSubs, 63, false, &o.d, sc) || !quantize_scales(mn, sw, kKSubs, 63, false, &o.dmin, m))
     return false;
   const float d = f16_to_float(o.d), dmin = f16_to_float(o.dmin);
   for (int j = 0; j < kKSubs; ++j) {
@@ -291,11 +299,10 @@ bool quantize_q6k_row(const float* x, const float* imp, Q6KRow& o) {
   float wt[kKBlock], s[2 * kKSubs], sw[2 * kKSubs];
   error_weights(wt, x, imp, kKBlock, true);
   for (int j = 0; j < 2 * kKSubs; ++j) {
-    float ww[16];
-    sw[j] = 0.0f;
-    for (int i = 0; i < 16; ++i) sw[j] += wt[j * 16 + i];
-    for (int i = 0; i < 16; ++i) ww[i] = sw[j] > 0.0f ? wt[j * 16 + i] : 1.0f;
-    fit_symmetric(x + j * 16, ww, 16, 31, &s[j]);
+    float ww[16], sum_w = 0.0f;
+    for (int i = 0; i < 16; ++i) sum_w += wt[j * 16 + i];
+    for (int i = 0; i < 16; ++i) ww[i] = sum_w > 0.0f ? wt[j * 16 + i] : 1.0f;
+    fit_symmetric(x + j * 16, ww, 16, 31, &s[j], &sw[j]);
   }
   int sc[2 * kKSubs];
   if (!quantize_scales(s, sw, 2 * kKSubs, 127, true, &o.d, sc)) return false;

@@ -135,7 +135,7 @@ def activations(x):
 
 @pytest.mark.parametrize("fmt", K_QUANTS)
 @pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (3, 17, 300), (7, 33, 513), (5, 8, 256), (2, 300, 2100),
-                                    (9, 19, 576)])
+                                    (9, 19, 576), (8, 24, 256), (17, 41, 544), (16, 9, 800)])
 def test_k_matmul_is_the_dequantized_product(fmt, M, N, K_):
     """y = Σ_k w[n,k]·(d·q)[m,k] over the stored weights and the activation blocks: the
     kernels sum exact int32 block products with one rounding per fp32 term, so float64

@@ -247,9 +247,162 @@ static void matmul_pairs(float* y, const BlockQ8Act* xq, const void* wv, const f
   if (n < n1) matmul_q<Block>(y, xq, wv, bias, M, K, ldy, n, n1);  // a last lone row group
 }
 
+// K-quants for any M, on the same 16-row pairs: per super-block the two row groups'
+// sub-block scales become 16-lane d·sc (and dmin·m) vectors once; per sub-block the 8
+// k groups of 16 rows are unpacked once for the tile's tokens, then each token is 8
+// dpbusd on 4-byte broadcasts and the scalar twin's per-block FMAs.
+struct AffinePairScales { __m512 dsc[kKSubs], dm[kKSubs]; };  // q4k, q5k
+struct Q6PairScales { __m512 dsc[2 * kKSubs]; };
+template <class Block> struct PairScalesOf { using type = AffinePairScales; };
+template <> struct PairScalesOf<BlockQ6Kx8> { using type = Q6PairScales; };
+struct PairSub { __m512i g[8]; };  // k group g of a sub-block, 16 rows, unsigned q
+
+static inline __m512 pair_bytes(const uint8_t* a, const uint8_t* b, bool is_signed) {
+  const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)a), _mm_loadl_epi64((const __m128i*)b));
+  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
+}
+template <class Block>
+static inline void pair_k_scales(const Block& a, const Block& b, AffinePairScales& s) {
+  alignas(32) uint8_t sca[64], ma[64], scb[64], mb[64];
+  QVec::k_scale_bytes(a, sca, ma);
+  QVec::k_scale_bytes(b, scb, mb);
+  const __m512 d = pair_scales(a.d, b.d), dmin = pair_scales(a.dmin, b.dmin);
+  for (int j = 0; j < kKSubs; ++j) {
+    s.dsc[j] = _mm512_mul_ps(d, pair_bytes(sca + 8 * j, scb + 8 * j, false));
+    s.dm[j] = _mm512_mul_ps(dmin, pair_bytes(ma + 8 * j, mb + 8 * j, false));
+  }
+}
+static inline void pair_k_scales(const BlockQ6Kx8& a, const BlockQ6Kx8& b, Q6PairScales& s) {
+  const __m512 d = pair_scales(a.d, b.d);
+  for (int h = 0; h < 2 * kKSubs; ++h)
+    s.dsc[h] = _mm512_mul_ps(d, pair_bytes(reinterpret_cast<const uint8_t*>(a.scales + 8 * h),
+                                           reinterpret_cast<const uint8_t*>(b.scales + 8 * h), true));
+}
+
+static inline PairSub pair_nibbles(const uint8_t* a, const uint8_t* b) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  PairSub w;
+  for (int c = 0; c < 4; ++c) {
+    const __m512i v = halves(a + 32 * c, b + 32 * c);
+    w.g[c] = _mm512_and_si512(v, low);
+    w.g[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+  }
+  return w;
+}
+static inline PairSub load_pair_sub(const BlockQ4Kx8& a, const BlockQ4Kx8& b, int, int j) {
+  return pair_nibbles(a.qs[j], b.qs[j]);
+}
+// Fifth bits: qh byte r*4 + i holds bit g for k = 4g + i, the lanes' own layout.
+static inline PairSub load_pair_sub(const BlockQ5Kx8& a, const BlockQ5Kx8& b, int, int j) {
+  PairSub w = pair_nibbles(a.sub[j].qs, b.sub[j].qs);
+  const __m512i qh = halves(a.sub[j].qh, b.sub[j].qh), bit4 = _mm512_set1_epi8(0x10);
+  for (int g = 0; g < 8; ++g) {
+    const __m512i at = g < 4 ? _mm512_slli_epi16(qh, unsigned(4 - g)) : _mm512_srli_epi16(qh, unsigned(g - 4));
+    w.g[g] = _mm512_ternarylogic_epi32(w.g[g], at, bit4, 0xF8);  // g | (at & bit4)
+  }
+  return w;
+}
+// High 2 bits: qh[h*32 + r*4 + i] bits 2c for k = 16h + 4c + i.
+static inline PairSub load_pair_sub(const BlockQ6Kx8& a, const BlockQ6Kx8& b, int subs, int j) {
+  PairSub w = pair_nibbles(a.ql[j], b.ql[j]);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  for (int h = 0; h < 2; ++h) {
+    const __m512i qh = halves(q6_qh(a, subs, j) + 32 * h, q6_qh(b, subs, j) + 32 * h);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i at = c < 2 ? _mm512_slli_epi16(qh, unsigned(4 - 2 * c)) : _mm512_srli_epi16(qh, unsigned(2 * c - 4));
+      w.g[4 * h + c] = _mm512_ternarylogic_epi32(w.g[4 * h + c], at, bits45, 0xF8);
+    }
+  }
+  return w;
+}
+
+static inline __m512i pair_dot(__m512i s, const PairSub& w, const BlockQ8Act& a, int g0, int g1) {
+  for (int g = g0; g < g1; ++g) s = _mm512_dpbusd_epi32(s, w.g[g], _mm512_set1_epi32(word(a.qs + 4 * g)));
+  return s;
+}
+static inline __m512 pair_k_step(__m512 acc, const PairSub& w, const AffinePairScales& s, int j, const BlockQ8Act& a) {
+  const __m512i isum = pair_dot(_mm512_setzero_si512(), w, a, 0, 8);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s.dsc[j], _mm512_set1_ps(a.d)), acc);
+  return _mm512_fnmadd_ps(s.dm[j], _mm512_set1_ps(a.dsum), acc);
+}
+// q6k: Σ (q - 32)·a per half: the -32·Σa offsets come from a.sum by one madd each.
+static inline __m512 pair_k_step(__m512 acc, const PairSub& w, const Q6PairScales& s, int j, const BlockQ8Act& a) {
+  const __m512i sums = _mm512_set1_epi32(word(a.sum));
+  const __m512i lo = pair_dot(_mm512_madd_epi16(sums, _mm512_set1_epi32(0x0000FFE0)), w, a, 0, 4);
+  const __m512i hi = pair_dot(_mm512_madd_epi16(sums, _mm512_set1_epi32(int32_t(0xFFE00000u))), w, a, 4, 8);
+  const __m512 ad = _mm512_set1_ps(a.d);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(s.dsc[2 * j], ad), acc);
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(s.dsc[2 * j + 1], ad), acc);
+}
+
+// Rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM): row groups ga and gb.
+template <int RM, class Block>
+static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char* ga, const char* gb,
+                                     const float* bias, int64_t K, int64_t ldy, int64_t m0, int64_t n0,
+                                     int64_t rows) {
+  __m512 acc[RM];
+  for (int i = 0; i < RM; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t nb = q_blocks(K);
+  for (int64_t s = 0; s * kKSubs < nb; ++s) {
+    const Block& a = k_block<Block>(ga, s);
+    const Block& b = k_block<Block>(gb, s);
+    typename PairScalesOf<Block>::type sc;
+    pair_k_scales(a, b, sc);
+    const int subs = block_subs(K, s);
+    for (int j = 0; j < subs; ++j) {
+      constexpr size_t kSubBytes = sizeof(Block) / kKSubs;  // prefetch: each block's bytes in 8 steps
+      for (size_t off = 0; off < kSubBytes; off += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(&a) + j * kSubBytes + kPrefetchBytes + off);
+        __builtin_prefetch(reinterpret_cast<const char*>(&b) + j * kSubBytes + kPrefetchBytes + off);
+      }
+      const PairSub w = load_pair_sub(a, b, subs, j);
+      for (int i = 0; i < RM; ++i) acc[i] = pair_k_step(acc[i], w, sc, j, xq[(m0 + i) * nb + s * kKSubs + j]);
+    }
+  }
+  for (int i = 0; i < RM; ++i) {
+    float* yi = y + (m0 + i) * ldy + n0;
+    if (rows == 2 * kQRows) {
+      _mm512_storeu_ps(yi, bias ? _mm512_add_ps(acc[i], _mm512_loadu_ps(bias + n0)) : acc[i]);
+      continue;
+    }
+    float out[2 * kQRows];
+    _mm512_storeu_ps(out, acc[i]);
+    for (int64_t r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[n0 + r] : out[r];
+  }
+}
+
+template <class Block>
+static void matmul_kpairs(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
+                          int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t group_bytes = k_group_bytes<Block>(K);
+  int64_t n = n0;
+  for (; n + kQRows < n1; n += 2 * kQRows) {
+    const char* ga = static_cast<const char*>(wv) + (n / kQRows) * group_bytes;
+    const char* gb = ga + group_bytes;
+    const int64_t rows = n1 - n < 2 * kQRows ? n1 - n : 2 * kQRows;
+    int64_t m = 0;
+    for (; m + kPairTokens <= M; m += kPairTokens)
+      matmul_kpair_tile<kPairTokens, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows);
+    switch (M - m) {
+      case 7: matmul_kpair_tile<7, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 6: matmul_kpair_tile<6, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 5: matmul_kpair_tile<5, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 4: matmul_kpair_tile<4, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 3: matmul_kpair_tile<3, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 2: matmul_kpair_tile<2, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      case 1: matmul_kpair_tile<1, Block>(y, xq, ga, gb, bias, K, ldy, m, n, rows); break;
+      default: break;
+    }
+  }
+  if (n < n1) matmul_k<Block>(y, xq, wv, bias, M, K, ldy, n, n1);  // a last lone row group
+}
+
 static KernelTable with_pair_kernels(KernelTable t) {
   t.matmul_q[kQ8] = matmul_pairs<BlockQ8x8>;
   t.matmul_q[kQ4] = matmul_pairs<BlockQ4x8>;
+  t.matmul_q[kQ4K] = matmul_kpairs<BlockQ4Kx8>;
+  t.matmul_q[kQ5K] = matmul_kpairs<BlockQ5Kx8>;
+  t.matmul_q[kQ6K] = matmul_kpairs<BlockQ6Kx8>;
   return t;
 }
 
