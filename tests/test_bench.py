@@ -1,6 +1,7 @@
 """The benchmark runs end to end on a tiny shape (speed itself is measured by
 `hearthlm bench`, never asserted in tests)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -67,6 +68,24 @@ def test_gguf_export_permutes_q_and_k_back_to_llama_cpp_order(tiny_folder):
     q = bf16_bits_to_f32(files.array("model.layers.1.self_attn.q_proj.weight"))
     np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_q.weight"].data), permute_for_gguf(q, 4))
     assert len(tensors) == len(files.where)
+
+
+def test_gguf_export_goes_to_the_cache_not_the_model_folder(tiny_folder, tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    import shutil
+
+    from hearthlm.gguf_export import export_gguf
+
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_folder, tmp_path / "model")
+    before = sorted(os.listdir(folder))
+    path = export_gguf(str(folder), "f32")
+    assert path.startswith(str(tmp_path / "cache")) and os.path.getsize(path) > 0
+    assert sorted(os.listdir(folder)) == before
+    assert export_gguf(str(folder), "f32") == path              # written once
+    with open(folder / "config.json", "a") as f:                 # an edited model: a new export
+        f.write("\n")
+    assert export_gguf(str(folder), "f32") != path
 
 
 @pytest.mark.parametrize("variant", ["llama-gqa-tied", "phi3-longrope", "gemma3-multimodal", "qwen3-moe"])

@@ -7,6 +7,7 @@ layout, as llama.cpp's own converter does. A folder without a tokenizer gets a
 synthetic SentencePiece-style vocabulary of the right size (benchmarks feed ids)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -15,6 +16,7 @@ import numpy as np
 from .errors import UnsupportedModelError
 from .models import model_args, read_config
 from .safetensors_io import CheckpointFiles
+from .shapes import cache_dir
 from .weights import bf16_bits_to_f32
 
 GGUF_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8": "Q8_0", "q4": "Q4_0"}
@@ -35,13 +37,26 @@ def gguf_name(hf_name: str) -> str:
     return names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
+def export_path(folder: str, dtype: str) -> str:
+    """Where the export of `folder` goes: hearthlm's cache ($HEARTHLM_CACHE/gguf), never
+    the model folder (it may be read-only, installed, or the user's own), keyed by the
+    folder's path and its files' sizes and times, so an edited model is written anew."""
+    real = os.path.realpath(folder)
+    key = hashlib.sha256(real.encode())
+    for name in sorted(os.listdir(real)):
+        st = os.stat(os.path.join(real, name))
+        key.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return os.path.join(cache_dir(), "gguf", f"{os.path.basename(real)}-{key.hexdigest()[:16]}-{dtype}.gguf")
+
+
 def export_gguf(folder: str, dtype: str) -> str:
-    """Write (once) and return `folder/hearthlm-bench-{dtype}.gguf`."""
+    """Write (once) and return export_path(folder, dtype)."""
     import gguf
 
-    out = os.path.join(folder, f"hearthlm-bench-{dtype}.gguf")
+    out = export_path(folder, dtype)
     if os.path.exists(out):
         return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     config = read_config(folder)
     args = model_args(config, folder)
     if args.architecture != "LlamaForCausalLM" or args.rope[0].scaling["rope_type"] != "default":
