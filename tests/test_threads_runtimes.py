@@ -96,3 +96,16 @@ def test_two_threads_share_one_model(model_dir):
         for n, got in results[i].items():
             np.testing.assert_array_equal(got, alone[i, n], err_msg=f"thread {i}, {n} tokens")
 
+
+
+@pytest.mark.parametrize("given, expected", [({}, "10000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                             ({"OMP_WAIT_POLICY": "passive"}, None)])
+def test_openmp_spin_count_default_and_the_users_own(given, expected):
+    """hearthlm shortens libgomp's barrier spin before _kernels loads libgomp, unless the
+    user chose a wait policy or spin count."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(given)
+    code = "import os, hearthlm; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)

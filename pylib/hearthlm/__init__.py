@@ -6,6 +6,7 @@
     for piece in model.chat([{"role": "user", "content": "Hi!"}], stream=True):
         print(piece, end="", flush=True)
 """
+from . import _openmp  # noqa: F401  first: libgomp reads its settings when _kernels loads it
 from .conversation import Conversation
 from .cpu import apply_isa_from_environment, cpu_info, select_isa
 from .demo import demo_model_path
