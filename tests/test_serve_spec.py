@@ -25,7 +25,7 @@ from hearthlm.serve import scheduler as sched_module
 from hearthlm.serve.scheduler import Delta, Failed, Finished, Job, Scheduler
 from hearthlm.session import SessionGroup
 from serve_util import serve, serve_process, slow_steps
-from test_speculative import N_SAMPLES, N_TOKENS, SAMPLED, chi_square_p, exact_distribution
+from test_speculative import N_SAMPLES, N_TOKENS, SAMPLED, chi_square_p, exact_distribution, no_residual
 from tool_models import MESSAGES, TOOLS
 
 PASSAGE = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."
@@ -292,13 +292,6 @@ def test_sampled_distribution_with_a_draft_model(small_vocab, settings):
 def test_a_wrong_rule_fails_the_distribution_test(small_vocab, monkeypatch):
     """The test above can tell: drawing from p instead of the residual on rejection fails."""
     model, draft = small_vocab
-
-    def no_residual(row, sampler, mask, rng, d=None, q=None):
-        if q is not None:
-            ids, probs = sampler.distribution(row, mask)
-            if rng.random() * float(q[1][q[0] == d].sum()) < float(probs[ids == d].sum()):
-                return d
-        return sampler.sample(row, mask)
     monkeypatch.setattr(sched_module, "verify_token", no_residual)
     prompt, settings = [1, 2, 3, 4, 1, 2, 3], SAMPLED[0]
     s = Scheduler(model, 4, n_ctx=32, draft_model=draft)

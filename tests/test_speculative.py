@@ -193,6 +193,15 @@ def small_vocab(tmp_path_factory):
     return [hearthlm.load(f, n_threads=1) for f in folders]
 
 
+def no_residual(row, sampler, mask, rng, draft=None, q=None):
+    """A wrong verify rule: on rejection it draws from p, not from max(0, p - q)."""
+    if q is not None:
+        ids, probs = sampler.distribution(row, mask)
+        if rng.random() * float(q[1][q[0] == draft].sum()) < float(probs[ids == draft].sum()):
+            return draft
+    return sampler.sample(row, mask)
+
+
 def exact_distribution(model, prompt, settings) -> dict:
     """P(first N_TOKENS tokens) under plain sampling, from the sampler's own per-token
     distributions (penalties included) along every path."""
@@ -260,12 +269,6 @@ def test_a_wrong_rule_fails_the_distribution_test(small_vocab, always_draft, mon
     prompt = [1, 2, 3, 4, 1, 2, 3]
     settings = SAMPLED[0]
 
-    def no_residual(row, sampler, mask, rng, draft=None, q=None):
-        if q is not None:
-            ids, probs = sampler.distribution(row, mask)
-            if rng.random() * float(q[1][q[0] == draft].sum()) < float(probs[ids == draft].sum()):
-                return draft
-        return sampler.sample(row, mask)
     monkeypatch.setattr(sp, "verify_token", no_residual)
     exact = exact_distribution(model, prompt, settings)
     assert chi_square_p(sample_counts(model, prompt, settings, draft_model=draft), exact, N_SAMPLES) < 1e-6

@@ -188,6 +188,23 @@ static inline int32_t word(const void* p) {
   return v;
 }
 
+// y rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM) from a pair tile's
+// accumulators, bias added.
+template <int RM>
+static inline void store_pair_tile(float* y, const __m512* acc, const float* bias, int64_t ldy, int64_t m0,
+                                   int64_t n0, int64_t rows) {
+  for (int i = 0; i < RM; ++i) {
+    float* yi = y + (m0 + i) * ldy + n0;
+    if (rows == 2 * kQRows) {
+      _mm512_storeu_ps(yi, bias ? _mm512_add_ps(acc[i], _mm512_loadu_ps(bias + n0)) : acc[i]);
+      continue;
+    }
+    float out[2 * kQRows];
+    _mm512_storeu_ps(out, acc[i]);
+    for (int64_t r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[n0 + r] : out[r];
+  }
+}
+
 // Rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM): row groups wa and wb.
 template <int RM, class Block>
 static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block* wa, const Block* wb,
@@ -209,16 +226,7 @@ static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block*
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_set1_ps(a.d)), acc[i]);
     }
   }
-  for (int i = 0; i < RM; ++i) {
-    float* yi = y + (m0 + i) * ldy + n0;
-    if (rows == 2 * kQRows) {
-      _mm512_storeu_ps(yi, bias ? _mm512_add_ps(acc[i], _mm512_loadu_ps(bias + n0)) : acc[i]);
-      continue;
-    }
-    float out[2 * kQRows];
-    _mm512_storeu_ps(out, acc[i]);
-    for (int64_t r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[n0 + r] : out[r];
-  }
+  store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
 }
 
 template <class Block>
@@ -359,16 +367,7 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
       for (int i = 0; i < RM; ++i) acc[i] = pair_k_step(acc[i], w, sc, j, xq[(m0 + i) * nb + s * kKSubs + j]);
     }
   }
-  for (int i = 0; i < RM; ++i) {
-    float* yi = y + (m0 + i) * ldy + n0;
-    if (rows == 2 * kQRows) {
-      _mm512_storeu_ps(yi, bias ? _mm512_add_ps(acc[i], _mm512_loadu_ps(bias + n0)) : acc[i]);
-      continue;
-    }
-    float out[2 * kQRows];
-    _mm512_storeu_ps(out, acc[i]);
-    for (int64_t r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[n0 + r] : out[r];
-  }
+  store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
 }
 
 template <class Block>
