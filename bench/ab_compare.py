@@ -14,9 +14,10 @@ import statistics
 import subprocess
 
 
-def bench(python: str, args: list) -> dict:
+def bench(python: str, args: list, env: dict = None) -> dict:
+    """One `hearthlm bench --json` run's first engine (env: the child's environment)."""
     out = subprocess.run([python, "-m", "hearthlm", "bench", "--json", *args], check=True,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, env=env).stdout
     return json.loads(out)["engines"][0]
 
 

@@ -6,23 +6,22 @@ other programs hold).
     python bench/omp_wait.py [--shapes tinyllama-1.1b:q4,smollm2-135m:q8] [--rounds 3] [--busy 4]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 
+from ab_compare import bench  # bench/ is the script's directory
+
 MODES = {"libgomp 300000": {"GOMP_SPINCOUNT": "300000"}, "hearthlm 10000": {"GOMP_SPINCOUNT": "10000"},
          "passive": {"OMP_WAIT_POLICY": "passive"}}
 
 
-def bench(shape: str, dtype: str, env: dict) -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    e.update(env)
-    out = subprocess.run([sys.executable, "-m", "hearthlm", "bench", "--shape", shape, "--dtype", dtype, "--prompt",
-                          "128", "--gen", "32", "--reps", "1", "--threads", "2", "--json"],
-                         env=e, capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["engines"][0]
+def run(shape: str, dtype: str, settings: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(settings)
+    return bench(sys.executable, ["--shape", shape, "--dtype", dtype, "--prompt", "128", "--gen", "32", "--reps", "1",
+                                  "--threads", "2"], env)
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
             runs = {m: [] for m in MODES}
             for _ in range(a.rounds):
                 for mode, env in MODES.items():
-                    runs[mode].append(bench(shape, dtype, env))
+                    runs[mode].append(run(shape, dtype, env))
             print(f"{spec}, {a.rounds} interleaved rounds, {a.busy} busy processes, load {os.getloadavg()[0]:.2f}")
             base = {k: statistics.median(r[k] for r in runs["libgomp 300000"]) for k in ("prefill_tok_s", "decode_tok_s")}
             for mode in MODES:
