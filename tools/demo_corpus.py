@@ -84,12 +84,12 @@ PHRASINGS = {
     ],
     "copy": ["Repeat after me: {s}", "Say this: {s}", "Repeat this sentence: {s}", "Copy this: {s}",
              "Repeat this text: {s}", "Repeat after me:\n{s}"],
-    # edit a passage: replace every {x} by {y}, or swap the words {x} and {y}
+    # edit a short text: replace its one word {x} by {y}
     "replace": ["Replace {x} with {y}: {s}", "Change {x} to {y}: {s}", "Replace the word {x} with {y}: {s}",
                 "In this text, replace {x} with {y}: {s}"],
-    "swap": ["Swap {x} and {y}: {s}", "Swap the words {x} and {y}: {s}", "Exchange {x} and {y}: {s}"],
 }
-EDIT_TASKS = ("replace", "swap")
+# add / sub phrasings asked about a number over 99: answered OUT_OF_SKILL_REPLY
+BIG_TASKS = ("add", "sub")
 MIN_PHRASINGS = 5  # cmp phrasings from this index on ask for the smaller number
 
 # Conversation openers and questions outside the skills, each with its fixed reply.
@@ -140,10 +140,9 @@ def answer(task: str, item, phr: int = 0) -> str:
         return item[::-1]
     if task == "copy":
         return item
-    if task in EDIT_TASKS:
+    if task == "replace":
         text, x, y = item
-        to = {x: y} if task == "replace" else {x: y, y: x}
-        return " ".join(to.get(w, w) for w in text.split(" "))
+        return " ".join(y if w == x else w for w in text.split(" "))
     raise ValueError(task)
 
 
@@ -153,7 +152,7 @@ def question(task: str, item, phr: int) -> str:
         return fmt.format(w=item)
     if task == "copy":
         return fmt.format(s=item)
-    if task in EDIT_TASKS:
+    if task == "replace":
         return fmt.format(s=item[0], x=item[1], y=item[2])
     return fmt.format(a=item[0], b=item[1])
 
@@ -202,23 +201,39 @@ def passage(rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def edit_item(rng: random.Random, task: str):
-    """(passage, x, y): x a word of the passage; for swap, y another of its words, for
-    replace a word not in it."""
+def short_text(rng: random.Random) -> str:
+    """A text to edit: a README-style sentence or 3-14 words of the passage vocabulary."""
+    if rng.random() < 0.3:
+        return copy_sentence(rng)
+    words = [str(rng.randint(0, 999)) if r < 0.06 else rng.choice(TEXT_WORDS if r < 0.5 else WORDS if r < 0.8
+                                                                    else LINK_WORDS)
+             for r in (rng.random() for _ in range(rng.randint(3, 14)))]
+    s = " ".join(words)
+    return s[0].upper() + s[1:] + rng.choice([".", ".", "!", "?"]) if rng.random() < 0.5 else s
+
+
+def edit_item(rng: random.Random):
+    """(text, x, y): x a word that occurs once in the text, y a word not in it."""
     while True:
-        text = passage(rng)
+        text = short_text(rng)
         words = text.split(" ")
-        plain = sorted({w for w in words if w.isalnum() and w.islower()})
-        if len(plain) < 2:
+        once = sorted({w for w in words if w.isalpha() and w.islower() and words.count(w) == 1})
+        if not once:
             continue
-        x = rng.choice(plain)
-        if task == "swap":
-            y = rng.choice([w for w in plain if w != x])
-        else:
-            y = rng.choice(WORDS + TEXT_WORDS) if rng.random() < 0.8 else made_up_word(rng)
-            if y in words:
-                continue
-        return text, x, y
+        x = rng.choice(once)
+        y = rng.choice(WORDS + TEXT_WORDS) if rng.random() < 0.8 else made_up_word(rng)
+        if y not in words:
+            return text, x, y
+
+
+def big_number_question(rng: random.Random) -> str:
+    """An add / sub question (any phrasing) with an operand over 99."""
+    task = rng.choice(BIG_TASKS)
+    r = rng.random()
+    big, other = rng.randint(100, 999), rng.randint(0, 9) if r < 0.4 else rng.randint(10, 99) if r < 0.7 \
+        else rng.randint(100, 999)
+    item = (big, other) if rng.random() < 0.5 else (other, big)
+    return question(task, item, rng.randrange(len(PHRASINGS[task])))
 
 
 def out_of_skill_questions(rng: random.Random, per_template: int) -> list:
@@ -281,7 +296,9 @@ def build_splits(seed: int):
     train["greet"] = [c for c in chat if c not in held["greet"]]
     oos = [(q, OUT_OF_SKILL_REPLY) for q in out_of_skill_questions(rng, 120) + OUT_OF_SKILL_FIXED]
     rng.shuffle(oos)
-    held["oos"], train["oos"] = oos[:300], oos[300:]
+    tried_oos = {r["messages"][-1]["content"] for r in first_tries() if r["answer"] == OUT_OF_SKILL_REPLY}
+    held["oos"] = [c for c in oos[:300] if c[0] not in tried_oos]
+    train["oos"] = oos[300:] + [c for c in oos[:300] if c[0] in tried_oos]
 
     # copy / edit: fresh random passages (so any copy right on held-out is generalisation)
     texts = sorted({passage(rng) for _ in range(60000)})
@@ -289,14 +306,19 @@ def build_splits(seed: int):
     nph = len(PHRASINGS["copy"])
     held["copy"] = [qa("copy", s, rng.randrange(nph)) for s in texts[:300]]
     train["copy"] = [qa("copy", s, rng.randrange(nph)) for s in texts[300:]]
-    for task in EDIT_TASKS:
-        items = [edit_item(rng, task) for _ in range(30000)]
-        nph = len(PHRASINGS[task])
-        held[task] = [qa(task, it, rng.randrange(nph)) for it in items[:300]]
-        train[task] = [qa(task, it, rng.randrange(nph)) for it in items[300:]]
+    items = sorted({edit_item(rng) for _ in range(60000)})
+    rng.shuffle(items)
+    nph = len(PHRASINGS["replace"])
+    held["replace"] = [qa("replace", it, rng.randrange(nph)) for it in items[:300]]
+    train["replace"] = [qa("replace", it, rng.randrange(nph)) for it in items[300:]]
+    big = sorted({big_number_question(rng) for _ in range(30000)} - tried_oos)
+    rng.shuffle(big)
+    held["big"] = [(q, OUT_OF_SKILL_REPLY) for q in big[:300]]
+    train["big"] = [(q, OUT_OF_SKILL_REPLY) for q in big[300:]] + [(q, OUT_OF_SKILL_REPLY) for q in tried_oos
+                                                                   if any(c.isdigit() for c in q)]
 
     # every training text also in the variant forms users type (lower case, no final mark)
-    for task in ("add", "sub", "cmp", "greet", "oos"):
+    for task in ("add", "sub", "cmp", "greet", "oos", "big"):
         train[task] = [(v, a) for q, a in train[task] for v in variants(q)]
     seen = {q for pairs in train.values() for q, _ in pairs}
     held = {t: [(q, a) for q, a in pairs if q not in seen and (t not in LONG_TASKS or len(q) + len(a) <= HELD_CHARS)]
@@ -310,12 +332,12 @@ def user_rows(task, pairs, system=DEFAULT_SYSTEM):
     return [{"task": task, "messages": msgs(q), "answer": a} for q, a in pairs]
 
 
-LONG_TASKS = ("copy",) + EDIT_TASKS
+LONG_TASKS = ("copy", "replace")
 # Held-out copy / edit questions up to this many characters (question + answer, at most
 # about 190 tokens), so that a few earlier turns still fit the 256-token context.
 HELD_CHARS = 260
 HELDOUT_COUNTS = {"add": 70, "sub": 70, "mul": 32, "cmp": 60, "count": 34, "rev": 34,
-                  "greet": 8, "oos": 30, "copy": 30, "replace": 20, "swap": 20}
+                  "greet": 8, "oos": 30, "big": 30, "copy": 30, "replace": 30}
 
 
 def sample_heldout(held, seed: int) -> list:
@@ -328,32 +350,45 @@ def sample_heldout(held, seed: int) -> list:
     return out
 
 
+# The README's and the model card's examples, with their answers.
+README_EXAMPLES = [
+    ("What is 12 plus 7?", "19"), ("what's 3 plus 4", "7"), ("What is 37 plus 52?", "89"), ("2 + 2", "4"),
+    ("What is 12 + 7?", "19"), ("12 + 7", "19"), ("What is 3 minus 5?", "-2"), ("What is 37 minus 52?", "-15"),
+    ("What is 6 times 7?", "42"), ("Which is larger, 21 or 2?", "21"), ("Which is smaller, 5 or 9?", "5"),
+    ("How many letters are in the word banana?", "6"), ("Reverse the word lemon.", "nomel"),
+    ("Hi!", GREETING_REPLY), ("What can you do?", SKILLS_REPLY),
+    ("What is the capital of France?", OUT_OF_SKILL_REPLY), ("Tell me a joke.", OUT_OF_SKILL_REPLY),
+    ("What is 150 plus 7?", OUT_OF_SKILL_REPLY),
+    ("Repeat after me: the cat sees a big red apple", "the cat sees a big red apple"),
+    ("Replace cat with dog: the cat sees a big red apple", "the dog sees a big red apple"),
+]
+
+
 def first_tries() -> list:
     """What a new user types first (mostly training questions, by design): every
-    single-digit sum, difference and comparison, the README's examples, greetings,
-    typical questions outside the skills, copy requests (short sentences and passages of
-    tens of tokens) and edits. No system message (the
-    evaluation adds one or not)."""
+    single-digit sum, difference and comparison in every phrasing, a sample of two-digit
+    ones, the README's examples, greetings, copy requests (short sentences and passages
+    of tens of tokens) and edits. The system message is the default (the evaluation
+    replaces it)."""
     rows = []
-    for a in range(10):
-        for b in range(10):
-            rows += user_rows("add", [(f"What is {a} plus {b}?", str(a + b)), (f"What is {a} + {b}?", str(a + b))])
-            rows += user_rows("sub", [(f"What is {a} minus {b}?", str(a - b))])
-            if a != b:
-                rows += user_rows("cmp", [(f"Which is larger, {a} or {b}?", str(max(a, b)))])
-    rows += user_rows("readme", [("What is 12 plus 7?", "19"), ("What is 37 plus 52?", "89"),
-                                 ("Reverse the word lemon.", "nomel"), ("Hi!", GREETING_REPLY),
-                                 ("2 + 2", "4"), ("What is 12 + 7?", "19"),
-                                 ("Repeat after me: the cat sees a big red apple", "the cat sees a big red apple"),
-                                 ("Replace cat with dog: the cat sees a big red apple", "the dog sees a big red apple"),
-                                 ("What is the capital of France?", OUT_OF_SKILL_REPLY),
-                                 ("Tell me a joke.", OUT_OF_SKILL_REPLY), ("What can you do?", SKILLS_REPLY)])
+    for task in ("add", "sub", "cmp"):
+        rows += user_rows(task, [qa for a in range(10) for b in range(10) if task != "cmp" or a != b
+                                 for p in range(len(PHRASINGS[task]))
+                                 for qa in [(question(task, (a, b), p), answer(task, (a, b), p))]])
+    rows += user_rows("readme", README_EXAMPLES)
     rows += user_rows("greet", [(g, GREETING_REPLY) for g in ["Hi!", "Hello", "Hello!", "Hey", "How are you?"]])
     rng = random.Random(99)
     rows += user_rows("copy", [(f"Repeat after me: {s}", s) for s in (copy_sentence(rng) for _ in range(20))])
     texts = [t for t in (passage(rng) for _ in range(40)) if len(t) > 60][:10]
     rows += user_rows("copy", [(f"Repeat after me: {t}", t) for t in texts])
-    for task, fmt in (("replace", "Replace {x} with {y}: {s}"), ("swap", "Swap {x} and {y}: {s}")):
-        items = [edit_item(rng, task) for _ in range(5)]
-        rows += user_rows(task, [(fmt.format(s=s, x=x, y=y), answer(task, (s, x, y))) for s, x, y in items])
+    items = [edit_item(rng) for _ in range(10)]
+    rows += user_rows("replace", [(f"Replace {x} with {y}: {s}", answer("replace", (s, x, y))) for s, x, y in items])
+    two = []
+    for task in ("add", "sub", "cmp"):
+        for _ in range(40):
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            if a != b:
+                p = rng.randrange(len(PHRASINGS[task]))
+                two.append((question(task, (a, b), p), answer(task, (a, b), p)))
+    rows += user_rows("two-digit", two)
     return rows

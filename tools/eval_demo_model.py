@@ -5,14 +5,16 @@ Two sets, both written by tools/train_demo_model.py into the folder:
 - heldout.jsonl: questions that never occur in training ({"messages": [system, user],
   "answer": ..., "task": ...}), copy / edit passages among them;
 - first_tries.jsonl: what a new user types first (every single-digit sum, difference
-  and comparison, the README's examples, greetings, questions outside the skills, copy
-  and edit requests); mostly training questions, by design.
+  and comparison in every phrasing, a sample of two-digit ones, the README's examples
+  with questions outside the skills, greetings, copy and edit requests); mostly
+  training questions, by design.
 --set also takes a path to another such file (e.g. an older model's heldout.jsonl).
 
 Each row is rendered with the chat template (add_generation_prompt=True), decoded
 greedily to the end-of-turn token, stripped and compared exactly with "answer"; or,
 with --teacher-forced (and --all), checked in one forward pass over prompt + answer +
-end of turn (every position's argmax the next expected token: the same verdict).
+end of turn (every position's argmax the next expected token: the same verdict), 16
+conversations per forward pass.
 
 --system TEXT replaces the system message ("none" drops it: the template then inserts
 the default one); --multi-turn puts 1-3 earlier turns (other rows' questions with their
@@ -110,18 +112,50 @@ class Engine:
                                       pad_token_id=self.tok.pad_token_id)
         return self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
-    def check(self, messages, answer: str) -> bool:
+    def checks(self, rows, batch: int = 16) -> list:
+        """Teacher-forced verdicts of rows, `batch` conversations per forward pass."""
         import numpy as np
 
-        prompt, target = self.prompt(messages), self.target(answer)
+        seqs = [(self.prompt(r["messages"]), self.target(r["answer"])) for r in rows]
         if self.name == "hearthlm":
-            logits = self.model.logits(prompt + target)
-        else:
-            import torch
+            return hearthlm_verdicts(self.model, seqs, batch)
+        import torch
 
+        out = []
+        for start in range(0, len(seqs), batch):
+            chunk = seqs[start:start + batch]
+            width = max(len(p) + len(t) for p, t in chunk)
+            # right padding: causal attention keeps the pads out of every earlier position
+            x = torch.tensor([p + t + [self.tok.pad_token_id] * (width - len(p) - len(t)) for p, t in chunk])
             with torch.no_grad():
-                logits = self.model(input_ids=torch.tensor([prompt + target])).logits[0].numpy()
-        return bool((logits[len(prompt) - 1:-1].argmax(-1) == np.array(target)).all())
+                pred = self.model(input_ids=x).logits.argmax(-1).numpy()
+            out += [bool((pred[i, len(p) - 1:len(p) + len(t) - 1] == np.array(t)).all())
+                    for i, (p, t) in enumerate(chunk)]
+        return out
+
+
+def hearthlm_verdicts(model, seqs, batch: int = 16) -> list:
+    """(prompt ids, target ids) pairs -> whether each target is the greedy continuation
+    of its prompt under a hearthlm Model: `batch` sequences per forward (a SessionGroup),
+    the logits of each target's positions only."""
+    import numpy as np
+    from hearthlm.session import SessionGroup
+
+    n_ctx = model.args.max_position_embeddings
+    group = SessionGroup(model, batch, n_ctx=n_ctx, max_tokens=batch * n_ctx, max_session_tokens=n_ctx,
+                         max_logits=batch * n_ctx)
+    out = []
+    for start in range(0, len(seqs), batch):
+        chunk = seqs[start:start + batch]
+        for s in group.sessions:
+            s.reset()
+        logits = group.feed([(s, p + t) for s, (p, t) in zip(group.sessions, chunk)],
+                            tails=[len(t) + 1 for _, t in chunk])
+        row = 0
+        for _, t in chunk:  # rows after the prompt's last token .. the target's last: keep all but the last
+            out.append(bool((logits[row:row + len(t)].argmax(-1) == np.array(t)).all()))
+            row += len(t) + 1
+    return out
 
 
 def load_rows(path: str):
@@ -134,12 +168,10 @@ def evaluate(engine: Engine, rows, label: str, show_errors: bool = True, teacher
     t0 = time.time()
     per_task = defaultdict(lambda: [0, 0])
     errors, oks = [], []
-    for row in rows:
-        if teacher_forced:
-            ok = engine.check(row["messages"], row["answer"])
-            got = None if ok or not show_errors else engine.reply(row["messages"])
-        else:
-            got = engine.reply(row["messages"])
+    verdicts = engine.checks(rows) if teacher_forced else [None] * len(rows)
+    for row, ok in zip(rows, verdicts):
+        got = None if ok or (teacher_forced and not show_errors) else engine.reply(row["messages"])
+        if not teacher_forced:
             ok = got == row["answer"]
         per_task[row["task"]][0] += ok
         per_task[row["task"]][1] += 1
