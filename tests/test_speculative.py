@@ -334,6 +334,28 @@ def test_chat_app_lookup_and_draft(chat_model_dir):
         assert out[:2] == plain[:2] and any("speculative:" in line and "drafted" in line for line in out)
 
 
+def test_drafts_that_fail_stop_after_two_rounds_and_a_new_kind_starts_from_the_others():
+    length = sp.DraftLength()
+    for m in range(1, sp.MAX_DRAFT + 2):  # a tiny model's forwards: +19 % per extra token
+        length.update(None, 0, 0, m, 1.0 + 0.19 * (m - 1))
+    drafted = []
+    for _ in range(sp.PROBE_EVERY - 1):  # text that never repeats: every first draft rejected
+        k = length.choose(1, sp.MAX_DRAFT, 0.0)
+        drafted.append(k)
+        length.update(1, k, 0, k + 1, 1.0 + 0.19 * k)
+    assert [k > 0 for k in drafted] == [True, True] + [False] * (sp.PROBE_EVERY - 3)
+    assert length.acceptance.of(3) == length.acceptance.of(2) < 0.2  # kinds not seen yet: the pooled rate
+    assert length.choose(3, sp.MAX_DRAFT, 0.0) == 0
+
+
+def test_forward_costs_are_medians_that_a_stall_does_not_move():
+    costs = sp.ForwardCosts(8)
+    assert costs(3) == sp.cost_prior(3)  # nothing measured: the prior
+    for seconds in (1.0, 1.02, 0.98, 30.0, 1.01):  # one stall of 30x
+        costs.measure(1, seconds)
+    assert costs(1) == 1.01 and costs(3) == pytest.approx(1.01 * sp.cost_prior(3))
+
+
 def test_draft_length_grows_with_acceptance_and_stops_when_it_does_not_pay():
     length = sp.DraftLength()
     for m in range(1, sp.MAX_DRAFT + 2):  # a forward of m tokens: +10 % per extra token
