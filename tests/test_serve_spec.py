@@ -419,3 +419,11 @@ def test_a_prompt_prefilled_in_chunks_joins_drafting_jobs(demo, draft):
     for spec in ({"speculative": "prompt-lookup"}, {"draft_model": draft}):
         s = Scheduler(demo, 2, n_ctx=256, prefill_chunk=16, **spec)
         assert run(s) == plain and s.stats.accepted_tokens > 0
+
+
+def test_default_parallel_counts_the_draft_models_cache(demo, draft, monkeypatch):
+    per_slot = demo.session(n_ctx=256).memory_bytes + draft.session(n_ctx=256).memory_bytes
+    pages = 6 * per_slot // 4096 + 1
+    monkeypatch.setattr(sched_module.os, "sysconf", lambda name: pages if name == "SC_AVPHYS_PAGES" else 4096)
+    assert sched_module.default_parallel(demo, 256, draft_model=draft, budget_fraction=1.0) == 6
+    assert sched_module.default_parallel(demo, 256, budget_fraction=1.0) == 8  # the 8-slot cap

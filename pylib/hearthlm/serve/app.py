@@ -63,8 +63,8 @@ class State:
         try:
             model = self.load()
             n_ctx = o["n_ctx"] or min(model.args.max_position_embeddings, 4096)
-            parallel = o["parallel"] or default_parallel(model, n_ctx, o["kv_dtype"])
             speculation = o["speculation"]() if callable(o["speculation"]) else o["speculation"]
+            parallel = o["parallel"] or default_parallel(model, n_ctx, o["kv_dtype"], speculation.get("draft_model"))
             scheduler = Scheduler(model, parallel, n_ctx, o["max_queue"], o["kv_dtype"], **speculation)
         except Exception as e:  # noqa: BLE001  reported by /health and on_load_error
             self.error = str(e) if isinstance(e, HearthlmError) else f"{type(e).__name__}: {e}"
