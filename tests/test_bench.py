@@ -94,6 +94,21 @@ def test_gguf_export_of_a_quantized_folder_holds_its_weights(tmp_path, monkeypat
     assert np.all(np.abs(theirs - ours).reshape(q.rows, -1, 32) <= step * (0.5 + 127 * 2.0 ** -11))
 
 
+def test_gguf_export_names_a_tensor_gguf_cannot_hold_and_leaves_nothing(tiny_folder, tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    from hearthlm.errors import UnsupportedModelError
+    from hearthlm.gguf_export import export_gguf, export_path
+
+    def refuse(data, qtype):
+        raise gguf.quants.QuantError(f"Can't quantize tensor with shape {data.shape} to {qtype.name}")
+
+    monkeypatch.setattr(gguf.quants, "quantize", refuse)
+    with pytest.raises(UnsupportedModelError, match=r"model.safetensors: tensor 'model.embed_tokens.weight' of shape \[512, 64\] cannot be written as GGUF Q8_0"):
+        export_gguf(tiny_folder, "q8")
+    out = export_path(tiny_folder, "q8")
+    assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(os.path.basename(out))]
+
+
 def test_gguf_export_goes_to_the_cache_not_the_model_folder(tiny_folder, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     import shutil

@@ -67,6 +67,19 @@ def export_gguf(folder: str, dtype: str) -> str:
         raise UnsupportedModelError(f"{folder}: GGUF export supports plain Llama models only")
     qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
     tmp = out + f".tmp-{os.getpid()}"
+    try:
+        _write(tmp, folder, args, dtype, qtype)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, out)
+    return out
+
+
+def _write(tmp: str, folder: str, args, dtype: str, qtype) -> None:
+    import gguf
+
     w = gguf.GGUFWriter(tmp, "llama", use_temp_file=True)
     w.add_name(os.path.basename(folder.rstrip("/")))
     w.add_context_length(args.max_position_embeddings)
@@ -106,10 +119,13 @@ def export_gguf(folder: str, dtype: str) -> str:
         if f32.ndim == 1:
             w.add_tensor(gguf_name(name), f32)
         else:
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(f32, qtype), raw_dtype=qtype)
+            try:
+                data = gguf.quants.quantize(f32, qtype)
+            except gguf.quants.QuantError as e:
+                raise UnsupportedModelError(f"{files.path_of(name)}: tensor '{name}' of shape {list(f32.shape)} "
+                                            f"cannot be written as GGUF {GGUF_TYPES[dtype]}: {e}") from None
+            w.add_tensor(gguf_name(name), data, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(tmp, out)
-    return out
