@@ -103,7 +103,8 @@ def test_gguf_export_names_a_tensor_gguf_cannot_hold_and_leaves_nothing(tiny_fol
         raise gguf.quants.QuantError(f"Can't quantize tensor with shape {data.shape} to {qtype.name}")
 
     monkeypatch.setattr(gguf.quants, "quantize", refuse)
-    with pytest.raises(UnsupportedModelError, match=r"model.safetensors: tensor 'model.embed_tokens.weight' of shape \[512, 64\] cannot be written as GGUF Q8_0"):
+    named = r"model.safetensors: tensor 'model.embed_tokens.weight' of shape \[512, 64\] cannot be written as GGUF Q8_0"
+    with pytest.raises(UnsupportedModelError, match=named):
         export_gguf(tiny_folder, "q8")
     out = export_path(tiny_folder, "q8")
     assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(os.path.basename(out))]
