@@ -181,6 +181,34 @@ def test_metrics_count_drafts_and_the_opt_out_drafts_nothing(servers, plain_repl
         assert r.status_code == 400 and r.json()["error"]["param"] == "speculative.n_max"
 
 
+def test_a_predicted_output_is_drafted_from_and_changes_nothing(servers):
+    """OpenAI's `prediction`: prompt lookup drafts from it (the demo's refusal is in
+    neither the prompt nor the template, so without it nearly every draft fails)."""
+    server, client = servers("lookup")
+    messages = user("Write a short story about a fox who learns to sail.")
+    ask = lambda **kw: client.chat.completions.create(model="demo", temperature=0, messages=messages,
+                                                      max_tokens=40, **kw)
+    plain = ask()
+    text = plain.choices[0].message.content
+    assert text == "I can only do small arithmetic and word puzzles."
+    for prediction in ({"type": "content", "content": text},
+                       {"type": "content", "content": [{"type": "text", "text": text[:20]},
+                                                       {"type": "text", "text": text[20:]}]}):
+        r = ask(prediction=prediction)
+        got = r.usage.completion_tokens_details
+        assert r.choices[0].message.content == text and r.usage.completion_tokens == plain.usage.completion_tokens
+        # every draft kept: 5 a step (always_draft) beside each step's own token
+        assert got.rejected_prediction_tokens == 0 and got.accepted_prediction_tokens >= (r.usage.completion_tokens - 2) * 5 // 6
+        assert got.accepted_prediction_tokens > plain.usage.completion_tokens_details.accepted_prediction_tokens
+    r = ask(prediction={"type": "content", "content": "something else entirely, nothing like the reply"})
+    assert r.choices[0].message.content == text  # a wrong prediction changes only the speed
+    for bad, param in (("text", "prediction"), ({"type": "audio"}, "prediction"),
+                       ({"type": "content", "content": 5}, "prediction.content"),
+                       ({"type": "content", "content": [{"type": "image_url"}]}, "prediction.content[0]")):
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "prediction": bad}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
+
+
 def draft_counters(server):
     r = httpx.get(server.url + "/metrics")
     return {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples

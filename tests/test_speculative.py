@@ -369,3 +369,15 @@ def test_draft_length_grows_with_acceptance_and_stops_when_it_does_not_pay():
     assert choices.count(0) == len(choices) - 3 and choices.count(1) == 3  # one probe every PROBE_EVERY
     assert length.choose("a", sp.MAX_DRAFT, 2.0) == 0  # drafting dearer than what it saves
     assert length.choose(None, sp.MAX_DRAFT, 0.0) == 0 == length.choose("a", 0, 0.0)
+
+
+def test_prompt_lookup_drafts_from_a_reference_in_order():
+    lookup = sp.PromptLookup()
+    reference = [1, 2, 3, 9, 1, 2, 3, 7, 8]  # "1 2 3" twice: drafts follow the occurrence in use
+    lookup.start([5, 6], reference)
+    history = [5, 6, 1, 2, 3]
+    assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 2) == ([9, 1], None)
+    history += [9, 1, 2, 3]
+    assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 4) == ([7, 8], None)  # to its end
+    assert lookup.kind([5, 6, 4, 5]) == 1 and lookup.draft([5, 6, 4, 5], 2) == ([6, 4], None)  # the text's own
+    assert lookup.kind([5, 6, 0]) is None

@@ -63,7 +63,9 @@ SMOOTHING = 0.3        # weight of the newest time in the running mean of drafti
 class PromptLookup:
     """Drafts by matching the last n tokens (n = 3, then 2, then 1) against the text so
     far (prompt and reply) and proposing what followed their latest earlier occurrence.
-    An index of every n-gram's latest continuation grows by one token at a time."""
+    An index of every n-gram's latest continuation grows by one token at a time.
+    A reference given to `start` (a predicted output) is matched first at each n: its
+    drafts follow the first occurrence after the one used last (else the first)."""
 
     seconds_per_token = 0.0  # drafting costs next to nothing
 
@@ -71,10 +73,18 @@ class PromptLookup:
         self._index = [dict() for _ in range(LOOKUP_NGRAM + 1)]  # n -> n-gram -> continuation start
         self._seen = 0  # tokens of the history indexed so far
         self._at = 0    # where the latest match's continuation starts
+        self._reference: list[int] = []
+        self._in_reference = [dict() for _ in range(LOOKUP_NGRAM + 1)]  # n -> n-gram -> its starts, ascending
+        self._at_reference = 0  # where the latest match in the reference continues
+        self._matched_reference = False  # whether the latest match was in the reference
 
-    def start(self, prompt: list[int]) -> None:
-        """Index the prompt (before the first token, like a prefill)."""
+    def start(self, prompt: list[int], reference: Sequence[int] = ()) -> None:
+        """Index the prompt (before the first token, like a prefill) and the reference."""
         self._grow(prompt)
+        self._reference = ref = list(reference)
+        for i in range(1, len(ref)):
+            for n in range(1, min(LOOKUP_NGRAM, i) + 1):
+                self._in_reference[n].setdefault(tuple(ref[i - n:i]), []).append(i)
 
     def _grow(self, text: list[int]) -> None:
         while self._seen < len(text) - 1:  # the n-grams ending before the last token
@@ -84,19 +94,29 @@ class PromptLookup:
                 self._index[n][tuple(text[i - n:i])] = i
 
     def kind(self, history: list[int]):
-        """The key of this round's acceptance rate (the match length), or None when
-        nothing matches."""
+        """The key of this round's acceptance rate (the match length, and whether it is
+        in the reference), or None when nothing matches."""
         self._grow(history)
         for n in range(min(LOOKUP_NGRAM, len(history)), 0, -1):
-            at = self._index[n].get(tuple(history[-n:]))
+            key = tuple(history[-n:])
+            starts = self._in_reference[n].get(key) if self._reference else None
+            if starts:
+                j = bisect.bisect_right(starts, self._at_reference)
+                self._at_reference = starts[j] if j < len(starts) else starts[0]
+                self._matched_reference = True
+                return ("reference", n)
+            at = self._index[n].get(key)
             if at is not None:
-                self._at = at
+                self._at, self._matched_reference = at, False
                 return n
         return None
 
     def draft(self, history: list[int], k: int) -> tuple[list[int], None]:
-        """What followed the match; past the end of the text, the same again (the tail
-        repeats what came after the match, so it may repeat once more)."""
+        """What followed the match (in the reference: up to its end); past the end of the
+        text, the same again (the tail repeats what came after the match, so it may
+        repeat once more)."""
+        if self._matched_reference:
+            return self._reference[self._at_reference:self._at_reference + k], None
         period = len(history) - self._at
         return [history[self._at + j % period] for j in range(k)], None
 

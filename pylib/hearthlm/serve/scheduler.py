@@ -91,6 +91,7 @@ class Job:
     ignore_eos: bool = False              # run to max_tokens (benchmarks)
     constraint: object = None             # hearthlm.constraints / tool_calls: masks the tokens
     max_draft: Optional[int] = None       # the most tokens drafted per step (0: none) when the server speculates
+    prediction: Sequence[int] = ()        # a predicted output's ids: prompt lookup drafts from it too
     cancelled: bool = False
     cached_tokens: int = 0
     completion_tokens: int = 0
