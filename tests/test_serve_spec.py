@@ -366,9 +366,9 @@ def test_a_job_whose_drafts_fail_stops_drafting_but_probes(demo, monkeypatch):
     good, bad = (d.start(Job(prompt, 100, make_sampler(demo, {}), print), i, prompt) for i in range(2))
     for _ in range(10):
         for n in range(1, sp.LOOKUP_NGRAM + 1):
-            good.acceptance.update(n, 10, 10)
-            bad.acceptance.update(n, 10, 0)
-    assert good.acceptance.of(3) > 0.95 and bad.acceptance.of(3) < 0.05
+            good.acceptance.update(("text", n), 10, 10)
+            bad.acceptance.update(("text", n), 10, 0)
+    assert good.acceptance.of(("text", 3)) > 0.95 and bad.acceptance.of(("text", 3)) < 0.05
     drafted = []
     for _ in range(2 * sp.PROBE_EVERY):
         d.propose([(good, 10), (bad, 10)], 0)
@@ -384,12 +384,12 @@ def test_a_new_job_starts_from_the_servers_acceptance(demo):
     prompt = [5, 6, 7, 8, 5, 6, 7]
     first = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 0, prompt)
     for _ in range(5):
-        first.kind, first.drafts = 3, [1, 2, 3, 4]
+        first.kind, first.drafts = ("text", 3), [1, 2, 3, 4]
         first.update(0)  # all rejected
-    assert first.drafts == [] and d.acceptance.of(3) == first.acceptance.of(3) < 0.2
+    assert first.drafts == [] and d.acceptance.of(("text", 3)) == first.acceptance.of(("text", 3)) < 0.2
     second = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 1, prompt)
-    assert second.acceptance.of(3) == d.acceptance.of(3)
-    assert second.acceptance.of(2) == d.acceptance.of(2) < 0.2  # a kind not seen yet starts from the others
+    assert second.acceptance.of(("text", 3)) == d.acceptance.of(("text", 3))
+    assert second.acceptance.of(("text", 2)) == d.acceptance.of(("text", 2)) < 0.2  # not seen: from the others
 
 
 def test_bad_speculation_options_are_refused_by_name(demo, small_vocab):

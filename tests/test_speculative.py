@@ -340,12 +340,24 @@ def test_drafts_that_fail_stop_after_two_rounds_and_a_new_kind_starts_from_the_o
         length.update(None, 0, 0, m, 1.0 + 0.19 * (m - 1))
     drafted = []
     for _ in range(sp.PROBE_EVERY - 1):  # text that never repeats: every first draft rejected
-        k = length.choose(1, sp.MAX_DRAFT, 0.0)
+        k = length.choose(("text", 3), sp.MAX_DRAFT, 0.0)
         drafted.append(k)
-        length.update(1, k, 0, k + 1, 1.0 + 0.19 * k)
+        length.update(("text", 3), k, 0, k + 1, 1.0 + 0.19 * k)
     assert [k > 0 for k in drafted] == [True, True] + [False] * (sp.PROBE_EVERY - 3)
-    assert length.acceptance.of(3) == length.acceptance.of(2) < 0.2  # kinds not seen yet: the pooled rate
-    assert length.choose(3, sp.MAX_DRAFT, 0.0) == 0
+    pooled = length.acceptance.of(("text", 3))  # kinds not seen yet start from the pooled rate ...
+    assert length.acceptance.of(("reference", 3)) == pooled < 0.2
+    assert length.acceptance.of(("text", 1)) == pytest.approx(pooled / 3)  # ... less for a shorter match
+    assert length.choose(("text", 2), sp.MAX_DRAFT, 0.0) == 0
+
+
+def test_a_one_token_match_is_not_drafted_from_before_the_text_has_repeated():
+    length = sp.DraftLength()
+    for m in range(1, sp.MAX_DRAFT + 2):  # +25 % per extra token: one draft pays from a rate of 0.25
+        length.update(None, 0, 0, m, 1.0 + 0.25 * (m - 1))
+    assert length.choose(("text", 1), sp.MAX_DRAFT, 0.0) == 0 < length.choose(("text", 3), sp.MAX_DRAFT, 0.0)
+    for _ in range(3):
+        length.update(("text", 3), 4, 4, 5, 2.0)
+    assert length.choose(("text", 1), sp.MAX_DRAFT, 0.0) > 0  # once drafts are kept, short matches pay too
 
 
 def test_forward_costs_are_medians_that_a_stall_does_not_move():
@@ -379,5 +391,5 @@ def test_prompt_lookup_drafts_from_a_reference_in_order():
     assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 2) == ([9, 1], None)
     history += [9, 1, 2, 3]
     assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 4) == ([7, 8], None)  # to its end
-    assert lookup.kind([5, 6, 4, 5]) == 1 and lookup.draft([5, 6, 4, 5], 2) == ([6, 4], None)  # the text's own
+    assert lookup.kind([5, 6, 4, 5]) == ("text", 1) and lookup.draft([5, 6, 4, 5], 2) == ([6, 4], None)
     assert lookup.kind([5, 6, 0]) is None

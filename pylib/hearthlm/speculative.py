@@ -94,8 +94,8 @@ class PromptLookup:
                 self._index[n][tuple(text[i - n:i])] = i
 
     def kind(self, history: list[int]):
-        """The key of this round's acceptance rate (the match length, and whether it is
-        in the reference), or None when nothing matches."""
+        """The key of this round's acceptance rate, ("text" or "reference", the match
+        length), or None when nothing matches."""
         self._grow(history)
         for n in range(min(LOOKUP_NGRAM, len(history)), 0, -1):
             key = tuple(history[-n:])
@@ -108,7 +108,7 @@ class PromptLookup:
             at = self._index[n].get(key)
             if at is not None:
                 self._at, self._matched_reference = at, False
-                return n
+                return ("text", n)
         return None
 
     def draft(self, history: list[int], k: int) -> tuple[list[int], None]:
@@ -225,21 +225,31 @@ def smoothed(mean: float, value: float) -> float:
     return value if mean == 0 else mean + SMOOTHING * (value - mean)
 
 
+def match_weight(kind) -> float:
+    """How a drafter kind not seen yet compares with the pooled rate: a prompt-lookup
+    match of n tokens (PromptLookup.kind) n / LOOKUP_NGRAM, since one token matched is
+    weak evidence that the text repeats; any other kind 1."""
+    return kind[1] / LOOKUP_NGRAM if isinstance(kind, tuple) else 1.0
+
+
 class Acceptance:
     """The acceptance rate of drafts per drafter kind: drafts kept over drafts checked,
     each round's counts weighing DECAY times the next one's. A kind's counts start as
     PRIOR_CHECKS checks at the rate over every kind so far (pooled the same way, from
-    PRIOR_CHECKS checks at PRIOR_RATE), so a kind is judged from its first rounds, and one
-    not seen yet starts from the others: on text that does not repeat, drafting stops
-    after a round or two. `start` gives the counts to begin from (a server's over every job)."""
+    PRIOR_CHECKS checks at PRIOR_RATE) times match_weight, so a kind is judged from its
+    first rounds, and one not seen yet starts from the others: on text that does not
+    repeat, drafting stops after a round or two. `start` gives the counts to begin from (a server's over every job)."""
 
     def __init__(self, start: Optional["Acceptance"] = None):
         self.counts: dict = dict(start.counts) if start is not None else {}  # kind -> (kept, checked)
         self.pooled = start.pooled if start is not None else (PRIOR_RATE * PRIOR_CHECKS, PRIOR_CHECKS)
 
     def of(self, kind) -> float:
-        kept, checked = self.counts.get(kind, self.pooled)  # not seen yet: the rate over every kind
-        return min(kept / checked, 0.99)
+        if kind in self.counts:
+            kept, checked = self.counts[kind]
+            return min(kept / checked, 0.99)
+        kept, checked = self.pooled  # not seen yet: the rate over every kind
+        return min(kept / checked * match_weight(kind), 0.99)
 
     def update(self, kind, k: int, accepted: int) -> None:
         """k drafts, the first `accepted` kept: all of them checked, or up to the first rejected."""
