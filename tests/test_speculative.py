@@ -286,8 +286,6 @@ def test_bad_options_are_refused_by_name(chat, model_dir):
         chat.generate("hello", speculative="medusa")
     with pytest.raises(InvalidInputError, match="speculative, draft_model: give one"):
         chat.generate("hello", speculative="prompt-lookup", draft_model=chat)
-    with pytest.raises(InvalidInputError, match="logprobs: not with draft_model"):
-        chat.generate("hello", draft_model=chat, logprobs=True, temperature=0.5)
 
 
 def test_another_tokenizer_is_refused(chat_model_dir):
@@ -393,3 +391,21 @@ def test_prompt_lookup_drafts_from_a_reference_in_order():
     assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 4) == ([7, 8], None)  # to its end
     assert lookup.kind([5, 6, 4, 5]) == ("text", 1) and lookup.draft([5, 6, 4, 5], 2) == ([6, 4], None)
     assert lookup.kind([5, 6, 0]) is None
+
+
+def test_logprobs_of_a_sampling_draft_model_are_the_target_distributions(chat, chat_draft, always_draft):
+    """Accepted or redrawn, a token has the target's sampling distribution: its logprobs
+    are those of that distribution (here temperature 0.8, filters off)."""
+    sampling = dict(temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, seed=3)
+    r = chat.generate("hello there", draft_model=chat_draft, max_new_tokens=24, logprobs=True, top_logprobs=3,
+                      return_result=True, **sampling)
+    assert r.drafted_tokens > 0 and len(r.logprobs) == len(r.token_ids)
+    prompt = chat.tokenizer.encode("hello there")
+    logits = chat.logits(prompt + r.token_ids)[len(prompt) - 1:len(prompt) - 1 + len(r.token_ids)] / 0.8
+    expected = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    for e, token, row in zip(r.logprobs, r.token_ids, expected):
+        assert e["logprob"] == pytest.approx(row[token], abs=1e-4)
+        top = np.argsort(-row)[:3]
+        assert [t["token"] for t in e["top_logprobs"]] == [chat.tokenizer.decode([int(i)], skip_special_tokens=False)
+                                                          for i in top]
+        np.testing.assert_allclose([t["logprob"] for t in e["top_logprobs"]], row[top], atol=1e-4)

@@ -423,8 +423,10 @@ class SpeculativeDecoder(Decoder):
         if q is None:
             return self.choose(row)
         c = self.constraint
-        token = verify_token(row, self.sampler, c.next_mask() if c else None, self.rng, d, q)
-        self.entry = None
+        mask = c.next_mask() if c else None
+        token = verify_token(row, self.sampler, mask, self.rng, d, q)
+        # drawn by the accept / reject rule, the token has the sampler's distribution
+        self.entry = self.record(token, self.sampler.distribution(row, mask)) if self.record else None
         self.accept(token)
         return token
 
@@ -491,17 +493,11 @@ class Speculation:
             return None
         return cls(model, speculative, draft_model)
 
-    def check(self, sampler: Sampler, logprobs: bool) -> None:
-        """Refuses what this speculation cannot do with these settings."""
-        if logprobs and self.draft_model is not None and sampler.config.temperature > 0:
-            raise InvalidInputError("logprobs: not with draft_model when sampling (temperature > 0)")
-
     def decoder(self, session, sampler, constraint, eos, record, logits, prompt_ids, max_new_tokens):
         rng = np.random.default_rng(sampler.seed)
         if self.draft_model is None:
             drafter = PromptLookup()
         else:
-            self.check(sampler, record is not None)
             n_ctx = min(session.n_ctx, self.draft_model.args.max_position_embeddings)
             if self._draft is None or self._draft.session.n_ctx < n_ctx:
                 self._draft = DraftSession.of(self.draft_model, n_ctx)
