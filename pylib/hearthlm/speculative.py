@@ -238,7 +238,8 @@ class Acceptance:
     PRIOR_CHECKS checks at the rate over every kind so far (pooled the same way, from
     PRIOR_CHECKS checks at PRIOR_RATE) times match_weight, so a kind is judged from its
     first rounds, and one not seen yet starts from the others: on text that does not
-    repeat, drafting stops after a round or two. `start` gives the counts to begin from (a server's over every job)."""
+    repeat, drafting stops after a round or two. `start` gives the counts to begin from
+    (a server's over every job)."""
 
     def __init__(self, start: Optional["Acceptance"] = None):
         self.counts: dict = dict(start.counts) if start is not None else {}  # kind -> (kept, checked)
