@@ -10,8 +10,9 @@ hearthlm.gguf_export). The quantizer: llama-cpp-python's llama_model_quantize. S
 for each type, hearthlm's and llama-bench's runs alternate (reps each); medians.
 hearthlm's prefill is one feed of --prompt random ids, decode --gen single tokens;
 llama-bench runs -p PROMPT -n GEN. --keep DIR keeps the quantized files there and
-reuses them in later runs (quantize once, then time on a quiet machine). KL: mean over positions of KL(softmax(hearthlm f32
-on the folder) || softmax(hearthlm on the file)), random ids, one window."""
+reuses them in later runs (quantize once, then time on a quiet machine). KL: mean over
+positions of KL(softmax(hearthlm f32 on the folder) || softmax(hearthlm on the file)),
+random ids, one window."""
 from __future__ import annotations
 
 import argparse
