@@ -6,8 +6,8 @@
   file has none (Gemma's attention scale and layer pattern, SmolLM3's NoPE interval).
 * Tensors: every name the family declares (weights(args)) is found under its GGUF name
   through gguf's TensorNameMap (stacked experts and per-head norms sliced). F32 / F16 /
-  BF16 are used in place from the memory map; Q8_0, Q4_0, Q4_K, Q5_K, Q6_K are
-  converted exactly into the formats registry's blocks (from_gguf); Q5_0 exactly into
+  BF16 are used as stored, from the memory map or copied (hearthlm.load's mmap); Q8_0,
+  Q4_0, Q4_K, Q5_K, Q6_K are converted exactly into the formats registry's blocks (from_gguf); Q5_0 exactly into
   q8; Q4_1 and Q5_1 are dequantized to f32 (lossless; load_stats["converted_bytes"]
   counts them). llama.cpp's converter permutes the Q/K rows of Llama-style models into its
   interleaved RoPE order: undone here. Gemma's norms are stored as 1 + w: undone.
@@ -29,6 +29,7 @@ from .gguf_file import GGUFFile, gguf_package
 from .models import family, model_args
 from .models.base import RopeSpec
 from .rope import inverse_frequencies
+from .weight_memory import Arena, copy_by_default
 
 # general.architecture -> transformers architecture of the family that runs it
 ARCHITECTURES = {
@@ -223,14 +224,18 @@ class GGUFWeights:
     """The family's declared tensors (HF names) served from a GGUFFile, as
     weights.WeightReader serves them from safetensors."""
 
-    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int):
+    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int, mmap: Optional[bool]):
         gguf = gguf_package()
         self.g, self.args, self.arch, self.n_threads = g, args, arch, n_threads
         arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
         self.names = gguf.get_tensor_name_map(arch_id, args.num_hidden_layers)
         self.by_gguf = {f.gguf_type: name for name, f in FORMATS.items() if f.quantized}
         self.formats: dict = {}
-        self.mapped_bytes = self.converted_bytes = 0
+        self.mapped_bytes = self.converted_bytes = self.copied_bytes = 0
+        T = gguf.GGMLQuantizationType
+        plain = [t.data.nbytes for t in g.tensors.values() if t.ggml_type in (T.F32, T.F16, T.BF16)]
+        copy = copy_by_default(sum(plain)) if mmap is None else not mmap
+        self.arena = Arena(plain) if copy and plain else None  # an upper bound: untouched pages cost nothing
 
     def source(self, name: str) -> tuple:
         """(GGUF tensor name, index into its outer dimension or None) of HF tensor `name`."""
@@ -284,10 +289,16 @@ class GGUFWeights:
         if plain is not None:
             view = rows.view(FORMATS[plain].numpy)
             fmt, out = plain, self._unpermute(name, view)
-            if out is view:  # used in place
-                self.mapped_bytes += out.nbytes
+            if out is view:  # used as stored
                 self.formats[name] = fmt
-                return out
+                if self.arena is None:
+                    self.mapped_bytes += out.nbytes
+                    return out
+                copied = self.arena.take(out.shape, out.dtype)
+                np.copyto(copied, out)
+                copied.flags.writeable = False
+                self.copied_bytes += out.nbytes
+                return copied
         elif qtype == T.Q5_0:  # the same values as Q8_0 blocks, then q8
             fmt = "q8"
             out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
@@ -321,9 +332,9 @@ class GGUFWeights:
 
 # ---- the model ----------------------------------------------------------------------------
 
-def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]) -> dict:
+def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str], mmap: Optional[bool]) -> dict:
     """The parts of a Model (model.Model's arguments) from a GGUF file, its weights as
-    stored (dtype and head_dtype: None)."""
+    stored (dtype and head_dtype: None); mmap as hearthlm.load's."""
     from .gguf_tokenizer import gguf_tokenizer
     from .transformer import Transformer
 
@@ -336,11 +347,11 @@ def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]) 
     config = hf_config(g)
     args = model_args(config, path)
     family(args)  # the architecture is known
-    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads)
+    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads, mmap)
     transformer = Transformer(args, reader, n_threads)
     tokenizer, generation_config = gguf_tokenizer(g)
     stats = {"mapped_bytes": reader.mapped_bytes, "converted_bytes": reader.converted_bytes,
-             "load_seconds": time.perf_counter() - t0}
+             "copied_bytes": reader.copied_bytes, "load_seconds": time.perf_counter() - t0}
     counts: dict = {}
     for name, fmt in reader.formats.items():
         counts[fmt] = counts.get(fmt, 0) + 1
