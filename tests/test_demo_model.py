@@ -1,27 +1,34 @@
 """The bundled demo model (pylib/hearthlm/demo_model, trained by
 tools/train_demo_model.py): its files are verified against the SHA-256 sums in its
 model card, so a silently retrained or corrupted model is noticed; what a new user
-tries first (README examples, greetings, every single-digit sum, copy requests) gets
-the right reply; passages it never saw are repeated word for word; and its held-out accuracy under hearthlm is checked for every dtype
-against thresholds derived from the model card's figures.
+tries first (the README's examples, every single-digit sum, difference and comparison
+in every phrasing the card advertises, with the default and the README's system prompt,
+greetings, copy and edit requests) gets the right reply; passages it never saw are
+repeated word for word; and its held-out accuracy under hearthlm is checked for every
+dtype against thresholds derived from the model card's figures.
 
-Accuracy is checked teacher-forced: one forward pass over prompt + expected answer +
-end of turn, every position's argmax must be the next expected token. That is exactly
-"greedy decoding produces this answer and stops", at one forward pass per question
-instead of one per token (test_greedy_replies_equal_the_teacher_forced_check shows the
-two agree)."""
+Accuracy is checked teacher-forced (tools/eval_demo_model.hearthlm_verdicts): one
+forward pass over prompt + expected answer + end of turn, every position's argmax must
+be the next expected token. That is exactly "greedy decoding produces this answer and
+stops", at one batched forward pass per 16 questions instead of one per token
+(test_greedy_replies_equal_the_teacher_forced_check shows the two agree)."""
 import hashlib
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
 
 import hearthlm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from eval_demo_model import hearthlm_verdicts, with_system  # noqa: E402
+
 # The source tree's copy: the wheel leaves out heldout.jsonl and first_tries.jsonl (test data).
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pylib", "hearthlm", "demo_model")
+DEMO = os.path.join(ROOT, "pylib", "hearthlm", "demo_model")
 CARD = os.path.join(DEMO, "README.md")
 
 
@@ -32,13 +39,17 @@ def rows(name):
 
 HELDOUT, FIRST = rows("heldout.jsonl"), rows("first_tries.jsonl")
 BRIEF = [{"role": "system", "content": "Be brief."}]
-# Measured (model card, "Accuracy"): held-out 305/407 = 0.749 for f32 (transformers: the
-# same); first tries 433/446 (default or no system prompt), 431/446 ("Be brief."), single-
-# digit sums 199/200 and 197/200. Thresholds allow a few more misses than measured.
-THRESHOLDS = {"f32": 0.73, "bf16": 0.73, "q8": 0.72, "q4": 0.70}
-FIRST_THRESHOLDS = {None: (0.96, 0.985), "none": (0.96, 0.985), "Be brief.": (0.955, 0.975)}  # all, sums
-# Held-out f32, by task (measured: add 49/70, sub 38/70, cmp 56/60, copy 28/30).
-TASK_MINIMUM = {"add": 46, "sub": 35, "cmp": 53, "copy": 26}
+# Measured (model card, "Accuracy"), with room for a few more misses. Held-out: f32
+# 382/427 = 0.895 (transformers: the same).
+THRESHOLDS = {"f32": 0.87, "bf16": 0.87, "q8": 0.86, "q4": 0.84}
+# Held-out f32, by task (measured: add 54/70, sub 53/70, cmp 59/60, big 30/30, copy 30/30, replace 21/30).
+TASK_MINIMUM = {"add": 51, "sub": 50, "cmp": 57, "big": 28, "copy": 28, "replace": 19}
+# First tries beside the single-digit questions, by task (measured, default / "Be brief.":
+# greetings 5 / 5, copy 30 / 30, replace 9 / 8 of 10, two-digit 109 / 105 of 119).
+FIRST_MINIMUM = {"greet": 5, "copy": 29, "replace": 7, "two-digit": 100}
+# Single-digit differences "Be brief." gets wrong (measured: 2 with the default system
+# prompt, 4 with "Be brief."); every single-digit sum and comparison is right.
+SUB_MISSES = 5
 
 
 @pytest.fixture(scope="module")
@@ -61,31 +72,31 @@ def test_files_match_the_model_card():
             assert hashlib.sha256(f.read()).hexdigest() == digest, f"{name} differs from the model card"
 
 
-def greedy_says(model, messages, answer) -> bool:
-    tok = model.tokenizer
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-    target = tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
-    logits = model.logits(prompt + target)
-    return bool((logits[len(prompt) - 1:-1].argmax(-1) == np.array(target)).all())
-
-
 def correct(model, examples, system=None):
-    swap = (lambda m: m) if system is None else \
-        (lambda m: ([{"role": "system", "content": system}] if system else []) + [x for x in m if x["role"] != "system"])
-    return [greedy_says(model, swap(ex["messages"]), ex["answer"]) for ex in examples]
+    tok = model.tokenizer
+    seqs = [(list(tok.apply_chat_template(ex["messages"], add_generation_prompt=True, return_dict=False)),
+             list(tok.encode(ex["answer"], add_special_tokens=False)) + [tok.eos_token_id])
+            for ex in with_system(examples, system)]
+    return hearthlm_verdicts(model, seqs)
+
+
+def wrong(examples, verdicts):
+    return [(ex["messages"][-1]["content"], ex["answer"]) for ex, ok in zip(examples, verdicts) if not ok]
 
 
 def chat(model, messages):
     return model.chat(messages, max_new_tokens=160, temperature=0.0).strip()
 
 
-def test_readme_examples(demo):
-    assert chat(demo, BRIEF + [{"role": "user", "content": "What is 12 plus 7?"}]) == "19"
-    assert chat(demo, [{"role": "user", "content": "What is 12 plus 7?"}]) == "19"
-    assert chat(demo, BRIEF + [{"role": "user", "content": "Hi!"}]) == "Hello! Ask me a small sum or a word puzzle."
-    assert chat(demo, [{"role": "user", "content": "What is the capital of France?"}]) == \
-        "I can only do small arithmetic and word puzzles."
-    assert chat(demo, [{"role": "user", "content": "What is 3 minus 5?"}]) == "-2"
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_readme_examples(demo, system):
+    """The README's and the card's examples, greedy, as `hearthlm chat` replies: sums in
+    words and bare ("12 + 7"), a negative difference, a comparison, the word tasks, a
+    greeting, questions outside the skills (a joke, a number over 99), copy and edit."""
+    examples = with_system([ex for ex in FIRST if ex["task"] == "readme"], system)
+    assert len(examples) >= 20
+    replies = [(ex["messages"][-1]["content"], ex["answer"], chat(demo, ex["messages"])) for ex in examples]
+    assert [r for r in replies if r[1] != r[2]] == []
 
 
 @pytest.mark.parametrize("system", [None, "Be brief."])
@@ -101,27 +112,39 @@ def test_copy_task(demo, system):
     assert say(long_copy[0]["messages"][-1]["content"]) == long_copy[0]["answer"]
 
 
-@pytest.mark.parametrize("system", [None, "none", "Be brief."])
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_every_single_digit_question(demo, system):
+    """Every single-digit sum, difference and comparison in every phrasing of the card
+    (10 for sums and differences, bare "a + b" among them; 7 for comparisons): every sum
+    and comparison right, at most SUB_MISSES differences wrong."""
+    examples = [ex for ex in FIRST if ex["task"] in ("add", "sub", "cmp")]
+    assert len(examples) == 1000 + 1000 + 630
+    misses = wrong(examples, correct(demo, examples, system))
+    differences = {ex["messages"][-1]["content"] for ex in examples if ex["task"] == "sub"}
+    assert [m for m in misses if m[0] not in differences] == []
+    assert len(misses) <= SUB_MISSES, misses
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
 def test_first_tries(demo, system):
-    """Every single-digit sum, difference and comparison, greetings, the README's examples,
-    copy requests; with the default, no, and the README's system prompt."""
-    ok = correct(demo, FIRST, None if system is None else ("" if system == "none" else system))
-    wrong = [(ex["messages"][-1]["content"], ex["answer"]) for ex, good in zip(FIRST, ok) if not good]
-    sums = [good for ex, good in zip(FIRST, ok) if ex["task"] == "add"]
-    least, least_sums = FIRST_THRESHOLDS[system]
-    assert np.mean(sums) >= least_sums, wrong
-    assert np.mean(ok) >= least, wrong
+    """The rest of the first tries: greetings, copy and edit requests, a sample of
+    two-digit sums, differences and comparisons."""
+    for task, least in FIRST_MINIMUM.items():
+        examples = [ex for ex in FIRST if ex["task"] == task]
+        ok = correct(demo, examples, system)
+        assert sum(ok) >= least, (task, f"{sum(ok)}/{len(ok)}", wrong(examples, ok))
 
 
 def test_greedy_replies_equal_the_teacher_forced_check(demo):
-    examples = HELDOUT[::12] + FIRST[::25]
+    examples = HELDOUT[::12] + FIRST[::50]
     replies = [chat(demo, ex["messages"]) == ex["answer"] for ex in examples]
     assert replies == correct(demo, examples)
 
 
 def test_heldout_by_task(demo):
     """Questions never in training, task by task: two-digit sums and differences in every
-    phrasing, and copying / editing passages it never saw (generalisation, not recall)."""
+    phrasing, numbers over 99, and copying / editing texts it never saw (generalisation,
+    not recall)."""
     ok = correct(demo, HELDOUT)
     for task, least in TASK_MINIMUM.items():
         got = [good for ex, good in zip(HELDOUT, ok) if ex["task"] == task]
@@ -143,7 +166,7 @@ def test_f32_answers_equal_transformers(demo):
 
     tok = AutoTokenizer.from_pretrained(DEMO)
     ref = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32).eval()
-    examples = HELDOUT[::15] + FIRST[::20]
+    examples = HELDOUT[::15] + FIRST[::60]
     expected = []
     for ex in examples:
         ids = tok.apply_chat_template(ex["messages"], add_generation_prompt=True, return_tensors="pt",

@@ -10,7 +10,8 @@ from .errors import ModelFormatError
 SKILLS = ("the demo model (2.5M parameters) knows only: sums, differences, products up to 12 x 12 "
           "and comparisons of numbers up to 99 (\"What is 12 plus 7?\"), letter counts and "
           "reversed words of its 76 words (\"Reverse the word lemon.\"), repeating a text word "
-          "for word (\"Repeat after me: ...\"), and greetings")
+          "for word (\"Repeat after me: ...\"), replacing one word of a short text (\"Replace cat "
+          "with dog: ...\"), and greetings; it declines anything else")
 
 
 def is_demo(path: str) -> bool:
