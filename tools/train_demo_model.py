@@ -28,8 +28,8 @@ On a shared machine use --threads 1: with two torch threads on two busy cores a 
 took 3-4x the CPU time (threads spin waiting for each other).
 
 Usage (the shipped model: the model card, "Training"):
-  python3 tools/train_demo_model.py --init OLD_DEMO --out /tmp/demo --steps 6000 --time-limit 2600 \
-      --batch 32 --micro-batch 8 --warmup 50 --lr 1e-3 --threads 1
+  python3 tools/train_demo_model.py --init OLD_DEMO --out /tmp/demo --steps 8000 --time-limit 3900 \
+      --batch 32 --micro-batch 8 --warmup 150 --lr 3e-4 --threads 1 --log-every 25 --no-final-eval
 """
 
 from __future__ import annotations
