@@ -50,8 +50,8 @@ void norm_row(const KernelTable& kt, float* out, const float* x, const float* w,
 // y[m0:m1, n0:n1] of one job.
 void matmul_tile(const KernelTable& kt, WeightType wt, const MatmulJob& job, const float* x,
                  const BlockQ8Act* xq, int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  wt->matmul(kt, job.y + m0 * job.N, x + m0 * K, xq ? xq + m0 * q_blocks(K) : nullptr, job.w, job.bias,
-             m1 - m0, K, job.N, n0, n1);
+  (job.wt ? job.wt : wt)->matmul(kt, job.y + m0 * job.N, x + m0 * K, xq ? xq + m0 * q_blocks(K) : nullptr, job.w,
+                                 job.bias, m1 - m0, K, job.N, n0, n1);
 }
 
 // The tasks of a matmul_group: every matrix cut into (token block, row block) tiles,

@@ -265,26 +265,54 @@ template <class Block> struct PairScalesOf { using type = AffinePairScales; };
 template <> struct PairScalesOf<BlockQ6Kx8> { using type = Q6PairScales; };
 struct PairSub { __m512i g[8]; };  // k group g of a sub-block, 16 rows, unsigned q
 
-static inline __m512 pair_bytes(const uint8_t* a, const uint8_t* b, bool is_signed) {
-  const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)a), _mm_loadl_epi64((const __m128i*)b));
-  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
+// Qwords q of a and b alternating (a's q0, b's q0, a's q1, ...) from q = first: 8 bytes
+// per row group, so 16-byte lane i holds one sub-block's 16 rows.
+static inline __m512i pair_qwords(__m512i a, __m512i b, int first) {
+  return _mm512_permutex2var_epi64(a, _mm512_add_epi64(_mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), _mm512_set1_epi64(first)), b);
 }
+// 16-byte lane i of v, widened to 16 floats.
+template <int I>
+static inline __m512 lane_floats(__m512i v, bool is_signed) {
+  const __m128i l = _mm512_extracti32x4_epi32(v, I);
+  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(l) : _mm512_cvtepu8_epi32(l));
+}
+template <int I>
+static inline void lanes_times(__m512 d, __m512i v, bool is_signed, __m512* out) {
+  out[I] = _mm512_mul_ps(d, lane_floats<I>(v, is_signed));
+  if constexpr (I < 3) lanes_times<I + 1>(d, v, is_signed, out);
+}
+// The 6-bit sc_j, m_j of quant.h, two row groups at once: lo0 / lo1 hold scales_lo of
+// sub-blocks 0-3 / 4-7, hi the scales_hi of j & 3, each as 4 lanes of 16 rows.
 template <class Block>
 static inline void pair_k_scales(const Block& a, const Block& b, AffinePairScales& s) {
-  alignas(32) uint8_t sca[64], ma[64], scb[64], mb[64];
-  QVec::k_scale_bytes(a, sca, ma);
-  QVec::k_scale_bytes(b, scb, mb);
+  const __m512i la = _mm512_loadu_si512(a.scales_lo), lb = _mm512_loadu_si512(b.scales_lo);
+  const __m512i lo0 = pair_qwords(la, lb, 0), lo1 = pair_qwords(la, lb, 4);
+  const __m512i hi = pair_qwords(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a.scales_hi)),
+                                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)b.scales_hi)), 0);
+  const __m512i n4 = _mm512_set1_epi8(0x0F);
+  auto high = [&](int mask, int left) {  // (hi & mask) moved to bits 4-5 (16-bit shifts, masked first)
+    const __m512i h = _mm512_and_si512(hi, _mm512_set1_epi8(char(mask)));
+    return left >= 0 ? _mm512_slli_epi16(h, unsigned(left)) : _mm512_srli_epi16(h, unsigned(-left));
+  };
+  // h | (x & n4) in one ternary-logic op (0xF8: A | (B & C))
+  const __m512i sc0 = _mm512_ternarylogic_epi32(high(0x03, 4), lo0, n4, 0xF8);
+  const __m512i sc1 = _mm512_ternarylogic_epi32(high(0x30, 0), lo1, n4, 0xF8);
+  const __m512i m0 = _mm512_ternarylogic_epi32(high(0x0C, 2), _mm512_srli_epi16(lo0, 4), n4, 0xF8);
+  const __m512i m1 = _mm512_ternarylogic_epi32(high(0xC0, -2), _mm512_srli_epi16(lo1, 4), n4, 0xF8);
   const __m512 d = pair_scales(a.d, b.d), dmin = pair_scales(a.dmin, b.dmin);
-  for (int j = 0; j < kKSubs; ++j) {
-    s.dsc[j] = _mm512_mul_ps(d, pair_bytes(sca + 8 * j, scb + 8 * j, false));
-    s.dm[j] = _mm512_mul_ps(dmin, pair_bytes(ma + 8 * j, mb + 8 * j, false));
-  }
+  lanes_times<0>(d, sc0, false, s.dsc);
+  lanes_times<0>(d, sc1, false, s.dsc + 4);
+  lanes_times<0>(dmin, m0, false, s.dm);
+  lanes_times<0>(dmin, m1, false, s.dm + 4);
 }
+// q6k: int8 scales [s*8 + r], s = 0..15: 4 lanes of 16 rows per 32 bytes of a and b.
 static inline void pair_k_scales(const BlockQ6Kx8& a, const BlockQ6Kx8& b, Q6PairScales& s) {
   const __m512 d = pair_scales(a.d, b.d);
-  for (int h = 0; h < 2 * kKSubs; ++h)
-    s.dsc[h] = _mm512_mul_ps(d, pair_bytes(reinterpret_cast<const uint8_t*>(a.scales + 8 * h),
-                                           reinterpret_cast<const uint8_t*>(b.scales + 8 * h), true));
+  for (int h = 0; h < 2; ++h) {
+    const __m512i va = _mm512_loadu_si512(a.scales + 64 * h), vb = _mm512_loadu_si512(b.scales + 64 * h);
+    lanes_times<0>(d, pair_qwords(va, vb, 0), true, s.dsc + 8 * h);
+    lanes_times<0>(d, pair_qwords(va, vb, 4), true, s.dsc + 8 * h + 4);
+  }
 }
 
 static inline PairSub pair_nibbles(const uint8_t* a, const uint8_t* b) {
