@@ -271,6 +271,13 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       {130, 40, 2, 129, 0, true, 0, 16, 3}, {200, 64, 8, 150, 0, false, 0, 4, 0},   {70, 17, 1, 69, 0, false, 0, 32, 1},
       {300, 128, 3, 299, 50, true, 0, 10, 0}, {129, 24, 4, 70, 7, false, 1.5f, 8, 2},  // windows past the block
       {40, 8, 2, 5, 0, false, 0, 12, 0},  // the first tokens see nothing: zeros
+      // rows in the vector lanes (n_t > 1, n_t * n_q >= W): row counts of 4..32 (padded to
+      // W), key remainders of every size, d vectors past whole P·V tiles and a scalar tail
+      {70, 1, 1, 69, 0, false, 0, 4, 0},   {69, 3, 4, 68, 0, true, 0, 2, 1},  {71, 9, 1, 70, 3, false, 0, 17, 2},
+      {133, 33, 3, 132, 0, false, 0, 7, 0}, {67, 48, 5, 66, 0, true, 0.8f, 5, 4}, {75, 80, 2, 74, 20, false, 0, 16, 0},
+      {256, 256, 8, 255, 0, false, 0, 4, 0}, {190, 112, 16, 120, 0, true, 0, 2, 0}, {64, 20, 1, 63, 0, false, 0, 31, 0},
+      {77, 16, 1, 76, 0, false, 0, 8, 0},  {200, 64, 4, 199, 100, false, 0, 8, 3},  // a window ending mid-block
+      {140, 24, 2, 10, 0, false, 0, 16, 0},  // positions 0..10 only: later slots unseen, early tokens see one slot
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
