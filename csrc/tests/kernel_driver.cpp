@@ -278,6 +278,7 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       {256, 256, 8, 255, 0, false, 0, 4, 0}, {190, 112, 16, 120, 0, true, 0, 2, 0}, {64, 20, 1, 63, 0, false, 0, 31, 0},
       {77, 16, 1, 76, 0, false, 0, 8, 0},  {200, 64, 4, 199, 100, false, 0, 8, 3},  // a window ending mid-block
       {140, 24, 2, 10, 0, false, 0, 16, 0},  // positions 0..10 only: later slots unseen, early tokens see one slot
+      {300, 64, 8, 299, 0, true, 0, 8, 0}, {129, 40, 3, 128, 30, false, 0, 21, 1},  // 64 and 63 rows
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
