@@ -377,7 +377,12 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800},
                                // small batches: every token tile, odd row-group counts, ragged last group
                                {8, 40, 96}, {16, 57, 64}, {6, 16, 1056}, {11, 23, 33}, {13, 64, 200},
-                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576}};
+                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576},
+                               // around and past the prefill-panel threshold (M > 32): every token-tile remainder,
+                               // several K chunks with a tail, lone last row groups, more than one row chunk
+                               {33, 40, 2080}, {257, 24, 96}, {29, 17, 4100}, {18, 32, 64}, {31, 9, 160},
+                               {37, 16, 64}, {46, 8, 64}, {47, 16, 96}, {20, 16, 32}, {40, 8, 64}, {26, 16, 33},
+                               {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;
