@@ -120,7 +120,8 @@ const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19,
                                    {1, 4, 0},  {3, 5, 0},  {70, 7, 600},  // K = 0: y = bias; K > 2 blocks
                                    // small batches against wide rows: every token tile and ragged ends
                                    {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520},
-                                   {32, 21, 70}, {33, 9, 40}};  // the last small batch, the first GEMM
+                                   {32, 21, 70}, {33, 9, 40},  // the last small batch, the first GEMM
+                                   {48, 96, 513}, {37, 64, 256}};  // GEMM: whole tiles and panels, K blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
