@@ -3,14 +3,16 @@ the .gguf) and by llama.cpp (llama-bench) side by side: KL(f32 || file) and pref
 decode speed, for Q4_0 / Q4_K_M / Q6_K / Q8_0 (or --types).
 
     python bench/gguf_vs_llama_cpp.py FOLDER [--types Q4_0,Q4_K_M,Q6_K,Q8_0] [--tokens 256]
-        [--prompt 64] [--gen 32] [--reps 3] [--threads 2] [--llama-bench PATH]
+        [--prompt 64] [--gen 32] [--reps 3] [--threads 2] [--llama-bench PATH] [--keep DIR]
 
 FOLDER: a Llama-architecture HF folder (its f32 GGUF is written by
 hearthlm.gguf_export). The quantizer: llama-cpp-python's llama_model_quantize. Speed:
 for each type, hearthlm's and llama-bench's runs alternate (reps each); medians.
 hearthlm's prefill is one feed of --prompt random ids, decode --gen single tokens;
-llama-bench runs -p PROMPT -n GEN. KL: mean over positions of KL(softmax(hearthlm f32
-on the folder) || softmax(hearthlm on the file)), random ids, one window."""
+llama-bench runs -p PROMPT -n GEN. --keep DIR keeps the quantized files there and
+reuses them in later runs (quantize once, then time on a quiet machine). KL: mean over
+positions of KL(softmax(hearthlm f32 on the folder) || softmax(hearthlm on the file)),
+random ids, one window."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +26,7 @@ import time
 import numpy as np
 
 import hearthlm
-from kquant_kl import LLAMA_FTYPES, gguf_bpw, llama_quantize, mean_kl
+from kquant_kl import gguf_bpw, llama_quantize, mean_kl
 
 
 def hearthlm_speed(model, prompt: np.ndarray, n_gen: int) -> tuple:
@@ -58,6 +60,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llama-bench", default=shutil.which("llama-bench"))
+    p.add_argument("--keep", help="keep (and reuse) the quantized files in this folder")
     a = p.parse_args()
     from hearthlm.gguf_export import export_gguf
 
@@ -71,8 +74,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("KL_TMP")) as tmp:
         for name in a.types.split(","):
-            path = os.path.join(tmp, f"{name}.gguf")
-            llama_quantize(src, path, LLAMA_FTYPES[name])
+            if a.keep:
+                os.makedirs(a.keep, exist_ok=True)
+                path = os.path.join(a.keep, f"{os.path.basename(src)[:-len('.gguf')]}-{name}.gguf")
+            else:
+                path = os.path.join(tmp, f"{name}.gguf")
+            if not os.path.exists(path):
+                llama_quantize(src, path + ".tmp", name)
+                os.replace(path + ".tmp", path)
             model = hearthlm.load(path, n_threads=a.threads)
             kl = mean_kl(ref, model.logits(ids))
             ours, theirs = [], []
@@ -84,7 +93,8 @@ def main() -> None:
             rows.append((name, gguf_bpw(path), kl, med(ours, 0), med(theirs, 0), med(ours, 1), med(theirs, 1)))
             print(*rows[-1], flush=True)
             del model
-            os.remove(path)
+            if not a.keep:
+                os.remove(path)
     print(f"\n{a.folder}: KL on {a.tokens} random ids; prompt {a.prompt}, {a.gen} decoded, {a.threads} threads, "
           f"medians of {a.reps}; load average {os.getloadavg()[0]:.1f}\n")
     print("| llama.cpp file | bits/weight | KL(f32 ‖ hearthlm on it) | prefill tok/s hearthlm | llama.cpp | "

@@ -70,6 +70,46 @@ def test_gguf_export_permutes_q_and_k_back_to_llama_cpp_order(tiny_folder):
     assert len(tensors) == len(files.where)
 
 
+def test_gguf_export_of_a_quantized_folder_holds_its_weights(tmp_path, monkeypatch):
+    """`--shape X --dtype q8 --vs llama.cpp`: the stored blocks are dequantized, then
+    written as Q8_0 (was: the packed bytes given to GGUF's quantizer as floats)."""
+    gguf = pytest.importorskip("gguf")
+    from hearthlm import _kernels
+    from hearthlm.gguf_export import export_gguf
+    from hearthlm.quant import read_quant_metadata
+    from hearthlm.safetensors_io import CheckpointFiles
+
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
+    folder = random_model_folder("tiny", "q8")
+    tensors = {t.name: t for t in gguf.GGUFReader(export_gguf(folder, "q8")).tensors}
+    files = CheckpointFiles(folder)
+    q = read_quant_metadata(files)[1]["model.layers.1.mlp.down_proj.weight"]
+    ours = np.empty((q.rows, q.cols), np.float32)
+    _kernels.dequantize(ours, files.array("model.layers.1.mlp.down_proj.weight"), q.fmt)
+    t = tensors["blk.1.ffn_down.weight"]
+    theirs = gguf.quants.dequantize(t.data, t.tensor_type).reshape(q.rows, q.cols)
+    step = np.abs(ours).reshape(q.rows, -1, 32).max(axis=2, keepdims=True) / 127  # one Q8_0 step per block
+    # GGUF rounds to its grid: half a step, plus the fp16 rounding of its scale (2^-11
+    # relative) times up to 127 steps
+    assert np.all(np.abs(theirs - ours).reshape(q.rows, -1, 32) <= step * (0.5 + 127 * 2.0 ** -11))
+
+
+def test_gguf_export_names_a_tensor_gguf_cannot_hold_and_leaves_nothing(tiny_folder, tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    from hearthlm.errors import UnsupportedModelError
+    from hearthlm.gguf_export import export_gguf, export_path
+
+    def refuse(data, qtype):
+        raise gguf.quants.QuantError(f"Can't quantize tensor with shape {data.shape} to {qtype.name}")
+
+    monkeypatch.setattr(gguf.quants, "quantize", refuse)
+    named = r"model.safetensors: tensor 'model.embed_tokens.weight' of shape \[512, 64\] cannot be written as GGUF Q8_0"
+    with pytest.raises(UnsupportedModelError, match=named):
+        export_gguf(tiny_folder, "q8")
+    out = export_path(tiny_folder, "q8")
+    assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(os.path.basename(out))]
+
+
 def test_gguf_export_goes_to_the_cache_not_the_model_folder(tiny_folder, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     import shutil

@@ -179,7 +179,18 @@ def test_family_f32_matches_transformers(converted, name):
     ours = model.logits(ids)
     np.testing.assert_allclose(ours, ref, atol=2e-5 * max(1.0, np.abs(ref).max()), rtol=0)
     assert check_exact(model, path) == {"f32": len(model.transformer.weights.reader.formats)}
-    assert model.load_stats["mapped_bytes"] > 0
+    assert model.load_stats["mapped_bytes"] + model.load_stats["copied_bytes"] > 0  # used as stored
+
+
+@pytest.mark.parametrize("outtype", ["F16", "BF16"])
+def test_copied_weights_match_mapped(converted, outtype):
+    """hearthlm.load(mmap=False) copies the tensors used as stored; the logits are the same."""
+    path = converted[("qwen2", outtype)][1]
+    mapped, copied = hearthlm.load(path, mmap=True), hearthlm.load(path, mmap=False)
+    ids = ids_for(mapped.vocab_size)
+    np.testing.assert_array_equal(mapped.logits(ids), copied.logits(ids))
+    assert copied.load_stats["copied_bytes"] == mapped.load_stats["mapped_bytes"] > 0
+    assert copied.load_stats["mapped_bytes"] == mapped.load_stats["copied_bytes"] == 0
 
 
 @pytest.mark.parametrize("name", ["llama-gqa-tied", "qwen2"])
@@ -195,7 +206,7 @@ def test_converter_types(converted, name, outtype):
     kl = mean_kl(reference_logits(folder, ids), model.logits(ids))
     assert 0 <= kl < KL_BOUND[outtype], kl
     if outtype != "Q8_0":
-        assert model.load_stats["mapped_bytes"] > model.load_stats["converted_bytes"]
+        assert model.load_stats["mapped_bytes"] + model.load_stats["copied_bytes"] > model.load_stats["converted_bytes"]
 
 
 @pytest.mark.parametrize("ftype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K"])

@@ -338,7 +338,7 @@ def test_prequantized_folder_loads_in_place_with_identical_logits(model_dir, tmp
         "config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
     ids = list(range(1, 40))
     on_load = hearthlm.load(src, dtype="q4")
-    stored = hearthlm.load(dst)
+    stored = hearthlm.load(dst, mmap=True)
     assert stored.dtype == "q4" and stored.load_stats["converted_bytes"] == 0
     assert stored.load_stats["mapped_bytes"] > 0
     assert stored.transformer.lm_head.wtype == "q8" and stored.transformer.weights.linear("model.layers.0.self_attn.q_proj").wtype == "q4"

@@ -181,6 +181,35 @@ def test_metrics_count_drafts_and_the_opt_out_drafts_nothing(servers, plain_repl
         assert r.status_code == 400 and r.json()["error"]["param"] == "speculative.n_max"
 
 
+def test_a_predicted_output_is_drafted_from_and_changes_nothing(servers):
+    """OpenAI's `prediction`: prompt lookup drafts from it (the demo's refusal is in
+    neither the prompt nor the template, so without it nearly every draft fails)."""
+    server, client = servers("lookup")
+    messages = user("Write a short story about a fox who learns to sail.")
+    ask = lambda **kw: client.chat.completions.create(model="demo", temperature=0, messages=messages,
+                                                      max_tokens=40, **kw)
+    plain = ask()
+    text = plain.choices[0].message.content
+    assert text == "I can only do small arithmetic and word puzzles."
+    for prediction in ({"type": "content", "content": text},
+                       {"type": "content", "content": [{"type": "text", "text": text[:20]},
+                                                       {"type": "text", "text": text[20:]}]}):
+        r = ask(prediction=prediction)
+        got = r.usage.completion_tokens_details
+        assert r.choices[0].message.content == text and r.usage.completion_tokens == plain.usage.completion_tokens
+        # every draft kept: 5 a step (always_draft) beside each step's own token
+        assert got.rejected_prediction_tokens == 0
+        assert got.accepted_prediction_tokens >= (r.usage.completion_tokens - 2) * 5 // 6
+        assert got.accepted_prediction_tokens > plain.usage.completion_tokens_details.accepted_prediction_tokens
+    r = ask(prediction={"type": "content", "content": "something else entirely, nothing like the reply"})
+    assert r.choices[0].message.content == text  # a wrong prediction changes only the speed
+    for bad, param in (("text", "prediction"), ({"type": "audio"}, "prediction"),
+                       ({"type": "content", "content": 5}, "prediction.content"),
+                       ({"type": "content", "content": [{"type": "image_url"}]}, "prediction.content[0]")):
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "prediction": bad}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
+
+
 def draft_counters(server):
     r = httpx.get(server.url + "/metrics")
     return {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples
@@ -336,8 +365,11 @@ def test_a_job_whose_drafts_fail_stops_drafting_but_probes(demo, monkeypatch):
         d.costs.measure(m, 1.0 + 0.05 * (m - 1))
     prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
     good, bad = (d.start(Job(prompt, 100, make_sampler(demo, {}), print), i, prompt) for i in range(2))
-    for n in range(1, sp.LOOKUP_NGRAM + 1):
-        good.acceptance.rate[n], bad.acceptance.rate[n] = 0.95, 0.0
+    for _ in range(10):
+        for n in range(1, sp.LOOKUP_NGRAM + 1):
+            good.acceptance.update(("text", n), 10, 10)
+            bad.acceptance.update(("text", n), 10, 0)
+    assert good.acceptance.of(("text", 3)) > 0.95 and bad.acceptance.of(("text", 3)) < 0.05
     drafted = []
     for _ in range(2 * sp.PROBE_EVERY):
         d.propose([(good, 10), (bad, 10)], 0)
@@ -353,11 +385,12 @@ def test_a_new_job_starts_from_the_servers_acceptance(demo):
     prompt = [5, 6, 7, 8, 5, 6, 7]
     first = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 0, prompt)
     for _ in range(5):
-        first.kind, first.drafts = 3, [1, 2, 3, 4]
+        first.kind, first.drafts = ("text", 3), [1, 2, 3, 4]
         first.update(0)  # all rejected
-    assert first.drafts == [] and d.acceptance.of(3) == first.acceptance.of(3) < 0.2
+    assert first.drafts == [] and d.acceptance.of(("text", 3)) == first.acceptance.of(("text", 3)) < 0.2
     second = d.start(Job(prompt, 100, make_sampler(demo, {}), print), 1, prompt)
-    assert second.acceptance.of(3) == d.acceptance.of(3) and second.acceptance.of(2) == sp.PRIOR_RATE
+    assert second.acceptance.of(("text", 3)) == d.acceptance.of(("text", 3))
+    assert second.acceptance.of(("text", 2)) == d.acceptance.of(("text", 2)) < 0.2  # not seen: from the others
 
 
 def test_bad_speculation_options_are_refused_by_name(demo, small_vocab):
@@ -415,3 +448,11 @@ def test_a_prompt_prefilled_in_chunks_joins_drafting_jobs(demo, draft):
     for spec in ({"speculative": "prompt-lookup"}, {"draft_model": draft}):
         s = Scheduler(demo, 2, n_ctx=256, prefill_chunk=16, **spec)
         assert run(s) == plain and s.stats.accepted_tokens > 0
+
+
+def test_default_parallel_counts_the_draft_models_cache(demo, draft, monkeypatch):
+    per_slot = demo.session(n_ctx=256).memory_bytes + draft.session(n_ctx=256).memory_bytes
+    pages = 6 * per_slot // 4096 + 1
+    monkeypatch.setattr(sched_module.os, "sysconf", lambda name: pages if name == "SC_AVPHYS_PAGES" else 4096)
+    assert sched_module.default_parallel(demo, 256, draft_model=draft, budget_fraction=1.0) == 6
+    assert sched_module.default_parallel(demo, 256, budget_fraction=1.0) == 8  # the 8-slot cap

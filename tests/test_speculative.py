@@ -286,8 +286,6 @@ def test_bad_options_are_refused_by_name(chat, model_dir):
         chat.generate("hello", speculative="medusa")
     with pytest.raises(InvalidInputError, match="speculative, draft_model: give one"):
         chat.generate("hello", speculative="prompt-lookup", draft_model=chat)
-    with pytest.raises(InvalidInputError, match="logprobs: not with draft_model"):
-        chat.generate("hello", draft_model=chat, logprobs=True, temperature=0.5)
 
 
 def test_another_tokenizer_is_refused(chat_model_dir):
@@ -334,6 +332,40 @@ def test_chat_app_lookup_and_draft(chat_model_dir):
         assert out[:2] == plain[:2] and any("speculative:" in line and "drafted" in line for line in out)
 
 
+def test_drafts_that_fail_stop_after_two_rounds_and_a_new_kind_starts_from_the_others():
+    length = sp.DraftLength()
+    for m in range(1, sp.MAX_DRAFT + 2):  # a tiny model's forwards: +19 % per extra token
+        length.update(None, 0, 0, m, 1.0 + 0.19 * (m - 1))
+    drafted = []
+    for _ in range(sp.PROBE_EVERY - 1):  # text that never repeats: every first draft rejected
+        k = length.choose(("text", 3), sp.MAX_DRAFT, 0.0)
+        drafted.append(k)
+        length.update(("text", 3), k, 0, k + 1, 1.0 + 0.19 * k)
+    assert [k > 0 for k in drafted] == [True, True] + [False] * (sp.PROBE_EVERY - 3)
+    pooled = length.acceptance.of(("text", 3))  # kinds not seen yet start from the pooled rate ...
+    assert length.acceptance.of(("reference", 3)) == pooled < 0.2
+    assert length.acceptance.of(("text", 1)) == pytest.approx(pooled / 3)  # ... less for a shorter match
+    assert length.choose(("text", 2), sp.MAX_DRAFT, 0.0) == 0
+
+
+def test_a_one_token_match_is_not_drafted_from_before_the_text_has_repeated():
+    length = sp.DraftLength()
+    for m in range(1, sp.MAX_DRAFT + 2):  # +25 % per extra token: one draft pays from a rate of 0.25
+        length.update(None, 0, 0, m, 1.0 + 0.25 * (m - 1))
+    assert length.choose(("text", 1), sp.MAX_DRAFT, 0.0) == 0 < length.choose(("text", 3), sp.MAX_DRAFT, 0.0)
+    for _ in range(3):
+        length.update(("text", 3), 4, 4, 5, 2.0)
+    assert length.choose(("text", 1), sp.MAX_DRAFT, 0.0) > 0  # once drafts are kept, short matches pay too
+
+
+def test_forward_costs_are_medians_that_a_stall_does_not_move():
+    costs = sp.ForwardCosts(8)
+    assert costs(3) == sp.cost_prior(3)  # nothing measured: the prior
+    for seconds in (1.0, 1.02, 0.98, 30.0, 1.01):  # one stall of 30x
+        costs.measure(1, seconds)
+    assert costs(1) == 1.01 and costs(3) == pytest.approx(1.01 * sp.cost_prior(3))
+
+
 def test_draft_length_grows_with_acceptance_and_stops_when_it_does_not_pay():
     length = sp.DraftLength()
     for m in range(1, sp.MAX_DRAFT + 2):  # a forward of m tokens: +10 % per extra token
@@ -347,3 +379,33 @@ def test_draft_length_grows_with_acceptance_and_stops_when_it_does_not_pay():
     assert choices.count(0) == len(choices) - 3 and choices.count(1) == 3  # one probe every PROBE_EVERY
     assert length.choose("a", sp.MAX_DRAFT, 2.0) == 0  # drafting dearer than what it saves
     assert length.choose(None, sp.MAX_DRAFT, 0.0) == 0 == length.choose("a", 0, 0.0)
+
+
+def test_prompt_lookup_drafts_from_a_reference_in_order():
+    lookup = sp.PromptLookup()
+    reference = [1, 2, 3, 9, 1, 2, 3, 7, 8]  # "1 2 3" twice: drafts follow the occurrence in use
+    lookup.start([5, 6], reference)
+    history = [5, 6, 1, 2, 3]
+    assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 2) == ([9, 1], None)
+    history += [9, 1, 2, 3]
+    assert lookup.kind(history) == ("reference", 3) and lookup.draft(history, 4) == ([7, 8], None)  # to its end
+    assert lookup.kind([5, 6, 4, 5]) == ("text", 1) and lookup.draft([5, 6, 4, 5], 2) == ([6, 4], None)
+    assert lookup.kind([5, 6, 0]) is None
+
+
+def test_logprobs_of_a_sampling_draft_model_are_the_target_distributions(chat, chat_draft, always_draft):
+    """Accepted or redrawn, a token has the target's sampling distribution: its logprobs
+    are those of that distribution (here temperature 0.8, filters off)."""
+    sampling = dict(temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, seed=3)
+    r = chat.generate("hello there", draft_model=chat_draft, max_new_tokens=24, logprobs=True, top_logprobs=3,
+                      return_result=True, **sampling)
+    assert r.drafted_tokens > 0 and len(r.logprobs) == len(r.token_ids)
+    prompt = chat.tokenizer.encode("hello there")
+    logits = chat.logits(prompt + r.token_ids)[len(prompt) - 1:len(prompt) - 1 + len(r.token_ids)] / 0.8
+    expected = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    for e, token, row in zip(r.logprobs, r.token_ids, expected):
+        assert e["logprob"] == pytest.approx(row[token], abs=1e-4)
+        top = np.argsort(-row)[:3]
+        assert [t["token"] for t in e["top_logprobs"]] == [chat.tokenizer.decode([int(i)], skip_special_tokens=False)
+                                                          for i in top]
+        np.testing.assert_allclose([t["logprob"] for t in e["top_logprobs"]], row[top], atol=1e-4)

@@ -106,10 +106,10 @@ def random_prompt(model: Model, n: int) -> np.ndarray:
 
 def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int] = None,
               n_prompt: int = 512, n_gen: int = 128, reps: int = 3, vs=(),
-              bandwidth_bytes: int = 1 << 30) -> dict:
+              bandwidth_bytes: int = 1 << 30, mmap: Optional[bool] = None) -> dict:
     rss_before = rss_bytes()
     t0 = time.perf_counter()
-    model = load(folder, dtype=dtype, n_threads=n_threads)
+    model = load(folder, dtype=dtype, n_threads=n_threads, mmap=mmap)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_bytes()
     bandwidth = _kernels.memory_read_bandwidth(bandwidth_bytes, model.n_threads, 7)  # best of 7
@@ -135,6 +135,7 @@ def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int]
         "load_s": load_s,
         "load_to_first_logits_s": first_token_s,
         "weight_bytes_per_token": wbytes,
+        "weights_copied": model.load_stats["copied_bytes"] > 0,
         "rss_after_load_mb": (rss_loaded - rss_before) / 2 ** 20,
         "rss_after_run_mb": (rss_after - rss_before) / 2 ** 20,
         "rss_hearthlm_only": len(runners) == 1,
@@ -145,10 +146,11 @@ def run_bench(folder: str, dtype: Optional[str] = None, n_threads: Optional[int]
 
 
 def run_context_sweep(folder: str, contexts, dtype: Optional[str] = None,
-                      n_threads: Optional[int] = None, n_gen: int = 16, reps: int = 1, vs=()) -> dict:
+                      n_threads: Optional[int] = None, n_gen: int = 16, reps: int = 1, vs=(),
+                      mmap: Optional[bool] = None) -> dict:
     """Decode tokens/s after a prompt of each length in `contexts` (attention cost
     grows with the context), for hearthlm and each peer."""
-    model = load(folder, dtype=dtype, n_threads=n_threads)
+    model = load(folder, dtype=dtype, n_threads=n_threads, mmap=mmap)
     runners = make_runners(model, folder, max(contexts) + n_gen, vs)
     sweep = {r.name: [] for r in runners}
     for c in contexts:
@@ -188,7 +190,8 @@ def format_report(r: dict) -> str:
         f"load       {r['load_s']:.2f} s (first logits {r['load_to_first_logits_s']:.2f} s after the load "
         f"began)   RSS +{r['rss_after_load_mb']:.0f} MB after load, +{r['rss_after_run_mb']:.0f} MB "
         f"after running{'' if r['rss_hearthlm_only'] else ' (all engines)'}; KV cache {r['kv_cache_mb']:.0f} MB",
-        f"weights    {r['weight_bytes_per_token'] / 1e6:.1f} MB read per decoded token",
+        f"weights    {r['weight_bytes_per_token'] / 1e6:.1f} MB read per decoded token, "
+        f"{'copied into huge-page memory' if r['weights_copied'] else 'memory-mapped'}",
         f"memory     {r['memory_read_gb_s']:.1f} GB/s read bandwidth measured with {r['threads']} threads",
         "",
         f"{'engine':<10}{'pp' + str(r['n_prompt']) + ' tok/s':>14}{'tg' + str(r['n_gen']) + ' tok/s':>14}"

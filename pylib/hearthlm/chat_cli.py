@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, constraint_options, in_flags,
-                       load_for_text, positive_int, speculative_options, thread_count, utf8_text)
+from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, add_mmap_option, constraint_options,
+                       in_flags, load_for_text, positive_int, speculative_options, thread_count, utf8_text)
 from .errors import HearthlmError
 
 PROMPT = ">>> "
@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    add_mmap_option(p)
     p.add_argument("--ctx", type=positive_int, help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("--system", help="system message")
     p.add_argument("--max-tokens", type=positive_int, help="longest reply in tokens (default: until end of turn)")
@@ -181,6 +182,7 @@ def stats(conv) -> str:
                  f"{plural(len(conv.messages), 'message')}")
     lines.append(f"memory: session {s.memory_bytes / mib:.1f} MiB, weights "
                  f"{model.load_stats['mapped_bytes'] / mib:.1f} MiB mapped + "
+                 f"{model.load_stats['copied_bytes'] / mib:.1f} MiB copied + "
                  f"{model.load_stats['converted_bytes'] / mib:.1f} MiB converted, "
                  f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return "\n".join(lines)

@@ -9,9 +9,9 @@ import sys
 import time
 
 from .cli_args import (DTYPE_HELP, DTYPES, REVISION_HELP, THREADS_HELP, ProgressLine, add_constraint_options,
-                       add_sampling_options, add_speculative_options, constraint_options, in_flags,
-                       load_for_text, positive_int, sampling_options, speculative_options, thread_count,
-                       utf8_text)
+                       add_mmap_option, add_sampling_options, add_speculative_options, constraint_options,
+                       in_flags, load_for_text, positive_int, sampling_options, speculative_options,
+                       thread_count, utf8_text)
 from .formats import QUANTIZED
 
 
@@ -70,7 +70,7 @@ def context_list(text: str) -> list:
 def bench_parallel(folder: str, args) -> int:
     from .bench_parallel import format_parallel, run_parallel
     from .model import load
-    model = load(folder, dtype=args.dtype, n_threads=args.threads)
+    model = load(folder, dtype=args.dtype, n_threads=args.threads, mmap=args.mmap)
     report = run_parallel(model, args.parallel, reps=args.reps)
     print(json.dumps(report, indent=2) if args.json else format_parallel(report))
     return 0
@@ -89,10 +89,10 @@ def cmd_bench(args) -> int:
     if args.parallel:
         return bench_parallel(folder, args)
     report = run_bench(folder, dtype=args.dtype, n_threads=args.threads, n_prompt=args.prompt,
-                       n_gen=args.gen, reps=args.reps, vs=vs)
+                       n_gen=args.gen, reps=args.reps, vs=vs, mmap=args.mmap)
     if args.plot:
         report["context_sweep"] = run_context_sweep(folder, args.contexts, dtype=args.dtype,
-                                                    n_threads=args.threads, vs=vs)
+                                                    n_threads=args.threads, vs=vs, mmap=args.mmap)
         plot_sweep(report["context_sweep"], args.plot)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.plot:
@@ -112,7 +112,7 @@ def cmd_perplexity(args) -> int:
     model = load_for_text(args)
     base = None
     if args.kl_base:
-        base = load(args.kl_base, n_threads=args.threads)
+        base = load(args.kl_base, n_threads=args.threads, mmap=args.mmap)
 
     def progress(done: int, total: int) -> None:
         print(f"\rhearthlm: perplexity: chunk {done}/{total}", end="\n" if done == total else "",
@@ -177,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     gen.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    add_mmap_option(gen)
     gen.add_argument("--truncate", choices=["left"],
                      help="a prompt longer than the model's context: drop its oldest tokens "
                           "(default: refuse it)")
@@ -193,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=DTYPES,
                    help="with --shape: the dtype the random weights are written in (q8/q4: quantized as generated)")
     b.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    add_mmap_option(b)
     b.add_argument("--prompt", type=positive_int, default=512, help="prompt tokens (pp; default: %(default)s)")
     b.add_argument("--gen", type=positive_int, default=128, help="generated tokens (tg; default: %(default)s)")
     b.add_argument("--reps", type=positive_int, default=3, help="measured runs per engine (default: %(default)s)")
@@ -216,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
                      help="also score a base model (e.g. the unquantized folder): KL divergence, same top token")
     ppl.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     ppl.add_argument("--threads", type=thread_count, help=THREADS_HELP)
+    add_mmap_option(ppl)
     ppl.add_argument("--json", action="store_true",
                      help='print one JSON object: {"perplexity": ..., "tokens": ..., ...}')
     ppl.set_defaults(func=cmd_perplexity)

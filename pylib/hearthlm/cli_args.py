@@ -15,6 +15,9 @@ THREADS_HELP = "threads for the kernels (default: one per physical core; at most
 DTYPE_HELP = ("weight type the kernels read; others are converted or quantized on load "
               "(default: the checkpoint's)")
 REVISION_HELP = "with a Hugging Face repo id: branch, tag or commit (default: main; also REPO@REVISION)"
+MMAP_HELP = ("--mmap: use the weights from the file's memory map (loads lazily, shares the page cache "
+             "with other processes); --no-mmap: copy them into huge-page memory (decode reads them faster); "
+             "default: copy if that takes at most half of the available memory")
 PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than this
 
 
@@ -31,6 +34,10 @@ class ProgressLine:
         end = "\n" if done >= total else ""
         print(f"\rhearthlm: {self.what}: {100 * done // total:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)",
               end=end, file=sys.stderr, flush=True)
+
+
+def add_mmap_option(p) -> None:
+    p.add_argument("--mmap", action=argparse.BooleanOptionalAction, help=MMAP_HELP)
 
 
 def positive_int(text: str) -> int:
@@ -122,8 +129,8 @@ def load_for_text(args):
     if hub.is_repo_ref(path):  # resolved here to draw the download's progress bars
         from tqdm.auto import tqdm
         path, revision = hub.resolve(path, revision, tqdm_class=tqdm), None
-    model = load(path, dtype=args.dtype, n_threads=args.threads, revision=revision,
-                 progress=ProgressLine(f"quantizing to {args.dtype}"))
+    model = load(path, dtype=args.dtype, n_threads=args.threads, revision=revision, mmap=args.mmap,
+                 progress=ProgressLine(f"loading {args.dtype} weights" if args.dtype else "loading weights"))
     if model.tokenizer is None:
         raise ModelFormatError(f"{model.path}: no tokenizer.json, so the hearthlm command cannot turn text "
                                f"into tokens (from Python, model.generate() takes token ids)")
@@ -190,5 +197,5 @@ def speculative_options(args) -> dict:
     if args.lookup and args.draft:
         raise InvalidInputError("--lookup, --draft: give one of them")
     if args.draft:
-        return {"draft_model": load(args.draft, n_threads=args.threads)}
+        return {"draft_model": load(args.draft, n_threads=args.threads, mmap=args.mmap)}
     return {"speculative": "prompt-lookup"} if args.lookup else {}

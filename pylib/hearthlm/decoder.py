@@ -20,7 +20,7 @@ class Decoder:
     drafted = accepted = 0
 
     def __init__(self, session, sampler: Sampler, constraint: Optional[Constraint], eos: set,
-                 record: Optional[Callable[[int], dict]], logits: np.ndarray):
+                 record: Optional[Callable[..., dict]], logits: np.ndarray):
         self.session, self.sampler, self.constraint, self.eos, self.record = session, sampler, constraint, eos, record
         self.logits = logits
         self.tokens: list[int] = []  # generated so far (kept or not)

@@ -171,7 +171,8 @@ class TextStream:
         tokens, pieces, reason = self.token_ids, [], "cancelled"
         logprobs = [] if self.top_logprobs is not None else None
         record = None if logprobs is None else (
-            lambda token: lp.entry(self.sampler, self.model.tokenizer, token, self.top_logprobs))
+            lambda token, distribution=None: lp.entry(self.sampler, self.model.tokenizer, token, self.top_logprobs,
+                                                      distribution))
         parts = (self.session, self.sampler, self.constraint, eos, record, logits)
         decoder = (self.speculation.decoder(*parts, self.prompt_ids, self.max_new_tokens) if self.speculation
                    else Decoder(*parts))
@@ -314,8 +315,6 @@ def _one_shot(model, ids: np.ndarray, argument: str, max_new_tokens, stop, strea
     speculation = Speculation.from_options(model, **{k: sampling.pop(k) for k in SPECULATION_OPTIONS
                                                      if k in sampling})
     sampler = make_sampler(model, sampling)
-    if speculation:
-        speculation.check(sampler, top_logprobs is not None)
     limit = model.args.max_position_embeddings
     # truncated, the prompt leaves room for the reply: max_new_tokens, at most half the context
     ids, dropped = fit_context(ids, limit, truncate, argument, room=min(max_new_tokens or limit, limit // 2))

@@ -3,7 +3,9 @@ runs llama.cpp on exactly the same weights. Needs the optional `gguf` package.
 
 Tensors are converted one at a time and spooled to a temporary file by the writer,
 so memory stays bounded. Q and K are permuted to llama.cpp's interleaved RoPE
-layout, as llama.cpp's own converter does. A folder without a tokenizer gets a
+layout, as llama.cpp's own converter does. A quantized folder (`hearthlm quantize`,
+`--shape X --dtype q4`) is dequantized first, then written in GGUF's type of its
+dtype (q4 -> Q4_0: the same weights up to GGUF's own rounding). A folder without a tokenizer gets a
 synthetic SentencePiece-style vocabulary of the right size (benchmarks feed ids)."""
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import re
 
 import numpy as np
 
+from . import _kernels
 from .errors import UnsupportedModelError
 from .models import model_args, read_config
+from .quant import read_quant_metadata
 from .safetensors_io import CheckpointFiles
 from .shapes import cache_dir
 from .weights import bf16_bits_to_f32
@@ -63,6 +67,19 @@ def export_gguf(folder: str, dtype: str) -> str:
         raise UnsupportedModelError(f"{folder}: GGUF export supports plain Llama models only")
     qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
     tmp = out + f".tmp-{os.getpid()}"
+    try:
+        _write(tmp, folder, args, dtype, qtype)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, out)
+    return out
+
+
+def _write(tmp: str, folder: str, args, dtype: str, qtype) -> None:
+    import gguf
+
     w = gguf.GGUFWriter(tmp, "llama", use_temp_file=True)
     w.add_name(os.path.basename(folder.rstrip("/")))
     w.add_context_length(args.max_position_embeddings)
@@ -86,10 +103,15 @@ def export_gguf(folder: str, dtype: str) -> str:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     files = CheckpointFiles(folder)
+    quantized = read_quant_metadata(files)[1]
     for name in sorted(files.where):
-        info = files.info(name)
         raw = files.array(name)
-        f32 = bf16_bits_to_f32(raw) if info.dtype == "BF16" else raw.astype(np.float32)
+        if name in quantized:
+            q = quantized[name]
+            f32 = np.empty((q.rows, q.cols), np.float32)
+            _kernels.dequantize(f32, raw, q.fmt)
+        else:
+            f32 = bf16_bits_to_f32(raw) if files.info(name).dtype == "BF16" else raw.astype(np.float32)
         if name.endswith("q_proj.weight"):
             f32 = permute_for_gguf(f32, args.num_attention_heads)
         elif name.endswith("k_proj.weight"):
@@ -97,10 +119,13 @@ def export_gguf(folder: str, dtype: str) -> str:
         if f32.ndim == 1:
             w.add_tensor(gguf_name(name), f32)
         else:
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(f32, qtype), raw_dtype=qtype)
+            try:
+                data = gguf.quants.quantize(f32, qtype)
+            except gguf.quants.QuantError as e:
+                raise UnsupportedModelError(f"{files.path_of(name)}: tensor '{name}' of shape {list(f32.shape)} "
+                                            f"cannot be written as GGUF {GGUF_TYPES[dtype]}: {e}") from None
+            w.add_tensor(gguf_name(name), data, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(tmp, out)
-    return out

@@ -6,8 +6,8 @@
   file has none (Gemma's attention scale and layer pattern, SmolLM3's NoPE interval).
 * Tensors: every name the family declares (weights(args)) is found under its GGUF name
   through gguf's TensorNameMap (stacked experts and per-head norms sliced). F32 / F16 /
-  BF16 are used in place from the memory map; Q8_0, Q4_0, Q4_K, Q5_K, Q6_K are
-  converted exactly into the formats registry's blocks (from_gguf); Q5_0 exactly into
+  BF16 are used as stored, from the memory map or copied (hearthlm.load's mmap); Q8_0,
+  Q4_0, Q4_K, Q5_K, Q6_K are converted exactly into the formats registry's blocks (from_gguf); Q5_0 exactly into
   q8; Q4_1 and Q5_1 are dequantized to f32 (lossless; load_stats["converted_bytes"]
   counts them). llama.cpp's converter permutes the Q/K rows of Llama-style models into its
   interleaved RoPE order: undone here. Gemma's norms are stored as 1 + w: undone.
@@ -30,6 +30,7 @@ from .models import family, model_args
 from .models.base import RopeSpec
 from .quant import QUANT_DTYPES, check_dtype, check_head_dtype, quantize_tensor, tensor_format
 from .rope import inverse_frequencies
+from .weight_memory import Arena, copy_by_default
 from .weights import float_weights
 
 # general.architecture -> transformers architecture of the family that runs it
@@ -225,8 +226,8 @@ class GGUFWeights:
     """The family's declared tensors (HF names) served from a GGUFFile, as
     weights.WeightReader serves them from safetensors."""
 
-    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int, dtype: Optional[str] = None,
-                 head_dtype: Optional[str] = None):
+    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int, mmap: Optional[bool],
+                 dtype: Optional[str] = None, head_dtype: Optional[str] = None):
         gguf = gguf_package()
         self.g, self.args, self.arch, self.n_threads = g, args, arch, n_threads
         self.dtype, self.head_dtype = dtype, head_dtype
@@ -234,7 +235,11 @@ class GGUFWeights:
         self.names = gguf.get_tensor_name_map(arch_id, args.num_hidden_layers)
         self.by_gguf = {f.gguf_type: name for name, f in FORMATS.items() if f.quantized}
         self.formats: dict = {}
-        self.mapped_bytes = self.converted_bytes = 0
+        self.mapped_bytes = self.converted_bytes = self.copied_bytes = 0
+        T = gguf.GGMLQuantizationType
+        plain = [t.data.nbytes for t in g.tensors.values() if t.ggml_type in (T.F32, T.F16, T.BF16)]
+        copy = copy_by_default(sum(plain)) if mmap is None else not mmap
+        self.arena = Arena(plain) if copy and plain else None  # an upper bound: untouched pages cost nothing
 
     def source(self, name: str) -> tuple:
         """(GGUF tensor name, index into its outer dimension or None) of HF tensor `name`."""
@@ -298,12 +303,18 @@ class GGUFWeights:
                    else float_weights(f32, fmt, t.path, t.name))
         else:
             out, mapped = self._exact(t, rows, name, fmt, shape)
-        if mapped:
-            self.mapped_bytes += out.nbytes
-        else:
-            self.converted_bytes += out.nbytes
         self.formats[name] = fmt
-        return out
+        if not mapped:
+            self.converted_bytes += out.nbytes
+            return out
+        if self.arena is None:
+            self.mapped_bytes += out.nbytes
+            return out
+        copied = self.arena.take(out.shape, out.dtype)
+        np.copyto(copied, out)
+        copied.flags.writeable = False
+        self.copied_bytes += out.nbytes
+        return copied
 
     def exact_format(self, t) -> str:
         """The hearthlm format holding GGUF tensor t's values exactly."""
@@ -351,11 +362,11 @@ class GGUFWeights:
 
 # ---- the model ----------------------------------------------------------------------------
 
-def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]) -> dict:
+def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str], mmap: Optional[bool]) -> dict:
     """The parts of a Model (model.Model's arguments) from a GGUF file, its weights as
     stored (dtype None), or in dtype's formats (quant.tensor_format's mix, head_dtype
     as for a folder): a tensor already stored in its format is taken exactly, others
-    are quantized or converted from their dequantized values."""
+    are quantized or converted from their dequantized values; mmap as hearthlm.load's."""
     from .gguf_tokenizer import gguf_tokenizer
     from .transformer import Transformer
 
@@ -370,11 +381,11 @@ def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str]) 
     config = hf_config(g)
     args = model_args(config, path)
     family(args)  # the architecture is known
-    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads, dtype, head_dtype)
+    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads, mmap, dtype, head_dtype)
     transformer = Transformer(args, reader, n_threads)
     tokenizer, generation_config = gguf_tokenizer(g)
     stats = {"mapped_bytes": reader.mapped_bytes, "converted_bytes": reader.converted_bytes,
-             "load_seconds": time.perf_counter() - t0}
+             "copied_bytes": reader.copied_bytes, "load_seconds": time.perf_counter() - t0}
     counts: dict = {}
     for name, fmt in reader.formats.items():
         counts[fmt] = counts.get(fmt, 0) + 1

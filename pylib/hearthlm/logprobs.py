@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from .errors import InvalidInputError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
@@ -32,9 +34,19 @@ def top_count(logprobs, top_logprobs) -> Optional[int]:
     return (top_logprobs or 0) if logprobs else None
 
 
-def entry(sampler, tokenizer, token: int, k: int) -> dict:
-    """The record of the token sampler.sample() just returned."""
-    chosen, top = sampler.logprobs(k)
+def entry(sampler, tokenizer, token: int, k: int, distribution=None) -> dict:
+    """The record of the token sampler.sample() just returned, or of one drawn another
+    way with the sampler's distribution (ids, probs) (Sampler.distribution: a
+    speculative round's accept / reject draw from a sampling draft model)."""
+    chosen, top = sampler.logprobs(k) if distribution is None else distribution_logprobs(*distribution, token, k)
     text = (lambda i: tokenizer.decode([i], skip_special_tokens=False)) if tokenizer else str
     return {"token": text(token), "logprob": chosen,
             "top_logprobs": [{"token": text(i), "logprob": lp} for i, lp in top]}
+
+
+def distribution_logprobs(ids: np.ndarray, probs: np.ndarray, token: int, k: int) -> tuple:
+    """Sampler.logprobs' result for `token` drawn from (ids, probs)."""
+    top = np.argsort(-probs, kind="stable")[:k]
+    with np.errstate(divide="ignore"):
+        return (float(np.log(probs[ids == token].sum())),
+                [(int(ids[j]), float(np.log(probs[j]))) for j in top])

@@ -1,4 +1,5 @@
-"""Read safetensors files through a read-only memory map, validating everything.
+"""Read safetensors files through a read-only memory map (or into memory given),
+validating everything.
 
 The format: 8 bytes little-endian header length, a JSON header mapping tensor names
 to {dtype, shape, data_offsets: [begin, end]} (offsets relative to the end of the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,6 +33,7 @@ DTYPES = {
     "BOOL": np.dtype("?"),
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+READ_SLICE_BYTES = 4 << 20  # read_into splits a tensor among threads in slices of at least this
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,37 @@ class SafetensorsFile:
             arr = arr.copy()
         return arr
 
+    def read_into(self, name: str, out: np.ndarray, n_threads: int = 1) -> None:
+        """Read the tensor from the file (not through the map) into `out`, an array of
+        its size, in up to n_threads slices read in parallel."""
+        info = self.tensors[name]
+        dst = memoryview(out.reshape(-1).view(np.uint8))
+        n = info.end - info.begin
+        if len(dst) != n:
+            raise ValueError(f"{self.path}: tensor '{name}' has {n} bytes, the destination {len(dst)}")
+        parts = max(1, min(n_threads, n // READ_SLICE_BYTES))
+        step = -(-n // parts)
+
+        def read(start: int) -> None:
+            end = min(start + step, n)
+            try:
+                with open(self.path, "rb", buffering=0) as f:
+                    f.seek(info.begin + start)
+                    while start < end:
+                        got = f.readinto(dst[start:end])
+                        if not got:
+                            raise ModelFormatError(f"{self.path}: tensor '{name}': the file ends early "
+                                                   "(truncated after it was opened?)")
+                        start += got
+            except OSError as e:
+                raise ModelFormatError(f"{self.path}: tensor '{name}': cannot read: {e.strerror}") from None
+
+        if parts == 1:
+            read(0)
+            return
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(read, range(0, n, step)))
+
 
 class CheckpointFiles:
     """All safetensors files of a model folder: one file or an index of shards."""
@@ -168,6 +202,9 @@ class CheckpointFiles:
 
     def array(self, name: str) -> np.ndarray:
         return self.files[self.where[name]].array(name)
+
+    def read_into(self, name: str, out: np.ndarray, n_threads: int = 1) -> None:
+        self.files[self.where[name]].read_into(name, out, n_threads)
 
 
 def write_safetensors(path: str, tensors, metadata: Optional[dict] = None) -> None:

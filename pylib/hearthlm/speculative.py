@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -53,13 +54,18 @@ MAX_DRAFT = 10         # drafted tokens per round, at most
 LOOKUP_NGRAM = 3       # prompt lookup matches the last 3, 2 or 1 tokens
 PROBE_EVERY = 16       # rounds without drafting before a one-token probe
 PRIOR_RATE = 0.6       # acceptance rate assumed before any draft is checked
-SMOOTHING = 0.3        # weight of the newest measurement in the running means
+PRIOR_CHECKS = 1.0     # ... with the weight of this many checked drafts
+DECAY = 0.8            # weight of a round's acceptance counts one round later
+COST_SAMPLES = 5       # a forward's cost is the median of its last 5 times
+SMOOTHING = 0.3        # weight of the newest time in the running mean of drafting's cost
 
 
 class PromptLookup:
     """Drafts by matching the last n tokens (n = 3, then 2, then 1) against the text so
     far (prompt and reply) and proposing what followed their latest earlier occurrence.
-    An index of every n-gram's latest continuation grows by one token at a time."""
+    An index of every n-gram's latest continuation grows by one token at a time.
+    A reference given to `start` (a predicted output) is matched first at each n: its
+    drafts follow the first occurrence after the one used last (else the first)."""
 
     seconds_per_token = 0.0  # drafting costs next to nothing
 
@@ -67,10 +73,18 @@ class PromptLookup:
         self._index = [dict() for _ in range(LOOKUP_NGRAM + 1)]  # n -> n-gram -> continuation start
         self._seen = 0  # tokens of the history indexed so far
         self._at = 0    # where the latest match's continuation starts
+        self._reference: list[int] = []
+        self._in_reference = [dict() for _ in range(LOOKUP_NGRAM + 1)]  # n -> n-gram -> its starts, ascending
+        self._at_reference = 0  # where the latest match in the reference continues
+        self._matched_reference = False  # whether the latest match was in the reference
 
-    def start(self, prompt: list[int]) -> None:
-        """Index the prompt (before the first token, like a prefill)."""
+    def start(self, prompt: list[int], reference: Sequence[int] = ()) -> None:
+        """Index the prompt (before the first token, like a prefill) and the reference."""
         self._grow(prompt)
+        self._reference = ref = list(reference)
+        for i in range(1, len(ref)):
+            for n in range(1, min(LOOKUP_NGRAM, i) + 1):
+                self._in_reference[n].setdefault(tuple(ref[i - n:i]), []).append(i)
 
     def _grow(self, text: list[int]) -> None:
         while self._seen < len(text) - 1:  # the n-grams ending before the last token
@@ -80,19 +94,29 @@ class PromptLookup:
                 self._index[n][tuple(text[i - n:i])] = i
 
     def kind(self, history: list[int]):
-        """The key of this round's acceptance rate (the match length), or None when
-        nothing matches."""
+        """The key of this round's acceptance rate, ("text" or "reference", the match
+        length), or None when nothing matches."""
         self._grow(history)
         for n in range(min(LOOKUP_NGRAM, len(history)), 0, -1):
-            at = self._index[n].get(tuple(history[-n:]))
+            key = tuple(history[-n:])
+            starts = self._in_reference[n].get(key) if self._reference else None
+            if starts:
+                j = bisect.bisect_right(starts, self._at_reference)
+                self._at_reference = starts[j] if j < len(starts) else starts[0]
+                self._matched_reference = True
+                return ("reference", n)
+            at = self._index[n].get(key)
             if at is not None:
-                self._at = at
-                return n
+                self._at, self._matched_reference = at, False
+                return ("text", n)
         return None
 
     def draft(self, history: list[int], k: int) -> tuple[list[int], None]:
-        """What followed the match; past the end of the text, the same again (the tail
-        repeats what came after the match, so it may repeat once more)."""
+        """What followed the match (in the reference: up to its end); past the end of the
+        text, the same again (the tail repeats what came after the match, so it may
+        repeat once more)."""
+        if self._matched_reference:
+            return self._reference[self._at_reference:self._at_reference + k], None
         period = len(history) - self._at
         return [history[self._at + j % period] for j in range(k)], None
 
@@ -201,50 +225,75 @@ def smoothed(mean: float, value: float) -> float:
     return value if mean == 0 else mean + SMOOTHING * (value - mean)
 
 
+def match_weight(kind) -> float:
+    """How a drafter kind not seen yet compares with the pooled rate: a prompt-lookup
+    match of n tokens (PromptLookup.kind) n / LOOKUP_NGRAM, since one token matched is
+    weak evidence that the text repeats; any other kind 1."""
+    return kind[1] / LOOKUP_NGRAM if isinstance(kind, tuple) else 1.0
+
+
 class Acceptance:
-    """The acceptance rate of drafts per drafter kind (a running mean), starting from
-    `start`'s rates (or PRIOR_RATE)."""
+    """The acceptance rate of drafts per drafter kind: drafts kept over drafts checked,
+    each round's counts weighing DECAY times the next one's. A kind's counts start as
+    PRIOR_CHECKS checks at the rate over every kind so far (pooled the same way, from
+    PRIOR_CHECKS checks at PRIOR_RATE) times match_weight, so a kind is judged from its
+    first rounds, and one not seen yet starts from the others: on text that does not
+    repeat, drafting stops after a round or two. `start` gives the counts to begin from
+    (a server's over every job)."""
 
     def __init__(self, start: Optional["Acceptance"] = None):
-        self.rate: dict = dict(start.rate) if start is not None else {}
+        self.counts: dict = dict(start.counts) if start is not None else {}  # kind -> (kept, checked)
+        self.pooled = start.pooled if start is not None else (PRIOR_RATE * PRIOR_CHECKS, PRIOR_CHECKS)
 
     def of(self, kind) -> float:
-        return min(self.rate.get(kind, PRIOR_RATE), 0.99)
+        if kind in self.counts:
+            kept, checked = self.counts[kind]
+            return min(kept / checked, 0.99)
+        kept, checked = self.pooled  # not seen yet: the rate over every kind
+        return min(kept / checked * match_weight(kind), 0.99)
 
     def update(self, kind, k: int, accepted: int) -> None:
         """k drafts, the first `accepted` kept: all of them checked, or up to the first rejected."""
         if k:
             checked = accepted + (accepted < k)
-            rate = self.rate.get(kind, PRIOR_RATE)
-            self.rate[kind] = rate + SMOOTHING * (accepted / checked - rate)
+            start = self.counts.get(kind) or (self.of(kind) * PRIOR_CHECKS, PRIOR_CHECKS)
+            self.counts[kind] = (DECAY * start[0] + accepted, DECAY * start[1] + checked)
+            self.pooled = (DECAY * self.pooled[0] + accepted, DECAY * self.pooled[1] + checked)
+
+
+def cost_prior(m: int) -> float:
+    """A forward's cost before it is measured, relative to one token's."""
+    return 1 + 0.25 * (m - 1)
 
 
 class ForwardCosts:
-    """Seconds per forward of m tokens (running means): measured, or until then a
-    prior (each extra token +25 %) scaled to the nearest measured size."""
+    """Seconds per forward of m tokens: the median of its last COST_SAMPLES times (a
+    stall, from a busy machine or a first run of m tokens, moves it little), or until
+    m is measured a prior (each extra token +25 %) scaled to the nearest measured size."""
 
     def __init__(self, max_tokens: int):
         self.cost = [0.0] * (max_tokens + 1)  # 0 = not measured yet
+        self.times: list = [None] * (max_tokens + 1)
         self.known: list[int] = []            # the sizes measured, in order
 
     def __call__(self, m: int) -> float:
         if m < len(self.cost) and self.cost[m] > 0:
             return self.cost[m]
-        prior = lambda n: 1 + 0.25 * (n - 1)
         if not self.known:
-            return prior(m)
+            return cost_prior(m)
         at = bisect.bisect(self.known, m)
         j = min(self.known[max(at - 1, 0):at + 1], key=lambda j: abs(j - m))
-        return self.cost[j] * prior(m) / prior(j)
+        return self.cost[j] * cost_prior(m) / cost_prior(j)
 
     def measure(self, m: int, seconds: float) -> None:
         if m >= len(self.cost):
             return
-        if self.known:  # a one-off stall (a first run of M tokens, a busy machine) counts at most 2x
-            seconds = min(seconds, 2 * self(m))
-        if self.cost[m] == 0:
+        times = self.times[m]
+        if times is None:
+            times = self.times[m] = deque(maxlen=COST_SAMPLES)
             bisect.insort(self.known, m)
-        self.cost[m] = smoothed(self.cost[m], seconds)
+        times.append(seconds)
+        self.cost[m] = sorted(times)[len(times) // 2]
 
 
 def draft_lengths(sequences: Sequence[tuple[float, int]], other_tokens: int, cost: Callable[[int], float],
@@ -255,18 +304,23 @@ def draft_lengths(sequences: Sequence[tuple[float, int]], other_tokens: int, cos
     for M tokens; drafting costs draft_seconds per draft position (the sequences'
     drafts are made together). A sequence's j-th draft is kept with probability a^j,
     so taking the largest of the remaining gains first gives the best split of every
-    total, and the best total is chosen among them."""
+    total, and the best total is chosen among them; the search ends when even every
+    remaining draft kept at the next total's cost would not beat the best."""
     n_seq = len(sequences)
+    rest = sum(a * (1 - a ** limit) / (1 - a) if a < 1 else limit for a, limit in sequences)  # every draft's gain
+    best, best_speed = 0, n_seq / cost(other_tokens + n_seq)
+    if (n_seq + rest) / cost(other_tokens + n_seq + 1) <= best_speed:
+        return [0] * n_seq
     gains = [(-a, i) for i, (a, limit) in enumerate(sequences) if limit > 0]
     heapq.heapify(gains)
     counts = [0] * n_seq
     order, expected, longest = [], float(n_seq), 0
-    best, best_speed = 0, n_seq / cost(other_tokens + n_seq)
-    while gains:
+    while gains and (expected + rest) / cost(other_tokens + n_seq + len(order) + 1) > best_speed:
         gain, i = heapq.heappop(gains)
         counts[i] += 1
         order.append(i)
         expected -= gain
+        rest += gain
         longest = max(longest, counts[i])
         if counts[i] < sequences[i][1]:
             heapq.heappush(gains, (gain * sequences[i][0], i))
@@ -312,6 +366,7 @@ class SpeculativeDecoder(Decoder):
         super().__init__(session, sampler, constraint, eos, record, logits)
         self.drafter, self.length, self.rng = drafter, length, rng
         self.prompt = list(prompt_ids)
+        self.history = list(prompt_ids)  # the prompt and the tokens kept, grown each round
         self.max_new_tokens = max_new_tokens
         self.queue: list = []   # (token, entry, done) checked, not handed out yet
         self.drafted = self.accepted = 0
@@ -328,7 +383,8 @@ class SpeculativeDecoder(Decoder):
             self.drafter.start(self.prompt)
             self._check([self.logits], [], None)
             return
-        history = self.prompt + self.tokens
+        history = self.history
+        history += self.tokens[len(history) - len(self.prompt):]
         room = self.session.n_ctx - self.session.cache.length
         limit = min(MAX_DRAFT, room - 1)  # this round's forward fits without a context shift
         if self.max_new_tokens is not None:
@@ -368,8 +424,10 @@ class SpeculativeDecoder(Decoder):
         if q is None:
             return self.choose(row)
         c = self.constraint
-        token = verify_token(row, self.sampler, c.next_mask() if c else None, self.rng, d, q)
-        self.entry = None
+        mask = c.next_mask() if c else None
+        token = verify_token(row, self.sampler, mask, self.rng, d, q)
+        # drawn by the accept / reject rule, the token has the sampler's distribution
+        self.entry = self.record(token, self.sampler.distribution(row, mask)) if self.record else None
         self.accept(token)
         return token
 
@@ -436,17 +494,11 @@ class Speculation:
             return None
         return cls(model, speculative, draft_model)
 
-    def check(self, sampler: Sampler, logprobs: bool) -> None:
-        """Refuses what this speculation cannot do with these settings."""
-        if logprobs and self.draft_model is not None and sampler.config.temperature > 0:
-            raise InvalidInputError("logprobs: not with draft_model when sampling (temperature > 0)")
-
     def decoder(self, session, sampler, constraint, eos, record, logits, prompt_ids, max_new_tokens):
         rng = np.random.default_rng(sampler.seed)
         if self.draft_model is None:
             drafter = PromptLookup()
         else:
-            self.check(sampler, record is not None)
             n_ctx = min(session.n_ctx, self.draft_model.args.max_position_embeddings)
             if self._draft is None or self._draft.session.n_ctx < n_ctx:
                 self._draft = DraftSession.of(self.draft_model, n_ctx)

@@ -1,7 +1,8 @@
 """Weights of one model, taken from the memory-mapped checkpoint in the dtype the
 kernels will read. A tensor already stored in that dtype is used in place (zero
-copy); anything else is converted (or quantized) once, tensor by tensor, and the
-bytes converted are counted."""
+copy), or copied into huge-page memory (weight_memory); anything else is converted
+(or quantized) once, tensor by tensor, and the bytes mapped, copied and converted
+are counted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from .formats import FORMATS, PLAIN
 from .quant import (QUANT_DTYPES, QuantTensor, layer_count, quantize_tensor, read_quant_metadata,
                     tensor_format)
 from .safetensors_io import CheckpointFiles
+from .weight_memory import Arena, copy_by_default
 
 # Plain kernel weight types and how each is held in numpy.
 WEIGHT_DTYPES = {p: np.dtype(FORMATS[p].numpy) for p in PLAIN}
@@ -109,10 +111,14 @@ class WeightReader:
     as they are read, each to quant.tensor_format's choice (head_wtype: the embedding
     table and LM head, if given), and the matrices of a quantized checkpoint are used in
     place in whatever format each was stored.
-    progress(done, total), if given, is called with the source bytes quantized so far."""
+    mmap: matrices used as stored stay in the file's map (True) or are read into one
+    huge-page Arena (False); None: weight_memory.copy_by_default decides.
+    progress(done, total), if given, is called with the source bytes quantized or
+    copied so far."""
 
     def __init__(self, files: CheckpointFiles, wtype: str, head_wtype: Optional[str] = None,
-                 n_threads: int = 1, progress: Optional[Callable[[int, int], None]] = None):
+                 n_threads: int = 1, progress: Optional[Callable[[int, int], None]] = None,
+                 mmap: Optional[bool] = None):
         self.files = files
         self.wtype = wtype
         self.head_wtype = head_wtype
@@ -120,14 +126,42 @@ class WeightReader:
         self.tied = "lm_head.weight" not in files
         self.n_threads = n_threads
         self.stored_quant, self.quantized = read_quant_metadata(files)
-        self.converted_bytes = 0
-        self.mapped_bytes = 0
-        self.to_quantize, self.quantized_bytes, self.progress = 0, 0, progress
+        self.converted_bytes = self.mapped_bytes = self.copied_bytes = 0
+        matrices = [n for n in files.where if len(files.info(n).shape) == 2]
+        as_stored = [self._bytes(n) for n in matrices if self._as_stored(n)]
+        self.mmap = not copy_by_default(sum(as_stored)) if mmap is None else mmap
+        self.arena = None if self.mmap or not as_stored else Arena(as_stored)
+        to_quantize = 0
         if wtype in QUANT_DTYPES:
-            self.to_quantize = sum(files.info(n).end - files.info(n).begin for n in files.where
-                                   if n not in self.quantized and len(files.info(n).shape) == 2)
-        if progress is not None and self.to_quantize:
-            progress(0, self.to_quantize)
+            to_quantize = sum(self._bytes(n) for n in matrices if n not in self.quantized)
+        self.progress, self.done_bytes = progress, 0
+        self.total_bytes = to_quantize + (0 if self.arena is None else sum(as_stored))
+        if progress is not None and self.total_bytes:
+            progress(0, self.total_bytes)
+
+    def _bytes(self, name: str) -> int:
+        return self.files.info(name).end - self.files.info(name).begin
+
+    def _as_stored(self, name: str) -> bool:
+        """The kernels read this tensor as stored in the file."""
+        return name in self.quantized or IN_PLACE.get(self.files.info(name).dtype) == self.wtype_for(name)
+
+    def _advance(self, source_bytes: int) -> None:
+        self.done_bytes += source_bytes
+        if self.progress is not None:
+            self.progress(self.done_bytes, self.total_bytes)
+
+    def _keep(self, name: str, mapped: np.ndarray) -> np.ndarray:
+        """A tensor used as stored: the map's view, or its copy in the arena."""
+        if self.arena is None:
+            self.mapped_bytes += mapped.nbytes
+            return mapped
+        out = self.arena.take(mapped.shape, mapped.dtype)
+        self.files.read_into(name, out, self.n_threads)
+        out.flags.writeable = False
+        self.copied_bytes += out.nbytes
+        self._advance(out.nbytes)
+        return out
 
     def wtype_for(self, name: str) -> str:
         if name in self.quantized:
@@ -141,9 +175,7 @@ class WeightReader:
             raise ModelFormatError(
                 f"{self.files.path_of(name)}: tensor '{name}' holds {q.fmt} weights of shape "
                 f"[{q.rows}, {q.cols}], but config.json implies {list(shape)}")
-        arr = self.files.array(name)
-        self.mapped_bytes += arr.nbytes
-        return arr
+        return self._keep(name, self.files.array(name))
 
     def _raw(self, name: str, shape: tuple) -> np.ndarray:
         if name not in self.files:
@@ -180,13 +212,10 @@ class WeightReader:
         if wtype in QUANT_DTYPES:
             out = quantize_tensor(raw, stored, wtype, self.n_threads, self.files.path_of(name), name)
             self.converted_bytes += out.nbytes
-            self.quantized_bytes += raw.nbytes
-            if self.progress is not None:
-                self.progress(self.quantized_bytes, self.to_quantize)
+            self._advance(raw.nbytes)
             return out
         if IN_PLACE.get(stored) == wtype:
-            self.mapped_bytes += raw.nbytes
-            return raw
+            return self._keep(name, raw)
         out = float_weights(self._as_f32(name, raw), wtype, self.files.path_of(name), name)
         self.converted_bytes += out.nbytes
         return out

@@ -63,8 +63,8 @@ class State:
         try:
             model = self.load()
             n_ctx = o["n_ctx"] or min(model.args.max_position_embeddings, 4096)
-            parallel = o["parallel"] or default_parallel(model, n_ctx, o["kv_dtype"])
             speculation = o["speculation"]() if callable(o["speculation"]) else o["speculation"]
+            parallel = o["parallel"] or default_parallel(model, n_ctx, o["kv_dtype"], speculation.get("draft_model"))
             scheduler = Scheduler(model, parallel, n_ctx, o["max_queue"], o["kv_dtype"], **speculation)
         except Exception as e:  # noqa: BLE001  reported by /health and on_load_error
             self.error = str(e) if isinstance(e, HearthlmError) else f"{type(e).__name__}: {e}"
@@ -111,6 +111,14 @@ class State:
             ids = req.prompt
         ids = model.check_ids(ids, "prompt").tolist()
         return ids, ids[-PROMPT_CONTEXT:]
+
+    def prediction_ids(self, req: P.Request) -> list[int]:
+        """The request's predicted output as token ids (none without one)."""
+        if req.prediction is None:
+            return []
+        if self.model.tokenizer is None:
+            raise P.invalid("prediction", "a predicted output needs a tokenizer, and this model has none")
+        return self.model.tokenizer.encode(req.prediction)
 
     def reply_rules(self, req: P.Request) -> tuple[Optional[ToolCalling], object]:
         """-> (the request's tool calling or None, the constraint its reply is generated
@@ -258,6 +266,7 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
     if req.stop and s.model.tokenizer is None:
         raise P.invalid("stop", "stop strings need a tokenizer, and this model has none")
     prompt, context = await run_in_threadpool(s.prompt_ids, req)
+    prediction = await run_in_threadpool(s.prediction_ids, req)
     max_tokens = s.reply_tokens(req, len(prompt))
     calling, constraint = await run_in_threadpool(s.reply_rules, req) if req.kind == "chat" else (None, None)
     sampler = make_sampler(s.model, req.sampling)
@@ -265,7 +274,7 @@ async def _complete(request, state: State, metrics: Metrics, req: P.Request) -> 
     events: asyncio.Queue = asyncio.Queue()
     job = Job(prompt, max_tokens, sampler, emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
               stop=req.stop, top_logprobs=req.top_logprobs, context=context, ignore_eos=req.ignore_eos,
-              constraint=constraint, max_draft=req.max_draft)
+              constraint=constraint, max_draft=req.max_draft, prediction=prediction)
     try:
         s.scheduler.submit(job)
     except Overloaded as e:

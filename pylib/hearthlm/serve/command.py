@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..cli import DTYPES
-from ..cli_args import add_speculative_options, speculative_options
+from ..cli_args import add_mmap_option, add_speculative_options, speculative_options
 
 API_KEY_ENV = "HEARTHLM_API_KEY"
 GRACE_SECONDS = 10  # on Ctrl-C / SIGTERM, streams still open after this are cut
@@ -41,6 +41,7 @@ def add_arguments(p) -> None:
     p.add_argument("--kv-dtype", choices=["f32", "f16", "bf16", "q8"], default="f32", help="KV cache storage")
     p.add_argument("--threads", type=int, help="kernel threads (default: physical cores - 1, at least 1: "
                                                "the HTTP side keeps a core)")
+    add_mmap_option(p)
     p.add_argument("--template", help="chat template: a built-in name or a .jinja file (default: the model's)")
     p.add_argument("--model-name", help="the model id clients send and /v1/models lists "
                                         "(default: the folder's name)")
@@ -75,8 +76,8 @@ def run(args) -> int:
         server.should_exit = True
 
     args.threads = args.threads or max(1, physical_cores() - 1)
-    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=args.threads), model_name=name,
-                     parallel=args.parallel, n_ctx=args.ctx, max_queue=args.queue, api_key=args.api_key,
+    app = create_app(lambda: load(path, dtype=args.dtype, n_threads=args.threads, mmap=args.mmap),
+                     model_name=name, parallel=args.parallel, n_ctx=args.ctx, max_queue=args.queue, api_key=args.api_key,
                      max_body_bytes=args.max_body, max_tokens=args.max_tokens, kv_dtype=args.kv_dtype,
                      template=args.template, speculation=lambda: speculative_options(args),
                      on_load_error=load_failed)

@@ -47,7 +47,7 @@ class JobDrafts:
         self.draft = draft
         if draft is None:
             self.lookup = PromptLookup()
-            self.lookup.start(self.text)
+            self.lookup.start(self.text, job.prediction)
         else:
             self.sampler = draft_sampler(job.sampler, draft.session.model.vocab_size)
             self.known = 0        # leading tokens of text the draft session was synced with

@@ -57,6 +57,7 @@ class Request:
     top_logprobs: Optional[int] = None  # None: no logprobs
     ignore_eos: bool = False            # vLLM's and llama.cpp's extension: run to max_tokens
     max_draft: Optional[int] = None     # llama-server's speculative.n_max: drafts per step (0: none)
+    prediction: Optional[str] = None    # OpenAI's predicted output (text the reply is likely to contain)
 
 
 # -- field checks --------------------------------------------------------------------
@@ -155,7 +156,7 @@ def _common(body: dict, kind: str) -> Request:
         sampling["seed"] = seed % 2**64
     return Request(kind=kind, model=model, sampling=sampling, stop=stop, stream=stream,
                    include_usage=include_usage, ignore_eos=_bool(body, "ignore_eos"),
-                   max_draft=_int(body, "speculative.n_max", 0))
+                   max_draft=_int(body, "speculative.n_max", 0), prediction=_prediction(body))
 
 
 def parse_chat(body) -> Request:
@@ -196,19 +197,7 @@ def _message(m, i: int) -> dict:
     if role not in ROLES:
         raise invalid(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {shown(role)}")
     content = m.get("content")
-    if content is None and role == "assistant":
-        content = ""
-    elif isinstance(content, list):
-        parts = []
-        for j, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise invalid(f"{where}.content[{j}]", "only text parts ({\"type\": \"text\", \"text\": ...}) "
-                              "are supported", "unsupported_value")
-            parts.append(part["text"])
-        content = "".join(parts)
-    elif not isinstance(content, str):
-        raise invalid(f"{where}.content", f"expected a string or a list of text parts, got {shown(content)}",
-                      "invalid_type")
+    content = "" if content is None and role == "assistant" else _text(content, f"{where}.content")
     out = {"role": "system" if role == "developer" else role, "content": content}
     for key in ("name", "tool_call_id"):
         value = m.get(key)
@@ -220,6 +209,33 @@ def _message(m, i: int) -> dict:
     if calls is not None and role == "assistant" and calls != []:
         out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(_list(calls, where))]
     return out
+
+
+def _text(content, where: str) -> str:
+    """A string, or a list of text parts ({"type": "text", "text": ...}) joined."""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise invalid(f"{where}[{j}]", "only text parts ({\"type\": \"text\", \"text\": ...}) "
+                              "are supported", "unsupported_value")
+            parts.append(part["text"])
+        return "".join(parts)
+    if not isinstance(content, str):
+        raise invalid(where, f"expected a string or a list of text parts, got {shown(content)}", "invalid_type")
+    return content
+
+
+def _prediction(body: dict) -> Optional[str]:
+    """OpenAI's predicted output, {"type": "content", "content": text}: drafts for prompt
+    lookup (`hearthlm serve --lookup`); the reply is the same with or without it."""
+    p = body.get("prediction")
+    if p is None:
+        return None
+    if not isinstance(p, dict) or p.get("type") != "content":
+        raise invalid("prediction", f"expected {{\"type\": \"content\", \"content\": ...}}, got {shown(p)}",
+                      "invalid_type")
+    return _text(p.get("content"), "prediction.content")
 
 
 def _list(value, where: str) -> list:

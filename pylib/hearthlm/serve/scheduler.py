@@ -91,6 +91,7 @@ class Job:
     ignore_eos: bool = False              # run to max_tokens (benchmarks)
     constraint: object = None             # hearthlm.constraints / tool_calls: masks the tokens
     max_draft: Optional[int] = None       # the most tokens drafted per step (0: none) when the server speculates
+    prediction: Sequence[int] = ()        # a predicted output's ids: prompt lookup drafts from it too
     cancelled: bool = False
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -137,13 +138,15 @@ class Stats:
         self.tokens_per_second = self._recent_sum / RATE_WINDOW
 
 
-def default_parallel(model, n_ctx: int, kv_dtype: str = "f32", budget_fraction: float = 0.5) -> int:
+def default_parallel(model, n_ctx: int, kv_dtype: str = "f32", draft_model=None, budget_fraction: float = 0.5) -> int:
     """Slots by default: up to 8 (4 per physical core), as many as fit in
-    budget_fraction of the available memory."""
+    budget_fraction of the available memory, with a draft model's cache per slot too."""
     from ..cpu import physical_cores
-    probe = model.session(n_ctx=n_ctx, kv_dtype=kv_dtype)
-    per_slot = probe.memory_bytes
-    del probe
+    per_slot = 0
+    for m in (model,) if draft_model is None else (model, draft_model):
+        probe = m.session(n_ctx=min(n_ctx, m.args.max_position_embeddings), kv_dtype=kv_dtype)
+        per_slot += probe.memory_bytes
+        del probe
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
