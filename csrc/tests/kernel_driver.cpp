@@ -120,7 +120,8 @@ const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19,
                                    {1, 4, 0},  {3, 5, 0},  {70, 7, 600},  // K = 0: y = bias; K > 2 blocks
                                    // small batches against wide rows: every token tile and ragged ends
                                    {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520},
-                                   {32, 21, 70}, {33, 9, 40}};  // the last small batch, the first GEMM
+                                   {32, 21, 70}, {33, 9, 40},  // the last small batch, the first GEMM
+                                   {48, 96, 513}, {37, 64, 256}};  // GEMM: whole tiles and panels, K blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
@@ -385,7 +386,12 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800},
                                // small batches: every token tile, odd row-group counts, ragged last group
                                {8, 40, 96}, {16, 57, 64}, {6, 16, 1056}, {11, 23, 33}, {13, 64, 200},
-                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576}};
+                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576},
+                               // around and past the prefill-panel threshold (M > 32): every token-tile remainder,
+                               // several K chunks with a tail, lone last row groups, more than one row chunk
+                               {33, 40, 2080}, {257, 24, 96}, {29, 17, 4100}, {18, 32, 64}, {31, 9, 160},
+                               {37, 16, 64}, {46, 8, 64}, {47, 16, 96}, {20, 16, 32}, {40, 8, 64}, {26, 16, 33},
+                               {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;
