@@ -5,11 +5,20 @@ GOP/s as a share of the peak its kernels use (quantized: the best int8 path the 
 ISA runs; float: f32 FMA).
 
     python bench/peak.py [--threads 2] [--tokens 256] [--types q4,q8,bf16,f32] [--reps 5]
+        [--old /path/to/old/venv/bin/python] [--rounds 5] [--cpu-time]
+
+--old times the old environment's build too: rounds alternate between a subprocess of
+each build (reps timings each), and the medians of each side's per-round medians give
+old and new GOP/s side by side. --cpu-time (with --threads 1) times the peaks and the
+matmuls by the thread's CPU time instead of the clock: on a busy machine the time the
+thread waits for a core then does not count (the caches it shares still do).
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,12 +34,12 @@ LAYER = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
          (INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)]  # (N, K) of one layer
 
 
-def peaks(threads: int) -> dict:
+def peaks(threads: int, cpu_time: bool = False) -> dict:
     """{(kind, threads): GOP/s} from bench/peak.cpp."""
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "peak")
         subprocess.run(["g++", "-O3", "-fopenmp", os.path.join(HERE, "peak.cpp"), "-o", exe], check=True)
-        out = subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([exe, str(threads)] + (["cpu"] if cpu_time else []), check=True, capture_output=True, text=True).stdout
     return {(kind, int(t)): float(g) for kind, t, g in (line.split() for line in out.splitlines())}
 
 
@@ -47,34 +56,66 @@ def layer_weights(wtype: str, rng) -> list:
     return out
 
 
+def layer_gops(wtypes: list, tokens: int, threads: int, reps: int, cpu_time: bool = False) -> dict:
+    """{wtype: GOP/s} of one layer's matmuls, median of reps after a warm-up."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for wtype in wtypes:
+        ws = layer_weights(wtype, rng)
+        xs = {k: rng.standard_normal((tokens, k), dtype=np.float32) for k in (HIDDEN, INTER)}
+        ys = [np.empty((tokens, n), np.float32) for n, _ in LAYER]
+        clock = time.thread_time if cpu_time else time.perf_counter
+        times = []
+        for _ in range(reps + 1):
+            t = clock()
+            for w, y, (n, k) in zip(ws, ys, LAYER):
+                K.matmul(y, xs[k], w, None, wtype, threads)
+            times.append(clock() - t)
+        out[wtype] = 2 * tokens * sum(n * k for n, k in LAYER) / statistics.median(times[1:]) / 1e9
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--types", default="q4,q8,bf16,f32")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--old", help="python of an environment with the old build, timed in turn")
+    p.add_argument("--rounds", type=int, default=5, help="with --old: alternating rounds")
+    p.add_argument("--cpu-time", action="store_true", help="time by CPU time (needs --threads 1)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.cpu_time and a.threads != 1:
+        p.error("--cpu-time needs --threads 1 (other threads' spinning would count)")
+    wtypes = a.types.split(",")
+    if a.json:
+        print(json.dumps(layer_gops(wtypes, a.tokens, a.threads, a.reps, a.cpu_time)))
+        return
     print(f"load average before: {os.getloadavg()[0]:.2f}; ISA {K.active_isa()}")
-    pk = peaks(a.threads)
+    pk = peaks(a.threads, a.cpu_time)
     for (kind, t), g in sorted(pk.items()):
         print(f"peak {kind:<20} {t} threads: {g:8.1f} GOP/s")
-    int8 = "int8_avx512_vnni" if K.active_isa() == "avx512" else "int8_avx2_maddubs"
-    rng = np.random.default_rng(0)
-    for wtype in a.types.split(","):
-        ws = layer_weights(wtype, rng)
-        xs = {k: rng.standard_normal((a.tokens, k), dtype=np.float32) for k in (HIDDEN, INTER)}
-        ys = [np.empty((a.tokens, n), np.float32) for n, _ in LAYER]
-        times = []
-        for _ in range(a.reps + 1):
-            t = time.perf_counter()
-            for w, y, (n, k) in zip(ws, ys, LAYER):
-                K.matmul(y, xs[k], w, None, wtype, a.threads)
-            times.append(time.perf_counter() - t)
-        ops = 2 * a.tokens * sum(n * k for n, k in LAYER)
-        gops = ops / statistics.median(times[1:]) / 1e9
-        kind = int8 if wtype in QUANTIZED else ("f32_fma_avx512" if K.active_isa() == "avx512" else "f32_fma_avx2")
+    if a.old:
+        runs = {"old": [], "new": []}
+        for _ in range(a.rounds):
+            for name, python in (("old", a.old), ("new", sys.executable)):
+                cmd = [python, __file__, "--types", a.types, "--tokens", str(a.tokens), "--threads",
+                       str(a.threads), "--reps", str(a.reps), "--json"] + (["--cpu-time"] if a.cpu_time else [])
+                runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                            text=True, env=os.environ).stdout))
+        results = {name: {w: statistics.median(r[w] for r in rs) for w in wtypes} for name, rs in runs.items()}
+    else:
+        results = {"new": layer_gops(wtypes, a.tokens, a.threads, a.reps, a.cpu_time)}
+    isa = K.active_isa()
+    int8 = "int8_avx512_vnni" if isa == "avx512" else "int8_avx2_maddubs"
+    for wtype in wtypes:
+        kind = int8 if wtype in QUANTIZED else ("f32_fma_avx512" if isa == "avx512" else "f32_fma_avx2")
         peak = pk[(kind, a.threads)]
-        print(f"{wtype:<5} M={a.tokens}: {gops:7.1f} GOP/s = {100 * gops / peak:5.1f} % of {kind} ({peak:.1f})")
+        line = "   ".join(f"{name} {g[wtype]:7.1f} GOP/s = {100 * g[wtype] / peak:5.1f} %"
+                          for name, g in results.items())
+        ratio = f"   new/old {results['new'][wtype] / results['old'][wtype]:.2f}" if a.old else ""
+        print(f"{wtype:<5} M={a.tokens}: {line} of {kind} ({peak:.1f}){ratio}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -70,7 +70,7 @@ def test_attention_decode(benchmark, threads, kv_dtype, context):
     benchmark.extra_info["gb_s"] = round(read / benchmark.stats.stats.median / 1e9, 1)
 
 
-@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
 def test_attention_prefill(benchmark, threads, kv_dtype):
     """The last 512-token chunk of a 4096-token prompt: GFLOP/s of q·k and p·v over the
     causally visible pairs."""

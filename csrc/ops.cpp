@@ -50,8 +50,8 @@ void norm_row(const KernelTable& kt, float* out, const float* x, const float* w,
 // y[m0:m1, n0:n1] of one job.
 void matmul_tile(const KernelTable& kt, WeightType wt, const MatmulJob& job, const float* x,
                  const BlockQ8Act* xq, int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  wt->matmul(kt, job.y + m0 * job.N, x + m0 * K, xq ? xq + m0 * q_blocks(K) : nullptr, job.w, job.bias,
-             m1 - m0, K, job.N, n0, n1);
+  (job.wt ? job.wt : wt)->matmul(kt, job.y + m0 * job.N, x + m0 * K, xq ? xq + m0 * q_blocks(K) : nullptr, job.w,
+                                 job.bias, m1 - m0, K, job.N, n0, n1);
 }
 
 // The tasks of a matmul_group: every matrix cut into (token block, row block) tiles,
@@ -298,7 +298,9 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
       : 1;
   // Too few tasks and too short a cache to cut: split the query-head groups instead.
   while (n_chunks == 1 && group > 1 && head_tasks() < 2 * threads) group = ceil_div(group, 2);
-  const int64_t groups_per_kv = ceil_div(n_rep, group), n_tiles = ceil_div(T, tile);
+  // Tiles of T > 1 tokens hold at least 2 (the kernel computes one token and tiles of
+  // several differently, so a token's bits must not depend on where tiles end).
+  const int64_t groups_per_kv = ceil_div(n_rep, group), n_tiles = T == 1 ? 1 : std::min(ceil_div(T, tile), T / 2);
   const int64_t chunk = ceil_div(ceil_div(n_slots, n_chunks), kAttentionBlock) * kAttentionBlock;
   const int64_t n_tasks = n_tiles * n_kv_heads * groups_per_kv * n_chunks;
   const int64_t ld = n_heads * head_dim;
@@ -308,9 +310,11 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
 #pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < n_tasks; ++task) {
     const int64_t c = task % n_chunks, head_task = task / n_chunks;
-    const int64_t t0 = head_task / (n_kv_heads * groups_per_kv) * tile, t1 = std::min(T, t0 + tile);
-    const int64_t kvh = (head_task / groups_per_kv) % n_kv_heads;
-    const int64_t h0 = kvh * n_rep + (head_task % groups_per_kv) * group;
+    // consecutive tasks: the tiles of one kv head (threads working at once share its K and V in cache)
+    const int64_t tile_index = head_task % n_tiles, head_group = head_task / n_tiles;
+    const int64_t t0 = T * tile_index / n_tiles, t1 = T * (tile_index + 1) / n_tiles;  // balanced
+    const int64_t kvh = head_group / groups_per_kv;
+    const int64_t h0 = kvh * n_rep + (head_group % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
     if (n_chunks == 1) {
       for (int64_t t = t0, u; t < t1; t = u) {  // runs of tokens that attend the same slots

@@ -22,13 +22,15 @@ namespace hearthlm {
 void matmul(const KernelTable& kt, WeightType wt, float* y, const float* x, const void* w,
             const float* bias, int64_t M, int64_t N, int64_t K, int n_threads);
 // Several matrices applied to the same x (Q, K, V; gate, up): y_i[M, N_i] = x · w_iᵀ
-// (+ bias_i), all of one weight type. For one token (decode) this is one parallel
-// region over the rows of every matrix, and quantized weights quantize x once.
+// (+ bias_i), all of one weight type (or of quantized formats, each job naming its own:
+// the same activation blocks feed them all). For one token (decode) this is one
+// parallel region over the rows of every matrix, and quantized weights quantize x once.
 struct MatmulJob {
   float* y;
   const void* w;
   const float* bias;
   int64_t N;
+  WeightType wt = nullptr;  // this job's quantized format, if not the group's
 };
 void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, int n_jobs,
                   const float* x, int64_t M, int64_t K, int n_threads);

@@ -14,17 +14,18 @@ KVLayer layer_cache(const KVLayer& first, int64_t i) {
   return c;
 }
 
-// outs[i] = x · lin[i]ᵀ; runs of one weight type share one task list (and one
-// quantization of x).
+// outs[i] = x · lin[i]ᵀ; runs of one weight type, or of quantized formats (a q4k Q, K
+// with a q6k V), share one task list (and one quantization of x).
 void matmul(const KernelTable& kt, const Op& op, const ProgramStep& s) {
   const float* x = s.buffers[op.in];
   for (int first = 0; first < op.n_lin;) {
     MatmulJob jobs[team::kMaxJobs];
     int count = 0;
     const WeightType wt = op.lin[first].wt;
-    while (first + count < op.n_lin && op.lin[first + count].wt == wt) {
+    auto joins = [&](WeightType other) { return other == wt || (quantized(wt) && quantized(other)); };
+    while (first + count < op.n_lin && joins(op.lin[first + count].wt)) {
       const Linear& lin = op.lin[first + count];
-      jobs[count] = MatmulJob{s.buffers[op.outs[first + count]], lin.w, lin.bias, lin.N};
+      jobs[count] = MatmulJob{s.buffers[op.outs[first + count]], lin.w, lin.bias, lin.N, lin.wt};
       ++count;
     }
     team::matmul_group(kt, wt, jobs, count, x, s.T, op.lin[first].K, s.xq, op.x_quantized);

@@ -308,6 +308,57 @@ def test_quantized_logits_match_llama_cpp(quantized, name, ftype):
     assert mean_kl(ref, ours) < 1.1 * quant_error, (mean_kl(ref, ours), quant_error)
 
 
+@pytest.mark.parametrize("dtype", ["q4k", "q8", "bf16"])
+def test_dtype_converts_like_the_folder(converted, dtype):
+    """load(f32 GGUF, dtype=d) holds the weights load(its HF folder, dtype=d) does: the
+    same values (llama.cpp's Q/K row order undone) quantized or converted alike."""
+    folder, path = converted[("llama-gqa-tied", "F32")]
+    ours, folder_model = hearthlm.load(path, dtype=dtype), hearthlm.load(folder, dtype=dtype)
+    assert ours.dtype == dtype and ours.fingerprint != hearthlm.load(path).fingerprint
+    formats = ours.transformer.weights.reader.formats
+    for name, w in ours.transformer.weights.tensors.items():
+        if name in formats:
+            assert formats[name] == folder_model.transformer.weights.reader.wtype_for(name), name
+            np.testing.assert_array_equal(w, folder_model.transformer.weights.tensors[name], err_msg=name)
+    ids = ids_for(ours.vocab_size)
+    np.testing.assert_array_equal(ours.logits(ids), folder_model.logits(ids))
+
+
+def test_dtype_keeps_tensors_already_in_its_format(quantized):
+    """A Q4_K_M file: as q4k every tensor is llama.cpp's block for block (its recipe is
+    the q4k mix); as q5k its Q6_K tensors stay, and its Q4_K ones are quantized again
+    from their values: a second rounding, so KL to f32 a little above the file's own
+    (measured: 0.152 against 0.143)."""
+    folder, path = quantized[("llama-wide", "Q4_K_M")]
+    stored = hearthlm.load(path)
+    stored_formats = stored.transformer.weights.reader.formats
+    ids = ids_for(stored.vocab_size, 16)
+    ref, stored_logits = reference_logits(folder, ids), stored.logits(ids)
+    as_q4k = hearthlm.load(path, dtype="q4k")
+    assert as_q4k.transformer.weights.reader.formats == stored_formats
+    np.testing.assert_array_equal(as_q4k.logits(ids), stored_logits)
+    as_q5k = hearthlm.load(path, dtype="q5k")
+    formats = as_q5k.transformer.weights.reader.formats
+    assert {n for n, f in formats.items() if f == "q6k"} == {n for n, f in stored_formats.items() if f == "q6k"}
+    assert {formats[n] for n, f in stored_formats.items() if f == "q4k"} == {"q5k"}
+    for name, fmt in formats.items():
+        if fmt == "q6k":
+            np.testing.assert_array_equal(as_q5k.transformer.weights.tensors[name],
+                                          stored.transformer.weights.tensors[name], err_msg=name)
+    kl_stored, kl_q5k = mean_kl(ref, stored_logits), mean_kl(ref, as_q5k.logits(ids))
+    assert kl_stored < kl_q5k < 1.2 * kl_stored, (kl_stored, kl_q5k)
+
+
+def test_impossible_dtype_requests_are_named(converted):
+    path = converted[("llama-gqa-tied", "F32")][1]
+    with pytest.raises(hearthlm.errors.InvalidInputError, match="dtype: expected one of .*got 'q3'"):
+        hearthlm.load(path, dtype="q3")
+    with pytest.raises(hearthlm.errors.InvalidInputError, match="head_dtype: .* only when dtype is a quantized"):
+        hearthlm.load(path, head_dtype="q8")
+    with pytest.raises(hearthlm.errors.InvalidInputError, match="head_dtype: expected one of"):
+        hearthlm.load(path, dtype="q4k", head_dtype="f32")
+
+
 def test_split_gguf(converted):
     folder, whole = converted[("qwen3", "F32")]
     shards = sorted(glob.glob(os.path.join(os.path.dirname(whole), "split", "qwen3-*-of-*.gguf")))

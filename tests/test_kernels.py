@@ -182,8 +182,8 @@ def test_attention(isa, kv_dtype, heads, kv_heads, head_dim, n_slots, window, so
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("kv_dtype", ["f32", "q8"])
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (16, 2, 64), (9, 3, 33)])
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16", "q8"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 6), (8, 2, 17), (16, 2, 64), (9, 3, 33), (24, 8, 40)])
 @pytest.mark.parametrize("window", [0, 40])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_prefill_attention_in_token_tiles(isa, kv_dtype, heads, kv_heads, head_dim, window, threads):

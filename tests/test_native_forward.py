@@ -123,14 +123,18 @@ def test_program_prints_the_network(model_dir):
     assert text.splitlines()[-1] == "h = rmsnorm(x)"
 
 
-@pytest.mark.parametrize("dtype", ["q8", "q4", "f32"])
+@pytest.mark.parametrize("dtype", ["q8", "q4", "q4k", "f32"])
 def test_fused_barriers_give_the_same_logits_on_any_thread_count(model_dir, dtype):
     """The fusion pass drops barriers (a norm or glu quantizing its own rows for the
     next matmul; a rope followed by a rope or kv_store without a barrier): with 1 thread
     nothing can race, so 2 and 3 threads (uneven token splits) must give the same bits,
     for a prefill of 7 tokens and for decode steps after it (the FFN is wide enough
-    that one token's forward runs on every thread)."""
+    that one token's forward runs on every thread). q4k: the mix's last layer has a
+    q6k V beside q4k Q and K, one task list of two formats."""
     folder = model_dir("llama-gqa-tied", intermediate_size=520)
+    if dtype == "q4k":
+        t = hearthlm.load(folder, dtype=dtype).transformer
+        assert [t.weights.linear(f"model.layers.1.self_attn.{m}_proj").wtype for m in "qkv"] == ["q4k", "q4k", "q6k"]
     ids = [3, 1, 4, 1, 5, 9, 2]
     results = []
     for threads in (1, 2, 3):

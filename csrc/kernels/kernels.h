@@ -58,7 +58,8 @@ struct KernelTable {
   // q, out: token i's n_q rows of head_dim at q + i * ld (ld >= n_q * head_dim floats);
   // k, v: that kv head's rows, each read once for all n_t * n_q rows (a prefill tile).
   // Slot j is attended by token i iff 0 <= kv_pos[j] <= q_pos[i] and (window <= 0 or
-  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows, head_dim <= kMaxHeadDim.
+  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows (n_q <= kMaxGroup when n_t is
+  // 1), head_dim <= kMaxHeadDim.
   // score_j = scale * q·k_j, then softcap * tanh(score_j / softcap) when softcap > 0
   // (Gemma 2's logit soft-capping).
   // lse (optional, [n_t, n_q]): log Σ_j exp(score_j) over the visible slots, -inf if
@@ -116,7 +117,7 @@ static_assert(sizeof(KernelTable) == sizeof(const char*) + (0 HEARTHLM_KERNEL_EN
 #undef HEARTHLM_COUNT
 
 constexpr int64_t kMaxGroup = 8;       // query heads of one token per attention call
-constexpr int64_t kMaxRows = 32;       // query rows (tokens x heads) per attention call
+constexpr int64_t kMaxRows = 64;       // query rows (tokens x heads) per attention call
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kAttentionBlock = 64;  // kv slots scored per online-softmax step
 

@@ -120,7 +120,8 @@ const MatmulCase kMatmulCases[] = {{1, 1, 1},  {1, 67, 33}, {1, 5, 130}, {1, 19,
                                    {1, 4, 0},  {3, 5, 0},  {70, 7, 600},  // K = 0: y = bias; K > 2 blocks
                                    // small batches against wide rows: every token tile and ragged ends
                                    {2, 37, 300}, {5, 50, 129}, {8, 19, 64}, {11, 70, 45}, {16, 33, 520},
-                                   {32, 21, 70}, {33, 9, 40}};  // the last small batch, the first GEMM
+                                   {32, 21, 70}, {33, 9, 40},  // the last small batch, the first GEMM
+                                   {48, 96, 513}, {37, 64, 256}};  // GEMM: whole tiles and panels, K blocks
 
 template <class Wt>
 void check_matmul_typed(const char* name, WeightType wt,
@@ -271,6 +272,14 @@ void check_attention(const KernelTable& t, const KernelTable& ref, Report& r) {
       {130, 40, 2, 129, 0, true, 0, 16, 3}, {200, 64, 8, 150, 0, false, 0, 4, 0},   {70, 17, 1, 69, 0, false, 0, 32, 1},
       {300, 128, 3, 299, 50, true, 0, 10, 0}, {129, 24, 4, 70, 7, false, 1.5f, 8, 2},  // windows past the block
       {40, 8, 2, 5, 0, false, 0, 12, 0},  // the first tokens see nothing: zeros
+      // rows in the vector lanes (n_t > 1, n_t * n_q >= W): row counts of 4..32 (padded to
+      // W), key remainders of every size, d vectors past whole P·V tiles and a scalar tail
+      {70, 1, 1, 69, 0, false, 0, 4, 0},   {69, 3, 4, 68, 0, true, 0, 2, 1},  {71, 9, 1, 70, 3, false, 0, 17, 2},
+      {133, 33, 3, 132, 0, false, 0, 7, 0}, {67, 48, 5, 66, 0, true, 0.8f, 5, 4}, {75, 80, 2, 74, 20, false, 0, 16, 0},
+      {256, 256, 8, 255, 0, false, 0, 4, 0}, {190, 112, 16, 120, 0, true, 0, 2, 0}, {64, 20, 1, 63, 0, false, 0, 31, 0},
+      {77, 16, 1, 76, 0, false, 0, 8, 0},  {200, 64, 4, 199, 100, false, 0, 8, 3},  // a window ending mid-block
+      {140, 24, 2, 10, 0, false, 0, 16, 0},  // positions 0..10 only: later slots unseen, early tokens see one slot
+      {300, 64, 8, 299, 0, true, 0, 8, 0}, {129, 40, 3, 128, 30, false, 0, 21, 1},  // 64 and 63 rows
   };
   for (int type = 0; type < kKVTypes; ++type) {
     Rng rng;
@@ -377,7 +386,12 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                {2, 8, 32},  {5, 24, 513}, {4, 9, 256}, {9, 41, 800},
                                // small batches: every token tile, odd row-group counts, ragged last group
                                {8, 40, 96}, {16, 57, 64}, {6, 16, 1056}, {11, 23, 33}, {13, 64, 200},
-                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576}};
+                               {15, 31, 288}, {17, 48, 130}, {3, 19, 576},
+                               // around and past the prefill-panel threshold (M > 32): every token-tile remainder,
+                               // several K chunks with a tail, lone last row groups, more than one row chunk
+                               {33, 40, 2080}, {257, 24, 96}, {29, 17, 4100}, {18, 32, 64}, {31, 9, 160},
+                               {37, 16, 64}, {46, 8, 64}, {47, 16, 96}, {20, 16, 32}, {40, 8, 64}, {26, 16, 33},
+                               {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;

@@ -28,8 +28,10 @@ from .formats import FORMATS, QUANTIZED
 from .gguf_file import GGUFFile, gguf_package
 from .models import family, model_args
 from .models.base import RopeSpec
+from .quant import QUANT_DTYPES, check_dtype, check_head_dtype, quantize_tensor, tensor_format
 from .rope import inverse_frequencies
 from .weight_memory import Arena, copy_by_default
+from .weights import float_weights
 
 # general.architecture -> transformers architecture of the family that runs it
 ARCHITECTURES = {
@@ -224,9 +226,11 @@ class GGUFWeights:
     """The family's declared tensors (HF names) served from a GGUFFile, as
     weights.WeightReader serves them from safetensors."""
 
-    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int, mmap: Optional[bool]):
+    def __init__(self, g: GGUFFile, args, arch: str, n_threads: int, mmap: Optional[bool],
+                 dtype: Optional[str] = None, head_dtype: Optional[str] = None):
         gguf = gguf_package()
         self.g, self.args, self.arch, self.n_threads = g, args, arch, n_threads
+        self.dtype, self.head_dtype = dtype, head_dtype
         arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
         self.names = gguf.get_tensor_name_map(arch_id, args.num_hidden_layers)
         self.by_gguf = {f.gguf_type: name for name, f in FORMATS.items() if f.quantized}
@@ -279,44 +283,70 @@ class GGUFWeights:
         return np.ascontiguousarray(rows.reshape(heads, N // heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2)
                                     .reshape(rows.shape))
 
+    def target(self, name: str) -> Optional[str]:
+        """The format asked for matrix `name` (dtype and its mix, as for a folder), or None."""
+        if self.dtype not in QUANT_DTYPES:
+            return self.dtype
+        return tensor_format(name, self.dtype, self.head_dtype, self.args.num_hidden_layers,
+                             self.args.tie_word_embeddings)
+
     def tensor(self, name: str, shape: tuple) -> np.ndarray:
-        gguf = gguf_package()
-        T = gguf.GGMLQuantizationType
+        """Matrix `name` in the format its GGUF type converts to exactly (memory-mapped
+        where the layout allows), or, when dtype asks for another format, quantized or
+        converted from its dequantized values."""
         t, rows = self._rows(name, shape)
-        N, K = shape
+        exact, target = self.exact_format(t), self.target(name)
+        fmt, mapped = exact if target is None else target, False
+        if fmt != exact:
+            f32 = np.ascontiguousarray(self._unpermute(name, dequantize(t, rows).reshape(shape)), np.float32)
+            out = (quantize_tensor(f32, "F32", fmt, self.n_threads, t.path, t.name) if fmt in QUANT_DTYPES
+                   else float_weights(f32, fmt, t.path, t.name))
+        else:
+            out, mapped = self._exact(t, rows, name, fmt, shape)
+        self.formats[name] = fmt
+        if not mapped:
+            self.converted_bytes += out.nbytes
+            return out
+        if self.arena is None:
+            self.mapped_bytes += out.nbytes
+            return out
+        copied = self.arena.take(out.shape, out.dtype)
+        np.copyto(copied, out)
+        copied.flags.writeable = False
+        self.copied_bytes += out.nbytes
+        return copied
+
+    def exact_format(self, t) -> str:
+        """The hearthlm format holding GGUF tensor t's values exactly."""
+        T = gguf_package().GGMLQuantizationType
         qtype = t.ggml_type
         plain = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16"}.get(qtype)
         if plain is not None:
-            view = rows.view(FORMATS[plain].numpy)
-            fmt, out = plain, self._unpermute(name, view)
-            if out is view:  # used as stored
-                self.formats[name] = fmt
-                if self.arena is None:
-                    self.mapped_bytes += out.nbytes
-                    return out
-                copied = self.arena.take(out.shape, out.dtype)
-                np.copyto(copied, out)
-                copied.flags.writeable = False
-                self.copied_bytes += out.nbytes
-                return copied
-        elif qtype == T.Q5_0:  # the same values as Q8_0 blocks, then q8
-            fmt = "q8"
-            out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
-            blocks = self._unpermute(name, q5_0_as_q8_0(rows).reshape(N, -1))
-            _kernels.from_gguf(out, blocks.reshape(-1), fmt, N, K)
-        elif qtype in self.by_gguf:
-            fmt = self.by_gguf[qtype]
-            out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
-            _kernels.from_gguf(out, np.ascontiguousarray(self._unpermute(name, rows)).reshape(-1), fmt, N, K)
-        elif qtype in (T.Q4_1, T.Q5_1):  # no hearthlm format holds these exactly: f32
-            fmt, out = "f32", self._unpermute(name, dequantize(t, rows).reshape(N, K))
-        else:
-            raise UnsupportedModelError(
-                f"{t.path}: tensor '{t.name}' has type {T(qtype).name}; supported: "
-                "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K")
-        self.formats[name] = fmt
-        self.converted_bytes += out.nbytes
-        return out
+            return plain
+        if qtype == T.Q5_0:  # the same values as Q8_0 blocks
+            return "q8"
+        if qtype in self.by_gguf:
+            return self.by_gguf[qtype]
+        if qtype in (T.Q4_1, T.Q5_1):  # no hearthlm format holds these exactly: f32
+            return "f32"
+        raise UnsupportedModelError(
+            f"{t.path}: tensor '{t.name}' has type {T(qtype).name}; supported: "
+            "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K")
+
+    def _exact(self, t, rows: np.ndarray, name: str, fmt: str, shape: tuple) -> tuple:
+        """(tensor t in exact format fmt, whether it is the memory map itself)."""
+        T = gguf_package().GGMLQuantizationType
+        N, K = shape
+        if t.ggml_type in (T.F32, T.F16, T.BF16):
+            view = rows.view(FORMATS[fmt].numpy)
+            out = self._unpermute(name, view)
+            return out, out is view
+        if t.ggml_type in (T.Q4_1, T.Q5_1):
+            return self._unpermute(name, dequantize(t, rows).reshape(N, K)), False
+        blocks = q5_0_as_q8_0(rows).reshape(N, -1) if t.ggml_type == T.Q5_0 else rows
+        out = np.empty(FORMATS[fmt].packed_shape(N, K), np.uint8)
+        _kernels.from_gguf(out, np.ascontiguousarray(self._unpermute(name, blocks)).reshape(-1), fmt, N, K)
+        return out, False
 
     def vector(self, name: str, shape: tuple) -> np.ndarray:
         t, rows = self._rows(name, shape)
@@ -334,20 +364,24 @@ class GGUFWeights:
 
 def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str], mmap: Optional[bool]) -> dict:
     """The parts of a Model (model.Model's arguments) from a GGUF file, its weights as
-    stored (dtype and head_dtype: None); mmap as hearthlm.load's."""
+    stored (dtype None), or in dtype's formats (quant.tensor_format's mix, head_dtype
+    as for a folder): a tensor already stored in its format is taken exactly, others
+    are quantized or converted from their dequantized values; mmap as hearthlm.load's."""
     from .gguf_tokenizer import gguf_tokenizer
     from .transformer import Transformer
 
     t0 = time.perf_counter()
     path = os.fspath(path)
-    if dtype is not None or head_dtype is not None:
-        raise InvalidInputError(f"dtype: {path} is a GGUF file, used in the formats it stores; "
-                                "give dtype=None (and no head_dtype)")
+    check_dtype(dtype)
+    check_head_dtype(head_dtype)
+    if head_dtype is not None and dtype not in QUANT_DTYPES:
+        raise InvalidInputError(f"head_dtype: {path} is converted only when dtype is a quantized format "
+                                f"(got dtype={dtype!r}); give one, or no head_dtype")
     g = GGUFFile(path)
     config = hf_config(g)
     args = model_args(config, path)
     family(args)  # the architecture is known
-    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads, mmap)
+    reader = GGUFWeights(g, args, g.get("general.architecture"), n_threads, mmap, dtype, head_dtype)
     transformer = Transformer(args, reader, n_threads)
     tokenizer, generation_config = gguf_tokenizer(g)
     stats = {"mapped_bytes": reader.mapped_bytes, "converted_bytes": reader.converted_bytes,
@@ -356,8 +390,10 @@ def load(path, dtype: Optional[str], n_threads: int, head_dtype: Optional[str], 
     for name, fmt in reader.formats.items():
         counts[fmt] = counts.get(fmt, 0) + 1
     h = hashlib.sha256(repr(sorted(vars(args).items())).encode())
+    if dtype is not None:
+        h.update(f"dtype={dtype}|{head_dtype}\n".encode())
     for name, t in sorted(g.tensors.items()):
         h.update(f"{name}|{t.ggml_type}|{list(t.dims)}|{t.data.nbytes}\n".encode())
     return dict(path=path, args=args, transformer=transformer, tokenizer=tokenizer,
-                generation_config=generation_config, dtype=max(counts, key=counts.get), n_threads=n_threads,
+                generation_config=generation_config, dtype=dtype or max(counts, key=counts.get), n_threads=n_threads,
                 load_stats=stats, fingerprint=h.hexdigest()[:32])

@@ -14,10 +14,10 @@ from .errors import InvalidInputError, ModelFormatError
 from .models import ModelArgs, model_args, read_config
 from .safetensors_io import CheckpointFiles
 from .tokenizer import Tokenizer, read_json
-from .quant import QUANT_DTYPES, check_head_dtype, read_quant_metadata
+from .quant import QUANT_DTYPES, check_dtype, check_head_dtype, read_quant_metadata
 from .session import MAX_BATCH, Session, fingerprint
 from .transformer import Transformer
-from .weights import IN_PLACE, WEIGHT_DTYPES, WeightReader
+from .weights import IN_PLACE, WeightReader
 
 
 class Model:
@@ -119,8 +119,8 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
          n_threads: Optional[int] = None, head_dtype: Optional[str] = None,
          progress: Optional[Callable[[int, int], None]] = None, revision: Optional[str] = None,
          local_files_only: Optional[bool] = None, mmap: Optional[bool] = None) -> Model:
-    """Load a Hugging Face model folder, a GGUF file (hearthlm.gguf_load: used in the
-    formats it stores, so dtype and head_dtype must then be None), or a Hub repo id
+    """Load a Hugging Face model folder, a GGUF file (hearthlm.gguf_load: in the formats
+    it stores, or converted to dtype as a folder's weights are), or a Hub repo id
     ("org/name", "org/name@rev", "org/name:FILE.gguf": hearthlm.hub, downloading only
     the files needed into the Hugging Face cache; revision= and local_files_only= as in
     huggingface_hub).
@@ -166,9 +166,7 @@ def load(path: Union[str, os.PathLike], dtype: Optional[str] = None,
         dtype = stored_quant
     elif dtype is None:
         dtype = _checkpoint_dtype(files)
-    if dtype not in WEIGHT_DTYPES and dtype not in QUANT_DTYPES:
-        raise InvalidInputError(
-            f"dtype: expected one of {', '.join([*WEIGHT_DTYPES, *QUANT_DTYPES])}, got {dtype!r}")
+    check_dtype(dtype)
     check_head_dtype(head_dtype)
     head = head_dtype if dtype in QUANT_DTYPES else None
     reader = WeightReader(files, dtype, head, n_threads, progress, mmap)

@@ -50,6 +50,11 @@ def packed_shape(fmt: str, rows: int, cols: int) -> tuple:
     return FORMATS[fmt].packed_shape(rows, cols)
 
 
+def check_dtype(dtype: Optional[str]) -> None:
+    if dtype is not None and dtype not in PLAIN and dtype not in QUANT_DTYPES:
+        raise InvalidInputError(f"dtype: expected one of {', '.join([*PLAIN, *QUANT_DTYPES])}, got {dtype!r}")
+
+
 def check_head_dtype(head_dtype: Optional[str]) -> None:
     if head_dtype is not None and head_dtype not in QUANT_DTYPES:
         raise InvalidInputError(f"head_dtype: expected one of {', '.join(QUANT_DTYPES)}, got {head_dtype!r}")

@@ -90,6 +90,20 @@ def split_rows(weight: np.ndarray, wtype: str, sizes) -> list:
     return out
 
 
+def float_weights(f32: np.ndarray, wtype: str, path: str, name: str) -> np.ndarray:
+    """An f32 matrix as the kernels' float weight type wtype (f32: itself)."""
+    if wtype == "f32":
+        return f32
+    if wtype == "bf16":
+        return f32_to_bf16_bits(f32)
+    with np.errstate(over="ignore"):
+        out = f32.astype(np.float16)
+    if not np.array_equal(np.isfinite(out), np.isfinite(f32)):
+        raise ModelFormatError(f"{path}: tensor '{name}' has values beyond the f16 range (±65504); "
+                               "load it as bf16 or f32")
+    return out
+
+
 class WeightReader:
     """Reads named tensors from a checkpoint, checking shapes against config.json.
 
@@ -202,18 +216,7 @@ class WeightReader:
             return out
         if IN_PLACE.get(stored) == wtype:
             return self._keep(name, raw)
-        f32 = self._as_f32(name, raw)
-        if wtype == "f32":
-            out = f32
-        elif wtype == "bf16":
-            out = f32_to_bf16_bits(f32)
-        else:
-            with np.errstate(over="ignore"):
-                out = f32.astype(np.float16)
-            if not np.array_equal(np.isfinite(out), np.isfinite(f32)):
-                raise ModelFormatError(
-                    f"{self.files.path_of(name)}: tensor '{name}' has values beyond the f16 range "
-                    "(±65504); load it as bf16 or f32")
+        out = float_weights(self._as_f32(name, raw), wtype, self.files.path_of(name), name)
         self.converted_bytes += out.nbytes
         return out
 

@@ -229,11 +229,124 @@ static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block*
   store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
 }
 
+// Prefill (M > kPanelMinM), BLIS-style. For up to kPanelPairs pairs (128 rows) and
+// kPanelBlocks k blocks at a time (K-blocked), the weights are unpacked once into
+// panels and each tile of kPanelTokens tokens is packed once: its activation bytes
+// block-major, with -offset·Σa precomputed as where each block's dot starts. A
+// register tile of two pairs x kPanelTokens tokens then runs over both: per block,
+// token and 16 rows the vector units see 8 vpdpbusd and 3 float ops (the int->float
+// conversion, the scale product, the FMA: the scalar twin's arithmetic), nothing
+// else, and each activation broadcast feeds both pairs. 12 independent dpbusd chains
+// cover the instruction's latency. Between K blocks the partial sums wait in y
+// (float32 stored and reloaded exactly); the bias is added once, at the end.
+constexpr int64_t kPanelMinM = 4 * kPairTokens;  // below, the pair tiles (weights stream from memory)
+constexpr int64_t kPanelBlocks = 16;  // 512 k: 8 panels of 9 KB and 4 KB of tokens on the stack, in L1/L2
+constexpr int64_t kPanelPairs = 8;
+constexpr int kPanelTokens = 6;
+
+struct ActTile {
+  int8_t qs[kPanelBlocks][kPanelTokens][kQBlock];
+  float d[kPanelBlocks][kPanelTokens];
+  int32_t start[kPanelBlocks][kPanelTokens];  // -offset·Σa: where each block's dot starts
+};
+
+static inline void pack_tokens(ActTile& t, const BlockQ8Act* xq, int64_t nb, int64_t rm, int64_t bn,
+                               int32_t offset) {
+  for (int64_t i = 0; i < rm; ++i)
+    for (int64_t b = 0; b < bn; ++b) {
+      const BlockQ8Act& a = xq[i * nb + b];
+      _mm256_storeu_si256((__m256i*)t.qs[b][i], _mm256_loadu_si256((const __m256i*)a.qs));
+      t.d[b][i] = a.d;
+      t.start[b][i] = -offset * (int32_t(a.sum[0]) + int32_t(a.sum[1]));
+    }
+}
+
+// y[m0 + i][n0 + 16p .. n0 + 16p + 16) under mask[p], i < RM, p < P, over the tile's
+// bn blocks: P pairs share each activation broadcast.
+template <int RM, int P>
+static inline void panel_tile(float* y, const ActTile& t, const Pair (*panels)[kPanelBlocks], int64_t bn,
+                              int64_t ldy, int64_t m0, int64_t n0, const __mmask16* mask, const float* bias,
+                              bool first, bool last) {
+  __m512 acc[P][RM];
+  for (int p = 0; p < P; ++p)
+    for (int i = 0; i < RM; ++i)
+      acc[p][i] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[p], y + (m0 + i) * ldy + n0 + 16 * p);
+  for (int64_t b = 0; b < bn; ++b) {
+    __m512i s[P][RM];
+    for (int i = 0; i < RM; ++i) {
+      s[0][i] = _mm512_set1_epi32(t.start[b][i]);
+      for (int p = 1; p < P; ++p) s[p][i] = s[0][i];
+    }
+    for (int g = 0; g < 8; ++g) {
+      __m512i wg[P];
+      for (int p = 0; p < P; ++p) wg[p] = panels[p][b].g[g];
+      for (int i = 0; i < RM; ++i) {
+        const __m512i a = _mm512_set1_epi32(word(t.qs[b][i] + 4 * g));
+        for (int p = 0; p < P; ++p) s[p][i] = _mm512_dpbusd_epi32(s[p][i], wg[p], a);
+      }
+    }
+    for (int p = 0; p < P; ++p)
+      for (int i = 0; i < RM; ++i)
+        acc[p][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[p][i]), _mm512_mul_ps(panels[p][b].d, _mm512_set1_ps(t.d[b][i])),
+                                    acc[p][i]);
+  }
+  for (int p = 0; p < P; ++p) {
+    const __m512 bv = last && bias ? _mm512_maskz_loadu_ps(mask[p], bias + n0 + 16 * p) : _mm512_setzero_ps();
+    for (int i = 0; i < RM; ++i)
+      _mm512_mask_storeu_ps(y + (m0 + i) * ldy + n0 + 16 * p, mask[p], last && bias ? _mm512_add_ps(acc[p][i], bv) : acc[p][i]);
+  }
+}
+
+// Tiles of rm <= RM tokens (RM: the largest, a compile-time tile height).
+template <int RM>
+static inline void panel_tiles(int rm, float* y, const ActTile& t, const Pair (*panels)[kPanelBlocks], int64_t pairs,
+                               int64_t bn, int64_t ldy, int64_t m0, int64_t n0, int64_t n1, const float* bias,
+                               bool first, bool last) {
+  if constexpr (RM > 1)
+    if (rm < RM) return panel_tiles<RM - 1>(rm, y, t, panels, pairs, bn, ldy, m0, n0, n1, bias, first, last);
+  __mmask16 mask[kPanelPairs];
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t n = n0 + 2 * kQRows * p, rows = n1 - n < 2 * kQRows ? n1 - n : 2 * kQRows;
+    mask[p] = __mmask16((1u << rows) - 1);
+  }
+  int64_t p = 0;
+  for (; p + 2 <= pairs; p += 2) panel_tile<RM, 2>(y, t, panels + p, bn, ldy, m0, n0 + 2 * kQRows * p, mask + p, bias, first, last);
+  if (p < pairs) panel_tile<RM, 1>(y, t, panels + p, bn, ldy, m0, n0 + 2 * kQRows * p, mask + p, bias, first, last);
+}
+
+// Rows [n0, n1) of all M tokens, n1 - n0 <= 2 * kQRows * kPanelPairs, past one row group.
+template <class Block>
+static void matmul_panels(float* y, const BlockQ8Act* xq, const Block* w, const float* bias, int64_t M,
+                          int64_t nb, int64_t ldy, int64_t n0, int64_t n1) {
+  Pair panels[kPanelPairs][kPanelBlocks];
+  ActTile tile;
+  const int64_t pairs = (n1 - n0 + 2 * kQRows - 1) / (2 * kQRows);
+  for (int64_t b0 = 0; b0 < nb || b0 == 0; b0 += kPanelBlocks) {  // K = 0 still writes the bias
+    const int64_t bn = nb - b0 < kPanelBlocks ? nb - b0 : kPanelBlocks;
+    for (int64_t p = 0; p < pairs; ++p) {
+      const Block* wa = w + (n0 / kQRows + 2 * p) * nb + b0;
+      const bool lone = n0 + 2 * kQRows * p + kQRows >= n1;  // a last lone row group: itself again, masked off
+      for (int64_t b = 0; b < bn; ++b) panels[p][b] = load_pair(wa[b], lone ? wa[b] : wa[nb + b]);
+    }
+    const bool first = b0 == 0, last = b0 + bn == nb;
+    for (int64_t m = 0; m < M; m += kPanelTokens) {
+      const int64_t rm = M - m < kPanelTokens ? M - m : kPanelTokens;
+      pack_tokens(tile, xq + m * nb + b0, nb, rm, bn, kOffset<Block>);
+      panel_tiles<kPanelTokens>(int(rm), y, tile, panels, pairs, bn, ldy, m, n0, n1, bias, first, last);
+    }
+  }
+}
+
 template <class Block>
 static void matmul_pairs(float* y, const BlockQ8Act* xq, const void* wv, const float* bias, int64_t M,
                          int64_t K, int64_t ldy, int64_t n0, int64_t n1) {
   const Block* w = static_cast<const Block*>(wv);
   const int64_t nb = q_blocks(K);
+  if (M > kPanelMinM) {
+    for (int64_t n = n0; n < n1; n += 2 * kQRows * kPanelPairs)
+      matmul_panels(y, xq, w, bias, M, nb, ldy, n, n1 - n < 2 * kQRows * kPanelPairs ? n1 : n + 2 * kQRows * kPanelPairs);
+    return;
+  }
   int64_t n = n0;
   for (; n + kQRows < n1; n += 2 * kQRows) {
     const Block* wa = w + (n / kQRows) * nb;
@@ -265,26 +378,54 @@ template <class Block> struct PairScalesOf { using type = AffinePairScales; };
 template <> struct PairScalesOf<BlockQ6Kx8> { using type = Q6PairScales; };
 struct PairSub { __m512i g[8]; };  // k group g of a sub-block, 16 rows, unsigned q
 
-static inline __m512 pair_bytes(const uint8_t* a, const uint8_t* b, bool is_signed) {
-  const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)a), _mm_loadl_epi64((const __m128i*)b));
-  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
+// Qwords q of a and b alternating (a's q0, b's q0, a's q1, ...) from q = first: 8 bytes
+// per row group, so 16-byte lane i holds one sub-block's 16 rows.
+static inline __m512i pair_qwords(__m512i a, __m512i b, int first) {
+  return _mm512_permutex2var_epi64(a, _mm512_add_epi64(_mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), _mm512_set1_epi64(first)), b);
 }
+// 16-byte lane i of v, widened to 16 floats.
+template <int I>
+static inline __m512 lane_floats(__m512i v, bool is_signed) {
+  const __m128i l = _mm512_extracti32x4_epi32(v, I);
+  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(l) : _mm512_cvtepu8_epi32(l));
+}
+template <int I>
+static inline void lanes_times(__m512 d, __m512i v, bool is_signed, __m512* out) {
+  out[I] = _mm512_mul_ps(d, lane_floats<I>(v, is_signed));
+  if constexpr (I < 3) lanes_times<I + 1>(d, v, is_signed, out);
+}
+// The 6-bit sc_j, m_j of quant.h, two row groups at once: lo0 / lo1 hold scales_lo of
+// sub-blocks 0-3 / 4-7, hi the scales_hi of j & 3, each as 4 lanes of 16 rows.
 template <class Block>
 static inline void pair_k_scales(const Block& a, const Block& b, AffinePairScales& s) {
-  alignas(32) uint8_t sca[64], ma[64], scb[64], mb[64];
-  QVec::k_scale_bytes(a, sca, ma);
-  QVec::k_scale_bytes(b, scb, mb);
+  const __m512i la = _mm512_loadu_si512(a.scales_lo), lb = _mm512_loadu_si512(b.scales_lo);
+  const __m512i lo0 = pair_qwords(la, lb, 0), lo1 = pair_qwords(la, lb, 4);
+  const __m512i hi = pair_qwords(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a.scales_hi)),
+                                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)b.scales_hi)), 0);
+  const __m512i n4 = _mm512_set1_epi8(0x0F);
+  auto high = [&](int mask, int left) {  // (hi & mask) moved to bits 4-5 (16-bit shifts, masked first)
+    const __m512i h = _mm512_and_si512(hi, _mm512_set1_epi8(char(mask)));
+    return left >= 0 ? _mm512_slli_epi16(h, unsigned(left)) : _mm512_srli_epi16(h, unsigned(-left));
+  };
+  // h | (x & n4) in one ternary-logic op (0xF8: A | (B & C))
+  const __m512i sc0 = _mm512_ternarylogic_epi32(high(0x03, 4), lo0, n4, 0xF8);
+  const __m512i sc1 = _mm512_ternarylogic_epi32(high(0x30, 0), lo1, n4, 0xF8);
+  const __m512i m0 = _mm512_ternarylogic_epi32(high(0x0C, 2), _mm512_srli_epi16(lo0, 4), n4, 0xF8);
+  const __m512i m1 = _mm512_ternarylogic_epi32(high(0xC0, -2), _mm512_srli_epi16(lo1, 4), n4, 0xF8);
   const __m512 d = pair_scales(a.d, b.d), dmin = pair_scales(a.dmin, b.dmin);
-  for (int j = 0; j < kKSubs; ++j) {
-    s.dsc[j] = _mm512_mul_ps(d, pair_bytes(sca + 8 * j, scb + 8 * j, false));
-    s.dm[j] = _mm512_mul_ps(dmin, pair_bytes(ma + 8 * j, mb + 8 * j, false));
-  }
+  lanes_times<0>(d, sc0, false, s.dsc);
+  lanes_times<0>(d, sc1, false, s.dsc + 4);
+  lanes_times<0>(dmin, m0, false, s.dm);
+  lanes_times<0>(dmin, m1, false, s.dm + 4);
 }
+// q6k: int8 scales [s*8 + r], s = 0..15: 4 lanes of 16 rows per 32 bytes of a and b.
 static inline void pair_k_scales(const BlockQ6Kx8& a, const BlockQ6Kx8& b, Q6PairScales& s) {
   const __m512 d = pair_scales(a.d, b.d);
-  for (int h = 0; h < 2 * kKSubs; ++h)
-    s.dsc[h] = _mm512_mul_ps(d, pair_bytes(reinterpret_cast<const uint8_t*>(a.scales + 8 * h),
-                                           reinterpret_cast<const uint8_t*>(b.scales + 8 * h), true));
+  for (int h = 0; h < 2; ++h) {
+    const __m512i va = _mm512_loadu_si512(a.scales + 64 * h), vb = _mm512_loadu_si512(b.scales + 64 * h);
+    lanes_times<0>(d, pair_qwords(va, vb, 0), true, s.dsc + 8 * h);
+    lanes_times<0>(d, pair_qwords(va, vb, 4), true, s.dsc + 8 * h + 4);
+  }
 }
 
 static inline PairSub pair_nibbles(const uint8_t* a, const uint8_t* b) {

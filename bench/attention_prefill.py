@@ -1,0 +1,97 @@
+"""Prefill attention: the last 512-token chunk of a 4096-token prompt (every causally
+visible pair), as GFLOP/s of q·k and p·v and % of the f32 FMA peak (bench/peak.cpp)
+of the active ISA, for TinyLlama's heads (32 query / 4 kv, head_dim 64) with f32, f16
+and q8 KV and Qwen3-0.6B's (16 / 8, head_dim 128). With --old, another build's Python
+runs the same cases in alternate rounds and new/old is printed.
+
+    python bench/attention_prefill.py [--old OLD_VENV/bin/python] [--rounds 5] [--threads 2]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = [  # (name, query heads, kv heads, head_dim, kv dtype)
+    ("tinyllama f32 KV", 32, 4, 64, "f32"), ("tinyllama f16 KV", 32, 4, 64, "f16"),
+    ("tinyllama q8 KV", 32, 4, 64, "q8"), ("qwen3-0.6b f32 KV", 16, 8, 128, "f32"),
+]
+CONTEXT, T = 4096, 512
+
+
+def measure(threads: int, reps: int) -> dict:
+    """{case: median seconds} in this process."""
+    import numpy as np
+
+    from hearthlm import _kernels as K
+    from hearthlm.kv_cache import KV_DTYPES, Q8_BLOCK
+    rng = np.random.default_rng(0)
+    pos = np.arange(CONTEXT, dtype=np.int32)
+    out = {}
+    for name, heads, kv_heads, hd, kv in CASES:
+        q = rng.standard_normal((T, heads, hd), dtype=np.float32)
+        o = np.empty_like(q)
+        row = hd if kv != "q8" else -(-hd // Q8_BLOCK) * Q8_BLOCK
+        cache = [np.zeros((kv_heads, CONTEXT, row), KV_DTYPES[kv]) for _ in range(2)]
+        scales = [np.zeros((kv_heads, CONTEXT, row // Q8_BLOCK), np.float32) if kv == "q8" else None for _ in range(2)]
+        for c, s in zip(cache, scales):
+            K.kv_store(c, s, kv, rng.standard_normal((CONTEXT, kv_heads, hd), dtype=np.float32), 0)
+        run = lambda: K.attention(o, q, cache[0], scales[0], cache[1], scales[1], kv, pos, pos[-T:], 0,  # noqa: E731
+                                  hd ** -0.5, threads)
+        run()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return out
+
+
+def flops(heads: int, hd: int) -> float:
+    pairs = sum(p + 1 for p in range(CONTEXT - T, CONTEXT))
+    return 4.0 * pairs * heads * hd
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--old", help="python of another build, run in alternate rounds")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(measure(a.threads, 3)))
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peak import peaks
+
+    from hearthlm import _kernels as K
+    isa = K.active_isa()
+    peak = peaks(a.threads).get((f"f32_fma_{isa}", a.threads))
+    sides = {"new": sys.executable, **({"old": a.old} if a.old else {})}
+    runs = {side: [] for side in sides}
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {isa}, {a.threads} threads, f32 FMA peak "
+          f"{peak or float('nan'):.1f} GFLOP/s", flush=True)
+    for _ in range(a.rounds):
+        for side, py in sides.items():
+            out = subprocess.run([py, os.path.abspath(__file__), "--child", "--threads", str(a.threads)],
+                                 check=True, capture_output=True, text=True).stdout
+            runs[side].append(json.loads(out))
+    print(f"last {T} tokens of a {CONTEXT}-token prompt: medians of {a.rounds} rounds")
+    for name, heads, _, hd, _ in CASES:
+        line = f"{name:<18}"
+        for side in sides:
+            t = statistics.median(r[name] for r in runs[side])
+            g = flops(heads, hd) / t / 1e9
+            line += f"  {side} {t * 1e3:7.1f} ms {g:6.1f} GFLOP/s {100 * g / peak if peak else float('nan'):5.1f} %"
+        if a.old:
+            line += f"  new/old speed {statistics.median(r[name] for r in runs['old']) / statistics.median(r[name] for r in runs['new']):.2f}x"
+        print(line)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
