@@ -67,6 +67,16 @@ def test_quantized_folder_copied(model_dir, tmp_path):
     assert runs[False][0].load_stats["copied_bytes"] == runs[True][0].load_stats["mapped_bytes"] > 0
 
 
+def test_quantized_shape_folder_copied(tmp_path, monkeypatch):
+    """A `--shape X --dtype q4` folder stores its blocks as flat byte tensors: copied too."""
+    from hearthlm.shapes import random_model_folder
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
+    runs = logits_both_ways(random_model_folder("tiny", "q4"))
+    assert np.array_equal(runs[True][1], runs[False][1])
+    assert runs[False][0].load_stats["copied_bytes"] == runs[True][0].load_stats["mapped_bytes"] > 0
+    assert runs[False][0].load_stats["mapped_bytes"] == 0
+
+
 def test_copy_reports_progress(model_dir):
     calls = []
     model = hearthlm.load(model_dir("llama-mha", dtype="bf16"), mmap=False, progress=lambda d, t: calls.append((d, t)))

@@ -127,7 +127,7 @@ class WeightReader:
         self.n_threads = n_threads
         self.stored_quant, self.quantized = read_quant_metadata(files)
         self.converted_bytes = self.mapped_bytes = self.copied_bytes = 0
-        matrices = [n for n in files.where if len(files.info(n).shape) == 2]
+        matrices = [n for n in files.where if n in self.quantized or len(files.info(n).shape) == 2]
         as_stored = [self._bytes(n) for n in matrices if self._as_stored(n)]
         self.mmap = not copy_by_default(sum(as_stored)) if mmap is None else mmap
         self.arena = None if self.mmap or not as_stored else Arena(as_stored)
