@@ -67,11 +67,26 @@ def test_quantized_folder_copied(model_dir, tmp_path):
     assert runs[False][0].load_stats["copied_bytes"] == runs[True][0].load_stats["mapped_bytes"] > 0
 
 
-def test_quantized_shape_folder_copied(tmp_path, monkeypatch):
-    """A `--shape X --dtype q4` folder stores its blocks as flat byte tensors: copied too."""
+def test_quantized_blocks_of_any_rank_copied(tmp_path, monkeypatch):
+    """Packed blocks stored as 3-D byte tensors (as `--shape tinyllama-1.1b --dtype q4`
+    writes them) are copied too, not only 2-D ones."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
     from hearthlm.shapes import random_model_folder
-    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path))
-    runs = logits_both_ways(random_model_folder("tiny", "q4"))
+    monkeypatch.setenv("HEARTHLM_CACHE", str(tmp_path / "cache"))
+    folder = shutil.copytree(random_model_folder("tiny", "q4"), tmp_path / "q4-3d")
+    path = str(folder / "model.safetensors")
+    with safe_open(path, "np") as f:
+        metadata = f.metadata()
+        tensors = {n: f.get_tensor(n) for n in f.keys()}
+    tensors = {n: t.reshape(t.shape[0], -1, 16) if t.dtype == np.uint8 and t.shape[1] % 16 == 0 else t
+               for n, t in tensors.items()}  # [row groups, blocks, bytes]
+    assert any(t.ndim == 3 for t in tensors.values())
+    save_file(tensors, path, metadata=metadata)
+    runs = logits_both_ways(str(folder))
     assert np.array_equal(runs[True][1], runs[False][1])
     assert runs[False][0].load_stats["copied_bytes"] == runs[True][0].load_stats["mapped_bytes"] > 0
     assert runs[False][0].load_stats["mapped_bytes"] == 0
