@@ -5,7 +5,6 @@
 // f16, f32) against 12 chains of FMA. Prints each round and the median share.
 // Built and run by bench/gemm_peak.sh:
 //   gemm_peak ISA FORMAT [M N K]     (defaults: M = 256, N = 2048, K = 2048)
-#include <immintrin.h>
 #include <time.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "formats.h"
 #include "kernels/convert.h"
 #include "kernels/kernels.h"
+#include "peak_loops.h"
 
 using namespace hearthlm;
 
@@ -28,67 +28,11 @@ double cpu_now() {
   return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
 }
 
-#define KEEP(v) __asm__ volatile("" : "+v"(v))
-constexpr long kIters = 10000000;
-
-// Operations per second (a multiply-add counts 2) of each peak loop.
-__attribute__((target("avx512f,avx512vnni"))) double int8_avx512() {
-  __m512i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
-  __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
+// Operations per second of a peak loop, by this thread's CPU time.
+double rate(long (*loop)()) {
   const double t = cpu_now();
-  for (long n = 0; n < kIters; ++n) {
-    KEEP(a);
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-  }
-  const double s = cpu_now() - t;
-  for (int i = 0; i < 12; ++i) KEEP(acc[i]);
-  return kIters * 12.0 * 64 * 2 / s;
-}
-__attribute__((target("avx2"))) double int8_avx2() {
-  __m256i acc[8], x[4];
-  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i);
-  for (int i = 0; i < 4; ++i) x[i] = _mm256_set1_epi8(char(i + 1));
-  __m256i w0 = _mm256_set1_epi8(3), w1 = _mm256_set1_epi8(5);
-  const __m256i ones = _mm256_set1_epi16(1);
-  const double t = cpu_now();
-  for (long n = 0; n < kIters; ++n) {
-    KEEP(w0);
-    KEEP(w1);
-    for (int i = 0; i < 4; ++i) {
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x[i]), ones));
-      acc[i + 4] = _mm256_add_epi32(acc[i + 4], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x[i]), ones));
-    }
-  }
-  const double s = cpu_now() - t;
-  for (int i = 0; i < 8; ++i) KEEP(acc[i]);
-  return kIters * 8.0 * 32 * 2 / s;
-}
-__attribute__((target("avx512f"))) double fma_avx512() {
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(float(i));
-  __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-7f);
-  const double t = cpu_now();
-  for (long n = 0; n < kIters; ++n) {
-    KEEP(a);
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-  }
-  const double s = cpu_now() - t;
-  for (int i = 0; i < 12; ++i) KEEP(acc[i]);
-  return kIters * 12.0 * 16 * 2 / s;
-}
-__attribute__((target("avx2,fma"))) double fma_avx2() {
-  __m256 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(float(i));
-  __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-7f);
-  const double t = cpu_now();
-  for (long n = 0; n < kIters; ++n) {
-    KEEP(a);
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
-  }
-  const double s = cpu_now() - t;
-  for (int i = 0; i < 12; ++i) KEEP(acc[i]);
-  return kIters * 12.0 * 8 * 2 / s;
+  const long ops = loop();
+  return double(ops) / (cpu_now() - t);
 }
 
 }  // namespace
@@ -124,12 +68,13 @@ int main(int argc, char** argv) {
     else if (std::strcmp(name, "bf16") == 0) t.matmul_bf16(y.data(), x.data(), w16.data(), nullptr, M, K, N, 0, N);
     else t.matmul_f16(y.data(), x.data(), w16.data(), nullptr, M, K, N, 0, N);
   };
-  double (*peak)() = quantized(f) ? (avx512 ? int8_avx512 : int8_avx2) : (avx512 ? fma_avx512 : fma_avx2);
+  long (*peak)() = quantized(f) ? (avx512 ? peak::int8_vnni512 : peak::int8_avx2)
+                                : (avx512 ? peak::fma_avx512 : peak::fma_avx2);
   const char* peak_name = quantized(f) ? (avx512 ? "vpdpbusd" : "maddubs") : "fma";
   std::vector<double> share;
   run();
   for (int r = 0; r < 7; ++r) {
-    const double p = peak();
+    const double p = rate(peak);
     int reps = 0;
     const double t0 = cpu_now();
     double s;

@@ -11,5 +11,5 @@ mkdir -p "$out"
 BASE_FLAGS="-O3 -DNDEBUG" "$root/tools/build_kernel_driver.sh" "$out/kernel_driver" >/dev/null
 objs=$(find "$out/kernel_driver.objs" -name '*.o' ! -name kernel_driver.o | sort)
 # shellcheck disable=SC2086
-g++ -std=c++17 -O3 -DHEARTHLM_X86=1 -fopenmp -I"$root/csrc" "$root/bench/gemm_peak.cpp" $objs -o "$out/gemm_peak"
+g++ -std=c++17 -O3 -DHEARTHLM_X86=1 -fopenmp -I"$root/csrc" -I"$root/bench" "$root/bench/gemm_peak.cpp" $objs -o "$out/gemm_peak"
 exec "$out/gemm_peak" "$@"
