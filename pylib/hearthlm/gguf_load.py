@@ -30,7 +30,7 @@ from .models import family, model_args
 from .models.base import RopeSpec
 from .quant import QUANT_DTYPES, check_dtype, check_head_dtype, quantize_tensor, tensor_format
 from .rope import inverse_frequencies
-from .weight_memory import Arena, copy_by_default
+from .weight_memory import arena_for
 from .weights import float_weights
 
 # general.architecture -> transformers architecture of the family that runs it
@@ -238,8 +238,7 @@ class GGUFWeights:
         self.mapped_bytes = self.converted_bytes = self.copied_bytes = 0
         T = gguf.GGMLQuantizationType
         plain = [t.data.nbytes for t in g.tensors.values() if t.ggml_type in (T.F32, T.F16, T.BF16)]
-        copy = copy_by_default(sum(plain)) if mmap is None else not mmap
-        self.arena = Arena(plain) if copy and plain else None  # an upper bound: untouched pages cost nothing
+        self.arena = arena_for(plain, mmap)  # an upper bound: untouched pages cost nothing
 
     def source(self, name: str) -> tuple:
         """(GGUF tensor name, index into its outer dimension or None) of HF tensor `name`."""

@@ -47,6 +47,14 @@ def copy_by_default(nbytes: int) -> bool:
     return huge_pages() and available is not None and nbytes <= available // 2
 
 
+def arena_for(sizes, mmap: Optional[bool]) -> Optional["Arena"]:
+    """Where tensors of `sizes` bytes used as stored go: an Arena to copy them into, or
+    None to keep them in the file's map. mmap True maps, False copies, None lets
+    copy_by_default decide."""
+    copy = copy_by_default(sum(sizes)) if mmap is None else not mmap
+    return Arena(sizes) if copy and sizes else None
+
+
 class Arena:
     """Anonymous memory for tensors of up to `sizes` bytes, handed out one by one. Pages
     are allocated on first touch, so room that is never filled costs no memory."""

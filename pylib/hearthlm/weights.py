@@ -15,7 +15,7 @@ from .formats import FORMATS, PLAIN
 from .quant import (QUANT_DTYPES, QuantTensor, layer_count, quantize_tensor, read_quant_metadata,
                     tensor_format)
 from .safetensors_io import CheckpointFiles
-from .weight_memory import Arena, copy_by_default
+from .weight_memory import arena_for
 
 # Plain kernel weight types and how each is held in numpy.
 WEIGHT_DTYPES = {p: np.dtype(FORMATS[p].numpy) for p in PLAIN}
@@ -129,8 +129,7 @@ class WeightReader:
         self.converted_bytes = self.mapped_bytes = self.copied_bytes = 0
         matrices = [n for n in files.where if n in self.quantized or len(files.info(n).shape) == 2]
         as_stored = [self._bytes(n) for n in matrices if self._as_stored(n)]
-        self.mmap = not copy_by_default(sum(as_stored)) if mmap is None else mmap
-        self.arena = None if self.mmap or not as_stored else Arena(as_stored)
+        self.arena = arena_for(as_stored, mmap)
         to_quantize = 0
         if wtype in QUANT_DTYPES:
             to_quantize = sum(self._bytes(n) for n in matrices if n not in self.quantized)
