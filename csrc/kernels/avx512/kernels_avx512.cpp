@@ -44,6 +44,28 @@ struct Vec {
   }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+  static void transpose(F* r) {  // r[i] lane j -> r[j] lane i, 16 x 16
+    F t[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4)
+      for (int h = 0; h < 2; ++h) {
+        const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + h + 2]);
+        r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      }
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 2; ++h) {
+        t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+        t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+      }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    }
+  }
 };
 
 #include "kernels/simd_kernels.inc"
