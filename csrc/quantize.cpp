@@ -220,8 +220,8 @@ float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out,
 }
 
 // x[n] ≈ s·L with L in [-nmax-1, nmax]: grid steps around max / -(nmax + 1) (the
-// largest magnitude maps to the negative end), fitted by weighted least squares, the
-// best one then refined as in fit_affine; *sum_wl2 as in fit_affine.
+// largest magnitude maps to the negative end), fitted by weighted least squares;
+// *sum_wl2 as in fit_affine.
 float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_out, float* sum_wl2) {
   float m = 0.0f;
   for (int i = 0; i < n; ++i)
@@ -230,33 +230,29 @@ float fit_symmetric(const float* x, const float* wt, int n, int nmax, float* s_o
   *sum_wl2 = 0.0f;
   if (m == 0.0f) return 0.0f;
   float best_err = INFINITY;
-  int8_t L[kKBlock];
-  // Levels L under inverse scale `iscale`, and their fit: s and the error.
-  auto fit = [&](float iscale) {
+  constexpr int kSteps = 18;
+  for (int is = -kSteps / 2; is <= kSteps / 2; ++is) {
+    const float iscale = -(float(nmax + 1) + 0.1f * float(is)) / m;
     float sum_xl = 0.0f, sum_l2 = 0.0f;
+    int8_t L[kKBlock];
     for (int i = 0; i < n; ++i) {
       L[i] = int8_t(std::clamp(nearest(iscale * x[i]), -nmax - 1, nmax));
       sum_xl += wt[i] * x[i] * L[i];
       sum_l2 += wt[i] * L[i] * L[i];
     }
-    if (sum_l2 <= 0.0f) return false;
+    if (sum_l2 <= 0.0f) continue;
     const float s = sum_xl / sum_l2;
     float err = 0.0f;
     for (int i = 0; i < n; ++i) {
       const float e = s * L[i] - x[i];
       err += wt[i] * e * e;
     }
-    if (!(err < best_err)) return false;
-    best_err = err;
-    *s_out = s;
-    *sum_wl2 = sum_l2;
-    return true;
-  };
-  constexpr int kSteps = 18;
-  for (int is = -kSteps / 2; is <= kSteps / 2; ++is) fit(-(float(nmax + 1) + 0.1f * float(is)) / m);
-  constexpr int kRefits = 4;
-  for (int round = 0; round < kRefits && *s_out != 0.0f; ++round)
-    if (!fit(1.0f / *s_out)) break;
+    if (err < best_err) {
+      best_err = err;
+      *s_out = s;
+      *sum_wl2 = sum_l2;
+    }
+  }
   return best_err;
 }
 
@@ -397,70 +393,23 @@ bool quantize_affine_row(const float* x, const float* imp, AffineKRow& o) {
   return true;
 }
 
-int q6k_level(float v, float ds) { return ds != 0.0f ? std::clamp(nearest(v / ds), -32, 31) : 0; }
-
-// q6k's pick_scales: each sub-block of 16's sc, the least error of s / d rounded down or
-// up, its levels rounded again under d·sc.
-float pick_q6k_scales(const float* x, const float* wt, const float* s, float d, int* sc) {
-  float total = 0.0f;
-  for (int j = 0; j < 2 * kKSubs; ++j) {
-    const int a0 = d != 0.0f ? int(floorf(std::clamp(s[j] / d, -128.0f, 127.0f))) : 0;
-    float best = INFINITY;
-    for (int a = a0; a <= std::min(a0 + 1, 127); ++a) {
-      float err = 0.0f;
-      for (int i = 0; i < 16; ++i) {
-        const float v = x[j * 16 + i], e = d * float(a) * float(q6k_level(v, d * float(a))) - v;
-        err += wt[j * 16 + i] * e * e;
-      }
-      if (err < best) {
-        best = err;
-        sc[j] = a;
-      }
-    }
-    total += best;
-  }
-  return total;
-}
-
-// Sub-block scales fitted, d from their weighted rounding, every sc picked under it;
-// then d refitted by least squares to those integers and levels while that lowers the
-// error (as quantize_affine_row).
 bool quantize_q6k_row(const float* x, const float* imp, Q6KRow& o) {
   float wt[kKBlock], s[2 * kKSubs], sw[2 * kKSubs];
   error_weights(wt, x, imp, kKBlock, true);
   for (int j = 0; j < 2 * kKSubs; ++j) {
-    float sum_w = 0.0f;
+    float ww[16], sum_w = 0.0f;
     for (int i = 0; i < 16; ++i) sum_w += wt[j * 16 + i];
-    if (sum_w <= 0.0f) std::fill(wt + j * 16, wt + j * 16 + 16, 1.0f);
-    fit_symmetric(x + j * 16, wt + j * 16, 16, 31, &s[j], &sw[j]);
+    for (int i = 0; i < 16; ++i) ww[i] = sum_w > 0.0f ? wt[j * 16 + i] : 1.0f;
+    fit_symmetric(x + j * 16, ww, 16, 31, &s[j], &sw[j]);
   }
   int sc[2 * kKSubs];
   if (!quantize_scales(s, sw, 2 * kKSubs, 127, true, &o.d, sc)) return false;
-  float d = f16_to_float(o.d);
-  float err = pick_q6k_scales(x, wt, s, d, sc);
-  constexpr int kRefits = 2;
-  for (int round = 0; round < kRefits; ++round) {
-    double uu = 0, ux = 0;  // x ≈ d·(sc·L)
-    for (int k = 0; k < kKBlock; ++k) {
-      const double u = double(sc[k / 16]) * q6k_level(x[k], d * float(sc[k / 16]));
-      uu += wt[k] * u * u;
-      ux += wt[k] * u * x[k];
-    }
-    if (!(uu > 0.0)) break;
-    const uint16_t d16 = float_to_f16(float(ux / uu));
-    const float d2 = f16_to_float(d16);
-    if (!isfinite(d2)) break;
-    int sc2[2 * kKSubs];
-    const float err2 = pick_q6k_scales(x, wt, s, d2, sc2);
-    if (!(err2 < err)) break;
-    err = err2;
-    o.d = d16;
-    d = d2;
-    std::copy(sc2, sc2 + 2 * kKSubs, sc);
-  }
+  const float d = f16_to_float(o.d);
   for (int j = 0; j < 2 * kKSubs; ++j) {
     o.sc[j] = int8_t(sc[j]);
-    for (int i = 0; i < 16; ++i) o.q[j * 16 + i] = uint8_t(q6k_level(x[j * 16 + i], d * float(sc[j])) + 32);
+    const float ds = d * float(sc[j]);
+    for (int i = 0; i < 16; ++i)
+      o.q[j * 16 + i] = uint8_t(ds != 0.0f ? std::clamp(nearest(x[j * 16 + i] / ds), -32, 31) + 32 : 32);
   }
   return true;
 }
