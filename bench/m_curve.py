@@ -11,9 +11,10 @@ the types, each other type also gets q4 time / its time at every M (1.0 = q4's s
         [--old /path/to/old/venv/bin/python] [--in-cache]
 
 --in-cache measures the kernels' own cost instead, which machine load disturbs far
-less: one thread, weights in L2 (640 and 128 rows, K = 2048; their difference cancels
-the per-call overhead), the fastest of 200 calls; ns per 16 rows x 32 k per M, and per
-token. It is the compute a pass over DRAM has to hide.
+less: one thread, 640 and 128 rows of K = 2048 (their difference cancels the per-call
+overhead; in a 2 MB L2 for the quantized types, not for bf16/f16 at 2.6 MB or f32 at
+5 MB), the fastest of 200 calls; ns per 16 rows x 32 k per M, and per token. It is the
+compute a pass over DRAM has to hide.
 
 --old runs the same measurement under another environment's build too, one round of
 each in turn (a subprocess per round), and adds old's curve and new/old times.
@@ -38,13 +39,17 @@ ROWS_DOWN = LAYERS * HIDDEN                                # rows with K = INTER
 CHUNK = 2048                                               # rows quantized, then tiled
 
 
-def stacked(rows: int, k: int, wtype: str, rng) -> np.ndarray:
-    w = rng.standard_normal((CHUNK, k), dtype=np.float32) * 0.02
+def packed(rows: int, k: int, wtype: str, rng) -> np.ndarray:
+    w = rng.standard_normal((rows, k), dtype=np.float32) * 0.02
     if wtype in QUANTIZED:
-        chunk = np.empty(FORMATS[wtype].packed_shape(CHUNK, k), np.uint8)
-        K.quantize(chunk, w, "f32", wtype, 2)
-    else:
-        chunk = {"f32": w, "bf16": f32_to_bf16_bits(w), "f16": w.astype(np.float16)}[wtype]
+        out = np.empty(FORMATS[wtype].packed_shape(rows, k), np.uint8)
+        K.quantize(out, w, "f32", wtype, 2)
+        return out
+    return {"f32": w, "bf16": f32_to_bf16_bits(w), "f16": w.astype(np.float16)}[wtype]
+
+
+def stacked(rows: int, k: int, wtype: str, rng) -> np.ndarray:
+    chunk = packed(CHUNK, k, wtype, rng)
     reps = -(-rows // CHUNK)
     groups = rows // FORMATS[wtype].block_rows
     return np.tile(chunk, (reps,) + (1,) * (chunk.ndim - 1))[:groups]
@@ -83,11 +88,7 @@ def in_cache(wtypes: list, ms: list, reps: int = 200) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     for wtype in wtypes:
-        ws = {}
-        for rows in (128, 640):
-            w = rng.standard_normal((rows, HIDDEN), dtype=np.float32) * 0.02
-            ws[rows] = np.empty(FORMATS[wtype].packed_shape(rows, HIDDEN), np.uint8)
-            K.quantize(ws[rows], w, "f32", wtype, 1)
+        ws = {rows: packed(rows, HIDDEN, wtype, rng) for rows in (128, 640)}
         out[wtype] = {}
         for m in ms:
             x = rng.standard_normal((m, HIDDEN), dtype=np.float32)

@@ -149,8 +149,8 @@ struct QVec : F8Avx {
 // once. The int32 dot products and the per-row FMAs are the scalar twin's.
 constexpr int kPairTokens = 8;
 // A pair tile streams two row groups at once; it prefetches each this far ahead
-// (bench/README.md, M-curve: in a loaded-machine test 2048 read faster than 512, 1024
-// and 4096).
+// (bench/README.md, fifth session: on a loaded machine 2048 was never slower than 1024,
+// 512 and 4096 at times were; to be re-measured quietly).
 constexpr int64_t kPairPrefetchBytes = 2048;
 static inline void prefetch_ahead(const void* p, size_t off) {
   __builtin_prefetch(static_cast<const char*>(p) + kPairPrefetchBytes + off);
