@@ -8,7 +8,13 @@ token counts are interleaved within each round; medians over the rounds. With q4
 the types, each other type also gets q4 time / its time at every M (1.0 = q4's speed).
 
     python bench/m_curve.py [--types q4,q8] [--ms 1,2,4,8,16] [--rounds 5] [--threads 2]
-        [--old /path/to/old/venv/bin/python]
+        [--old /path/to/old/venv/bin/python] [--in-cache]
+
+--in-cache measures the kernels' own cost instead, which machine load disturbs far
+less: one thread, 640 and 128 rows of K = 2048 (their difference cancels the per-call
+overhead; in a 2 MB L2 for the quantized types, not for bf16/f16 at 2.6 MB or f32 at
+5 MB), the fastest of 200 calls; ns per 16 rows x 32 k per M, and per token. It is the
+compute a pass over DRAM has to hide.
 
 --old runs the same measurement under another environment's build too, one round of
 each in turn (a subprocess per round), and adds old's curve and new/old times.
@@ -33,13 +39,17 @@ ROWS_DOWN = LAYERS * HIDDEN                                # rows with K = INTER
 CHUNK = 2048                                               # rows quantized, then tiled
 
 
-def stacked(rows: int, k: int, wtype: str, rng) -> np.ndarray:
-    w = rng.standard_normal((CHUNK, k), dtype=np.float32) * 0.02
+def packed(rows: int, k: int, wtype: str, rng) -> np.ndarray:
+    w = rng.standard_normal((rows, k), dtype=np.float32) * 0.02
     if wtype in QUANTIZED:
-        chunk = np.empty(FORMATS[wtype].packed_shape(CHUNK, k), np.uint8)
-        K.quantize(chunk, w, "f32", wtype, 2)
-    else:
-        chunk = {"f32": w, "bf16": f32_to_bf16_bits(w), "f16": w.astype(np.float16)}[wtype]
+        out = np.empty(FORMATS[wtype].packed_shape(rows, k), np.uint8)
+        K.quantize(out, w, "f32", wtype, 2)
+        return out
+    return {"f32": w, "bf16": f32_to_bf16_bits(w), "f16": w.astype(np.float16)}[wtype]
+
+
+def stacked(rows: int, k: int, wtype: str, rng) -> np.ndarray:
+    chunk = packed(CHUNK, k, wtype, rng)
     reps = -(-rows // CHUNK)
     groups = rows // FORMATS[wtype].block_rows
     return np.tile(chunk, (reps,) + (1,) * (chunk.ndim - 1))[:groups]
@@ -73,6 +83,27 @@ def measure(wtypes: list, ms: list, rounds: int, threads: int) -> dict:
     return out
 
 
+def in_cache(wtypes: list, ms: list, reps: int = 200) -> dict:
+    """{wtype: {M: ns per 16-row x 32-k block}}"""
+    rng = np.random.default_rng(0)
+    out = {}
+    for wtype in wtypes:
+        ws = {rows: packed(rows, HIDDEN, wtype, rng) for rows in (128, 640)}
+        out[wtype] = {}
+        for m in ms:
+            x = rng.standard_normal((m, HIDDEN), dtype=np.float32)
+            best = {}
+            for rows, w in ws.items():
+                y = np.empty((m, rows), np.float32)
+                best[rows] = 1e9
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    K.matmul(y, x, w, None, wtype, 1)
+                    best[rows] = min(best[rows], time.perf_counter() - t)
+            out[wtype][m] = (best[640] - best[128]) / ((640 - 128) // 16 * HIDDEN // 32) * 1e9
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--types", default=",".join(["f32", "bf16", "f16", "q8", "q4", "q4k", "q5k", "q6k"]))
@@ -80,11 +111,30 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--old", help="python of an environment with the old build, measured in turn")
+    p.add_argument("--in-cache", action="store_true", help="kernel cost with the weights in L2, 1 thread")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     ms, wtypes = [int(m) for m in a.ms.split(",")], a.types.split(",")
     if a.json:
-        print(json.dumps(measure(wtypes, ms, a.rounds, a.threads)))
+        print(json.dumps(in_cache(wtypes, ms) if a.in_cache else measure(wtypes, ms, a.rounds, a.threads)))
+        return
+    if a.in_cache:
+        print(f"in cache, 1 thread, ISA {K.active_isa()}; load average before: {os.getloadavg()[0]:.2f}")
+        runs = {"new": [], **({"old": []} if a.old else {})}
+        for _ in range(a.rounds):
+            for name, python in (("old", a.old), ("new", sys.executable)):
+                if name in runs:
+                    cmd = [python, __file__, "--types", a.types, "--ms", a.ms, "--in-cache", "--json"]
+                    runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                                text=True).stdout))
+        for wtype in wtypes:
+            med = {name: {m: statistics.median(r[wtype][str(m)] for r in rs) for m in ms} for name, rs in runs.items()}
+            for name, t in med.items():
+                print(f"{wtype} {name}: ns per 16 x 32 block (per token): "
+                      + "  ".join(f"{m}:{t[m]:.2f} ({t[m] / m:.2f})" for m in ms))
+            if "old" in med:
+                print("  new/old:  " + "  ".join(f"{m}:{med['new'][m] / med['old'][m]:.2f}" for m in ms))
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         return
     print(f"M-curve, TinyLlama-1.1B shape, {a.threads} threads, ISA {K.active_isa()}, "
           f"medians of {a.rounds}; load average before: {os.getloadavg()[0]:.2f}")

@@ -34,8 +34,8 @@ namespace {
 
 const float* sampler_logits(const Sampler& s, const py::array& logits) {
   const float* lp = in_f32(logits, "logits", 1);
-  expect(logits.shape(0) == s.vocab(), "logits: expected " + std::to_string(s.vocab()) +
-                                           " values, got " + shape_str(logits));
+  expect(logits.shape(0) == s.vocab(),
+         [&] { return "logits: expected " + std::to_string(s.vocab()) + " values, got " + shape_str(logits); });
   return lp;
 }
 
@@ -45,8 +45,8 @@ const uint32_t* sampler_mask(const Sampler& s, const py::object& mask) {
   py::array a = mask.cast<py::array>();  // a view: mask keeps the data alive
   check_layout(a, "mask", 'u', 4, 1);
   const int64_t words = (s.vocab() + 31) / 32;
-  expect(a.shape(0) == words, "mask: expected " + std::to_string(words) + " uint32 words, got " +
-                                  shape_str(a));
+  expect(a.shape(0) == words,
+         [&] { return "mask: expected " + std::to_string(words) + " uint32 words, got " + shape_str(a); });
   return static_cast<const uint32_t*>(a.data());
 }
 
@@ -109,8 +109,10 @@ void bind_sampler(py::module_& m) {
       .def("accept", [](Sampler& s, py::array ids) {
         const int32_t* ip = in_i32(ids, "ids");
         for (py::ssize_t i = 0; i < ids.shape(0); ++i)
-          expect(ip[i] >= 0 && ip[i] < s.vocab(), "ids: token id " + std::to_string(ip[i]) +
-                 " outside the vocabulary [0, " + std::to_string(s.vocab()) + ")");
+          expect(ip[i] >= 0 && ip[i] < s.vocab(), [&] {
+            return "ids: token id " + std::to_string(ip[i]) + " outside the vocabulary [0, " +
+                   std::to_string(s.vocab()) + ")";
+          });
         s.accept(ip, ids.shape(0));
       }, py::arg("ids"), "Append tokens to the penalty window.")
       .def("clear_history", &Sampler::clear_history);
@@ -185,7 +187,7 @@ PYBIND11_MODULE(_kernels, m) {
     MatmulJob jobs[8];
     for (size_t j = 0; j < n; ++j)
       jobs[j] = matmul_job(ys[j].cast<py::array>(), ws[j].cast<py::array>(), biases[j], wt, x,
-                           "[" + std::to_string(j) + "]");
+                           ("[" + std::to_string(j) + "]").c_str());
     const KernelTable& kt = table(isa);
     threads_arg(n_threads);
     py::gil_scoped_release release;
@@ -342,10 +344,13 @@ PYBIND11_MODULE(_kernels, m) {
     const int64_t vocab = quantized(wt) ? table_.shape(0) * wt->block_rows : table_.shape(0);
     const int64_t dim = quantized(wt) ? out.shape(1) : table_.shape(1);
     const void* tp = quantized(wt) ? quant_data(table_, wt, "table", vocab, dim) : weight_data(table_, wt, "table", 2);
-    expect(out.shape(0) == T && out.shape(1) == dim, "out: expected (" + std::to_string(T) + ", " + std::to_string(dim) + "), got " + shape_str(out));
+    expect(out.shape(0) == T && out.shape(1) == dim, [&] {
+      return "out: expected (" + std::to_string(T) + ", " + std::to_string(dim) + "), got " + shape_str(out);
+    });
     for (int64_t t = 0; t < T; ++t)
-      expect(ip[t] >= 0 && ip[t] < vocab, "ids: token id " + std::to_string(ip[t]) +
-             " outside the vocabulary [0, " + std::to_string(vocab) + ")");
+      expect(ip[t] >= 0 && ip[t] < vocab, [&] {
+        return "ids: token id " + std::to_string(ip[t]) + " outside the vocabulary [0, " + std::to_string(vocab) + ")";
+      });
     const KernelTable& kt = table(isa);
     py::gil_scoped_release release;
     embed(kt, wt, op, tp, ip, T, dim);

@@ -32,6 +32,19 @@ int team_size() {
 #endif
 }
 
+// body(i) for i in [0, n), handed out one at a time among the team; a team of one
+// loops directly (outside a parallel region, libgomp allocates every dynamic loop's
+// work share).
+template <class Body>
+void dynamic_for(int64_t n, Body&& body) {
+  if (team_size() == 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
 // Activation blocks for quantized matmuls: grown once per calling thread, never
 // allocated per call once the largest batch has been seen.
 BlockQ8Act* activation_scratch(int64_t n_blocks) {
@@ -95,8 +108,7 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
     for (int64_t m = 0; m < M; ++m) kt.quantize_act(xq + m * nb, x + m * K, K);
   }
   const TaskList tasks(jobs, n_jobs, M, K, team_size());
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t c = 0; c < tasks.first[n_jobs]; ++c) {
+  dynamic_for(tasks.first[n_jobs], [&](int64_t c) {
     int j = 0;
     while (c >= tasks.first[j + 1]) ++j;
     const int64_t tile = c - tasks.first[j];
@@ -104,7 +116,7 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
     const int64_t m0 = bm * tasks.block_m, m1 = std::min(m0 + tasks.block_m, M);
     const int64_t n0 = bn * tasks.rows[j], n1 = n0 + tasks.rows[j] < jobs[j].N ? n0 + tasks.rows[j] : jobs[j].N;
     matmul_tile(kt, wt, jobs[j], x, xq, K, m0, m1, n0, n1);
-  }
+  });
 }
 
 void norm(const KernelTable& kt, float* out, const float* x, const float* w, const float* b,
@@ -179,27 +191,31 @@ void matmul_group(const KernelTable& kt, WeightType wt, const MatmulJob* jobs, i
   if (M <= 0) return;
   BlockQ8Act* xq = quantized(wt) ? activation_scratch(M * q_blocks(K)) : nullptr;
   const TaskList tasks(jobs, n_jobs, M, K, n_threads);
-#pragma omp parallel num_threads(n_threads) if (tasks.first[n_jobs] > 1 && tasks.work >= kMatmulMin)
-  team::matmul_group(kt, wt, jobs, n_jobs, x, M, K, xq);
+  team::on_team(n_threads, tasks.first[n_jobs] > 1 && tasks.work >= kMatmulMin, [&] {
+    team::matmul_group(kt, wt, jobs, n_jobs, x, M, K, xq);
+  });
 }
 
 void rmsnorm(const KernelTable& kt, float* out, const float* x, const float* w, int64_t M,
              int64_t n, float eps, int n_threads) {
-#pragma omp parallel num_threads(n_threads) if (M * n >= kElementwiseMin)
-  team::norm(kt, out, x, w, nullptr, M, n, eps);
+  team::on_team(n_threads, M * n >= kElementwiseMin, [&] {
+    team::norm(kt, out, x, w, nullptr, M, n, eps);
+  });
 }
 
 void layernorm(const KernelTable& kt, float* out, const float* x, const float* w,
                const float* b, int64_t M, int64_t n, float eps, int n_threads) {
-#pragma omp parallel num_threads(n_threads) if (M * n >= kElementwiseMin)
-  team::norm(kt, out, x, w, b, M, n, eps);
+  team::on_team(n_threads, M * n >= kElementwiseMin, [&] {
+    team::norm(kt, out, x, w, b, M, n, eps);
+  });
 }
 
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
           int n_threads) {
-#pragma omp parallel num_threads(n_threads) if (T * n_heads * head_dim >= kElementwiseMin)
-  team::rope(kt, x, cos, sin, pos, T, n_heads, head_dim, rot_dim);
+  team::on_team(n_threads, T * n_heads * head_dim >= kElementwiseMin, [&] {
+    team::rope(kt, x, cos, sin, pos, T, n_heads, head_dim, rot_dim);
+  });
 }
 
 namespace {
@@ -307,8 +323,7 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   float* part_out = partials;                                  // [n_chunks, n_heads, head_dim]
   float* part_lse = partials + n_chunks * n_heads * head_dim;  // [n_chunks, n_heads]
   const auto kernel = kt.attention[k.type];
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t task = 0; task < n_tasks; ++task) {
+  dynamic_for(n_tasks, [&](int64_t task) {
     const int64_t c = task % n_chunks, head_task = task / n_chunks;
     // consecutive tasks: the tiles of one kv head (threads working at once share its K and V in cache)
     const int64_t tile_index = head_task % n_tiles, head_group = head_task / n_tiles;
@@ -325,19 +340,19 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
                rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos + t, u - t, window,
                scale, softcap, n_q, head_dim, nullptr);
       }
-      continue;
+      return;
     }
     const int64_t first = ranges ? ranges[0].first : 0;
     const int64_t j0 = first + c * chunk, len = std::min(chunk, first + n_slots - j0);
     float* lse = part_lse + c * n_heads + h0;
     if (len <= 0) {  // past the end of the cache
       for (int64_t g = 0; g < n_q; ++g) lse[g] = -INFINITY;
-      continue;
+      return;
     }
     kernel(part_out + (c * n_heads + h0) * head_dim, q + h0 * head_dim, ld, rows_from(head_rows(k, kvh), k.type, j0),
            rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos, 1, window, scale, softcap,
            n_q, head_dim, lse);
-  }
+  });
   if (n_chunks == 1) return;
 #pragma omp for schedule(static)
   for (int64_t h = 0; h < n_heads; ++h) {  // out = Σ_c e^(lse_c - max) out_c / Σ_c e^(lse_c - max)
@@ -435,8 +450,7 @@ void expert_matmuls(const KernelTable& kt, WeightType wt, const MoeScratch& s, i
                     float* const* y, const float* x, int64_t N, int64_t K, Which which) {
   const int64_t row_blocks = ceil_div(N, kGemmBlockN), nb = q_blocks(K);
   const int64_t n_tasks = s.tasks[E];
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t c = 0; c < n_tasks; ++c) {
+  dynamic_for(n_tasks, [&](int64_t c) {
     const int64_t e = std::upper_bound(s.tasks, s.tasks + E + 1, c) - s.tasks - 1;
     const int64_t r0 = s.first[e], n = s.first[e + 1] - r0, tile = c - s.tasks[e];
     const int64_t blocks_m = ceil_div(n, kGemmMaxBlockM), block_m = ceil_div(n, blocks_m);
@@ -445,7 +459,7 @@ void expert_matmuls(const KernelTable& kt, WeightType wt, const MoeScratch& s, i
     const int64_t n0 = bn * kGemmBlockN, m0 = bm * block_m;
     matmul_tile(kt, wt, job, x + r0 * K, quantized(wt) ? s.xq + r0 * nb : nullptr, K, m0, std::min(m0 + block_m, n),
                 n0, std::min(n0 + kGemmBlockN, N));
-  }
+  });
 }
 
 }  // namespace
@@ -530,9 +544,9 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
   static thread_local std::vector<float> scratch;  // the calling thread's, shared with the team
   scratch.resize(size_t(attention_partials_floats(n_heads, head_dim)));
   float* partials = scratch.data();
-#pragma omp parallel num_threads(n_threads) if (T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin)
-  team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, softcap, nullptr,
-                  partials);
+  team::on_team(n_threads, T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin, [&] {
+    team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, softcap, nullptr, partials);
+  });
 }
 
 void kv_store(const KVLayer& dst, const float* src, int64_t T, int64_t head_dim, int64_t slot0) {
@@ -557,14 +571,16 @@ void kv_rotate(const KernelTable& kt, const KVLayer& cache, const float* cos, co
 
 void glu(const KernelTable& kt, Activation act, float* out, const float* gate, const float* up,
          int64_t n, int n_threads) {
-#pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
-  team::glu(kt, act, out, gate, up, 1, n);
+  team::on_team(n_threads, n >= kElementwiseMin, [&] {
+    team::glu(kt, act, out, gate, up, 1, n);
+  });
 }
 
 void add(const KernelTable& kt, float* out, const float* a, const float* b, float b_scale,
          int64_t n, int n_threads) {
-#pragma omp parallel num_threads(n_threads) if (n >= kElementwiseMin)
-  team::add(kt, out, a, b, b_scale, n);
+  team::on_team(n_threads, n >= kElementwiseMin, [&] {
+    team::add(kt, out, a, b, b_scale, n);
+  });
 }
 
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,

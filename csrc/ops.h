@@ -94,6 +94,19 @@ int64_t moe_scratch_bytes(int64_t T, int64_t n_experts, int64_t top_k, int64_t h
 
 namespace team {
 
+// f(), a sequence of team ops, on a team of n_threads when `worth_it`; else on the
+// calling thread alone, as a team of one without entering a parallel region (which
+// costs a small model's decode step more than its ops).
+template <class F>
+void on_team(int n_threads, bool worth_it, F&& f) {
+  if (n_threads > 1 && worth_it) {
+#pragma omp parallel num_threads(n_threads)
+    f();
+  } else {
+    f();
+  }
+}
+
 constexpr int kMaxJobs = 8;  // matrices per matmul_group
 // xq: [M, ceil(K/32)] activation blocks shared by the team, used when wt is quantized;
 // x_quantized: xq already holds x's blocks (a fused norm or glu wrote them).

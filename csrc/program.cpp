@@ -87,8 +87,9 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
 void run_program(const KernelTable& kt, const std::vector<Op>& ops, const std::vector<int64_t>& widths,
                  int64_t work_per_token, const ProgramStep& step, int n_threads) {
   if (step.T <= 0) return;
-#pragma omp parallel num_threads(n_threads) if (n_threads > 1 && step.T * work_per_token >= kParallelMin)
-  for (const Op& op : ops) run(kt, op, widths, step);
+  team::on_team(n_threads, step.T * work_per_token >= kParallelMin, [&] {
+    for (const Op& op : ops) run(kt, op, widths, step);
+  });
 }
 
 }  // namespace hearthlm

@@ -20,6 +20,9 @@ namespace {
 
 using namespace checks;
 
+// forward() keeps its per-call arrays on the stack: a program has at most these.
+constexpr size_t kMaxBuffers = 64, kMaxCacheGroups = 8, kMaxTables = 8;
+
 class LayerProgram {
  public:
   // layer_groups[i]: the cache group of layer i (groups numbered from 0, none empty).
@@ -44,6 +47,9 @@ class LayerProgram {
       widths_.push_back(width);
     }
     for (size_t i = 0; i < ops.size(); ++i) add(ops[i].cast<py::dict>(), "ops[" + std::to_string(i) + "]");
+    expect(widths_.size() <= kMaxBuffers && group_layers_.size() <= kMaxCacheGroups && table_half_.size() <= kMaxTables,
+           "a layer program has at most " + std::to_string(kMaxBuffers) + " buffers, " +
+               std::to_string(kMaxCacheGroups) + " cache groups and " + std::to_string(kMaxTables) + " RoPE tables");
     fuse_add_norms();
     fuse_barriers();
   }
@@ -51,57 +57,67 @@ class LayerProgram {
   int64_t scratch_bytes(int64_t T) const { return moe_offset(T) + moe_bytes(T); }
   size_t n_ops() const { return ops_.size(); }
 
-  // caches: per cache group (k, k_scales, v, v_scales, slot_pos, slots, ranges).
+  // caches: per cache group (k, k_scales, v, v_scales, slot_pos, slots, ranges). The
+  // checks build their messages only when they fail: a decode step allocates nothing.
   void forward(const py::sequence& buffers, int64_t T, py::array scratch, const py::sequence& caches,
                const std::string& kv_dtype, py::array positions, const py::sequence& tables, int n_threads) {
-    expect(T >= 1, "T: at least one token, got " + std::to_string(T));
-    expect(buffers.size() == widths_.size(),
-           "buffers: expected " + std::to_string(widths_.size()) + " arrays, got " + std::to_string(buffers.size()));
-    std::vector<float*> bufs;
+    expect(T >= 1, [&] { return "T: at least one token, got " + std::to_string(T); });
+    expect(buffers.size() == widths_.size(), [&] {
+      return "buffers: expected " + std::to_string(widths_.size()) + " arrays, got " + std::to_string(buffers.size());
+    });
+    float* bufs[kMaxBuffers];
     for (size_t i = 0; i < widths_.size(); ++i) {
       py::array a = buffers[i].cast<py::array>();
-      const std::string name = "buffers['" + names_[i] + "']";
-      float* p = out_f32(a, name.c_str(), 2);
-      expect(a.shape(0) >= T && a.shape(1) == widths_[i], name + ": expected at least (" + std::to_string(T) + ", " +
-             std::to_string(widths_[i]) + "), got " + shape_str(a));
-      bufs.push_back(p);
+      const auto name = [&] { return "buffers['" + names_[i] + "']"; };
+      bufs[i] = out_f32(a, name, 2);
+      expect(a.shape(0) >= T && a.shape(1) == widths_[i], [&] {
+        return name() + ": expected at least (" + std::to_string(T) + ", " + std::to_string(widths_[i]) + "), got " +
+               shape_str(a);
+      });
     }
     check_layout(scratch, "scratch", 'u', 1, 1);
-    expect(scratch.shape(0) >= scratch_bytes(T) && scratch.writeable(),
-           "scratch: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes");
+    expect(scratch.shape(0) >= scratch_bytes(T) && scratch.writeable(), [&] {
+      return "scratch: expected a writable buffer of at least " + std::to_string(scratch_bytes(T)) + " bytes";
+    });
     char* scratch_p = static_cast<char*>(scratch.mutable_data());
-    expect(caches.size() == group_layers_.size(), "caches: expected " + std::to_string(group_layers_.size()) +
-           " cache groups, got " + std::to_string(caches.size()));
-    std::vector<CacheGroup> groups;
-    for (size_t g = 0; g < caches.size(); ++g) groups.push_back(cache_group(caches[g], g, kv_dtype, T));
+    expect(caches.size() == group_layers_.size(), [&] {
+      return "caches: expected " + std::to_string(group_layers_.size()) + " cache groups, got " +
+             std::to_string(caches.size());
+    });
+    CacheGroup groups[kMaxCacheGroups];
+    for (size_t g = 0; g < caches.size(); ++g) groups[g] = cache_group(caches[g], g, kv_dtype, T);
 
     const int32_t* pos = in_i32(positions, "positions");
-    expect(positions.shape(0) == T, "positions: expected " + std::to_string(T) + " positions");
-    expect(tables.size() == table_half_.size(),
-           "tables: expected " + std::to_string(table_half_.size()) + " (cos, sin) pairs, got " + std::to_string(tables.size()));
-    std::vector<RopeTable> rope;
+    expect(positions.shape(0) == T, [&] { return "positions: expected " + std::to_string(T) + " positions"; });
+    expect(tables.size() == table_half_.size(), [&] {
+      return "tables: expected " + std::to_string(table_half_.size()) + " (cos, sin) pairs, got " +
+             std::to_string(tables.size());
+    });
+    RopeTable rope[kMaxTables];
     int64_t n_positions = INT64_MAX;
     for (size_t i = 0; i < tables.size(); ++i) {
+      const auto name = [&] { return "tables[" + std::to_string(i) + "]"; };
       const py::tuple pair = tables[i].cast<py::tuple>();
-      expect(pair.size() == 2, "tables[" + std::to_string(i) + "]: expected (cos, sin)");
+      expect(pair.size() == 2, [&] { return name() + ": expected (cos, sin)"; });
       const py::array c = pair[0].cast<py::array>(), s = pair[1].cast<py::array>();
-      const std::string name = "tables[" + std::to_string(i) + "]";
-      const float* cp = in_f32(c, (name + ".cos").c_str(), 2);
-      const float* sp = in_f32(s, (name + ".sin").c_str(), 2);
-      expect(c.shape(1) == table_half_[i] && s.shape(0) == c.shape(0) && s.shape(1) == c.shape(1),
-             name + ": expected [n_positions, " + std::to_string(table_half_[i]) + "] tables, got " + shape_str(c) +
-                 "/" + shape_str(s));
+      const float* cp = in_f32(c, [&] { return name() + ".cos"; }, 2);
+      const float* sp = in_f32(s, [&] { return name() + ".sin"; }, 2);
+      expect(c.shape(1) == table_half_[i] && s.shape(0) == c.shape(0) && s.shape(1) == c.shape(1), [&] {
+        return name() + ": expected [n_positions, " + std::to_string(table_half_[i]) + "] tables, got " +
+               shape_str(c) + "/" + shape_str(s);
+      });
       n_positions = std::min<int64_t>(n_positions, c.shape(0));
-      rope.push_back(RopeTable{cp, sp});
+      rope[i] = RopeTable{cp, sp};
     }
     for (int64_t t = 0; t < T; ++t)
-      expect(pos[t] >= 0 && (rope.empty() || pos[t] < n_positions),
-             "positions: position " + std::to_string(pos[t]) + " outside the RoPE tables of " +
-                 std::to_string(n_positions) + " positions");
+      expect(pos[t] >= 0 && (tables.size() == 0 || pos[t] < n_positions), [&] {
+        return "positions: position " + std::to_string(pos[t]) + " outside the RoPE tables of " +
+               std::to_string(n_positions) + " positions";
+      });
 
     threads_arg(n_threads);
 
-    const ProgramStep step{T, bufs.data(), pos, rope.data(), groups.data(), reinterpret_cast<BlockQ8Act*>(scratch_p),
+    const ProgramStep step{T, bufs, pos, rope, groups, reinterpret_cast<BlockQ8Act*>(scratch_p),
                            reinterpret_cast<float*>(scratch_p + xq_bytes(T)), scratch_p + moe_offset(T)};
     const KernelTable& kt = active_kernels();
     py::gil_scoped_release release;
@@ -110,36 +126,42 @@ class LayerProgram {
 
  private:
   CacheGroup cache_group(const py::handle& spec, size_t g, const std::string& kv_dtype, int64_t T) const {
-    const std::string at = "caches[" + std::to_string(g) + "]";
+    const auto at = [g](const char* field) { return "caches[" + std::to_string(g) + "]" + field; };
     const py::tuple c = spec.cast<py::tuple>();
-    expect(c.size() == 7, at + ": expected (k, k_scales, v, v_scales, slot_pos, slots, ranges)");
+    expect(c.size() == 7, [&] { return at(": expected (k, k_scales, v, v_scales, slot_pos, slots, ranges)"); });
     const py::array k = c[0].cast<py::array>(), v = c[2].cast<py::array>();
     const py::array slot_pos = c[4].cast<py::array>(), slots = c[5].cast<py::array>(), ranges = c[6].cast<py::array>();
-    const KVLayer k0 = kv_layer(k, py::object(c[1]), kv_dtype, head_dim_, (at + ".k").c_str(), 4);
-    const KVLayer v0 = kv_layer(v, py::object(c[3]), kv_dtype, head_dim_, (at + ".v").c_str(), 4);
+    const KVLayer k0 = kv_layer(k, py::object(c[1]), kv_dtype, head_dim_, [&] { return at(".k"); }, 4);
+    const KVLayer v0 = kv_layer(v, py::object(c[3]), kv_dtype, head_dim_, [&] { return at(".v"); }, 4);
     const int64_t layers = group_layers_[g];
-    expect(k.shape(0) == layers && k0.n_kv_heads == n_kv_heads_,
-           at + ".k: expected " + std::to_string(layers) + " layers of " + std::to_string(n_kv_heads_) +
-               " kv heads, got " + shape_str(k));
+    expect(k.shape(0) == layers && k0.n_kv_heads == n_kv_heads_, [&] {
+      return at(".k: expected ") + std::to_string(layers) + " layers of " + std::to_string(n_kv_heads_) +
+             " kv heads, got " + shape_str(k);
+    });
     expect(v.shape(0) == k.shape(0) && v0.n_kv_heads == k0.n_kv_heads && v0.n_slots == k0.n_slots,
-           at + ".v: shape " + shape_str(v) + " differs from k " + shape_str(k));
-    expect(k.writeable() && v.writeable(), at + ": k/v arrays are read-only");
-    const int32_t* slot_pos_p = in_i32(slot_pos, (at + ".slot_pos").c_str());
-    expect(slot_pos.shape(0) == k0.n_slots, at + ".slot_pos: expected " + std::to_string(k0.n_slots) + " slots");
-    check_layout(slots, (at + ".slots").c_str(), 'i', 8, 1);
-    check_layout(ranges, (at + ".ranges").c_str(), 'i', 8, 2);
-    expect(slots.shape(0) >= T && ranges.shape(0) >= T && ranges.shape(1) == 2,
-           at + ".slots/ranges: expected " + std::to_string(T) + " slots and [" + std::to_string(T) +
-               ", 2] (first, count) ranges, got " + shape_str(slots) + "/" + shape_str(ranges));
+           [&] { return at(".v: shape ") + shape_str(v) + " differs from k " + shape_str(k); });
+    expect(k.writeable() && v.writeable(), [&] { return at(": k/v arrays are read-only"); });
+    const int32_t* slot_pos_p = in_i32(slot_pos, [&] { return at(".slot_pos"); });
+    expect(slot_pos.shape(0) == k0.n_slots,
+           [&] { return at(".slot_pos: expected ") + std::to_string(k0.n_slots) + " slots"; });
+    check_layout(slots, [&] { return at(".slots"); }, 'i', 8, 1);
+    check_layout(ranges, [&] { return at(".ranges"); }, 'i', 8, 2);
+    expect(slots.shape(0) >= T && ranges.shape(0) >= T && ranges.shape(1) == 2, [&] {
+      return at(".slots/ranges: expected ") + std::to_string(T) + " slots and [" + std::to_string(T) +
+             ", 2] (first, count) ranges, got " + shape_str(slots) + "/" + shape_str(ranges);
+    });
     const auto* slot = static_cast<const int64_t*>(slots.data());
     const auto* range = static_cast<const SlotRange*>(ranges.data());
     for (int64_t t = 0; t < T; ++t) {
       const SlotRange& r = range[t];
-      expect(r.first >= 0 && r.count >= 1 && r.first + r.count <= k0.n_slots,
-             at + ".ranges: token " + std::to_string(t) + "'s range (" + std::to_string(r.first) + ", " +
-                 std::to_string(r.count) + ") is outside the cache of " + std::to_string(k0.n_slots) + " slots");
-      expect(slot[t] >= r.first && slot[t] < r.first + r.count,
-             at + ".slots: token " + std::to_string(t) + "'s slot " + std::to_string(slot[t]) + " is outside its range");
+      expect(r.first >= 0 && r.count >= 1 && r.first + r.count <= k0.n_slots, [&] {
+        return at(".ranges: token ") + std::to_string(t) + "'s range (" + std::to_string(r.first) + ", " +
+               std::to_string(r.count) + ") is outside the cache of " + std::to_string(k0.n_slots) + " slots";
+      });
+      expect(slot[t] >= r.first && slot[t] < r.first + r.count, [&] {
+        return at(".slots: token ") + std::to_string(t) + "'s slot " + std::to_string(slot[t]) +
+               " is outside its range";
+      });
     }
     return CacheGroup{k0, v0, slot_pos_p, slot, range};
   }

@@ -135,10 +135,43 @@ void error_weights(float* wt, const float* x, const float* imp, int64_t n, bool 
     wt[i] = imp ? imp[i] * sqrtf(sigma2 + x[i] * x[i]) : squared ? x[i] * x[i] : rms + fabsf(x[i]);
 }
 
+// The weighted least-squares s, off of x ≈ s·L + off for levels L (off <= 0: mins only
+// subtract, so a positive offset refits the scale alone). Returns the weighted squared
+// error, or INFINITY if no s >= 0 fits; *sum_wl2 = Σ wt·L².
+template <class Level>
+float fit_levels(const float* x, const float* wt, int n, const Level* L, float sum_w, float sum_x, float* s_out,
+                 float* off_out, float* sum_wl2) {
+  float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    sum_l += wt[i] * L[i];
+    sum_l2 += wt[i] * L[i] * L[i];
+    sum_xl += wt[i] * L[i] * x[i];
+  }
+  const float D = sum_w * sum_l2 - sum_l * sum_l;
+  if (D <= 0.0f) return INFINITY;
+  float s = (sum_w * sum_xl - sum_x * sum_l) / D, off = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+  if (off > 0.0f) {
+    off = 0.0f;
+    s = sum_xl / sum_l2;
+  }
+  if (s < 0.0f) return INFINITY;
+  float err = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const float e = s * L[i] + off - x[i];
+    err += wt[i] * e * e;
+  }
+  *s_out = s;
+  *off_out = off;
+  *sum_wl2 = sum_l2;
+  return err;
+}
+
 // x[n] ≈ s·L - mn with L in [0, nmax], s >= 0, mn >= 0: tries a range of grid steps
 // around (max - min) / nmax, fits s and mn to each rounding by weighted least squares,
-// keeps the best. Returns the weighted squared error; *sum_wl2 = Σ wt·L² of the best
-// rounding (how much an error in s costs: the weight of s when scales are quantized).
+// keeps the best, then alternates rounding to the nearest levels of the fit and
+// refitting while the error falls. Returns the weighted squared error; *sum_wl2 = Σ wt·L²
+// of the final rounding (how much an error in s costs: the weight of s when scales are
+// quantized).
 float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out, float* mn_out, float* sum_wl2) {
   float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
   for (int i = 0; i < n; ++i) {
@@ -154,40 +187,34 @@ float fit_affine(const float* x, const float* wt, int n, int nmax, float* s_out,
     *sum_wl2 = sum_w;
     return 0.0f;
   }
-  float best_err = INFINITY, best_s = (hi - lo) / float(nmax), best_mn = -lo, best_l2 = sum_w;
+  float best_err = INFINITY, best_s = (hi - lo) / float(nmax), best_off = lo, best_l2 = sum_w;
+  uint8_t L[kKBlock];
   constexpr int kSteps = 24;
   for (int is = 0; is <= kSteps; ++is) {
     const float iscale = (float(nmax) - 1.0f + 2.5f * float(is) / float(kSteps)) / (hi - lo);
-    float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
-    uint8_t L[kKBlock];
-    for (int i = 0; i < n; ++i) {
-      L[i] = uint8_t(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
-      sum_l += wt[i] * L[i];
-      sum_l2 += wt[i] * L[i] * L[i];
-      sum_xl += wt[i] * L[i] * x[i];
-    }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
-    if (D <= 0.0f) continue;
-    float s = (sum_w * sum_xl - sum_x * sum_l) / D, off = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-    if (off > 0.0f) {  // mins only subtract: refit the scale alone
-      off = 0.0f;
-      s = sum_xl / sum_l2;
-    }
-    if (s < 0.0f) continue;
-    float err = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const float e = s * L[i] + off - x[i];
-      err += wt[i] * e * e;
-    }
+    for (int i = 0; i < n; ++i) L[i] = uint8_t(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
+    float s, off, l2;
+    const float err = fit_levels(x, wt, n, L, sum_w, sum_x, &s, &off, &l2);
     if (err < best_err) {
       best_err = err;
       best_s = s;
-      best_mn = -off;
-      best_l2 = sum_l2;
+      best_off = off;
+      best_l2 = l2;
     }
   }
+  constexpr int kRefits = 4;
+  for (int round = 0; round < kRefits && best_s > 0.0f; ++round) {
+    for (int i = 0; i < n; ++i) L[i] = uint8_t(std::clamp(nearest((x[i] - best_off) / best_s), 0, nmax));
+    float s, off, l2;
+    const float err = fit_levels(x, wt, n, L, sum_w, sum_x, &s, &off, &l2);
+    if (!(err < best_err)) break;
+    best_err = err;
+    best_s = s;
+    best_off = off;
+    best_l2 = l2;
+  }
   *s_out = best_s;
-  *mn_out = best_mn;
+  *mn_out = -best_off;
   *sum_wl2 = best_l2;
   return best_err;
 }
@@ -269,7 +296,49 @@ bool quantize_scales(const float* v, const float* sw, int n, int nmax, bool is_s
   return true;
 }
 
-// One row's super-block x[256] (zero-padded) -> q4k's (NMax 15) or q5k's (31) integers.
+template <int NMax> int affine_level(float v, float ds, float dm) {
+  return ds > 0.0f ? std::clamp(nearest((v + dm) / ds), 0, NMax) : 0;
+}
+
+// The weighted squared error of sub-block x[32] as ds·L - dm with the nearest levels L.
+template <int NMax> float affine_error(const float* x, const float* wt, float ds, float dm) {
+  float err = 0.0f;
+  for (int i = 0; i < kQBlock; ++i) {
+    const float e = ds * float(affine_level<NMax>(x[i], ds, dm)) - dm - x[i];
+    err += wt[i] * e * e;
+  }
+  return err;
+}
+
+// Under super-block scales d and dmin, each sub-block's 6-bit sc and m: the least error
+// of the rounding down or up of its fitted s / d and mn / dmin, each judged with its
+// levels rounded again. Returns the super-block's weighted squared error.
+template <int NMax>
+float pick_scales(const float* x, const float* wt, const float* s, const float* mn, float d, float dmin, int* sc,
+                  int* m) {
+  float total = 0.0f;
+  for (int j = 0; j < kKSubs; ++j) {
+    const int a0 = d > 0.0f ? int(std::clamp(s[j] / d, 0.0f, 63.0f)) : 0;
+    const int b0 = dmin > 0.0f ? int(std::clamp(mn[j] / dmin, 0.0f, 63.0f)) : 0;
+    float best = INFINITY;
+    for (int a = a0; a <= std::min(a0 + 1, 63); ++a)
+      for (int b = b0; b <= std::min(b0 + 1, 63); ++b) {
+        const float err = affine_error<NMax>(x + j * kQBlock, wt + j * kQBlock, d * float(a), dmin * float(b));
+        if (err < best) {
+          best = err;
+          sc[j] = a;
+          m[j] = b;
+        }
+      }
+    total += best;
+  }
+  return total;
+}
+
+// One row's super-block x[256] (zero-padded) -> q4k's (NMax 15) or q5k's (31) integers:
+// each sub-block's s, mn fitted, the super-block's d and dmin from their weighted
+// rounding (quantize_scales), every sc, m picked under them (pick_scales); then d and dmin
+// refitted by least squares to those integers and levels, while that lowers the error.
 template <int NMax>
 bool quantize_affine_row(const float* x, const float* imp, AffineKRow& o) {
   float wt[kKBlock], s[kKSubs], mn[kKSubs], sw[kKSubs], swl2[kKSubs];
@@ -282,15 +351,44 @@ bool quantize_affine_row(const float* x, const float* imp, AffineKRow& o) {
   int sc[kKSubs], m[kKSubs];
   if (!quantize_scales(s, swl2, kKSubs, 63, false, &o.d, sc) || !quantize_scales(mn, sw, kKSubs, 63, false, &o.dmin, m))
     return false;
-  const float d = f16_to_float(o.d), dmin = f16_to_float(o.dmin);
+  float d = f16_to_float(o.d), dmin = f16_to_float(o.dmin);
+  float err = pick_scales<NMax>(x, wt, s, mn, d, dmin, sc, m);
+  constexpr int kRefits = 2;
+  for (int round = 0; round < kRefits; ++round) {
+    // x ≈ d·(sc·L) - dmin·m over the super-block: the 2 x 2 normal equations
+    double a11 = 0, a12 = 0, a22 = 0, b1 = 0, b2 = 0;
+    for (int j = 0; j < kKSubs; ++j)
+      for (int i = 0; i < kQBlock; ++i) {
+        const int k = j * int(kQBlock) + i;
+        const double u = double(sc[j]) * affine_level<NMax>(x[k], d * float(sc[j]), dmin * float(m[j])), v = -m[j];
+        a11 += wt[k] * u * u;
+        a12 += wt[k] * u * v;
+        a22 += wt[k] * v * v;
+        b1 += wt[k] * u * x[k];
+        b2 += wt[k] * v * x[k];
+      }
+    const double det = a11 * a22 - a12 * a12;
+    if (!(det > 0.0)) break;
+    const uint16_t d16 = float_to_f16(float(std::max(0.0, (b1 * a22 - b2 * a12) / det)));
+    const uint16_t dmin16 = float_to_f16(float(std::max(0.0, (a11 * b2 - a12 * b1) / det)));
+    const float d2 = f16_to_float(d16), dmin2 = f16_to_float(dmin16);
+    if (!isfinite(d2) || !isfinite(dmin2)) break;
+    int sc2[kKSubs], m2[kKSubs];
+    const float err2 = pick_scales<NMax>(x, wt, s, mn, d2, dmin2, sc2, m2);
+    if (!(err2 < err)) break;
+    err = err2;
+    o.d = d16;
+    o.dmin = dmin16;
+    d = d2;
+    dmin = dmin2;
+    std::copy(sc2, sc2 + kKSubs, sc);
+    std::copy(m2, m2 + kKSubs, m);
+  }
   for (int j = 0; j < kKSubs; ++j) {
     o.sc[j] = uint8_t(sc[j]);
     o.m[j] = uint8_t(m[j]);
-    const float ds = d * float(sc[j]), dm = dmin * float(m[j]);
-    for (int i = 0; i < kQBlock; ++i) {
-      const float v = x[j * kQBlock + i];
-      o.q[j * kQBlock + i] = uint8_t(ds > 0.0f ? std::clamp(nearest((v + dm) / ds), 0, NMax) : 0);
-    }
+    for (int i = 0; i < kQBlock; ++i)
+      o.q[j * kQBlock + i] = uint8_t(affine_level<NMax>(x[j * kQBlock + i], d * float(sc[j]), dmin * float(m[j])));
   }
   return true;
 }

@@ -33,7 +33,7 @@ def test_ray_serve_two_replicas():
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(example.build(num_replicas=2, n_threads=1, parallel=2, model_name="hearthlm-demo"),
+        serve.run(example.build(num_replicas=2, n_threads=1, mmap=True, parallel=2, model_name="hearthlm-demo"),
                   route_prefix="/")
         status = serve.status().applications["default"].deployments["hearthlm"]
         assert status.replica_states == {"RUNNING": 2}

@@ -170,6 +170,13 @@ struct QVec : F8Avx {
 // tokens reuses each unpacked block, so a small batch reads and unpacks the weights
 // once. The int32 dot products and the per-row FMAs are the scalar twin's.
 constexpr int kPairTokens = 8;
+// A pair tile streams two row groups at once; it prefetches each this far ahead
+// (bench/README.md, fifth session: on a loaded machine 2048 was never slower than 1024,
+// 512 and 4096 at times were; to be re-measured quietly).
+constexpr int64_t kPairPrefetchBytes = 2048;
+static inline void prefetch_ahead(const void* p, size_t off) {
+  __builtin_prefetch(static_cast<const char*>(p) + kPairPrefetchBytes + off);
+}
 
 struct Pair {
   __m512i g[8];  // k group g (4 k x 16 rows), as q + offset
@@ -227,6 +234,25 @@ static inline void store_pair_tile(float* y, const __m512* acc, const float* bia
   }
 }
 
+// s[i] += Σ w[g]·(token i's bytes 4g..4g+3) over g in [g0, g1): token-inner, so the
+// RM dpbusd chains interleave and their latency overlaps; for 2 and 3 tokens each chain
+// is split in two (alternate groups, summed after: integer, so exact in any order).
+template <int RM>
+static inline void pair_dots(__m512i* s, const __m512i* w, const BlockQ8Act* const* a, int g0, int g1) {
+  constexpr int kChains = RM == 2 || RM == 3 ? 2 : 1;
+  __m512i t[kChains][RM];
+  for (int i = 0; i < RM; ++i) {
+    t[0][i] = s[i];
+    if constexpr (kChains == 2) t[1][i] = _mm512_setzero_si512();
+  }
+  for (int g = g0; g < g1; ++g)
+    for (int i = 0; i < RM; ++i) {
+      __m512i& c = t[(g - g0) % kChains][i];
+      c = _mm512_dpbusd_epi32(c, w[g], _mm512_set1_epi32(word(a[i]->qs + 4 * g)));
+    }
+  for (int i = 0; i < RM; ++i) s[i] = kChains == 2 ? _mm512_add_epi32(t[0][i], t[kChains - 1][i]) : t[0][i];
+}
+
 // Rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM): row groups wa and wb.
 template <int RM, class Block>
 static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block* wa, const Block* wb,
@@ -237,16 +263,19 @@ static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block*
   for (int i = 0; i < RM; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     for (size_t off = 0; off < sizeof(Block); off += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(wa + b) + kPrefetchBytes + off);
-      __builtin_prefetch(reinterpret_cast<const char*>(wb + b) + kPrefetchBytes + off);
+      prefetch_ahead(wa + b, off);
+      prefetch_ahead(wb + b, off);
     }
     const Pair w = load_pair(wa[b], wb[b]);
+    const BlockQ8Act* a[RM];
+    __m512i s[RM];
     for (int i = 0; i < RM; ++i) {
-      const BlockQ8Act& a = xq[(m0 + i) * nb + b];
-      __m512i s = _mm512_madd_epi16(_mm512_set1_epi32(word(a.sum)), neg_offset);  // -offset * Σa
-      for (int g = 0; g < 8; ++g) s = _mm512_dpbusd_epi32(s, w.g[g], _mm512_set1_epi32(word(a.qs + 4 * g)));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_set1_ps(a.d)), acc[i]);
+      a[i] = xq + (m0 + i) * nb + b;
+      s[i] = _mm512_madd_epi16(_mm512_set1_epi32(word(a[i]->sum)), neg_offset);  // -offset * Σa
     }
+    pair_dots<RM>(s, w.g, a, 0, 8);
+    for (int i = 0; i < RM; ++i)
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]), _mm512_mul_ps(w.d, _mm512_set1_ps(a[i]->d)), acc[i]);
   }
   store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
 }
@@ -487,23 +516,36 @@ static inline PairSub load_pair_sub(const BlockQ6Kx8& a, const BlockQ6Kx8& b, in
   return w;
 }
 
-static inline __m512i pair_dot(__m512i s, const PairSub& w, const BlockQ8Act& a, int g0, int g1) {
-  for (int g = g0; g < g1; ++g) s = _mm512_dpbusd_epi32(s, w.g[g], _mm512_set1_epi32(word(a.qs + 4 * g)));
-  return s;
+// Sub-block j of the tile's RM tokens a[i] into acc[i], in the scalar twin's order.
+template <int RM>
+static inline void pair_k_steps(__m512* acc, const PairSub& w, const AffinePairScales& s, int j,
+                                const BlockQ8Act* const* a) {
+  __m512i isum[RM];
+  for (int i = 0; i < RM; ++i) isum[i] = _mm512_setzero_si512();
+  pair_dots<RM>(isum, w.g, a, 0, 8);
+  for (int i = 0; i < RM; ++i) {
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(s.dsc[j], _mm512_set1_ps(a[i]->d)), acc[i]);
+    acc[i] = _mm512_fnmadd_ps(s.dm[j], _mm512_set1_ps(a[i]->dsum), acc[i]);
+  }
 }
-static inline __m512 pair_k_step(__m512 acc, const PairSub& w, const AffinePairScales& s, int j, const BlockQ8Act& a) {
-  const __m512i isum = pair_dot(_mm512_setzero_si512(), w, a, 0, 8);
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s.dsc[j], _mm512_set1_ps(a.d)), acc);
-  return _mm512_fnmadd_ps(s.dm[j], _mm512_set1_ps(a.dsum), acc);
-}
-// q6k: Σ (q - 32)·a per half: the -32·Σa offsets come from a.sum by one madd each.
-static inline __m512 pair_k_step(__m512 acc, const PairSub& w, const Q6PairScales& s, int j, const BlockQ8Act& a) {
-  const __m512i sums = _mm512_set1_epi32(word(a.sum));
-  const __m512i lo = pair_dot(_mm512_madd_epi16(sums, _mm512_set1_epi32(0x0000FFE0)), w, a, 0, 4);
-  const __m512i hi = pair_dot(_mm512_madd_epi16(sums, _mm512_set1_epi32(int32_t(0xFFE00000u))), w, a, 4, 8);
-  const __m512 ad = _mm512_set1_ps(a.d);
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(s.dsc[2 * j], ad), acc);
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(s.dsc[2 * j + 1], ad), acc);
+// q6k, token by token (two chains of 4 groups each already cover the latency): Σ (q - 32)·a
+// per half, the -32·Σa offsets from a.sum by one madd each.
+template <int RM>
+static inline void pair_k_steps(__m512* acc, const PairSub& w, const Q6PairScales& s, int j,
+                                const BlockQ8Act* const* x) {
+  for (int i = 0; i < RM; ++i) {
+    const BlockQ8Act& a = *x[i];
+    const __m512i sums = _mm512_set1_epi32(word(a.sum));
+    __m512i lo = _mm512_madd_epi16(sums, _mm512_set1_epi32(0x0000FFE0));
+    __m512i hi = _mm512_madd_epi16(sums, _mm512_set1_epi32(int32_t(0xFFE00000u)));
+    for (int g = 0; g < 4; ++g) {
+      lo = _mm512_dpbusd_epi32(lo, w.g[g], _mm512_set1_epi32(word(a.qs + 4 * g)));
+      hi = _mm512_dpbusd_epi32(hi, w.g[g + 4], _mm512_set1_epi32(word(a.qs + 16 + 4 * g)));
+    }
+    const __m512 ad = _mm512_set1_ps(a.d);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(s.dsc[2 * j], ad), acc[i]);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(s.dsc[2 * j + 1], ad), acc[i]);
+  }
 }
 
 // Rows [n0, n0 + rows) (rows <= 16) of tokens [m0, m0 + RM): row groups ga and gb.
@@ -523,11 +565,13 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
     for (int j = 0; j < subs; ++j) {
       constexpr size_t kSubBytes = sizeof(Block) / kKSubs;  // prefetch: each block's bytes in 8 steps
       for (size_t off = 0; off < kSubBytes; off += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(&a) + j * kSubBytes + kPrefetchBytes + off);
-        __builtin_prefetch(reinterpret_cast<const char*>(&b) + j * kSubBytes + kPrefetchBytes + off);
+        prefetch_ahead(&a, j * kSubBytes + off);
+        prefetch_ahead(&b, j * kSubBytes + off);
       }
       const PairSub w = load_pair_sub(a, b, subs, j);
-      for (int i = 0; i < RM; ++i) acc[i] = pair_k_step(acc[i], w, sc, j, xq[(m0 + i) * nb + s * kKSubs + j]);
+      const BlockQ8Act* x[RM];
+      for (int i = 0; i < RM; ++i) x[i] = xq + (m0 + i) * nb + s * kKSubs + j;
+      pair_k_steps<RM>(acc, w, sc, j, x);
     }
   }
   store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
