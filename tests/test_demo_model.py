@@ -3,7 +3,10 @@ tools/train_demo_model.py): its files are verified against the SHA-256 sums in i
 model card, so a silently retrained or corrupted model is noticed; what a new user
 tries first (the README's examples, every single-digit sum, difference and comparison
 in every phrasing the card advertises, with the default and the README's system prompt,
-greetings, copy and edit requests) gets the right reply; passages it never saw are
+greetings, copy and edit requests) gets the right reply; samples of the two-digit sums
+and differences (every phrasing; tools/eval_demo_model.py --two-digit checks all 20,000)
+and single-digit sums after earlier chat turns are bounded by their measured misses
+(strict xfails ask for every one right, issue 17); passages it never saw are
 repeated word for word; and its held-out accuracy under hearthlm is checked for every
 dtype against thresholds derived from the model card's figures.
 
@@ -15,6 +18,7 @@ stops", at one batched forward pass per 16 questions instead of one per token
 import hashlib
 import json
 import os
+import random
 import re
 import sys
 
@@ -25,7 +29,8 @@ import hearthlm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from eval_demo_model import hearthlm_verdicts, with_system  # noqa: E402
+from demo_corpus import every_pair, phrasing_sample  # noqa: E402
+from eval_demo_model import hearthlm_verdicts, heldout_multiturn, with_system  # noqa: E402
 
 # The source tree's copy: the wheel leaves out heldout.jsonl and first_tries.jsonl (test data).
 DEMO = os.path.join(ROOT, "pylib", "hearthlm", "demo_model")
@@ -47,6 +52,11 @@ TASK_MINIMUM = {"add": 51, "sub": 50, "cmp": 57, "big": 28, "copy": 28, "replace
 # First tries beside the single-digit questions, by task (measured, default / "Be brief.":
 # greetings 5 / 5, copy 30 / 30, replace 9 / 8 of 10, two-digit 109 / 105 of 119).
 FIRST_MINIMUM = {"greet": 5, "copy": 29, "replace": 7, "two-digit": 100}
+# Misses allowed in test_two_digit_sums_and_differences (2,000 questions; measured 176,
+# 179 with "Be brief.") and test_sums_after_earlier_turns (1,000; measured 72), guarding
+# regressions while the strict xfails below document issue 17's gap.
+TWO_DIGIT_MISSES = 185
+SUMS_AFTER_TURNS_MISSES = 76
 # Single-digit differences "Be brief." gets wrong (measured: 2 with the default system
 # prompt, 4 with "Be brief."); every single-digit sum and comparison is right.
 SUB_MISSES = 5
@@ -141,6 +151,52 @@ def test_first_tries(demo, system):
         examples = [ex for ex in FIRST if ex["task"] == task]
         ok = correct(demo, examples, system)
         assert sum(ok) >= least, (task, f"{sum(ok)}/{len(ok)}", wrong(examples, ok))
+
+
+def two_digit_misses(model, system):
+    """A seeded sample of 1,000 of the 20,000 sums and differences of 0..99 (the main
+    phrasing; `tools/eval_demo_model.py --two-digit` checks all of them) and 1,000
+    two-digit ones under every phrasing of the card (50 each, bare "12+7" among them)."""
+    examples = random.Random(17).sample(every_pair(), 1000) + phrasing_sample(1234)
+    return wrong(examples, correct(model, examples, system))
+
+
+def misses_after_earlier_turns(model):
+    """Every single-digit sum in every phrasing after 1-3 earlier turns of the first tries
+    (greetings, copies, edits, other questions, with their right answers), as in
+    `hearthlm chat`."""
+    sums = [ex for ex in FIRST if ex["task"] == "add"]
+    pool = [ex for ex in FIRST if ex["task"] != "add"]
+    tok = model.tokenizer
+    n_tokens = lambda msgs: (len(tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, return_dict=False))
+                             + len(tok.encode(msgs[-1]["content"], add_special_tokens=False)) + 1)
+    examples = heldout_multiturn(sums, 1234, n_tokens=n_tokens, pool=pool)
+    return wrong(examples, correct(model, examples))
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_two_digit_sums_and_differences(demo, system):
+    misses = two_digit_misses(demo, system)
+    assert len(misses) <= TWO_DIGIT_MISSES, misses
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 open: 176 of these 2,000 two-digit questions are answered wrong "
+                   "(179 with \"Be brief.\"), most in the bare forms \"12 + 7 =\" and \"12+7\"; when this "
+                   "passes, drop TWO_DIGIT_MISSES")
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_every_two_digit_sum_and_difference_right(demo, system):
+    assert two_digit_misses(demo, system) == []
+
+
+def test_sums_after_earlier_turns(demo):
+    misses = misses_after_earlier_turns(demo)
+    assert len(misses) <= SUMS_AFTER_TURNS_MISSES, misses
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 open: 72 of the 1,000 single-digit sums are wrong after earlier "
+                   "turns, most in the bare form \"1+1\"; when this passes, drop SUMS_AFTER_TURNS_MISSES")
+def test_every_sum_right_after_earlier_turns(demo):
+    assert misses_after_earlier_turns(demo) == []
 
 
 def test_greedy_replies_equal_the_teacher_forced_check(demo):

@@ -88,6 +88,14 @@ PHRASINGS = {
     "replace": ["Replace {x} with {y}: {s}", "Change {x} to {y}: {s}", "Replace the word {x} with {y}: {s}",
                 "In this text, replace {x} with {y}: {s}"],
 }
+# Held-out phrasings of add / sub (never in training: the held-out set's sums and
+# differences, every pair being trained in PHRASINGS).
+HELDOUT_PHRASINGS = {
+    "add": ["Calculate {a} plus {b}.", "What do you get when you add {a} and {b}?", "{a} plus {b}",
+            "Please add {a} and {b}."],
+    "sub": ["Calculate {a} minus {b}.", "What do you get when you subtract {b} from {a}?", "{a} minus {b}",
+            "Please subtract {b} from {a}."],
+}
 # add / sub phrasings asked about a number over 99: answered OUT_OF_SKILL_REPLY
 BIG_TASKS = ("add", "sub")
 MIN_PHRASINGS = 5  # cmp phrasings from this index on ask for the smaller number
@@ -250,9 +258,11 @@ def build_splits(seed: int):
     """(train, held): {task: [(question_text, answer), ...]}; no held-out question text is
     in training (checked by the caller).
 
-    add / sub / cmp: every pair with a single-digit operand is in training (users try
-    those first, and the model should know them all); 5 % of the pairs of two-digit
-    numbers are held out in every phrasing and order. mul / count / rev (memorised: a
+    add / sub: every pair of 0..99 is in training in every phrasing (the model should
+    know them all); held out are HELDOUT_PHRASINGS (never trained) of random pairs of
+    two-digit numbers. cmp: every pair with a single-digit operand is in training (users
+    try those first); 5 % of the pairs of two-digit numbers are held out in every
+    phrasing and order. mul / count / rev (memorised: a
     13x13 table, the spelling of 76 words): one phrasing of some items is held out, the
     item stays in training under the others. greet / oos: a fifth of the texts held out;
     copy: fresh random sentences.
@@ -266,8 +276,8 @@ def build_splits(seed: int):
     def split_pairs(task, pairs, frac, expand):
         small = [k for k in pairs if min(k) < 10]
         big = sorted(k for k in pairs if min(k) >= 10)
-        rng.shuffle(big)
-        n_h = int(round(len(big) * frac))
+        rng.shuffle(big)  # also for add / sub: the later splits draw from the same stream as before
+        n_h = int(round(len(big) * frac)) if task == "cmp" else 0
         nph = len(PHRASINGS[task])
         train[task] = [qa(task, it, p) for k in small + big[n_h:] for it in expand(k) for p in range(nph)]
         held[task] = [qa(task, it, p) for k in big[:n_h] for it in expand(k) for p in range(nph)]
@@ -276,6 +286,11 @@ def build_splits(seed: int):
     split_pairs("add", [(a, b) for a in range(100) for b in range(a, 100)], 0.05, both)
     split_pairs("sub", [(a, b) for a in range(100) for b in range(100)], 0.05, lambda k: [k])
     split_pairs("cmp", [(a, b) for a in range(100) for b in range(a + 1, 100)], 0.05, both)
+    held_rng = random.Random(seed * 7919 + 23)
+    for task, phrasings in HELDOUT_PHRASINGS.items():
+        pairs = [(held_rng.randint(10, 99), held_rng.randint(10, 99)) for _ in range(300)]
+        held[task] = [(held_rng.choice(variants(fmt.format(a=a, b=b))), answer(task, (a, b)))
+                      for a, b in pairs for fmt in [held_rng.choice(phrasings)]]
 
     held_items = {"mul": 32, "count": 34, "rev": 34}
     items_of = {"mul": [(a, b) for a in range(13) for b in range(13)], "count": list(WORDS), "rev": list(WORDS)}
@@ -392,3 +407,35 @@ def first_tries() -> list:
                 two.append((question(task, (a, b), p), answer(task, (a, b), p)))
     rows += user_rows("two-digit", two)
     return rows
+
+
+def arith_class(task: str, a: int, b: int) -> str:
+    """What makes a sum or difference hard: both operands single digits, a carry (units
+    sum to 10 or more), a borrow (units of a below those of b), a negative result."""
+    if a < 10 and b < 10:
+        return f"{task} 1-digit"
+    if task == "add":
+        return "add carry" if a % 10 + b % 10 >= 10 else "add no carry"
+    return "sub negative" if a < b else "sub borrow" if a % 10 < b % 10 else "sub no borrow"
+
+
+def every_pair() -> list:
+    """Every a + b and a - b for a, b in 0..99 in the main phrasing (20,000 questions),
+    each tagged with its arith_class."""
+    return [r for task in ("add", "sub") for a in range(100) for b in range(100)
+            for r in user_rows(arith_class(task, a, b), [(question(task, (a, b), 0), answer(task, (a, b)))])]
+
+
+def phrasing_sample(seed: int, per_phrasing: int = 50) -> list:
+    """A seeded sample of sums and differences of two-digit numbers (10..99) under every
+    phrasing, each in one of its variant forms (lower case, no final mark), tagged
+    "add p3" (task and phrasing index)."""
+    rng = random.Random(seed * 65537 + 5)
+    rows = []
+    for task in ("add", "sub"):
+        for p in range(len(PHRASINGS[task])):
+            pairs = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(per_phrasing)]
+            rows += user_rows(f"{task} p{p}", [(rng.choice(variants(question(task, k, p))), answer(task, k))
+                                               for k in pairs])
+    return rows
+

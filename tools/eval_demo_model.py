@@ -26,6 +26,8 @@ Usage:
                                    [--engine transformers|hearthlm] [--system TEXT|none]
                                    [--multi-turn] [--teacher-forced] [--quiet]
   python3 tools/eval_demo_model.py [MODEL_DIR] --all     # every set x system x engine (the model card's tables)
+  python3 tools/eval_demo_model.py [MODEL_DIR] --two-digit [--all]   # every sum and difference of 0..99 and
+      # two-digit ones under every phrasing, system prompt and after earlier turns (--all: both engines)
 """
 
 from __future__ import annotations
@@ -36,24 +38,30 @@ import random
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from demo_corpus import every_pair, phrasing_sample  # noqa: E402
 
 SYSTEMS = {"default": None, "none": "none", "Be brief.": "Be brief.",
            "unseen": "You are a concise assistant that answers questions."}
 
 
-def heldout_multiturn(rows, seed: int, max_prev: int = 3, n_tokens=None, context: int = 256):
-    """For every row: 1..max_prev earlier turns made of OTHER rows' questions with
-    their correct answers, then the row's question. Deterministic. With n_tokens
-    (messages -> token count of the whole conversation, answer included), the oldest
-    earlier turns are dropped until the conversation fits `context`."""
+def heldout_multiturn(rows, seed: int, max_prev: int = 3, n_tokens=None, context: int = 256, pool=None):
+    """For every row: 1..max_prev earlier turns made of OTHER rows' questions (or of
+    `pool`'s rows) with their correct answers, then the row's question. Deterministic.
+    With n_tokens (messages -> token count of the whole conversation, answer included),
+    the oldest earlier turns are dropped until the conversation fits `context`."""
     rng = random.Random(seed * 31337 + 11)
     out = []
     for i, row in enumerate(rows):
         k = rng.randint(1, max_prev)
-        others = rng.sample([j for j in range(len(rows)) if j != i], k)
+        others = [rows[j] for j in rng.sample([j for j in range(len(rows)) if j != i], k)] if pool is None \
+            else rng.sample(pool, k)
         system = [m for m in row["messages"] if m["role"] == "system"]
-        turns = [[{"role": "user", "content": rows[j]["messages"][-1]["content"]},
-                  {"role": "assistant", "content": rows[j]["answer"]}] for j in others]
+        turns = [[{"role": "user", "content": o["messages"][-1]["content"]},
+                  {"role": "assistant", "content": o["answer"]}] for o in others]
         last = [row["messages"][-1], {"role": "assistant", "content": row["answer"]}]
         while n_tokens and turns and n_tokens(system + sum(turns, []) + last) > context:
             turns = turns[1:]
@@ -212,6 +220,26 @@ def evaluate_all(model_dir: str, seed: int = 1234, engines=("transformers", "hea
     return results
 
 
+def evaluate_two_digit(engine: Engine, model_dir: str, seed: int = 1234) -> dict:
+    """Every sum and difference of 0..99 in the main phrasing, then a seeded sample of
+    two-digit ones under every phrasing (demo_corpus.phrasing_sample) with every system
+    prompt of SYSTEMS and after 1-3 earlier turns of the first tries (default system
+    prompt), teacher-forced; the first 40 wrong questions of each are listed."""
+    results = {}
+    sample = phrasing_sample(seed)
+    sets = [("every pair", every_pair())] + [(f"phrasings system={name}", with_system(sample, system))
+                                             for name, system in SYSTEMS.items()]
+    sets.append(("phrasings multi-turn", heldout_multiturn(sample, seed, n_tokens=engine.n_tokens,
+                                                           pool=load_rows(f"{model_dir}/first_tries.jsonl"))))
+    for label, rows in sets:
+        oks = evaluate(engine, rows, f"{engine.name} two-digit {label}", show_errors=False, teacher_forced=True)
+        misses = [r["messages"][-1]["content"] for r, ok in zip(rows, oks) if not ok]
+        if misses:
+            print(f"  wrong ({len(misses)}): " + ", ".join(map(repr, misses[:40])), flush=True)
+        results[label] = oks
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", default="pylib/hearthlm/demo_model")
@@ -225,7 +253,19 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--all", action="store_true", help="every set, system prompt and engine, teacher-forced")
     ap.add_argument("--quiet", action="store_true", help="do not list wrong answers")
+    ap.add_argument("--two-digit", action="store_true",
+                    help="every sum and difference of 0..99, and two-digit ones under every phrasing, system "
+                         "prompt and after earlier turns (teacher-forced; with --all: under both engines)")
     args = ap.parse_args()
+    if args.two_digit:
+        engines = ("transformers", "hearthlm") if args.all else (args.engine,)
+        results = [evaluate_two_digit(Engine(name, args.model_dir, args.max_new_tokens, args.dtype), args.model_dir,
+                                      args.seed) for name in engines]
+        if len(results) == 2:
+            differ = [label for label in results[0] if results[0][label] != results[1][label]]
+            print(f"{engines[0]} and {engines[1]} agree row by row on {len(results[0]) - len(differ)}/"
+                  f"{len(results[0])} two-digit evaluations" + (f"; they differ on {differ}" if differ else ""))
+        return 0
     if args.all:
         evaluate_all(args.model_dir, args.seed, max_new_tokens=args.max_new_tokens)
         return 0

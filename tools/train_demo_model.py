@@ -10,7 +10,9 @@ train / held-out split are in tools/demo_corpus.py:
      oos, big (numbers over 99: out of skill), copy, replace), with a held-out set that never appears in training. Each training
      sequence is a conversation of 1 to 4 user/assistant turns under one system
      prompt (the default or one of demo_corpus.TRAIN_SYSTEMS), the questions drawn
-     independently; add / sub / cmp questions by digit class (DIGIT_CLASS_WEIGHTS);
+     independently; add / sub questions by what makes them hard (ARITH_CLASS_WEIGHTS:
+     carries, borrows, negative results; bare forms like "12+7" BARE_WEIGHT times as
+     often), cmp questions by digit class (DIGIT_CLASS_WEIGHTS);
   2. train a byte-level BPE tokenizer (digits split into single tokens) with the
      `tokenizers` library, or with --init reuse that model's tokenizer;
   3. train a small `LlamaForCausalLM` (GQA, tied embeddings) from scratch, or from
@@ -47,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_corpus import (DEFAULT_SYSTEM, TRAIN_SYSTEMS, build_splits, first_tries,  # noqa: E402
+from demo_corpus import (DEFAULT_SYSTEM, TRAIN_SYSTEMS, arith_class, build_splits, first_tries,  # noqa: E402
                          sample_heldout)
 
 BOS, IM_START, IM_END, PAD = "<s>", "<|im_start|>", "<|im_end|>", "<pad>"
@@ -66,13 +68,20 @@ CHAT_TEMPLATE = (
 )
 
 # Sampling weights of the tasks in a training conversation's turns.
-TASK_WEIGHTS = {"add": 0.16, "sub": 0.18, "mul": 0.04, "cmp": 0.07, "count": 0.03, "rev": 0.04,
-                "greet": 0.05, "oos": 0.05, "big": 0.04, "copy": 0.12, "replace": 0.22}
-# add / sub / cmp questions by how many operands are single digits (2, 1, 0).
+TASK_WEIGHTS = {"add": 0.21, "sub": 0.23, "mul": 0.03, "cmp": 0.06, "count": 0.03, "rev": 0.03,
+                "greet": 0.04, "oos": 0.04, "big": 0.04, "copy": 0.10, "replace": 0.19}
+# cmp questions by how many operands are single digits (2, 1, 0).
 DIGIT_CLASS_WEIGHTS = [0.3, 0.3, 0.4]
+# add / sub questions by demo_corpus.arith_class (weighted toward carries, borrows and
+# negative results, where the previous models failed).
+ARITH_CLASS_WEIGHTS = {"add 1-digit": 0.25, "add carry": 0.45, "add no carry": 0.3,
+                       "sub 1-digit": 0.25, "sub negative": 0.33, "sub borrow": 0.27, "sub no borrow": 0.15}
+# How much more often a bare add / sub form ("12 + 7 =", "12+7") is drawn than a worded one
+# (the bare forms were the previous model's misses).
+BARE_WEIGHT = 2
 # Number of user/assistant turns per training conversation (each turn's question is an
 # independent random training question; the loss covers every assistant answer).
-TURN_WEIGHTS = {1: 0.35, 2: 0.30, 3: 0.20, 4: 0.15}
+TURN_WEIGHTS = {1: 0.30, 2: 0.30, 3: 0.22, 4: 0.18}
 # Probability that a step's conversations use the default system prompt (else one of TRAIN_SYSTEMS).
 DEFAULT_SYSTEM_P = 0.5
 MAX_TOKENS = 250  # conversations stay inside max_position_embeddings (256)
@@ -94,6 +103,16 @@ def digit_class(q: str) -> int:
     question are single digits, 1 when one is, 2 when none is."""
     nums = re.findall(r"\d+", q)
     return 2 - sum(len(n) == 1 for n in nums)
+
+
+def operands(task: str, q: str, ans: str) -> tuple:
+    """(a, b) of an add / sub question, in the order a + b, a - b (some phrasings name b first)."""
+    x, y = map(int, re.findall(r"\d+", q))
+    return (x, y) if task == "add" or x - y == int(ans) else (y, x)
+
+
+def is_bare(q: str) -> bool:
+    return not re.search(r"[a-zA-Z]", q)
 
 
 def train_tokenizer(texts, vocab_size: int):
@@ -375,10 +394,17 @@ def main():
         if len(keep) < len(enc[t]):
             print(f"  {t}: {len(enc[t]) - len(keep)} training texts longer than {room} tokens left out", flush=True)
             train[t], enc[t] = [train[t][i] for i in keep], [enc[t][i] for i in keep]
-    # add / sub / cmp drawn by digit class (single-digit questions are few but asked most)
+    # add / sub drawn by arith_class, cmp by digit class (single-digit questions are few
+    # but asked most)
     pools = {}
     for t in tasks:
-        if t in ("add", "sub", "cmp"):
+        if t in ("add", "sub"):
+            classes = [c for c in ARITH_CLASS_WEIGHTS if c.startswith(t)]
+            by = {c: [] for c in classes}
+            for (q, ans), piece in zip(train[t], enc[t]):
+                by[arith_class(t, *operands(t, q, ans))] += [piece] * (BARE_WEIGHT if is_bare(q) else 1)
+            pools[t] = ([by[c] for c in classes], [ARITH_CLASS_WEIGHTS[c] for c in classes])
+        elif t == "cmp":
             by = [[], [], []]
             for (q, _), piece in zip(train[t], enc[t]):
                 by[digit_class(q)].append(piece)
