@@ -391,8 +391,14 @@ class SpeculativeDecoder(Decoder):
             limit = min(limit, self.max_new_tokens - len(self.tokens) - 1)
         kind = self.drafter.kind(history) if limit > 0 else None
         k = self.length.choose(kind, limit, self.drafter.seconds_per_token)
-        drafts, qs = self.drafter.draft(history, k) if k else ([], None)
         t0 = time.perf_counter()
+        if not k:  # nothing worth drafting: a plain step (what _check does for one row, no drafts)
+            row = self.session.feed(self.tokens[self.fed:])
+            m, self.fed = len(self.tokens) - self.fed, len(self.tokens)
+            self.queue.append((self.choose(row), self.entry, self.done))
+            self.length.cost.measure(m, time.perf_counter() - t0)
+            return
+        drafts, qs = self.drafter.draft(history, k)
         batch = self.tokens[self.fed:] + drafts
         if len(batch) > len(self.rows):
             self.rows = np.empty((len(batch), self.rows.shape[1]), np.float32)
