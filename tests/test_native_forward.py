@@ -112,6 +112,10 @@ def test_program_checked_when_built():
         K.LayerProgram([("x", 4)], [{"op": "swirl"}], [0], 1, 2)
     with pytest.raises(ValueError, match="layer_groups: group 0 has no layer"):
         K.LayerProgram([("x", 4)], [], [1, 1], 1, 2)
+    with pytest.raises(ValueError, match="a layer program has at most 64 buffers"):  # forward's stack arrays
+        K.LayerProgram([(f"b{i}", 4) for i in range(65)], [], [0], 1, 2)
+    with pytest.raises(ValueError, match="8 cache groups"):
+        K.LayerProgram([("x", 4)], [], list(range(9)), 1, 2)
 
 
 def test_program_prints_the_network(model_dir):
