@@ -15,6 +15,7 @@ forward pass over prompt + expected answer + end of turn, every position's argma
 be the next expected token. That is exactly "greedy decoding produces this answer and
 stops", at one batched forward pass per 16 questions instead of one per token
 (test_greedy_replies_equal_the_teacher_forced_check shows the two agree)."""
+import functools
 import hashlib
 import json
 import os
@@ -153,6 +154,7 @@ def test_first_tries(demo, system):
         assert sum(ok) >= least, (task, f"{sum(ok)}/{len(ok)}", wrong(examples, ok))
 
 
+@functools.lru_cache(maxsize=None)  # each check and its strict xfail share one evaluation
 def two_digit_misses(model, system):
     """A seeded sample of 1,000 of the 20,000 sums and differences of 0..99 (the main
     phrasing; `tools/eval_demo_model.py --two-digit` checks all of them) and 1,000
@@ -161,6 +163,7 @@ def two_digit_misses(model, system):
     return wrong(examples, correct(model, examples, system))
 
 
+@functools.lru_cache(maxsize=None)
 def misses_after_earlier_turns(model):
     """Every single-digit sum in every phrasing after 1-3 earlier turns of the first tries
     (greetings, copies, edits, other questions, with their right answers), as in
