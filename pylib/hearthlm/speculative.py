@@ -392,10 +392,9 @@ class SpeculativeDecoder(Decoder):
         kind = self.drafter.kind(history) if limit > 0 else None
         k = self.length.choose(kind, limit, self.drafter.seconds_per_token)
         t0 = time.perf_counter()
-        if not k:  # nothing worth drafting: a plain step (what _check does for one row, no drafts)
-            row = self.session.feed(self.tokens[self.fed:])
-            m, self.fed = len(self.tokens) - self.fed, len(self.tokens)
-            self.queue.append((self.choose(row), self.entry, self.done))
+        if not k:  # nothing worth drafting: plain decoding's step, timed
+            m = len(self.tokens) - self.fed
+            self.queue.append((super().next(), self.entry, self.done))
             self.length.cost.measure(m, time.perf_counter() - t0)
             return
         drafts, qs = self.drafter.draft(history, k)
