@@ -104,6 +104,18 @@ def in_cache(wtypes: list, ms: list, reps: int = 200) -> dict:
     return out
 
 
+def interleaved(a, args: list) -> dict:
+    """{"old" (with --old), "new": [one result per round]}: each round runs this script
+    with `args --json` under old's python, then under this one."""
+    pythons = {"old": a.old, "new": sys.executable} if a.old else {"new": sys.executable}
+    runs = {name: [] for name in pythons}
+    for _ in range(a.rounds):
+        for name, python in pythons.items():
+            cmd = [python, __file__, "--types", a.types, "--ms", a.ms, *args, "--json"]
+            runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--types", default=",".join(["f32", "bf16", "f16", "q8", "q4", "q4k", "q5k", "q6k"]))
@@ -120,13 +132,7 @@ def main() -> None:
         return
     if a.in_cache:
         print(f"in cache, 1 thread, ISA {K.active_isa()}; load average before: {os.getloadavg()[0]:.2f}")
-        runs = {"new": [], **({"old": []} if a.old else {})}
-        for _ in range(a.rounds):
-            for name, python in (("old", a.old), ("new", sys.executable)):
-                if name in runs:
-                    cmd = [python, __file__, "--types", a.types, "--ms", a.ms, "--in-cache", "--json"]
-                    runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                                text=True).stdout))
+        runs = interleaved(a, ["--in-cache"])
         for wtype in wtypes:
             med = {name: {m: statistics.median(r[wtype][str(m)] for r in rs) for m in ms} for name, rs in runs.items()}
             for name, t in med.items():
@@ -139,13 +145,7 @@ def main() -> None:
     print(f"M-curve, TinyLlama-1.1B shape, {a.threads} threads, ISA {K.active_isa()}, "
           f"medians of {a.rounds}; load average before: {os.getloadavg()[0]:.2f}")
     if a.old:
-        runs = {"old": [], "new": []}
-        for _ in range(a.rounds):
-            for name, python in (("old", a.old), ("new", sys.executable)):
-                cmd = [python, __file__, "--types", a.types, "--ms", a.ms, "--rounds", "1",
-                       "--threads", str(a.threads), "--json"]
-                runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                            text=True).stdout))
+        runs = interleaved(a, ["--rounds", "1", "--threads", str(a.threads)])
         results = {name: {w: {"gbytes": r[0][w]["gbytes"],
                               "times": {m: [x[w]["times"][str(m)][0] for x in r] for m in ms}}
                           for w in wtypes} for name, r in runs.items()}
