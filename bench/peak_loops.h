@@ -103,7 +103,7 @@ __attribute__((target("amx-tile,amx-int8"))) long int8_amx() {
     uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
   } cfg;
   alignas(64) static thread_local int8_t data[16 * 64];
-  __asm__ volatile("" ::: "memory");  // ldtilecfg's operand type aliases nothing: store cfg first
+  __asm__ volatile("" ::: "memory");  // ldtilecfg is asm that tells the compiler nothing of cfg: store it first
   _tile_loadconfig(&cfg);
   _tile_zero(0);
   _tile_zero(1);

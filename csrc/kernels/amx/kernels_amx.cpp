@@ -41,6 +41,10 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+// GCC's tile loads (and ldtilecfg) are asm that tells the compiler nothing of the memory
+// they read: this barrier makes every store before it happen before them.
+static inline void tiles_read_memory() { __asm__ volatile("" ::: "memory"); }
+
 static void configure(int tokens) {
   TileConfig c;
   for (int t = 0; t < 4; ++t) c.rows[t] = uint8_t(tokens), c.colsb[t] = 4 * kPairRows;
@@ -48,7 +52,7 @@ static void configure(int tokens) {
     c.rows[t] = uint8_t(tokens), c.colsb[t] = kQBlock;
     c.rows[t + 1] = kQBlock / 4, c.colsb[t + 1] = 4 * kPairRows;
   }
-  __asm__ volatile("" ::: "memory");  // the intrinsic's operand type aliases nothing: store c first
+  tiles_read_memory();
   _tile_loadconfig(&c);
 }
 
@@ -160,6 +164,7 @@ static void panel(float* y, const BlockQ8Act* xq, const Block* w, const float* b
       const Block* gb = lone ? ga : ga + nb;
       for (int64_t b = 0; b < bn; ++b) stage(wp[p][b], ga[b], gb[b]);
     }
+    tiles_read_memory();
     const bool first = b0 == 0, last = b0 + bn >= nb;
     for (int64_t m0 = 0; m0 < M; m0 += kTileTokens) {
       const int rm = int(M - m0 < kTileTokens ? M - m0 : kTileTokens);
@@ -170,6 +175,7 @@ static void panel(float* y, const BlockQ8Act* xq, const Block* w, const float* b
           _mm256_store_si256((__m256i*)ta[b].q[i], _mm256_loadu_si256((const __m256i*)x.qs));
           ta[b].d[i] = x.d;
         }
+      tiles_read_memory();
       token_tile<kTileTokens>(rm, y, ta, wp, pairs, bn, ldy, m0, n0, n1, bias, first, last);
     }
   }
