@@ -429,8 +429,7 @@ static void matmul_pairs(float* y, const BlockQ8Act* xq, const void* wv, const f
 // b's) of four sub-blocks (dword i: sub-block i, [0]: 0-3, [1]: 4-7), so one in-lane
 // byte shuffle widens a sub-block to 16 rows, written into the float 2^23 + sc
 // (0x4B000000 | sc); (2^23 + sc)·d - 2^23·d is one FMA rounding once, to exactly the
-// scalar twin's d·sc. Full super-blocks run their 8 sub-blocks unrolled (in-cache M = 1:
-// q4k 0.95x, q5k 0.96x the time of widening all 16 scale vectors up front).
+// scalar twin's d·sc. One token runs a full super-block's 8 sub-blocks unrolled.
 struct AffinePairScales {
   __m512i sc[2], m[2];
   __m512 d, dmin, d_bias, dmin_bias;  // d, dmin and 2^23 times them
@@ -599,7 +598,8 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
       for (int i = 0; i < RM; ++i) x[i] = xq + (m0 + i) * nb + s * kKSubs + j;
       pair_k_steps<RM>(acc, w, sc, j, x);
     };
-    if (subs == kKSubs && !std::is_same<Block, BlockQ6Kx8>::value) {  // q6k: measured slower unrolled
+    // Unrolled only where it measured faster (decode); q6k and M = 8 tiles were slower.
+    if (RM == 1 && subs == kKSubs && !std::is_same<Block, BlockQ6Kx8>::value) {
 #pragma GCC unroll 8
       for (int j = 0; j < kKSubs; ++j) step(j);
     } else {
