@@ -67,14 +67,7 @@ struct alignas(64) PairBlock {
   float d[kPairRows];
 };
 
-static inline __m512i halves(const void* a, const void* b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
-                            _mm256_loadu_si256((const __m256i*)b), 1);
-}
-static inline __m512 pair_scales(const uint16_t* a, const uint16_t* b) {
-  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)a)),
-                                                 _mm_loadu_si128((const __m128i*)b), 1));
-}
+#include "kernels/avx512/pair_loads.inc"
 static inline void stage(PairBlock& p, const BlockQ8x8& a, const BlockQ8x8& b) {
   for (int g = 0; g < kQBlock / 4; ++g) _mm512_store_si512(p.q[g], halves(a.qs + 32 * g, b.qs + 32 * g));
   _mm512_store_ps(p.d, pair_scales(a.d, b.d));
