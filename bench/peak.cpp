@@ -1,5 +1,5 @@
 // Peak arithmetic throughput of this CPU for the instructions hearthlm's matmuls use:
-// int8 dot products (AVX2 maddubs+madd, AVX-512 VNNI and AVX-VNNI vpdpbusd) and f32
+// int8 dot products (AVX2 maddubs+madd, AVX-512 VNNI and AVX-VNNI vpdpbusd, AMX tiles) and f32
 // FMA (AVX2, AVX-512). Each loop runs 12 independent accumulator chains, so only
 // throughput limits it. Built and run by bench/peak.py; one line per kind and thread
 // count (1 and the given count): "kind threads GOP/s" (a multiply-add counts 2 operations).
@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
       {"int8_avx2_maddubs", __builtin_cpu_supports("avx2"), int8_avx2},
       {"int8_avx512_vnni", __builtin_cpu_supports("avx512vnni"), int8_vnni512},
       {"int8_avx_vnni", __builtin_cpu_supports("avxvnni"), int8_avxvnni},
+#if defined(__linux__)
+      {"int8_amx", amx_usable(), int8_amx},
+#endif
   };
   for (const Kind& k : kinds) {
     if (!k.supported) continue;

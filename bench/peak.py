@@ -1,5 +1,6 @@
 """Prefill against the arithmetic peak: bench/peak.cpp (compiled here with g++) measures
-the int8 dot-product and f32 FMA peaks of this CPU, then one prefill-sized matmul per
+the int8 dot-product (VNNI, and AMX tiles where the OS allows them) and f32 FMA peaks of
+this CPU, then one prefill-sized matmul per
 weight type (M tokens x TinyLlama-1.1B's q/k/v/o/gate/up/down of one layer) gives
 GOP/s as a share of the peak its kernels use (quantized: the best int8 path the active
 ISA runs; float: f32 FMA).
@@ -108,14 +109,17 @@ def main() -> None:
     else:
         results = {"new": layer_gops(wtypes, a.tokens, a.threads, a.reps, a.cpu_time)}
     isa = K.active_isa()
-    int8 = "int8_avx512_vnni" if isa == "avx512" else "int8_avx2_maddubs"
+    wide = isa in ("avx512", "amx")
+    # The amx path's quantized share is given of both the VNNI and the tile peak.
+    int8 = ["int8_avx512_vnni"] + (["int8_amx"] if isa == "amx" else []) if wide else ["int8_avx2_maddubs"]
     for wtype in wtypes:
-        kind = int8 if wtype in QUANTIZED else ("f32_fma_avx512" if isa == "avx512" else "f32_fma_avx2")
-        peak = pk[(kind, a.threads)]
-        line = "   ".join(f"{name} {g[wtype]:7.1f} GOP/s = {100 * g[wtype] / peak:5.1f} %"
-                          for name, g in results.items())
-        ratio = f"   new/old {results['new'][wtype] / results['old'][wtype]:.2f}" if a.old else ""
-        print(f"{wtype:<5} M={a.tokens}: {line} of {kind} ({peak:.1f}){ratio}")
+        kinds = int8 if wtype in QUANTIZED else ["f32_fma_avx512" if wide else "f32_fma_avx2"]
+        for kind in kinds:
+            peak = pk[(kind, a.threads)]
+            line = "   ".join(f"{name} {g[wtype]:7.1f} GOP/s = {100 * g[wtype] / peak:5.1f} %"
+                              for name, g in results.items())
+            ratio = f"   new/old {results['new'][wtype] / results['old'][wtype]:.2f}" if a.old else ""
+            print(f"{wtype:<5} M={a.tokens}: {line} of {kind} ({peak:.1f}){ratio}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

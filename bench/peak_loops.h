@@ -2,7 +2,13 @@
 // accumulator chains of one instruction hearthlm's matmuls use, so only throughput
 // limits it, and returns the operations it did (a multiply-add counts 2).
 #pragma once
+#include <cpuid.h>
 #include <immintrin.h>
+#include <cstdint>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace peak {
 
@@ -78,5 +84,45 @@ __attribute__((target("avx2,avxvnni"))) long int8_avxvnni() {
   for (int i = 0; i < kChains; ++i) KEEP(acc[i]);
   return kIters * kChains * 32 * 2;
 }
+
+#if defined(__linux__)
+// AMX-INT8: cpuid says so and Linux grants the tile data (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+inline bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+// TDPBSSD on full tiles (16 x 64 bytes by 16 x 64): 4 accumulator tiles from 2 A and
+// 2 B tiles, 16 x 16 x 64 multiply-adds each. hearthlm's kernels use K = 32 per
+// instruction (one scale per 32 weights), which takes as long: half this rate at best.
+__attribute__((target("amx-tile,amx-int8"))) long int8_amx() {
+  struct alignas(64) {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+  } cfg;
+  alignas(64) static thread_local int8_t data[16 * 64];
+  __asm__ volatile("" ::: "memory");  // ldtilecfg is asm that tells the compiler nothing of cfg: store it first
+  _tile_loadconfig(&cfg);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, data, 64);
+  _tile_loadd(5, data, 64);
+  _tile_loadd(6, data, 64);
+  _tile_loadd(7, data, 64);
+  const long iters = kIters / 8;
+  for (long n = 0; n < iters; ++n) {
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_release();
+  return iters * 4 * 16 * 16 * 64 * 2;
+}
+#endif
 
 }  // namespace peak

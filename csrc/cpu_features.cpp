@@ -3,6 +3,10 @@
 #if defined(HEARTHLM_X86)
 #include <cpuid.h>
 #include <cstdint>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #elif defined(HEARTHLM_ARM64) && defined(__linux__)
 #include <sys/auxv.h>
 #elif defined(HEARTHLM_ARM64) && defined(__APPLE__)
@@ -17,6 +21,16 @@ uint64_t read_xcr0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (uint64_t(hi) << 32) | lo;
+}
+
+// Linux (5.16+) gives a process the AMX tile data state only when it asks, once
+// (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); elsewhere the tiles stay unused.
+bool amx_permitted() {
+#if defined(__linux__)
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+  return false;
+#endif
 }
 
 CpuFeatures probe() {
@@ -43,7 +57,7 @@ CpuFeatures probe() {
     f.avx512vl = b & (1u << 31);
     f.avx512_vnni = c & (1u << 11);
   }
-  if (os_amx) {
+  if (os_amx && (d & (1u << 24)) && amx_permitted()) {
     f.amx_bf16 = d & (1u << 22);
     f.amx_tile = d & (1u << 24);
     f.amx_int8 = d & (1u << 25);

@@ -5,7 +5,8 @@ namespace hearthlm {
 
 struct CpuFeatures {
   // x86: each flag is set only when the CPU reports it AND the OS saves the
-  // registers it needs (XCR0 via xgetbv).
+  // registers it needs (XCR0 via xgetbv); AMX also needs the OS's permission to use
+  // the tile data (requested here once per process, on Linux).
   bool sse42 = false;
   bool avx2 = false;
   bool fma = false;

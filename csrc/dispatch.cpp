@@ -27,6 +27,13 @@ const std::vector<Path>& paths() {
        },
        "AVX-512 F, BW, VL, DQ and VNNI (with OS support for ZMM state)"},
 #endif
+#if defined(HEARTHLM_AMX)
+      {"amx", amx_kernels,
+       [](const CpuFeatures& f) {
+         return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni && f.amx_tile && f.amx_int8;
+       },
+       "the avx512 path's features plus AMX-TILE and AMX-INT8 (with the OS's tile-data permission)"},
+#endif
 #if defined(HEARTHLM_ARM64)
       {"neon", neon_kernels, [](const CpuFeatures& f) { return f.neon; }, "NEON"},
       {"dotprod", dotprod_kernels, [](const CpuFeatures& f) { return f.neon && f.dotprod; },

@@ -29,6 +29,13 @@ case "$machine" in
   *) echo "build_kernel_driver: unknown target $machine" >&2; exit 2 ;;
 esac
 
+# The amx folder only where the compiler has AMX (as CMakeLists.txt checks it).
+amx=""
+if [ "$arch" = x86 ] && echo 'int main(){}' | "$cxx" -mamx-tile -mamx-int8 -x c++ - -o /dev/null 2>/dev/null; then
+  amx=1
+  defs="$defs -DHEARTHLM_AMX=1"
+fi
+
 # Extra flags per ISA (csrc/kernels/*/kernels_<isa>.cpp), as in CMakeLists.txt. Another
 # architecture's ISA is skipped; an ISA this table does not know is an error, so a new
 # one gets its flags here too (and in CMakeLists.txt).
@@ -37,6 +44,7 @@ isa_flags() {  # isa -> flags, or "skip"
     *:scalar|*:.) echo "" ;;
     x86:avx2) echo "-mavx2 -mfma -mf16c" ;;
     x86:avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c" ;;
+    x86:amx) [ -n "$amx" ] && echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -mamx-tile -mamx-int8 -fno-exceptions" || echo skip ;;
     x86:neon|x86:dotprod|x86:i8mm) echo skip ;;
     arm64:neon) echo "" ;;
     arm64:dotprod) echo "-march=armv8.2-a+dotprod" ;;

@@ -70,12 +70,15 @@ t=$(now)
 native_isa=$("$py" -c 'import hearthlm; print(hearthlm.cpu_info()["active_isa"])')
 record native "tiny models + reference logits" "ok (best path: $native_isa)" "$(secs "$t")"
 
-for spec in $QEMU_CPUS; do
-  cpu=${spec%%:*}
-  expect=${spec#*:}
-  q=(qemu-x86_64 -cpu "$cpu")
-  log="$out/$cpu.log"
+# One CPU model: dispatch, the kernel tests, the tiny models. Its summary lines go to
+# $out/$cpu.summary; the exit status says whether everything passed.
+check_cpu() {  # cpu, expected isa
+  local cpu=$1 expect=$2 status=0 t rc res picked same refs ref
+  local q=(qemu-x86_64 -cpu "$cpu")
+  local log="$out/$cpu.log"
+  local summary="$out/$cpu.summary"
   : >"$log"
+  : >"$summary"
 
   t=$(now)
   picked=$("${q[@]}" "$py" -c 'import hearthlm; print(hearthlm.cpu_info()["active_isa"])' 2>>"$log")
@@ -99,7 +102,7 @@ for spec in $QEMU_CPUS; do
     status=1
     res="FAIL rc=$rc$([ $rc -eq 132 ] && echo ' SIGILL')"
     record "$cpu" "tiny models: logits + greedy" "$res" "$(secs "$t")"
-    continue
+    return 1
   fi
   same=native.npz
   [ "$expect" != "$native_isa" ] && same=native-scalar.npz
@@ -116,7 +119,21 @@ for spec in $QEMU_CPUS; do
     fi
   done
   record "$cpu" "tiny models: logits + greedy" "$res" "$(secs "$t")"
-  grep -E '^(PASS|FAIL) ' "$log" | sed 's/^/           /' | sort -u
+  grep -E '^(PASS|FAIL) ' "$log" | sed 's/^/           /' | sort -u >>"$summary"
+  return $status
+}
+
+# The CPU models run side by side (each emulation is mostly one thread), then report in order.
+pids=()
+for spec in $QEMU_CPUS; do
+  check_cpu "${spec%%:*}" "${spec#*:}" >/dev/null &
+  pids+=($!)
 done
-echo "details: $out/*.log" | tee -a "$summary"
+i=0
+for spec in $QEMU_CPUS; do
+  wait "${pids[$i]}" || status=1
+  tee -a "$out/summary.txt" <"$out/${spec%%:*}.summary"
+  i=$((i + 1))
+done
+echo "details: $out/*.log" | tee -a "$out/summary.txt"
 exit $status

@@ -56,6 +56,15 @@ echo "   tests: $SANITIZE_TESTS"
 # interceptor finds no real __cxa_throw (python itself does not link libstdc++) and
 # aborts on the first C++ exception.
 preload="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
+# The tests must import the sanitized copies (an editable install's import hook comes
+# before PYTHONPATH and would hand them the unsanitized build).
+modules=$(PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -c \
+  'import hearthlm; print(hearthlm._kernels.__file__, hearthlm._per_token.__file__)')
+case "$modules" in
+  "$out/pkg/"*" $out/pkg/"*) echo "   sanitized modules: $modules" ;;
+  *) echo "sanitize: python imports $modules, not the sanitized copies in $out/pkg" \
+       "(an editable install of hearthlm shadows them: use a venv with a regular install)"; exit 1 ;;
+esac
 set +e
 # shellcheck disable=SC2086
 PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -m pytest -q -p no:cacheprovider $SANITIZE_TESTS "$@" \
@@ -67,7 +76,5 @@ if grep -qE "ERROR: AddressSanitizer|runtime error:" "$out/pytest.log"; then
   grep -E -A5 "ERROR: AddressSanitizer|runtime error:" "$out/pytest.log" | head -40
   rc=1
 fi
-PYTHONPATH="$out/pkg" LD_PRELOAD="$preload" python -c \
-  'import hearthlm; print("   sanitized modules:", hearthlm._kernels.__file__, hearthlm._per_token.__file__)'
 echo "sanitize: $([ "$rc" = 0 ] && echo clean || echo FAILED) in $(( $(date +%s) - start ))s"
 exit "$rc"

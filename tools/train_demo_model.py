@@ -23,6 +23,10 @@ train / held-out split are in tools/demo_corpus.py:
   5. evaluate greedy exact-match accuracy under transformers and hearthlm
      (tools/eval_demo_model.py --all).
 
+--eval-every writes a checkpoint folder OUT/step-N with its monitor line (misses of every
+single-digit sum and difference, of the two-digit phrasing sample and of sums after
+earlier turns), so the best checkpoint, not only the last, can be shipped.
+
 --time-limit ends training after that many seconds, the learning-rate schedule then
 following time instead of steps (so a run on a busy machine still anneals).
 
@@ -50,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_corpus import (DEFAULT_SYSTEM, TRAIN_SYSTEMS, arith_class, build_splits, first_tries,  # noqa: E402
-                         sample_heldout)
+                         phrasing_sample, sample_heldout)
 
 BOS, IM_START, IM_END, PAD = "<s>", "<|im_start|>", "<|im_end|>", "<pad>"
 # id order of the special tokens in the trained vocab: <pad>=0, <s>=1, <|im_start|>=2, <|im_end|>=3
@@ -68,8 +72,8 @@ CHAT_TEMPLATE = (
 )
 
 # Sampling weights of the tasks in a training conversation's turns.
-TASK_WEIGHTS = {"add": 0.21, "sub": 0.23, "mul": 0.03, "cmp": 0.06, "count": 0.03, "rev": 0.03,
-                "greet": 0.04, "oos": 0.04, "big": 0.04, "copy": 0.10, "replace": 0.19}
+TASK_WEIGHTS = {"add": 0.24, "sub": 0.24, "mul": 0.03, "cmp": 0.05, "count": 0.03, "rev": 0.03,
+                "greet": 0.04, "oos": 0.04, "big": 0.04, "copy": 0.12, "replace": 0.14}
 # cmp questions by how many operands are single digits (2, 1, 0).
 DIGIT_CLASS_WEIGHTS = [0.3, 0.3, 0.4]
 # add / sub questions by demo_corpus.arith_class (weighted toward carries, borrows and
@@ -77,8 +81,9 @@ DIGIT_CLASS_WEIGHTS = [0.3, 0.3, 0.4]
 ARITH_CLASS_WEIGHTS = {"add 1-digit": 0.25, "add carry": 0.45, "add no carry": 0.3,
                        "sub 1-digit": 0.25, "sub negative": 0.33, "sub borrow": 0.27, "sub no borrow": 0.15}
 # How much more often a bare add / sub form ("12 + 7 =", "12+7") is drawn than a worded one
-# (the bare forms were the previous model's misses).
-BARE_WEIGHT = 2
+# (the bare forms were the previous models' misses; a worded phrasing has up to 3 more
+# variant forms, lower case and without its final mark, each drawn as often as a bare form).
+BARE_WEIGHT = 5
 # Number of user/assistant turns per training conversation (each turn's question is an
 # independent random training question; the loss covers every assistant answer).
 TURN_WEIGHTS = {1: 0.30, 2: 0.30, 3: 0.22, 4: 0.18}
@@ -279,6 +284,31 @@ def forward_shared_prefix(model, prefix, x):
         return model(input_ids=x, past_key_values=cache, use_cache=True).logits
 
 
+def write_folder(model, out: Path, tok, heldout, rope_theta: float):
+    """A Hugging Face model folder of the model as it is now (a checkpoint or the result):
+    config, safetensors, tokenizer, generation config, heldout.jsonl and first_tries.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_tokenizer_files(tok, out)
+    model.config.use_cache = True
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id = SPECIAL_TOKENS.index(BOS), [SPECIAL_TOKENS.index(IM_END)]
+    gen.pad_token_id, gen.do_sample, gen.max_new_tokens = SPECIAL_TOKENS.index(PAD), False, 160
+    model.save_pretrained(str(out), safe_serialization=True)
+    # Also record rope_theta at top level (the legacy key older readers expect).
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.setdefault("rope_theta", float(rope_theta))
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for name, rows in (("heldout.jsonl", heldout), ("first_tries.jsonl", first_tries())):
+        with open(out / name, "w") as f:
+            for e in rows:
+                f.write(json.dumps({"messages": e["messages"], "answer": e["answer"], "task": e["task"]},
+                                   ensure_ascii=False) + "\n")
+    for fn in out.iterdir():
+        if fn.is_file():
+            fn.chmod(0o644)
+
+
 @torch.no_grad()
 def teacher_forced_exact(model, encoded, pad_id: int, bs: int = 128):
     """Fraction whose answer tokens (incl. <|im_end|>) are all the argmax: equals
@@ -322,7 +352,9 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=10000.0)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=500,
-                    help="teacher-forced held-out exact match every N steps (monitoring only)")
+                    help="every N steps: teacher-forced exact match of the held-out set and of what the "
+                         "checkpoints are chosen by (single-digit sums and differences, the two-digit "
+                         "phrasing sample, sums after earlier turns), and that checkpoint written to OUT/step-N")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-limit", type=float, default=0,
                     help="if >0, end training after this many seconds (the learning-rate schedule follows "
@@ -382,7 +414,7 @@ def main():
         assert hf_tok.decode(ids) == r
     print(f"tokenizer: vocab={vocab_size}", flush=True)
 
-    from eval_demo_model import heldout_multiturn
+    from eval_demo_model import heldout_multiturn, with_system
 
     codec = TurnCodec(tok)
     tasks = list(TASK_WEIGHTS)
@@ -438,6 +470,17 @@ def main():
         for mm in (e["messages"], e["messages"][1:]):
             r = hf_tok.apply_chat_template(mm, add_generation_prompt=True, tokenize=False)
             assert hf_tok(r + e["answer"] + IM_END, add_special_tokens=False)["input_ids"] == ids
+    # What the checkpoints are chosen by (teacher-forced, beside the held-out set): every
+    # single-digit sum and difference (default and "Be brief."), the two-digit phrasing
+    # sample, single-digit sums after 1-3 earlier first-tries turns (as the tests count them).
+    tries = first_tries()
+    singles = [r for r in tries if r["task"] in ("add", "sub")]
+    n_tokens = lambda msgs: len(tok.encode(render_prompt(msgs[:-1]) + msgs[-1]["content"] + IM_END).ids)
+    after_turns = heldout_multiturn([r for r in tries if r["task"] == "add"], args.seed, n_tokens=n_tokens,
+                                    pool=[r for r in tries if r["task"] != "add"])
+    monitor_sets = {name: encode_examples(tok, [(render_prompt(r["messages"]), r["answer"]) for r in rows])
+                    for name, rows in (("1-digit", singles), ("1-digit brief", with_system(singles, "Be brief.")),
+                                       ("phrasings", phrasing_sample(args.seed)), ("after turns", after_turns))}
     turn_ks = list(TURN_WEIGHTS)
     turn_w = [TURN_WEIGHTS[k] for k in turn_ks]
     print(f"multi-turn: turns per conversation {TURN_WEIGHTS}; held-out multi-turn conversations "
@@ -564,39 +607,23 @@ def main():
                 per[t] = teacher_forced_exact(model, sub, SPECIAL_TOKENS.index(PAD))
             allacc = teacher_forced_exact(model, enc_held, SPECIAL_TOKENS.index(PAD))
             mtacc = teacher_forced_exact(model, enc_held_mt, SPECIAL_TOKENS.index(PAD))
+            misses = {name: round((1 - teacher_forced_exact(model, e, SPECIAL_TOKENS.index(PAD))) * len(e))
+                      for name, e in monitor_sets.items()}
             print(f"  [monitor] held-out teacher-forced exact {allacc:.3f} "
                   + " ".join(f"{t}={a:.2f}" for t, a in per.items())
-                  + f" | multi-turn (last answer) {mtacc:.3f}", flush=True)
+                  + f" | multi-turn (last answer) {mtacc:.3f} | misses "
+                  + " ".join(f"{name} {n}" for name, n in misses.items()), flush=True)
+            write_folder(model, out / f"step-{steps_done}", tok, heldout, args.rope_theta)
     train_time = time.time() - t0
     print(f"training done: {steps_done} steps in {train_time:.1f}s ({train_time / 60:.1f} min), "
           f"{n_answers} supervised answers", flush=True)
 
     # 4. write model folder
-    model.eval()
-    model.config.use_cache = True
-    model.generation_config.bos_token_id = SPECIAL_TOKENS.index(BOS)
-    model.generation_config.eos_token_id = [SPECIAL_TOKENS.index(IM_END)]
-    model.generation_config.pad_token_id = SPECIAL_TOKENS.index(PAD)
-    model.generation_config.do_sample = False
-    model.generation_config.max_new_tokens = 160
-    model.save_pretrained(str(out), safe_serialization=True)
-    # Also record rope_theta at top level (the legacy key older readers expect).
-    cfg_path = out / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("rope_theta", float(args.rope_theta))
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for name, rows in (("heldout.jsonl", heldout), ("first_tries.jsonl", first_tries())):
-        with open(out / name, "w") as f:
-            for e in rows:
-                f.write(json.dumps({"messages": e["messages"], "answer": e["answer"], "task": e["task"]},
-                                   ensure_ascii=False) + "\n")
+    write_folder(model, out, tok, heldout, args.rope_theta)
     print("stats: " + json.dumps({"steps": steps_done, "train_seconds": round(train_time, 1),
                                   "supervised_answers": n_answers,
                                   "total_seconds": round(time.time() - t_start, 1), "params": n_params,
                                   "train_examples": n_train}), flush=True)
-    for fn in out.iterdir():
-        if fn.is_file():
-            fn.chmod(0o644)
     print(f"wrote {out}", flush=True)
 
     # 5. evaluate under transformers (fresh load from disk)

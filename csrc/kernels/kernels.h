@@ -1,4 +1,4 @@
-// The kernel table: one instance per ISA (scalar reference, AVX2, AVX-512, NEON),
+// The kernel table: one instance per ISA (scalar reference, AVX2, AVX-512, AMX, NEON),
 // chosen at import by dispatch.cpp. Every entry is single-threaded and works on a
 // slice of the problem; ops.cpp splits work across OpenMP threads and calls these.
 // Conventions: outputs first, dimensions last; all activations are float32.
@@ -125,6 +125,9 @@ const KernelTable* scalar_kernels();
 #if defined(HEARTHLM_X86)
 const KernelTable* avx2_kernels();
 const KernelTable* avx512_kernels();
+#endif
+#if defined(HEARTHLM_AMX)
+const KernelTable* amx_kernels();
 #endif
 #if defined(HEARTHLM_ARM64)
 const KernelTable* neon_kernels();

@@ -391,7 +391,13 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                // several K chunks with a tail, lone last row groups, more than one row chunk
                                {33, 40, 2080}, {257, 24, 96}, {29, 17, 4100}, {18, 32, 64}, {31, 9, 160},
                                {37, 16, 64}, {46, 8, 64}, {47, 16, 96}, {20, 16, 32}, {40, 8, 64}, {26, 16, 33},
-                               {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600}};
+                               {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600},
+                               // AMX token tiles of 16: every remainder 1..15 past a full tile, a lone
+                               // last row group, K chunks of 8 blocks with a tail, and blocks left over
+                               // from groups of 4
+                               {19, 40, 100}, {21, 40, 100}, {22, 40, 100}, {23, 40, 100}, {24, 40, 100},
+                               {25, 40, 100}, {28, 40, 100}, {30, 40, 100}, {34, 8, 288}, {49, 72, 330},
+                               {64, 64, 2048}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;

@@ -8,7 +8,7 @@ from .errors import UnsupportedISAError
 
 
 def select_isa(name: str) -> None:
-    """Force a kernel path ('scalar', 'avx2', 'avx512', 'neon', 'dotprod'); unsupported is an error."""
+    """Force a kernel path ('scalar', 'avx2', 'avx512', 'amx', 'neon', 'dotprod'); unsupported is an error."""
     try:
         _kernels.select_isa(name)
     except ValueError as e:

@@ -5,6 +5,8 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include <type_traits>
+
 #include "kernels/convert.h"
 #include "kernels/kernels.h"
 
@@ -420,62 +422,83 @@ static void matmul_pairs(float* y, const BlockQ8Act* xq, const void* wv, const f
 }
 
 // K-quants for any M, on the same 16-row pairs: per super-block the two row groups'
-// sub-block scales become 16-lane d·sc (and dmin·m) vectors once; per sub-block the 8
-// k groups of 16 rows are unpacked once for the tile's tokens, then each token is 8
-// dpbusd on 4-byte broadcasts and the scalar twin's per-block FMAs.
-struct AffinePairScales { __m512 dsc[kKSubs], dm[kKSubs]; };  // q4k, q5k
-struct Q6PairScales { __m512 dsc[2 * kKSubs]; };
+// sub-block scales are unpacked once; per sub-block the 8 k groups of 16 rows are
+// unpacked once for the tile's tokens, then each token is 8 dpbusd on 4-byte broadcasts
+// and the scalar twin's per-block FMAs. q4k / q5k keep their 6-bit sc_j, m_j as bytes
+// until sub-block j needs them: 128-bit lane Q holds rows 4Q..4Q+3 (a's rows 0-7, then
+// b's) of four sub-blocks (dword i: sub-block i, [0]: 0-3, [1]: 4-7), so one in-lane
+// byte shuffle widens a sub-block to 16 rows, written into the float 2^23 + sc
+// (0x4B000000 | sc); (2^23 + sc)·d - 2^23·d is one FMA rounding once, to exactly the
+// scalar twin's d·sc. One token runs a full super-block's 8 sub-blocks unrolled.
+struct AffinePairScales {
+  __m512i sc[2], m[2];
+  __m512 d, dmin, d_bias, dmin_bias;  // d, dmin and 2^23 times them
+};
+struct Q6PairScales { __m512 dsc[2 * kKSubs]; };  // q6k: d·sc of halves s = 0..15
 template <class Block> struct PairScalesOf { using type = AffinePairScales; };
 template <> struct PairScalesOf<BlockQ6Kx8> { using type = Q6PairScales; };
 struct PairSub { __m512i g[8]; };  // k group g of a sub-block, 16 rows, unsigned q
 
-// Qwords q of a and b alternating (a's q0, b's q0, a's q1, ...) from q = first: 8 bytes
-// per row group, so 16-byte lane i holds one sub-block's 16 rows.
-static inline __m512i pair_qwords(__m512i a, __m512i b, int first) {
-  return _mm512_permutex2var_epi64(a, _mm512_add_epi64(_mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), _mm512_set1_epi64(first)), b);
+// Dwords w, w + 2, w + 4, w + 6 (w = first, first + 1) of a then of b: lane Q gets
+// rows 4Q..4Q+3 of the four sub-blocks whose 8-row qwords start at dword `first`.
+static inline __m512i pair_lanes(__m512i a, __m512i b, int first) {
+  return _mm512_permutex2var_epi32(
+      a, _mm512_add_epi32(_mm512_set_epi32(23, 21, 19, 17, 22, 20, 18, 16, 7, 5, 3, 1, 6, 4, 2, 0), _mm512_set1_epi32(first)), b);
 }
-// 16-byte lane i of v, widened to 16 floats.
-template <int I>
-static inline __m512 lane_floats(__m512i v, bool is_signed) {
-  const __m128i l = _mm512_extracti32x4_epi32(v, I);
-  return _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(l) : _mm512_cvtepu8_epi32(l));
+// Dword i of every lane of v spread over its 4 dwords: byte t into byte 0 of dword t,
+// bytes 1-3 from fill.
+static inline __m512i spread_bytes(__m512i v, int i, __m512i fill) {
+  return _mm512_mask_shuffle_epi8(fill, 0x1111111111111111ull, v, _mm512_set4_epi32(4 * i + 3, 4 * i + 2, 4 * i + 1, 4 * i));
 }
-template <int I>
-static inline void lanes_times(__m512 d, __m512i v, bool is_signed, __m512* out) {
-  out[I] = _mm512_mul_ps(d, lane_floats<I>(v, is_signed));
-  if constexpr (I < 3) lanes_times<I + 1>(d, v, is_signed, out);
+static inline __m512 scaled(__m512i bytes, int i, __m512 d, __m512 d_bias) {
+  const __m512i f = spread_bytes(bytes, i, _mm512_set1_epi32(0x4B000000));
+  return _mm512_fmsub_ps(_mm512_castsi512_ps(f), d, d_bias);
 }
-// The 6-bit sc_j, m_j of quant.h, two row groups at once: lo0 / lo1 hold scales_lo of
-// sub-blocks 0-3 / 4-7, hi the scales_hi of j & 3, each as 4 lanes of 16 rows.
+static inline __m512 pair_dsc(const AffinePairScales& s, int j) { return scaled(s.sc[j >> 2], j & 3, s.d, s.d_bias); }
+static inline __m512 pair_dm(const AffinePairScales& s, int j) { return scaled(s.m[j >> 2], j & 3, s.dmin, s.dmin_bias); }
+static inline __m512 pair_dsc(const Q6PairScales& s, int h) { return s.dsc[h]; }
+// The 6-bit sc_j, m_j of quant.h: lo0 / lo1 hold scales_lo of sub-blocks 0-3 / 4-7, hi
+// the scales_hi of j & 3, in pair_lanes' layout.
 template <class Block>
 static inline void pair_k_scales(const Block& a, const Block& b, AffinePairScales& s) {
   const __m512i la = _mm512_loadu_si512(a.scales_lo), lb = _mm512_loadu_si512(b.scales_lo);
-  const __m512i lo0 = pair_qwords(la, lb, 0), lo1 = pair_qwords(la, lb, 4);
-  const __m512i hi = pair_qwords(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a.scales_hi)),
-                                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)b.scales_hi)), 0);
+  const __m512i lo0 = pair_lanes(la, lb, 0), lo1 = pair_lanes(la, lb, 8);
+  const __m512i hi = pair_lanes(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a.scales_hi)),
+                                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)b.scales_hi)), 0);
   const __m512i n4 = _mm512_set1_epi8(0x0F);
   auto high = [&](int mask, int left) {  // (hi & mask) moved to bits 4-5 (16-bit shifts, masked first)
     const __m512i h = _mm512_and_si512(hi, _mm512_set1_epi8(char(mask)));
     return left >= 0 ? _mm512_slli_epi16(h, unsigned(left)) : _mm512_srli_epi16(h, unsigned(-left));
   };
   // h | (x & n4) in one ternary-logic op (0xF8: A | (B & C))
-  const __m512i sc0 = _mm512_ternarylogic_epi32(high(0x03, 4), lo0, n4, 0xF8);
-  const __m512i sc1 = _mm512_ternarylogic_epi32(high(0x30, 0), lo1, n4, 0xF8);
-  const __m512i m0 = _mm512_ternarylogic_epi32(high(0x0C, 2), _mm512_srli_epi16(lo0, 4), n4, 0xF8);
-  const __m512i m1 = _mm512_ternarylogic_epi32(high(0xC0, -2), _mm512_srli_epi16(lo1, 4), n4, 0xF8);
-  const __m512 d = pair_scales(a.d, b.d), dmin = pair_scales(a.dmin, b.dmin);
-  lanes_times<0>(d, sc0, false, s.dsc);
-  lanes_times<0>(d, sc1, false, s.dsc + 4);
-  lanes_times<0>(dmin, m0, false, s.dm);
-  lanes_times<0>(dmin, m1, false, s.dm + 4);
+  s.sc[0] = _mm512_ternarylogic_epi32(high(0x03, 4), lo0, n4, 0xF8);
+  s.sc[1] = _mm512_ternarylogic_epi32(high(0x30, 0), lo1, n4, 0xF8);
+  s.m[0] = _mm512_ternarylogic_epi32(high(0x0C, 2), _mm512_srli_epi16(lo0, 4), n4, 0xF8);
+  s.m[1] = _mm512_ternarylogic_epi32(high(0xC0, -2), _mm512_srli_epi16(lo1, 4), n4, 0xF8);
+  const __m512 bias = _mm512_set1_ps(8388608.0f);
+  s.d = pair_scales(a.d, b.d);
+  s.dmin = pair_scales(a.dmin, b.dmin);
+  s.d_bias = _mm512_mul_ps(s.d, bias);
+  s.dmin_bias = _mm512_mul_ps(s.dmin, bias);
+}
+// Qwords q of a and b alternating (a's q0, b's q0, a's q1, ...) from q = first: 8 bytes
+// per row group, so 16-byte lane i holds one scale's 16 rows.
+static inline __m512i pair_qwords(__m512i a, __m512i b, int first) {
+  return _mm512_permutex2var_epi64(a, _mm512_add_epi64(_mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), _mm512_set1_epi64(first)), b);
+}
+// 16-byte lane I of v (signed bytes), widened to 16 floats, times d.
+template <int I>
+static inline void lanes_times(__m512 d, __m512i v, __m512* out) {
+  out[I] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, I))));
+  if constexpr (I < 3) lanes_times<I + 1>(d, v, out);
 }
 // q6k: int8 scales [s*8 + r], s = 0..15: 4 lanes of 16 rows per 32 bytes of a and b.
 static inline void pair_k_scales(const BlockQ6Kx8& a, const BlockQ6Kx8& b, Q6PairScales& s) {
   const __m512 d = pair_scales(a.d, b.d);
   for (int h = 0; h < 2; ++h) {
     const __m512i va = _mm512_loadu_si512(a.scales + 64 * h), vb = _mm512_loadu_si512(b.scales + 64 * h);
-    lanes_times<0>(d, pair_qwords(va, vb, 0), true, s.dsc + 8 * h);
-    lanes_times<0>(d, pair_qwords(va, vb, 4), true, s.dsc + 8 * h + 4);
+    lanes_times<0>(d, pair_qwords(va, vb, 0), s.dsc + 8 * h);
+    lanes_times<0>(d, pair_qwords(va, vb, 4), s.dsc + 8 * h + 4);
   }
 }
 
@@ -523,9 +546,10 @@ static inline void pair_k_steps(__m512* acc, const PairSub& w, const AffinePairS
   __m512i isum[RM];
   for (int i = 0; i < RM; ++i) isum[i] = _mm512_setzero_si512();
   pair_dots<RM>(isum, w.g, a, 0, 8);
+  const __m512 dsc = pair_dsc(s, j), dm = pair_dm(s, j);
   for (int i = 0; i < RM; ++i) {
-    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(s.dsc[j], _mm512_set1_ps(a[i]->d)), acc[i]);
-    acc[i] = _mm512_fnmadd_ps(s.dm[j], _mm512_set1_ps(a[i]->dsum), acc[i]);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dsc, _mm512_set1_ps(a[i]->d)), acc[i]);
+    acc[i] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(a[i]->dsum), acc[i]);
   }
 }
 // q6k, token by token (two chains of 4 groups each already cover the latency): Σ (q - 32)·a
@@ -533,6 +557,7 @@ static inline void pair_k_steps(__m512* acc, const PairSub& w, const AffinePairS
 template <int RM>
 static inline void pair_k_steps(__m512* acc, const PairSub& w, const Q6PairScales& s, int j,
                                 const BlockQ8Act* const* x) {
+  const __m512 dlo = pair_dsc(s, 2 * j), dhi = pair_dsc(s, 2 * j + 1);
   for (int i = 0; i < RM; ++i) {
     const BlockQ8Act& a = *x[i];
     const __m512i sums = _mm512_set1_epi32(word(a.sum));
@@ -543,8 +568,8 @@ static inline void pair_k_steps(__m512* acc, const PairSub& w, const Q6PairScale
       hi = _mm512_dpbusd_epi32(hi, w.g[g + 4], _mm512_set1_epi32(word(a.qs + 16 + 4 * g)));
     }
     const __m512 ad = _mm512_set1_ps(a.d);
-    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(s.dsc[2 * j], ad), acc[i]);
-    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(s.dsc[2 * j + 1], ad), acc[i]);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dlo, ad), acc[i]);
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dhi, ad), acc[i]);
   }
 }
 
@@ -562,7 +587,7 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
     typename PairScalesOf<Block>::type sc;
     pair_k_scales(a, b, sc);
     const int subs = block_subs(K, s);
-    for (int j = 0; j < subs; ++j) {
+    auto step = [&](int j) __attribute__((always_inline)) {
       constexpr size_t kSubBytes = sizeof(Block) / kKSubs;  // prefetch: each block's bytes in 8 steps
       for (size_t off = 0; off < kSubBytes; off += 64) {
         prefetch_ahead(&a, j * kSubBytes + off);
@@ -572,6 +597,13 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
       const BlockQ8Act* x[RM];
       for (int i = 0; i < RM; ++i) x[i] = xq + (m0 + i) * nb + s * kKSubs + j;
       pair_k_steps<RM>(acc, w, sc, j, x);
+    };
+    // Unrolled only where it measured faster (decode); q6k and M = 8 tiles were slower.
+    if (RM == 1 && subs == kKSubs && !std::is_same<Block, BlockQ6Kx8>::value) {
+#pragma GCC unroll 8
+      for (int j = 0; j < kKSubs; ++j) step(j);
+    } else {
+      for (int j = 0; j < subs; ++j) step(j);
     }
   }
   store_pair_tile<RM>(y, acc, bias, ldy, m0, n0, rows);
