@@ -234,7 +234,7 @@ def test_integer_matmul_is_exact(isa, fmt, M, N, K_, threads):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", ["q8", "q4"])
 @pytest.mark.parametrize("M,N,K_", [(1, 67, 33), (3, 17, 7), (7, 33, 67), (67, 65, 100), (1, 300, 2100),
-                                    (16, 24, 97), (17, 40, 300), (31, 7, 64), (45, 33, 1000)])
+                                    (512, 24, 97), (513, 40, 300), (527, 7, 64), (541, 33, 1000)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_matmul_matches_numpy_and_scalar(isa, fmt, M, N, K_, threads):
     x, w, bias = (rng.standard_normal(s).astype(np.float32) for s in ((M, K_), (N, K_), (N,)))

@@ -392,12 +392,12 @@ void check_matmul_q(const KernelTable& t, const KernelTable& ref, Report& r) {
                                {33, 40, 2080}, {257, 24, 96}, {29, 17, 4100}, {18, 32, 64}, {31, 9, 160},
                                {37, 16, 64}, {46, 8, 64}, {47, 16, 96}, {20, 16, 32}, {40, 8, 64}, {26, 16, 33},
                                {27, 8, 64}, {35, 100, 300}, {36, 24, 544}, {38, 50, 1000}, {32, 40, 600},
-                               // AMX token tiles of 16: every remainder 1..15 past a full tile, a lone
-                               // last row group, K chunks of 8 blocks with a tail, and blocks left over
-                               // from groups of 4
-                               {19, 40, 100}, {21, 40, 100}, {22, 40, 100}, {23, 40, 100}, {24, 40, 100},
-                               {25, 40, 100}, {28, 40, 100}, {30, 40, 100}, {34, 8, 288}, {49, 72, 330},
-                               {64, 64, 2048}};
+                               // AMX (from 512 tokens), token tiles of 16: remainders past a full tile,
+                               // a lone last row group, K chunks of 8 blocks with a tail, and blocks
+                               // left over from groups of 4
+                               {512, 40, 100}, {515, 40, 100}, {517, 40, 100}, {518, 40, 100},
+                               {519, 40, 100}, {520, 40, 100}, {521, 40, 100}, {524, 40, 100},
+                               {526, 40, 100}, {530, 8, 288}, {545, 72, 330}, {528, 64, 2048}};
   for (const WeightFormat& f : weight_formats()) {
     if (!quantized(&f)) continue;
     Rng rng;

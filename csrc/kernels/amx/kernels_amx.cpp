@@ -26,9 +26,11 @@ namespace {
 
 constexpr int kTileTokens = 16;  // rows of an A and a C tile
 constexpr int kPairRows = 2 * kQRows;
-// Below this many tokens the avx512 pair tiles run: they were faster at M = 2..8 and
-// even at 16 (bench/README.md, "AMX").
-constexpr int64_t kMinTokens = 16;
+// Below this many tokens the avx512 path runs. Quiet, 2 threads, weights from DRAM
+// (bench/README.md, "AMX"): amx took 1.15-1.29x avx512's time at M = 16..256 and
+// 0.98 / 1.18 (q4 / q8) at 512, while end-to-end prefill of 512-token chunks (the
+// session's largest forward) ran 1.06-1.07x faster on amx. So only chunks that large.
+constexpr int64_t kMinTokens = 512;
 // Weights are staged kPanelPairs pairs (64 rows, an ops.cpp task) by kChunkBlocks
 // blocks at a time (18 KB, and 4.5 KB of a token tile: in L1; 16 blocks were no faster).
 constexpr int64_t kPanelPairs = 4;
