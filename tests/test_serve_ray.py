@@ -26,9 +26,14 @@ def load_example():
     return module
 
 
-def test_ray_serve_two_replicas():
+def test_ray_serve_two_replicas(monkeypatch):
     example = load_example()
     port = free_port()
+    # Ray Serve gives its HTTP proxy 5 s to report ready (three tries, then it is killed and
+    # serve.start fails): on a loaded 2-core machine a new proxy took longer. Ray's processes
+    # inherit these from the driver at ray.init.
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        monkeypatch.setenv(name, "60")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
