@@ -172,12 +172,20 @@ struct QVec : F8Avx {
 // tokens reuses each unpacked block, so a small batch reads and unpacks the weights
 // once. The int32 dot products and the per-row FMAs are the scalar twin's.
 constexpr int kPairTokens = 8;
-// A pair tile streams two row groups at once; it prefetches each this far ahead
-// (bench/README.md, fifth session: on a loaded machine 2048 was never slower than 1024,
-// 512 and 4096 at times were; to be re-measured quietly).
-constexpr int64_t kPairPrefetchBytes = 2048;
+// A pair tile streams two row groups at once; it prefetches each this far ahead, into
+// L2 (prefetcht1), not L1: on Zen 4 a pair tile's L1 prefetches 2048 bytes ahead left
+// one core reading 12 GB/s where one stream reads 24; into L2 8192 bytes ahead, the
+// two streams of a core read as fast as one (bench/README.md, seventh session).
+constexpr int64_t kPairPrefetchBytes = 8192;
 static inline void prefetch_ahead(const void* p, size_t off) {
-  __builtin_prefetch(static_cast<const char*>(p) + kPairPrefetchBytes + off);
+  __builtin_prefetch(static_cast<const char*>(p) + kPairPrefetchBytes + off, 0, 2);
+}
+// Stream a's look-ahead past its row group (where stream b is) goes to the next pair's
+// stream b instead (two groups on), so neither stream of the next pair starts cold.
+static inline void prefetch_ahead_a(const void* p, size_t off, const void* b, int64_t group_bytes) {
+  const char* at = static_cast<const char*>(p) + kPairPrefetchBytes + off;
+  if (at >= static_cast<const char*>(b)) at += 2 * group_bytes;
+  __builtin_prefetch(at, 0, 2);
 }
 
 struct Pair {
@@ -258,7 +266,7 @@ static inline void matmul_pair_tile(float* y, const BlockQ8Act* xq, const Block*
   for (int i = 0; i < RM; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     for (size_t off = 0; off < sizeof(Block); off += 64) {
-      prefetch_ahead(wa + b, off);
+      prefetch_ahead_a(wa + b, off, wb, nb * int64_t(sizeof(Block)));
       prefetch_ahead(wb + b, off);
     }
     const Pair w = load_pair(wa[b], wb[b]);
@@ -583,7 +591,7 @@ static inline void matmul_kpair_tile(float* y, const BlockQ8Act* xq, const char*
     auto step = [&](int j) __attribute__((always_inline)) {
       constexpr size_t kSubBytes = sizeof(Block) / kKSubs;  // prefetch: each block's bytes in 8 steps
       for (size_t off = 0; off < kSubBytes; off += 64) {
-        prefetch_ahead(&a, j * kSubBytes + off);
+        prefetch_ahead_a(&a, j * kSubBytes + off, gb, gb - ga);
         prefetch_ahead(&b, j * kSubBytes + off);
       }
       const PairSub w = load_pair_sub(a, b, subs, j);
