@@ -577,7 +577,8 @@ def main():
         task_weights[name] = float(value)
     print(f"task weights: {task_weights}", flush=True)
     weights = [task_weights[t] for t in tasks]
-    data_rng = random.Random(args.seed + 1 if args.data_seed is None else args.data_seed)
+    data_seed = args.seed + 1 if args.data_seed is None else args.data_seed
+    data_rng = random.Random(data_seed)
     model.train()
     run_loss, run_n = 0.0, 0
     task_loss = {t: [0.0, 0] for t in tasks}
@@ -590,7 +591,7 @@ def main():
             break
         if args.replay_every and step % args.replay_every == 0:  # a round before the first step too
             t_probe = time.time()
-            prng = random.Random((args.seed + 1 if args.data_seed is None else args.data_seed) * 1000003 + step)
+            prng = random.Random(data_seed * 1000003 + step)
             n = args.replay_probe
             probes = ([prng.choice(probe_kinds["single"]) for _ in range(n // 3)]
                       + [prng.choice(probe_kinds["bare"]) for _ in range(n // 2)]

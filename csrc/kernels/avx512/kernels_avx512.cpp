@@ -183,9 +183,9 @@ static inline void prefetch_ahead(const void* p, size_t off) {
 // Stream a's look-ahead past its row group (where stream b is) goes to the next pair's
 // stream b instead (two groups on), so neither stream of the next pair starts cold.
 static inline void prefetch_ahead_a(const void* p, size_t off, const void* b, int64_t group_bytes) {
-  const char* at = static_cast<const char*>(p) + kPairPrefetchBytes + off;
-  if (at >= static_cast<const char*>(b)) at += 2 * group_bytes;
-  __builtin_prefetch(at, 0, 2);
+  const char* at = static_cast<const char*>(p);
+  if (at + kPairPrefetchBytes + off >= static_cast<const char*>(b)) at += 2 * group_bytes;
+  prefetch_ahead(at, off);
 }
 
 struct Pair {
