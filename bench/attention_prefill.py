@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 CASES = [  # (name, query heads, kv heads, head_dim, kv dtype)
@@ -66,11 +67,12 @@ def main() -> None:
         print(json.dumps(measure(a.threads, 3)))
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from peak import peaks
+    from peak import build_peak, peaks
 
     from hearthlm import _kernels as K
     isa = K.active_isa()
-    peak = peaks(a.threads).get((f"f32_fma_{isa}", a.threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = peaks(build_peak(tmp), a.threads).get((f"f32_fma_{isa}", a.threads))
     sides = {"new": sys.executable, **({"old": a.old} if a.old else {})}
     runs = {side: [] for side in sides}
     print(f"load average before: {os.getloadavg()[0]:.2f}; {isa}, {a.threads} threads, f32 FMA peak "

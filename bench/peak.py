@@ -8,11 +8,14 @@ ISA runs; float: f32 FMA).
     python bench/peak.py [--threads 2] [--tokens 256] [--types q4,q8,bf16,f32] [--reps 5]
         [--old /path/to/old/venv/bin/python] [--rounds 5] [--cpu-time]
 
---old times the old environment's build too: rounds alternate between a subprocess of
-each build (reps timings each), and the medians of each side's per-round medians give
-old and new GOP/s side by side. --cpu-time (with --threads 1) times the peaks and the
-matmuls by the thread's CPU time instead of the clock: on a busy machine the time the
-thread waits for a core then does not count (the caches it shares still do).
+Every round measures the peaks again, then runs one subprocess of each build (reps
+timings each, median), so each share is of the peak measured beside it: on a shared VM
+the core's speed drifts by +-15 % within minutes, and a peak measured once would turn that
+drift into the shares. The printed GOP/s, peaks and shares are medians over rounds.
+--old times the old environment's build too, in the same rounds. --cpu-time (with
+--threads 1) times the peaks and the matmuls by the thread's CPU time instead of the
+clock: on a busy machine the time the thread waits for a core then does not count (the
+caches it shares still do).
 """
 import argparse
 import json
@@ -35,12 +38,16 @@ LAYER = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
          (INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)]  # (N, K) of one layer
 
 
-def peaks(threads: int, cpu_time: bool = False) -> dict:
-    """{(kind, threads): GOP/s} from bench/peak.cpp."""
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "peak")
-        subprocess.run(["g++", "-O3", "-fopenmp", os.path.join(HERE, "peak.cpp"), "-o", exe], check=True)
-        out = subprocess.run([exe, str(threads)] + (["cpu"] if cpu_time else []), check=True, capture_output=True, text=True).stdout
+def build_peak(folder: str) -> str:
+    """bench/peak.cpp compiled into folder."""
+    exe = os.path.join(folder, "peak")
+    subprocess.run(["g++", "-O3", "-fopenmp", os.path.join(HERE, "peak.cpp"), "-o", exe], check=True)
+    return exe
+
+
+def peaks(exe: str, threads: int, cpu_time: bool = False) -> dict:
+    """{(kind, threads): GOP/s} from one run of bench/peak.cpp."""
+    out = subprocess.run([exe, str(threads)] + (["cpu"] if cpu_time else []), check=True, capture_output=True, text=True).stdout
     return {(kind, int(t)): float(g) for kind, t, g in (line.split() for line in out.splitlines())}
 
 
@@ -83,7 +90,7 @@ def main() -> None:
     p.add_argument("--types", default="q4,q8,bf16,f32")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--old", help="python of an environment with the old build, timed in turn")
-    p.add_argument("--rounds", type=int, default=5, help="with --old: alternating rounds")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of peaks and matmuls (both builds with --old)")
     p.add_argument("--cpu-time", action="store_true", help="time by CPU time (needs --threads 1)")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -94,32 +101,38 @@ def main() -> None:
         print(json.dumps(layer_gops(wtypes, a.tokens, a.threads, a.reps, a.cpu_time)))
         return
     print(f"load average before: {os.getloadavg()[0]:.2f}; ISA {K.active_isa()}")
-    pk = peaks(a.threads, a.cpu_time)
-    for (kind, t), g in sorted(pk.items()):
-        print(f"peak {kind:<20} {t} threads: {g:8.1f} GOP/s")
-    if a.old:
-        runs = {"old": [], "new": []}
+    sides = ([("old", a.old)] if a.old else []) + [("new", sys.executable)]
+    rounds = []  # per round: (peaks, {side: {wtype: GOP/s}})
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_peak(tmp)
         for _ in range(a.rounds):
-            for name, python in (("old", a.old), ("new", sys.executable)):
+            pk = peaks(exe, a.threads, a.cpu_time)
+            runs = {}
+            for name, python in sides:
                 cmd = [python, __file__, "--types", a.types, "--tokens", str(a.tokens), "--threads",
                        str(a.threads), "--reps", str(a.reps), "--json"] + (["--cpu-time"] if a.cpu_time else [])
-                runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                            text=True, env=os.environ).stdout))
-        results = {name: {w: statistics.median(r[w] for r in rs) for w in wtypes} for name, rs in runs.items()}
-    else:
-        results = {"new": layer_gops(wtypes, a.tokens, a.threads, a.reps, a.cpu_time)}
+                runs[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                                       env=os.environ).stdout)
+            rounds.append((pk, runs))
+    for key in sorted(rounds[0][0]):
+        values = [pk[key] for pk, _ in rounds]
+        print(f"peak {key[0]:<20} {key[1]} threads: {statistics.median(values):8.1f} GOP/s "
+              f"(rounds: {min(values):.1f}-{max(values):.1f})")
     isa = K.active_isa()
     wide = isa in ("avx512", "amx")
     # The amx path's quantized share is given of both the VNNI and the tile peak.
     int8 = ["int8_avx512_vnni"] + (["int8_amx"] if isa == "amx" else []) if wide else ["int8_avx2_maddubs"]
     for wtype in wtypes:
         kinds = int8 if wtype in QUANTIZED else ["f32_fma_avx512" if wide else "f32_fma_avx2"]
+        gops = {name: statistics.median(runs[name][wtype] for _, runs in rounds) for name, _ in sides}
         for kind in kinds:
-            peak = pk[(kind, a.threads)]
-            line = "   ".join(f"{name} {g[wtype]:7.1f} GOP/s = {100 * g[wtype] / peak:5.1f} %"
-                              for name, g in results.items())
-            ratio = f"   new/old {results['new'][wtype] / results['old'][wtype]:.2f}" if a.old else ""
-            print(f"{wtype:<5} M={a.tokens}: {line} of {kind} ({peak:.1f}){ratio}")
+            key = (kind, a.threads)
+            line = "   ".join(f"{name} {gops[name]:7.1f} GOP/s = "
+                              f"{100 * statistics.median(runs[name][wtype] / pk[key] for pk, runs in rounds):5.1f} %"
+                              for name, _ in sides)
+            ratio = (f"   new/old {statistics.median(runs['new'][wtype] / runs['old'][wtype] for _, runs in rounds):.2f}"
+                     if a.old else "")
+            print(f"{wtype:<5} M={a.tokens}: {line} of {kind}{ratio}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
