@@ -1,9 +1,11 @@
 """q8 / q4 quantized weights: the quantizer against a numpy model of the same rules,
 the integer kernels on every ISA against numpy integer math, and whole models against
 transformers. Formats: csrc/kernels/quant.h."""
+import io
 import os
 import shutil
 import stat
+import sys
 
 import numpy as np
 import pytest
@@ -472,8 +474,25 @@ def test_progress_is_a_callback_and_the_library_prints_nothing(model_dir, tmp_pa
         assert calls[0] == (0, total) and calls[-1] == (total, total) and total > 0
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert capfd.readouterr() == ("", "")
+    line = ProgressLine("quantizing to q4")  # stderr is a file here: a line per tenth of the job
+    for done in (0, 1 << 20, 1 << 29, 1 << 29, (1 << 29) + (1 << 20), 1 << 30):
+        line(done, 1 << 30)
+    assert capfd.readouterr().err == ("hearthlm: quantizing to q4:   0% (0.00 / 1.07 GB)\n"
+                                      "hearthlm: quantizing to q4:  50% (0.54 / 1.07 GB)\n"
+                                      "hearthlm: quantizing to q4: 100% (1.07 / 1.07 GB)\n")
+
+
+def test_progress_on_a_terminal_redraws_one_line_when_the_percentage_changes(monkeypatch):
+    from hearthlm.cli import ProgressLine
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
     line = ProgressLine("quantizing to q4")
-    line(0, 1 << 30)
-    line(1 << 30, 1 << 30)
-    assert capfd.readouterr().err == ("\rhearthlm: quantizing to q4:   0% (0.00 / 1.07 GB)"
-                                      "\rhearthlm: quantizing to q4: 100% (1.07 / 1.07 GB)\n")
+    for done in (0, 1 << 20, 1 << 29, 1 << 29, 1 << 30):
+        line(done, 1 << 30)
+    assert err.getvalue() == ("\rhearthlm: quantizing to q4:   0% (0.00 / 1.07 GB)"
+                              "\rhearthlm: quantizing to q4:  50% (0.54 / 1.07 GB)"
+                              "\rhearthlm: quantizing to q4: 100% (1.07 / 1.07 GB)\n")

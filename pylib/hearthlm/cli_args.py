@@ -22,18 +22,28 @@ PROGRESS_MIN_BYTES = 256 << 20  # draw a progress line when quantizing more than
 
 
 class ProgressLine:
-    """A progress(done, total) callback for load() and quantize(): one self-overwriting
-    line on stderr, for jobs large enough to take a while."""
+    """A progress(done, total) callback for load() and quantize(), for jobs large enough
+    to take a while: on a terminal one self-overwriting line on stderr, redrawn when the
+    percentage changes; into a file or pipe (a log) one line per tenth of the job."""
 
     def __init__(self, what: str):
         self.what = what
+        self.shown = None  # the last percentage (terminal) or tenth (log) drawn
 
     def __call__(self, done: int, total: int) -> None:
         if total < PROGRESS_MIN_BYTES:
             return
-        end = "\n" if done >= total else ""
-        print(f"\rhearthlm: {self.what}: {100 * done // total:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)",
-              end=end, file=sys.stderr, flush=True)
+        percent = 100 * done // total
+        terminal = sys.stderr.isatty()
+        step = percent if terminal else percent // 10
+        if step == self.shown:
+            return
+        self.shown = step
+        text = f"hearthlm: {self.what}: {percent:3d}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)"
+        if terminal:
+            print("\r" + text, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
 
 def add_mmap_option(p) -> None:
