@@ -1,7 +1,8 @@
 """Prefill attention: the last 512-token chunk of a 4096-token prompt (every causally
 visible pair), as GFLOP/s of q·k and p·v and % of the f32 FMA peak (bench/peak.cpp)
 of the active ISA, for TinyLlama's heads (32 query / 4 kv, head_dim 64) with f32, f16
-and q8 KV and Qwen3-0.6B's (16 / 8, head_dim 128). --tokens and --context set the
+and q8 KV, and with f32 KV Qwen3-0.6B's (16 / 8, head_dim 128), Llama-3.2-1B's (32 / 8,
+64), Qwen2.5-0.5B's (14 / 2, 64) and Phi-3-mini's (32 / 32, 96). --tokens and --context set the
 chunk and the prompt (--tokens 11: a speculative verify step). With --old, another
 build's Python runs the same cases in alternate rounds and new/old is printed.
 
@@ -20,6 +21,8 @@ import time
 CASES = [  # (name, query heads, kv heads, head_dim, kv dtype)
     ("tinyllama f32 KV", 32, 4, 64, "f32"), ("tinyllama f16 KV", 32, 4, 64, "f16"),
     ("tinyllama q8 KV", 32, 4, 64, "q8"), ("qwen3-0.6b f32 KV", 16, 8, 128, "f32"),
+    ("llama-3.2-1b f32 KV", 32, 8, 64, "f32"), ("qwen2.5-0.5b f32 KV", 14, 2, 64, "f32"),
+    ("phi-3-mini f32 KV", 32, 32, 96, "f32"),
 ]
 
 
@@ -90,7 +93,7 @@ def main() -> None:
             runs[side].append(json.loads(out))
     print(f"last {a.tokens} tokens of a {a.context}-token prompt: medians of {a.rounds} rounds")
     for name, heads, _, hd, _ in CASES:
-        line = f"{name:<18}"
+        line = f"{name:<20}"
         for side in sides:
             t = statistics.median(r[name] for r in runs[side])
             g = flops(heads, hd, a.tokens, a.context) / t / 1e9

@@ -271,14 +271,6 @@ void store_row(const KVLayer& c, int64_t r, const float* in, int64_t n) {
   }
 }
 
-// One token's attention over a long cache with few kv heads leaves threads idle (or,
-// splitting the query-head groups, makes them read the same K and V twice). It is
-// then cut along the cache into up to kMaxCacheChunks ranges of at least
-// kMinChunkSlots slots: each task attends one kv head's group over one range, keeping
-// its output and log-sum-exp, and the ranges of each head are merged at the end.
-constexpr int64_t kMaxCacheChunks = 16;
-constexpr int64_t kMinChunkSlots = 256;
-
 // Rows [j0, ...) of a kv head's rows.
 KVRows rows_from(const KVRows& r, KVType type, int64_t j0) {
   return KVRows{static_cast<const char*>(r.data) + j0 * r.row_stride * kv_element_bytes(type),
@@ -287,89 +279,45 @@ KVRows rows_from(const KVRows& r, KVType type, int64_t j0) {
 
 }  // namespace
 
-int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim) {
-  return kMaxCacheChunks * n_heads * (head_dim + 1);
-}
-
 namespace team {
 
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
-               const SlotRange* ranges, float* partials) {
-  // Each task: one kv head, a group of up to kMaxGroup of its query heads, a tile of
+               const SlotRange* ranges) {
+  // Each task: one kv head, a group of up to kMaxGroup of its query heads and a tile of
   // consecutive tokens (so each K and V block is read once for the whole tile, not once
-  // per token: prefill and verify steps), and (one token only) one range of the cache.
+  // per token: prefill and verify steps). The kernel's rows do not depend on which rows
+  // share a call, so neither tiles nor groups change a bit of the result. With too few
+  // tasks for the team (one token, few kv heads), the groups are split: threads then
+  // read the same K and V, mostly from the shared cache.
   const int64_t n_kv_heads = k.n_kv_heads;
-  const int64_t n_slots = ranges ? ranges[0].count : k.n_slots;  // the one token's (chunked path)
   if (T <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;  // no heads: nothing to write
   const int64_t n_rep = n_heads / n_kv_heads, threads = team_size();
   int64_t group = n_rep < kMaxGroup ? n_rep : kMaxGroup;
   int64_t tile = kMaxRows / group;  // tokens per task
   auto head_tasks = [&] { return ceil_div(T, tile) * n_kv_heads * ceil_div(n_rep, group); };
   while (tile > 1 && head_tasks() < 2 * threads) tile = ceil_div(tile, 2);
-  const int64_t n_chunks = T == 1 && head_tasks() < 2 * threads
-      ? std::max(int64_t(1), std::min({ceil_div(4 * threads, head_tasks()), kMaxCacheChunks,
-                                        ceil_div(n_slots, kMinChunkSlots)}))  // n_slots may be 0
-      : 1;
-  // Too few tasks and too short a cache to cut: split the query-head groups instead.
-  while (n_chunks == 1 && group > 1 && head_tasks() < 2 * threads) group = ceil_div(group, 2);
-  // Tiles of T > 1 tokens hold at least 2 (the kernel computes one token and tiles of
-  // several differently, so a token's bits must not depend on where tiles end).
-  const int64_t groups_per_kv = ceil_div(n_rep, group), n_tiles = T == 1 ? 1 : std::min(ceil_div(T, tile), T / 2);
-  const int64_t chunk = ceil_div(ceil_div(n_slots, n_chunks), kAttentionBlock) * kAttentionBlock;
-  const int64_t n_tasks = n_tiles * n_kv_heads * groups_per_kv * n_chunks;
+  while (group > 1 && head_tasks() < 2 * threads) group = ceil_div(group, 2);
+  const int64_t groups_per_kv = ceil_div(n_rep, group), n_tiles = ceil_div(T, tile);
   const int64_t ld = n_heads * head_dim;
-  float* part_out = partials;                                  // [n_chunks, n_heads, head_dim]
-  float* part_lse = partials + n_chunks * n_heads * head_dim;  // [n_chunks, n_heads]
   const auto kernel = kt.attention[k.type];
-  dynamic_for(n_tasks, [&](int64_t task) {
-    const int64_t c = task % n_chunks, head_task = task / n_chunks;
+  dynamic_for(n_tiles * n_kv_heads * groups_per_kv, [&](int64_t task) {
     // consecutive tasks: the tiles of one kv head (threads working at once share its K and V in cache)
-    const int64_t tile_index = head_task % n_tiles, head_group = head_task / n_tiles;
+    const int64_t tile_index = task % n_tiles, head_group = task / n_tiles;
     const int64_t t0 = T * tile_index / n_tiles, t1 = T * (tile_index + 1) / n_tiles;  // balanced
     const int64_t kvh = head_group / groups_per_kv;
     const int64_t h0 = kvh * n_rep + (head_group % groups_per_kv) * group;
     const int64_t n_q = h0 + group <= (kvh + 1) * n_rep ? group : (kvh + 1) * n_rep - h0;
-    if (n_chunks == 1) {
-      for (int64_t t = t0, u; t < t1; t = u) {  // runs of tokens that attend the same slots
-        const int64_t first = ranges ? ranges[t].first : 0, count = ranges ? ranges[t].count : k.n_slots;
-        for (u = t + 1; u < t1 && (!ranges || (ranges[u].first == first && ranges[u].count == count));) ++u;
-        const int64_t offset = t * ld + h0 * head_dim;
-        kernel(out + offset, q + offset, ld, rows_from(head_rows(k, kvh), k.type, first),
-               rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos + t, u - t, window,
-               scale, softcap, n_q, head_dim, nullptr);
-      }
-      return;
+    for (int64_t t = t0, u; t < t1; t = u) {  // runs of tokens that attend the same slots
+      const int64_t first = ranges ? ranges[t].first : 0, count = ranges ? ranges[t].count : k.n_slots;
+      for (u = t + 1; u < t1 && (!ranges || (ranges[u].first == first && ranges[u].count == count));) ++u;
+      const int64_t offset = t * ld + h0 * head_dim;
+      kernel(out + offset, q + offset, ld, rows_from(head_rows(k, kvh), k.type, first),
+             rows_from(head_rows(v, kvh), v.type, first), kv_pos + first, count, q_pos + t, u - t, window, scale,
+             softcap, n_q, head_dim);
     }
-    const int64_t first = ranges ? ranges[0].first : 0;
-    const int64_t j0 = first + c * chunk, len = std::min(chunk, first + n_slots - j0);
-    float* lse = part_lse + c * n_heads + h0;
-    if (len <= 0) {  // past the end of the cache
-      for (int64_t g = 0; g < n_q; ++g) lse[g] = -INFINITY;
-      return;
-    }
-    kernel(part_out + (c * n_heads + h0) * head_dim, q + h0 * head_dim, ld, rows_from(head_rows(k, kvh), k.type, j0),
-           rows_from(head_rows(v, kvh), v.type, j0), kv_pos + j0, len, q_pos, 1, window, scale, softcap,
-           n_q, head_dim, lse);
   });
-  if (n_chunks == 1) return;
-#pragma omp for schedule(static)
-  for (int64_t h = 0; h < n_heads; ++h) {  // out = Σ_c e^(lse_c - max) out_c / Σ_c e^(lse_c - max)
-    float top = -INFINITY;
-    for (int64_t c = 0; c < n_chunks; ++c) top = std::max(top, part_lse[c * n_heads + h]);
-    float* o = out + h * head_dim;
-    for (int64_t d = 0; d < head_dim; ++d) o[d] = 0.0f;
-    if (top == -INFINITY) continue;  // nothing visible
-    float denom = 0.0f;
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const float w = expf(part_lse[c * n_heads + h] - top);
-      denom += w;
-      const float* oc = part_out + (c * n_heads + h) * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) o[d] += w * oc[d];
-    }
-    for (int64_t d = 0; d < head_dim; ++d) o[d] /= denom;
-  }
 }
 
 }  // namespace team
@@ -541,11 +489,8 @@ void attention(const KernelTable& kt, float* out, const float* q, const KVLayer&
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
                int n_threads) {
-  static thread_local std::vector<float> scratch;  // the calling thread's, shared with the team
-  scratch.resize(size_t(attention_partials_floats(n_heads, head_dim)));
-  float* partials = scratch.data();
   team::on_team(n_threads, T * n_heads > 1 && T * k.n_slots * n_heads * head_dim >= kMatmulMin, [&] {
-    team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, softcap, nullptr, partials);
+    team::attention(kt, out, q, k, v, kv_pos, q_pos, T, n_heads, head_dim, window, scale, softcap, nullptr);
   });
 }
 

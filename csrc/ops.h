@@ -81,9 +81,6 @@ void add(const KernelTable& kt, float* out, const float* a, const float* b, floa
 void embed(const KernelTable& kt, WeightType wt, float* out, const void* table,
            const int32_t* ids, int64_t T, int64_t dim);
 
-// Scratch floats team::attention needs to split one token's attention along the cache.
-int64_t attention_partials_floats(int64_t n_heads, int64_t head_dim);
-
 // One expert of a mixture-of-experts feed-forward: down(silu(x · gateᵀ) * (x · upᵀ));
 // gate, up [I, H] and down [H, I], no biases.
 struct Expert {
@@ -131,13 +128,12 @@ void scale(float* x, float s, int64_t n);
 // thread rotated, or other buffers).
 void rope(const KernelTable& kt, float* x, const float* cos, const float* sin,
           const int32_t* pos, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot_dim, bool wait = true);
-// partials: attention_partials_floats(n_heads, head_dim) floats shared by the team,
-// where one token's heads are split along the cache (see ops.cpp). ranges[T]: the
-// slots each token may attend (its own sequence's), or null for the whole cache.
+// ranges[T]: the slots each token may attend (its own sequence's), or null for the
+// whole cache.
 void attention(const KernelTable& kt, float* out, const float* q, const KVLayer& k,
                const KVLayer& v, const int32_t* kv_pos, const int32_t* q_pos, int64_t T,
                int64_t n_heads, int64_t head_dim, int32_t window, float scale, float softcap,
-               const SlotRange* ranges, float* partials);
+               const SlotRange* ranges);
 // k and v rows of T tokens [T, n_kv_heads, head_dim] into slots[t] of both caches,
 // token by token in rope's static split (so a rope of k just before needs no barrier).
 void kv_store(const KVLayer& k_dst, const KVLayer& v_dst, const float* k, const float* v,

@@ -62,8 +62,7 @@ void run(const KernelTable& kt, const Op& op, const std::vector<int64_t>& widths
     case OpKind::attention: {
       const CacheGroup& c = s.caches[op.cache_group];
       team::attention(kt, out, in, layer_cache(c.k, op.layer), layer_cache(c.v, op.layer), c.slot_pos,
-                      s.positions, T, op.n_heads, op.head_dim, op.window, op.attn_scale, op.softcap, c.ranges,
-                      s.attention_partials);
+                      s.positions, T, op.n_heads, op.head_dim, op.window, op.attn_scale, op.softcap, c.ranges);
       break;
     }
     case OpKind::glu:

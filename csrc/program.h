@@ -90,7 +90,6 @@ struct ProgramStep {
   const RopeTable* tables;
   const CacheGroup* caches;
   BlockQ8Act* xq;             // T * ceil(max K / 32) activation blocks
-  float* attention_partials;  // attention_partials_floats of the widest attention op
   void* moe_scratch;          // moe_scratch_bytes of the largest moe op
 };
 

@@ -118,7 +118,7 @@ class LayerProgram {
     threads_arg(n_threads);
 
     const ProgramStep step{T, bufs, pos, rope, groups, reinterpret_cast<BlockQ8Act*>(scratch_p),
-                           reinterpret_cast<float*>(scratch_p + xq_bytes(T)), scratch_p + moe_offset(T)};
+                           scratch_p + moe_offset(T)};
     const KernelTable& kt = active_kernels();
     py::gil_scoped_release release;
     run_program(kt, ops_, widths_, work_per_token_ / n_layers_, step, n_threads);
@@ -167,8 +167,8 @@ class LayerProgram {
   }
 
   int64_t xq_bytes(int64_t T) const { return T * q_blocks(max_k_) * int64_t(sizeof(BlockQ8Act)); }
-  int64_t moe_offset(int64_t T) const {  // after the activation blocks and attention partials, 64-byte aligned
-    return (xq_bytes(T) + partial_floats_ * int64_t(sizeof(float)) + 63) / 64 * 64;
+  int64_t moe_offset(int64_t T) const {  // after the activation blocks, 64-byte aligned
+    return (xq_bytes(T) + 63) / 64 * 64;
   }
   int64_t moe_bytes(int64_t T) const {
     int64_t bytes = 0;
@@ -281,7 +281,6 @@ class LayerProgram {
       expect(op.window >= 0 && op.softcap >= 0.0f, at + ": window and softcap must not be negative");
       expect_width(op.in, op.n_heads * head_dim_, at);
       expect_width(op.out, op.n_heads * head_dim_, at);
-      partial_floats_ = std::max(partial_floats_, attention_partials_floats(op.n_heads, head_dim_));
     } else if (kind == "glu") {
       op.kind = OpKind::glu;
       op.out = buffer(d, "out", at);
@@ -427,7 +426,7 @@ class LayerProgram {
   std::vector<int64_t> widths_;
   std::vector<Op> ops_;
   std::vector<int64_t> table_half_;  // rotary_dim / 2 of each RoPE table
-  int64_t max_k_ = 1, partial_floats_ = 0, work_per_token_ = 0;
+  int64_t max_k_ = 1, work_per_token_ = 0;
   py::list alive_;
 };
 

@@ -204,23 +204,31 @@ def test_prefill_attention_in_token_tiles(isa, kv_dtype, heads, kv_heads, head_d
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kv_dtype", ["f32", "bf16", "q8"])
-@pytest.mark.parametrize("n_slots, window, q_pos", [(1000, 0, 990), (1333, 300, 1200), (777, 0, 100),
-                                                    (600, 50, 599)])
+@pytest.mark.parametrize("heads,kv_heads,hd", [(6, 2, 24), (16, 8, 128), (32, 4, 64), (4, 4, 40)])
+@pytest.mark.parametrize("n_slots, window, q_pos", [(1000, 0, 990), (1333, 300, 1200), (777, 0, 100)])
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
-def test_one_token_attention_split_along_the_cache(isa, kv_dtype, n_slots, window, q_pos, threads):
-    """One token and few kv heads: the cache is cut into ranges attended separately and
-    merged (more threads, more ranges); ranges may hold no visible slot at all."""
-    heads, kv_heads, hd = 6, 2, 24
-    q = rand(1, heads, hd)
+def test_a_token_gets_the_same_bits_alone_and_in_a_tile(isa, kv_dtype, heads, kv_heads, hd, n_slots, window, q_pos,
+                                                        threads):
+    """Decode (one token), verify and prefill (tiles of tokens) and any team size split
+    the work differently (tiles, head groups); each token's output is the same bits
+    whichever (what makes speculative decoding's verify agree with plain decoding
+    exactly); ranges of the cache may hold no visible slot at all."""
+    T = 9
+    q = rand(T, heads, hd)
     k, kscale, kvals = kv_cache_of(rand(kv_heads, n_slots, hd), kv_dtype)
     v, vscale, vvals = kv_cache_of(rand(kv_heads, n_slots, hd), kv_dtype)
     kv_pos = rng.permutation(n_slots).astype(np.int32)
     kv_pos[rng.random(n_slots) < 0.2] = -1
-    q_pos = np.array([q_pos], np.int32)
-    out = np.full_like(q, np.nan)
-    K.attention(out, q, k, kscale, v, vscale, kv_dtype, kv_pos, q_pos, window, 0.3, threads, isa)
-    ref = attention_reference(q, kvals, vvals, kv_pos, q_pos, window, 0.3)
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    positions = np.arange(q_pos - T + 1, q_pos + 1, dtype=np.int32)
+    tile = np.full_like(q, np.nan)
+    K.attention(tile, q, k, kscale, v, vscale, kv_dtype, kv_pos, positions, window, 0.3, threads, isa)
+    np.testing.assert_allclose(tile, attention_reference(q, kvals, vvals, kv_pos, positions, window, 0.3),
+                               rtol=1e-4, atol=1e-5)
+    for t in range(T):
+        alone = np.full_like(q[t:t + 1], np.nan)
+        K.attention(alone, q[t:t + 1], k, kscale, v, vscale, kv_dtype, kv_pos, positions[t:t + 1], window, 0.3,
+                    1 + t % threads, isa)
+        assert np.array_equal(alone[0], tile[t]), t
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -17,6 +17,7 @@ from hearthlm import speculative as sp
 from hearthlm.chat_template import ChatTemplate
 from hearthlm.constraints import Constraint
 from hearthlm.conversation import Conversation
+from hearthlm.formats import QUANTIZED
 from hearthlm.generation import TextStream, make_sampler
 from hearthlm.sampling import Sampler, SamplerConfig
 
@@ -40,13 +41,15 @@ def prompt_for(model, seed=0):
 
 
 def assert_same_or_near_tie(model, prompt, plain, spec):
-    """The tokens agree, or part where plain decoding's two candidates are closer than
-    two computations of that row disagree: one token at a time, as plain decoding ran,
-    and in one forward of many tokens, as a verify step runs. Those are not bit-identical
-    (hearthlm.speculative): a tile's attention sums in another order, and in the formats
-    with int8 activations a last-bit change can move an activation's rounding."""
+    """The tokens agree. In the quantized formats exactly: a verify step's rows are the
+    bits of one-token forwards (attention does not depend on the rows beside a row, and
+    the int8-activation matmuls are exact for any number of rows). In the float formats
+    a tile's matmuls sum in another order than one token's, so a token may differ only
+    where plain decoding's two candidates are closer than that row's one-token and
+    many-token forwards disagree."""
     if plain == spec:
         return
+    assert model.dtype not in QUANTIZED, f"{model.dtype}: {plain} vs {spec}"
     i = next(i for i, (a, b) in enumerate(zip(plain, spec)) if a != b)
     session = model.session()
     one = np.array(session.feed(prompt))
@@ -57,6 +60,25 @@ def assert_same_or_near_tie(model, prompt, plain, spec):
     disagreement = np.abs(one - model.logits(prompt + plain[:i])[-1]).max()
     assert gap <= disagreement, (f"first difference at token {i}: {plain} vs {spec}; gap {gap:.3g}, "
                                  f"one-token vs many-token forward {disagreement:.3g}")
+
+
+def test_verify_rows_are_the_bits_of_one_token_forwards(model_dir):
+    """What makes the quantized formats' speculative decoding exact: the logits of a
+    many-token forward (a prompt, a verify step) equal one-token forwards' bit for bit,
+    whatever the family."""
+    checked = []
+    for variant in sorted(tiny_models.VARIANTS):
+        for dtype in QUANTIZED:
+            try:
+                model = hearthlm.load(model_dir(variant), dtype=dtype, n_threads=2)
+            except hearthlm.HearthlmError:  # a format the variant's shapes cannot take
+                continue
+            prompt = prompt_for(model)
+            session = model.session()
+            one = np.stack([np.array(session.feed([t])) for t in prompt])
+            assert np.array_equal(one, model.logits(prompt)), (variant, dtype)
+            checked.append((variant, dtype))
+    assert len(checked) >= 4 * len(tiny_models.VARIANTS), checked
 
 
 @pytest.mark.parametrize("variant", sorted(tiny_models.VARIANTS))

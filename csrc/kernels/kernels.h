@@ -58,16 +58,13 @@ struct KernelTable {
   // q, out: token i's n_q rows of head_dim at q + i * ld (ld >= n_q * head_dim floats);
   // k, v: that kv head's rows, each read once for all n_t * n_q rows (a prefill tile).
   // Slot j is attended by token i iff 0 <= kv_pos[j] <= q_pos[i] and (window <= 0 or
-  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows (n_q <= kMaxGroup when n_t is
-  // 1), head_dim <= kMaxHeadDim.
+  // q_pos[i] - kv_pos[j] < window). n_t * n_q <= kMaxRows, head_dim <= kMaxHeadDim.
   // score_j = scale * q·k_j, then softcap * tanh(score_j / softcap) when softcap > 0
   // (Gemma 2's logit soft-capping).
-  // lse (optional, [n_t, n_q]): log Σ_j exp(score_j) over the visible slots, -inf if
-  // none (out is then 0), so results over disjoint slot ranges can be merged.
   void (*attention[kKVTypes])(float* out, const float* q, int64_t ld, KVRows k, KVRows v,
                               const int32_t* kv_pos, int64_t n_slots, const int32_t* q_pos,
                               int64_t n_t, int32_t window, float scale, float softcap,
-                              int64_t n_q, int64_t head_dim, float* lse);
+                              int64_t n_q, int64_t head_dim);
 
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);

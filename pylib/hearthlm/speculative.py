@@ -22,13 +22,12 @@ accepted by the sampler and the constraint before the next row is checked. The
 first row that disagrees gives the round's last token, and the drafts after it are
 rewound (Session.rewind: nothing is copied).
 
-One limit to "identical": on the SIMD paths a forward of k + 1 tokens is not
-bit-identical to k + 1 forwards of one token. A tile's attention sums in another
-order than one token's, and the f32 / bf16 matmuls too, so logits differ by ~1e-6;
-in the formats with int8 activations (q8, q4, K-quants) such a last-bit change can
-move one activation's rounding, and logits then differ by up to ~1e-2 (0.023 seen
-on a tiny random model at q4). A greedy choice between two logits that close may
-differ from plain decoding's.
+"Identical" is exact in the quantized formats (q8, q4, K-quants): attention gives a
+row the same bits whatever rows share its call, and the int8-activation matmuls are
+exact for any number of rows, so a verify step's logits are bit for bit those of
+one-token forwards. In f32 / bf16 / f16 a tile's matmuls sum in another order than
+one token's, logits differ by ~1e-5, and a greedy choice between two logits that
+close may differ from plain decoding's.
 
 The draft length adapts (DraftLength): each round takes the k with the most expected
 tokens per second, from the drafter's acceptance rate so far and the measured times

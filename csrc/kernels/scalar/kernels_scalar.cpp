@@ -91,7 +91,7 @@ struct ReadQ8 {
 template <class Read>
 static void attention(float* out, const float* q, int64_t ld, KVRows k, KVRows v, const int32_t* kv_pos,
                       int64_t n_slots, const int32_t* q_pos, int64_t n_t, int32_t window, float scale,
-                      float softcap, int64_t n_q, int64_t head_dim, float* lse) {
+                      float softcap, int64_t n_q, int64_t head_dim) {
   auto score = [&](const float* qg, int64_t j) {
     float s = 0.0f;
     for (int64_t d = 0; d < head_dim; ++d) s += qg[d] * Read::at(k, j, d);
@@ -106,13 +106,11 @@ static void attention(float* out, const float* q, int64_t ld, KVRows k, KVRows v
     for (int64_t g = 0; g < n_q; ++g) {
       const float* qg = q + i * ld + g * head_dim;
       float* og = out + i * ld + g * head_dim;
-      float* lg = lse ? lse + i * n_q + g : nullptr;
       // Two passes: the maximum score, then exp-weighted sums.
       float max_score = -INFINITY;
       for (int64_t j = 0; j < n_slots; ++j)
         if (visible(j)) max_score = fmaxf(max_score, score(qg, j));
       for (int64_t d = 0; d < head_dim; ++d) og[d] = 0.0f;
-      if (lg) *lg = -INFINITY;
       if (max_score == -INFINITY) continue;  // nothing visible
       double denom = 0.0;
       for (int64_t j = 0; j < n_slots; ++j) {
@@ -123,7 +121,6 @@ static void attention(float* out, const float* q, int64_t ld, KVRows k, KVRows v
       }
       const float inv = float(1.0 / denom);
       for (int64_t d = 0; d < head_dim; ++d) og[d] *= inv;
-      if (lg) *lg = max_score + float(log(denom));
     }
   }
 }
