@@ -97,3 +97,29 @@ def test_session_group_feeds_sessions_together(model_dir):
     small = SessionGroup(model, 2, n_ctx=24, max_tokens=4)
     with pytest.raises(InvalidInputError, match="6 token ids .* exceed the group's max_tokens=4"):
         small.feed([(s, [1, 2, 3]) for s in small.sessions])
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4"])
+def test_quantized_sessions_fed_together_get_the_bits_of_one_token_at_a_time(model_dir, dtype):
+    """In the quantized formats a sequence's logits in a batch (its prompt in one piece
+    beside other sequences' decode steps) are bit for bit those of the sequence fed
+    alone one token at a time: attention does not depend on the rows beside a row, and
+    the int8-activation matmuls are exact for any number of rows."""
+    from hearthlm.session import SessionGroup
+    model = hearthlm.load(model_dir("qwen2"), dtype=dtype)
+    group = SessionGroup(model, 3, n_ctx=40)
+    alone = [model.session(n_ctx=40) for _ in range(3)]
+
+    def one_at_a_time(session, ids):
+        for t in ids:
+            row = session.feed([int(t)]).copy()
+        return row
+
+    pa, pb, pc = prompts(model.vocab_size, [6, 11, 3])
+    assert np.array_equal(group.feed([(group.sessions[0], pa), (group.sessions[1], pb)]),
+                          [one_at_a_time(alone[0], pa), one_at_a_time(alone[1], pb)])
+    for step in range(12):
+        batch = [(group.sessions[0], [step]), (group.sessions[1], [step + 1]),
+                 (group.sessions[2], pc if step == 0 else [step + 2])]
+        rows = group.feed(batch)
+        assert np.array_equal(rows, [one_at_a_time(alone[i], ids) for i, (_, ids) in enumerate(batch)]), step
