@@ -4,7 +4,10 @@ of the active ISA, for TinyLlama's heads (32 query / 4 kv, head_dim 64) with f32
 and q8 KV, and with f32 KV Qwen3-0.6B's (16 / 8, head_dim 128), Llama-3.2-1B's (32 / 8,
 64), Qwen2.5-0.5B's (14 / 2, 64) and Phi-3-mini's (32 / 32, 96). --tokens and --context set the
 chunk and the prompt (--tokens 11: a speculative verify step). With --old, another
-build's Python runs the same cases in alternate rounds and new/old is printed.
+build's Python runs the same cases in alternate rounds and new/old is printed, of the
+medians over the rounds and of the fastest rounds (a round is a process: on a shared VM
+whole processes run in a slow mode now and then, which moves a median of few rounds by
+up to 30 % with the same build on both sides, and the fastest round far less).
 
     python bench/attention_prefill.py [--old OLD_VENV/bin/python] [--rounds 5] [--threads 2]
         [--tokens 512] [--context 4096]
@@ -99,7 +102,8 @@ def main() -> None:
             g = flops(heads, hd, a.tokens, a.context) / t / 1e9
             line += f"  {side} {t * 1e3:8.3f} ms {g:6.1f} GFLOP/s {100 * g / peak if peak else float('nan'):5.1f} %"
         if a.old:
-            line += f"  new/old speed {statistics.median(r[name] for r in runs['old']) / statistics.median(r[name] for r in runs['new']):.2f}x"
+            speed = {f: f(r[name] for r in runs["old"]) / f(r[name] for r in runs["new"]) for f in (statistics.median, min)}
+            line += f"  new/old speed {speed[statistics.median]:.2f}x (fastest rounds {speed[min]:.2f}x)"
         print(line)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

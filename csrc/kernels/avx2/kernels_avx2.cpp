@@ -50,7 +50,9 @@ struct Vec {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static void transpose(F* r) {  // r[i] lane j -> r[j] lane i, 8 x 8
+  // Always inlined: called from several kernels, an out-of-line copy would be a weak
+  // symbol (test_kernel_driver.py).
+  __attribute__((always_inline)) static void transpose(F* r) {  // r[i] lane j -> r[j] lane i, 8 x 8
     F t[8], s[8];
     for (int i = 0; i < 8; i += 2) {
       t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);

@@ -46,7 +46,9 @@ struct Vec {
   }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static float hmax(F v) { return _mm512_reduce_max_ps(v); }
-  static void transpose(F* r) {  // r[i] lane j -> r[j] lane i, 16 x 16
+  // Always inlined: called from several kernels, an out-of-line copy would be a weak
+  // symbol (test_kernel_driver.py).
+  __attribute__((always_inline)) static void transpose(F* r) {  // r[i] lane j -> r[j] lane i, 16 x 16
     F t[16];
     for (int i = 0; i < 16; i += 2) {
       t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
