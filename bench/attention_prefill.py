@@ -97,13 +97,14 @@ def main() -> None:
     print(f"last {a.tokens} tokens of a {a.context}-token prompt: medians of {a.rounds} rounds")
     for name, heads, _, hd, _ in CASES:
         line = f"{name:<20}"
+        times = {side: [r[name] for r in runs[side]] for side in sides}
         for side in sides:
-            t = statistics.median(r[name] for r in runs[side])
+            t = statistics.median(times[side])
             g = flops(heads, hd, a.tokens, a.context) / t / 1e9
             line += f"  {side} {t * 1e3:8.3f} ms {g:6.1f} GFLOP/s {100 * g / peak if peak else float('nan'):5.1f} %"
         if a.old:
-            speed = {f: f(r[name] for r in runs["old"]) / f(r[name] for r in runs["new"]) for f in (statistics.median, min)}
-            line += f"  new/old speed {speed[statistics.median]:.2f}x (fastest rounds {speed[min]:.2f}x)"
+            line += (f"  new/old speed {statistics.median(times['old']) / statistics.median(times['new']):.2f}x"
+                     f" (fastest rounds {min(times['old']) / min(times['new']):.2f}x)")
         print(line)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
